@@ -1,0 +1,95 @@
+//! The executor function: for each SQS message, delivers one log and writes back.
+
+use std::sync::Arc;
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use futures::stream::{self, StreamExt};
+use herald_shared::aws::{load_config, SesEmail, SnsSms};
+use herald_shared::clock::{Clock, SystemClock};
+use herald_shared::config::{self, ConfigError};
+use herald_shared::deliver::{Deliverer, Outcome};
+use herald_shared::pg::Database;
+use lambda_runtime::{Error, LambdaEvent};
+use tracing::{error, info, info_span, warn, Instrument};
+
+/// What the function keeps between invocations.
+pub struct Executor {
+    pub db: Database,
+    pub email: SesEmail,
+    pub sms: SnsSms,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Sender for automations that set none (`HERALD_FROM_ADDRESS`).
+    pub default_from: String,
+    /// Messages of a batch handled at once (`HERALD_EXECUTOR_CONCURRENCY`, default 4).
+    pub concurrency: usize,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            default_from: config::required("HERALD_FROM_ADDRESS")?,
+            concurrency: config::number("HERALD_EXECUTOR_CONCURRENCY", 4, 1, 10)?,
+        })
+    }
+}
+
+impl Executor {
+    /// Built once per container, from the environment.
+    pub async fn from_env() -> Result<Self, Error> {
+        let aws = load_config().await;
+        Ok(Self {
+            db: Database::new(config::database(&aws).await?),
+            email: SesEmail::new(&aws, config::var("HERALD_SES_CONFIGURATION_SET")),
+            sms: SnsSms::new(&aws, config::var("HERALD_SMS_SENDER_ID")),
+            clock: Arc::new(SystemClock),
+            settings: Settings::from_env()?,
+        })
+    }
+}
+
+/// One SQS batch. Each message stands alone: the ones to retry are reported as batch
+/// item failures, the rest are done.
+pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error> {
+    let store = e.db.store().await?;
+    let deliverer = Deliverer {
+        ledger: &store,
+        email: &e.email,
+        sms: &e.sms,
+        clock: e.clock.as_ref(),
+        default_from: &e.settings.default_from,
+    };
+    let deliverer = &deliverer;
+    let outcomes: Vec<(String, Outcome)> = stream::iter(event.payload.records)
+        .map(|record| async move {
+            let id = record.message_id.unwrap_or_default();
+            let span = info_span!("message", message_id = %id);
+            let outcome = deliverer
+                .handle(record.body.as_deref().unwrap_or_default())
+                .instrument(span)
+                .await;
+            (id, outcome)
+        })
+        .buffer_unordered(e.settings.concurrency.max(1))
+        .collect()
+        .await;
+
+    let mut response = SqsBatchResponse::default();
+    for (id, outcome) in outcomes {
+        match &outcome {
+            Outcome::Sent => info!(message_id = %id, "sent"),
+            Outcome::Skipped(why) => info!(message_id = %id, why, "skipped"),
+            Outcome::Failed(why) => warn!(message_id = %id, why, "failed"),
+            Outcome::Retry(why) => warn!(message_id = %id, why, "will retry"),
+            Outcome::Rejected(why) => error!(message_id = %id, why, "rejected"),
+        }
+        if outcome.is_batch_failure() {
+            response.add_failure(id);
+        }
+    }
+    Ok(response)
+}

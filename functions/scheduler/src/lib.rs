@@ -1,0 +1,76 @@
+//! The scheduler function: on each EventBridge tick, moves due logs to the SQS queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use herald_shared::aws::{load_config, SqsQueue};
+use herald_shared::clock::{Clock, SystemClock};
+use herald_shared::config::{self, ConfigError};
+use herald_shared::drain::{deadline_instant, drain, stop_before, DrainOptions, DrainSummary};
+use herald_shared::pg::Database;
+use lambda_runtime::{Error, LambdaEvent};
+use tracing::info;
+
+/// What the function keeps between invocations.
+pub struct Scheduler {
+    pub db: Database,
+    pub queue: SqsQueue,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Logs per claim (`HERALD_CLAIM_BATCH`, default 100).
+    pub claim_batch: i64,
+    /// SendMessageBatch calls in flight (`HERALD_SEND_CONCURRENCY`, default 4).
+    pub send_concurrency: usize,
+    /// Stop claiming this long before the invocation's deadline (`HERALD_DEADLINE_MARGIN_MS`, default 5000).
+    pub deadline_margin: Duration,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            claim_batch: config::number("HERALD_CLAIM_BATCH", 100, 1, 10_000)?,
+            send_concurrency: config::number("HERALD_SEND_CONCURRENCY", 4, 1, 64)?,
+            deadline_margin: Duration::from_millis(config::number(
+                "HERALD_DEADLINE_MARGIN_MS",
+                5_000,
+                0,
+                600_000,
+            )?),
+        })
+    }
+}
+
+impl Scheduler {
+    /// Built once per container, from the environment.
+    pub async fn from_env() -> Result<Self, Error> {
+        let aws = load_config().await;
+        Ok(Self {
+            db: Database::new(config::database(&aws).await?),
+            queue: SqsQueue::new(&aws, config::required("HERALD_QUEUE_URL")?),
+            clock: Arc::new(SystemClock),
+            settings: Settings::from_env()?,
+        })
+    }
+}
+
+/// One scheduled run: drain until nothing is due or the deadline is near.
+pub async fn handle(
+    s: &Scheduler,
+    event: LambdaEvent<EventBridgeEvent>,
+) -> Result<DrainSummary, Error> {
+    let (tick, ctx) = event.into_parts();
+    info!(source = tick.source, time = ?tick.time, "scheduled run");
+    let options = DrainOptions {
+        claim_batch: s.settings.claim_batch,
+        max_in_flight: s.settings.send_concurrency,
+        stop_at: deadline_instant(ctx.deadline, s.clock.now())
+            .map(|d| stop_before(d, s.settings.deadline_margin)),
+    };
+    let store = s.db.store().await?;
+    Ok(drain(&store, &s.queue, s.clock.as_ref(), &options).await?)
+}

@@ -1,0 +1,229 @@
+//! The AWS adapters: SES v2 for email, SNS for SMS, SQS for the queue, Secrets Manager
+//! for the database secret. Provider errors are classified here, once.
+
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_sesv2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
+use aws_sdk_sns::types::MessageAttributeValue;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+
+use crate::model::{Email, EmailSender, Failure, LogId, Queue, QueueMessage, Sms, SmsSender};
+
+/// The SDK configuration from the environment (region, credentials, and
+/// `AWS_ENDPOINT_URL` for emulators), with timeouts that fit inside a Lambda invocation.
+pub async fn load_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(timeouts())
+        .load()
+        .await
+}
+
+pub fn timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .operation_attempt_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(12))
+        .build()
+}
+
+/// Error codes that mean "slow down" or "our side broke": worth retrying.
+const TRANSIENT_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "Throttled",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "InternalFailure",
+    "InternalError",
+    "InternalErrorException",
+    "InternalServerError",
+    "KMSThrottlingException",
+];
+
+/// Sorts an SDK error into permanent or transient, keeping the provider's code.
+pub fn classify<E>(err: &SdkError<E>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or("Unknown").to_owned();
+            let message = service.err().message().unwrap_or("no message").to_owned();
+            let f = if status >= 500 || status == 429 || TRANSIENT_CODES.contains(&code.as_str()) {
+                Failure::transient(message)
+            } else {
+                Failure::permanent(message)
+            };
+            f.with_code(code)
+        }
+        SdkError::ConstructionFailure(_) => {
+            Failure::permanent(DisplayErrorContext(err).to_string())
+        }
+        // Timeouts, connection failures, unreadable responses.
+        _ => Failure::transient(DisplayErrorContext(err).to_string()),
+    }
+}
+
+/// Email through SES v2 `SendEmail`.
+pub struct SesEmail {
+    client: aws_sdk_sesv2::Client,
+    configuration_set: Option<String>,
+}
+
+impl SesEmail {
+    pub fn new(config: &SdkConfig, configuration_set: Option<String>) -> Self {
+        Self {
+            client: aws_sdk_sesv2::Client::new(config),
+            configuration_set,
+        }
+    }
+}
+
+fn utf8(data: &str) -> Result<Content, Failure> {
+    Content::builder()
+        .data(data)
+        .charset("UTF-8")
+        .build()
+        .map_err(|e| Failure::permanent(e.to_string()))
+}
+
+impl EmailSender for SesEmail {
+    async fn send_email(&self, email: &Email) -> Result<String, Failure> {
+        let mut body = Body::builder();
+        if let Some(text) = &email.text {
+            body = body.text(utf8(text)?);
+        }
+        if let Some(html) = &email.html {
+            body = body.html(utf8(html)?);
+        }
+        let message = Message::builder()
+            .subject(utf8(&email.subject)?)
+            .body(body.build())
+            .build();
+        let out = self
+            .client
+            .send_email()
+            .from_email_address(&email.from)
+            .destination(Destination::builder().to_addresses(&email.to).build())
+            .content(EmailContent::builder().simple(message).build())
+            .set_configuration_set_name(self.configuration_set.clone())
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        out.message_id()
+            .map(str::to_owned)
+            .ok_or_else(|| Failure::transient("SES returned no message id"))
+    }
+}
+
+/// Transactional SMS through SNS `Publish`.
+pub struct SnsSms {
+    client: aws_sdk_sns::Client,
+    sender_id: Option<String>,
+}
+
+impl SnsSms {
+    pub fn new(config: &SdkConfig, sender_id: Option<String>) -> Self {
+        Self {
+            client: aws_sdk_sns::Client::new(config),
+            sender_id,
+        }
+    }
+}
+
+fn string_attribute(value: &str) -> Result<MessageAttributeValue, Failure> {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .map_err(|e| Failure::permanent(e.to_string()))
+}
+
+impl SmsSender for SnsSms {
+    async fn send_sms(&self, sms: &Sms) -> Result<String, Failure> {
+        let mut req = self
+            .client
+            .publish()
+            .phone_number(&sms.to)
+            .message(&sms.body)
+            .message_attributes("AWS.SNS.SMS.SMSType", string_attribute("Transactional")?);
+        if let Some(sender) = &self.sender_id {
+            req = req.message_attributes("AWS.SNS.SMS.SenderID", string_attribute(sender)?);
+        }
+        let out = req.send().await.map_err(|e| classify(&e))?;
+        out.message_id()
+            .map(str::to_owned)
+            .ok_or_else(|| Failure::transient("SNS returned no message id"))
+    }
+}
+
+/// The executor's queue, through SQS `SendMessageBatch`.
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+impl SqsQueue {
+    pub fn new(config: &SdkConfig, url: String) -> Self {
+        Self {
+            client: aws_sdk_sqs::Client::new(config),
+            url,
+        }
+    }
+}
+
+impl Queue for SqsQueue {
+    async fn send_batch(&self, messages: &[QueueMessage]) -> Result<Vec<LogId>, Failure> {
+        let entries = messages
+            .iter()
+            .map(|m| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(m.log_id.to_string())
+                    .message_body(m.to_body())
+                    .build()
+                    .map_err(|e| Failure::permanent(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        for f in out.failed() {
+            tracing::warn!(
+                id = f.id(),
+                code = f.code(),
+                sender_fault = f.sender_fault(),
+                "SQS rejected a message"
+            );
+        }
+        Ok(out
+            .failed()
+            .iter()
+            .filter_map(|f| f.id().parse().ok())
+            .collect())
+    }
+}
+
+/// The string value of a Secrets Manager secret.
+pub async fn read_secret(config: &SdkConfig, id: &str) -> Result<String, Failure> {
+    let out = aws_sdk_secretsmanager::Client::new(config)
+        .get_secret_value()
+        .secret_id(id)
+        .send()
+        .await
+        .map_err(|e| classify(&e))?;
+    out.secret_string()
+        .map(str::to_owned)
+        .ok_or_else(|| Failure::permanent(format!("secret {id} has no string value")))
+}

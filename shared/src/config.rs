@@ -1,0 +1,125 @@
+//! The functions' settings, from their environment.
+
+use std::str::FromStr;
+
+use aws_config::SdkConfig;
+use serde::Deserialize;
+
+use crate::aws::read_secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    #[error("{name} is not valid: {why}")]
+    Invalid { name: &'static str, why: String },
+    #[error("reading the database secret: {0}")]
+    Secret(String),
+}
+
+/// A variable's value; unset and empty are the same.
+pub fn var(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+pub fn required(name: &'static str) -> Result<String, ConfigError> {
+    var(name).ok_or(ConfigError::Missing(name))
+}
+
+/// A number with a default, and bounds.
+pub fn number<T>(name: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + Copy + std::fmt::Display,
+{
+    let Some(raw) = var(name) else {
+        return Ok(default);
+    };
+    let n: T = raw.trim().parse().map_err(|_| ConfigError::Invalid {
+        name,
+        why: format!("{raw:?} is not a number"),
+    })?;
+    if n < min || n > max {
+        return Err(ConfigError::Invalid {
+            name,
+            why: format!("{n} is not between {min} and {max}"),
+        });
+    }
+    Ok(n)
+}
+
+/// Where the database is: `DATABASE_URL` (local runs), or the Secrets Manager secret named
+/// by `DATABASE_SECRET_ARN`, read once per container.
+pub async fn database(aws: &SdkConfig) -> Result<tokio_postgres::Config, ConfigError> {
+    if let Some(url) = var("DATABASE_URL") {
+        return url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| ConfigError::Invalid {
+                name: "DATABASE_URL",
+                why: e.to_string(),
+            });
+    }
+    let arn = var("DATABASE_SECRET_ARN")
+        .ok_or(ConfigError::Missing("DATABASE_URL or DATABASE_SECRET_ARN"))?;
+    let secret = read_secret(aws, &arn)
+        .await
+        .map_err(|e| ConfigError::Secret(e.to_string()))?;
+    database_from_secret(&secret)
+}
+
+/// The shape of an RDS-managed secret.
+#[derive(Deserialize)]
+struct RdsSecret {
+    username: String,
+    password: String,
+    host: String,
+    port: Option<u16>,
+    dbname: Option<String>,
+}
+
+/// Accepts a `postgres://` URL or the JSON of an RDS-managed secret.
+pub fn database_from_secret(secret: &str) -> Result<tokio_postgres::Config, ConfigError> {
+    let secret = secret.trim();
+    if secret.starts_with("postgres://") || secret.starts_with("postgresql://") {
+        return secret
+            .parse()
+            .map_err(|e: tokio_postgres::Error| ConfigError::Secret(e.to_string()));
+    }
+    let s: RdsSecret = serde_json::from_str(secret).map_err(|e| {
+        ConfigError::Secret(format!(
+            "neither a postgres:// URL nor RDS secret JSON ({e})"
+        ))
+    })?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&s.host)
+        .port(s.port.unwrap_or(5432))
+        .user(&s.username)
+        .password(s.password)
+        .dbname(s.dbname.as_deref().unwrap_or("postgres"));
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_as_url_or_rds_json() {
+        let c = database_from_secret("postgres://u:p@db.example.com:6543/app").unwrap();
+        assert_eq!(c.get_dbname(), Some("app"));
+        assert_eq!(c.get_ports(), &[6543]);
+        let c = database_from_secret(r#"{"username":"herald","password":"p@ss:/word","host":"db","port":5433,"dbname":"app","engine":"postgres"}"#).unwrap();
+        assert_eq!(c.get_user(), Some("herald"));
+        assert_eq!(c.get_password(), Some(&b"p@ss:/word"[..]));
+        assert_eq!(c.get_ports(), &[5433]);
+        let err = database_from_secret("hunter2").unwrap_err().to_string();
+        assert!(
+            err.contains("neither a postgres:// URL nor RDS secret JSON"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("hunter2"),
+            "the secret must not leak into the error: {err}"
+        );
+    }
+}

@@ -1,0 +1,121 @@
+//! The scheduler's core: move due logs from the ledger to the queue until none are due
+//! or time runs out.
+
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::clock::Clock;
+use crate::model::{DueLogs, LogId, Queue, QueueMessage, StoreError};
+
+/// SQS takes at most this many messages per SendMessageBatch.
+pub const QUEUE_BATCH: usize = 10;
+
+#[derive(Debug, Clone)]
+pub struct DrainOptions {
+    /// How many logs one claim takes (one transaction).
+    pub claim_batch: i64,
+    /// How many SendMessageBatch calls may be in flight at once.
+    pub max_in_flight: usize,
+    /// Claim nothing new after this instant.
+    pub stop_at: Option<Instant>,
+}
+
+impl Default for DrainOptions {
+    fn default() -> Self {
+        Self {
+            claim_batch: 100,
+            max_in_flight: 4,
+            stop_at: None,
+        }
+    }
+}
+
+/// What one drain did; the scheduler function returns it as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DrainSummary {
+    /// Logs moved from pending to queued.
+    pub claimed: u64,
+    /// Messages the queue accepted.
+    pub sent: u64,
+    /// Messages the queue rejected; their logs are pending again.
+    pub failed: u64,
+    pub elapsed_ms: u64,
+    /// `drained` (nothing more was due) or `deadline` (time ran out first).
+    pub stopped_by: &'static str,
+}
+
+pub async fn drain<D: DueLogs, Q: Queue>(
+    store: &D,
+    queue: &Q,
+    clock: &dyn Clock,
+    opts: &DrainOptions,
+) -> Result<DrainSummary, StoreError> {
+    let started = Instant::now();
+    let mut summary = DrainSummary {
+        stopped_by: "drained",
+        ..Default::default()
+    };
+    loop {
+        if opts.stop_at.is_some_and(|t| Instant::now() >= t) {
+            summary.stopped_by = "deadline";
+            break;
+        }
+        let ids = store.claim_due(opts.claim_batch, clock.now()).await?;
+        if ids.is_empty() {
+            break;
+        }
+        summary.claimed += ids.len() as u64;
+        let rejected = send_all(queue, &ids, opts.max_in_flight.max(1)).await;
+        if !rejected.is_empty() {
+            store.release(&rejected, clock.now()).await?;
+        }
+        summary.failed += rejected.len() as u64;
+        summary.sent += (ids.len() - rejected.len()) as u64;
+        if (ids.len() as i64) < opts.claim_batch {
+            break;
+        }
+    }
+    summary.elapsed_ms = started.elapsed().as_millis() as u64;
+    info!(?summary, "drain finished");
+    Ok(summary)
+}
+
+/// Sends the ids in batches of 10 with bounded concurrency; returns the ids not sent.
+async fn send_all<Q: Queue>(queue: &Q, ids: &[LogId], max_in_flight: usize) -> Vec<LogId> {
+    let batches: Vec<Vec<QueueMessage>> = ids
+        .chunks(QUEUE_BATCH)
+        .map(|c| c.iter().map(|&log_id| QueueMessage { log_id }).collect())
+        .collect();
+    stream::iter(batches)
+        .map(|batch| async move {
+            match queue.send_batch(&batch).await {
+                Ok(rejected) => rejected,
+                Err(e) => {
+                    warn!(error = %e, count = batch.len(), "SendMessageBatch failed");
+                    batch.iter().map(|m| m.log_id).collect()
+                }
+            }
+        })
+        .buffer_unordered(max_in_flight)
+        .flat_map(stream::iter)
+        .collect()
+        .await
+}
+
+/// The instant to stop claiming, given the invocation's deadline and a safety margin.
+pub fn stop_before(deadline: Instant, margin: Duration) -> Instant {
+    deadline.checked_sub(margin).unwrap_or(deadline)
+}
+
+/// Turns a Lambda deadline (milliseconds since the epoch; 0 when unknown) into an instant.
+pub fn deadline_instant(deadline_ms: u64, now: std::time::SystemTime) -> Option<Instant> {
+    if deadline_ms == 0 {
+        return None;
+    }
+    let deadline = std::time::UNIX_EPOCH + Duration::from_millis(deadline_ms);
+    let left = deadline.duration_since(now).unwrap_or(Duration::ZERO);
+    Some(Instant::now() + left)
+}

@@ -1,0 +1,16 @@
+//! Herald's shared library.
+//!
+//! The core (`model`, `clock`, `recipient`, `render`, `deliver`, `drain`) knows no AWS or
+//! Postgres types: it works through the narrow traits in `model`. The adapters implement
+//! those traits: `pg` over tokio-postgres, `aws` over the AWS SDK. `config` reads the
+//! functions' environment.
+
+pub mod aws;
+pub mod clock;
+pub mod config;
+pub mod deliver;
+pub mod drain;
+pub mod model;
+pub mod pg;
+pub mod recipient;
+pub mod render;

@@ -1,0 +1,361 @@
+//! Renders an automation's templates against a log's variables, all or nothing.
+//!
+//! Strict: a variable the data lacks, or one whose value is null, fails the whole render
+//! with an error that names it. Nothing half-rendered ever leaves this module. The HTML
+//! body escapes every value; the other templates are plain text.
+
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
+use serde_json::Value as Json;
+
+use crate::model::{Definition, Email, EventInfo, Sms};
+
+/// SNS refuses SMS bodies longer than this.
+pub const SMS_MAX_CHARS: usize = 1600;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("missing template variable {} in {template}", list(.names))]
+    Missing {
+        template: &'static str,
+        names: Vec<String>,
+    },
+    #[error("template variable {} in {template} is null", list(.names))]
+    Null {
+        template: &'static str,
+        names: Vec<String>,
+    },
+    #[error("{template} could not be rendered: {message}")]
+    Invalid {
+        template: &'static str,
+        message: String,
+    },
+    #[error("{template} rendered to an empty string")]
+    Empty { template: &'static str },
+    #[error("sms_body rendered to {0} characters; SMS allows {SMS_MAX_CHARS}")]
+    SmsTooLong(usize),
+}
+
+fn list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What one log sends, ready for the providers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub email: Option<Email>,
+    pub sms: Option<Sms>,
+}
+
+/// The variables templates see: the context row's columns, and `herald` for the event.
+pub fn variables(context: Json, event: &EventInfo) -> Json {
+    let mut vars = match context {
+        Json::Object(map) => map,
+        other => {
+            let mut map = serde_json::Map::new();
+            map.insert("row".to_owned(), other);
+            map
+        }
+    };
+    vars.insert(
+        "herald".to_owned(),
+        serde_json::to_value(event).unwrap_or(Json::Null),
+    );
+    Json::Object(vars)
+}
+
+/// Renders every template of `def`. `default_from` is used when the automation sets none.
+pub fn render(def: &Definition, vars: &Json, default_from: &str) -> Result<Rendered, RenderError> {
+    let env = environment();
+    let email = match &def.email {
+        None => None,
+        Some(t) => Some(Email {
+            from: match &t.from {
+                Some(from) => one_line(&env, "email_from", from, vars)?,
+                None => default_from.to_owned(),
+            },
+            to: one_line(&env, "email_to", &t.to, vars)?,
+            subject: one_line(&env, "email_subject", &t.subject, vars)?,
+            text: t
+                .text
+                .as_deref()
+                .map(|s| non_empty(&env, "email_text", s, vars))
+                .transpose()?,
+            html: t
+                .html
+                .as_deref()
+                .map(|s| non_empty(&env, "email_html", s, vars))
+                .transpose()?,
+        }),
+    };
+    let sms = match &def.sms {
+        None => None,
+        Some(t) => {
+            let body = non_empty(&env, "sms_body", &t.body, vars)?;
+            let chars = body.chars().count();
+            if chars > SMS_MAX_CHARS {
+                return Err(RenderError::SmsTooLong(chars));
+            }
+            Some(Sms {
+                to: one_line(&env, "sms_to", &t.to, vars)?,
+                body,
+            })
+        }
+    };
+    Ok(Rendered { email, sms })
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|name| {
+        if name == "email_html" {
+            AutoEscape::Html
+        } else {
+            AutoEscape::None
+        }
+    });
+    env.set_formatter(|out, state, value| {
+        if value.is_none() {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                "null value",
+            ));
+        }
+        minijinja::escape_formatter(out, state, value)
+    });
+    env
+}
+
+/// Renders a template whose result is one line (an address, a subject).
+fn one_line(
+    env: &Environment<'_>,
+    name: &'static str,
+    source: &str,
+    vars: &Json,
+) -> Result<String, RenderError> {
+    let s = non_empty(env, name, source, vars)?;
+    Ok(s.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+fn non_empty(
+    env: &Environment<'_>,
+    name: &'static str,
+    source: &str,
+    vars: &Json,
+) -> Result<String, RenderError> {
+    let s = render_one(env, name, source, vars)?;
+    if s.trim().is_empty() {
+        return Err(RenderError::Empty { template: name });
+    }
+    Ok(s)
+}
+
+fn render_one(
+    env: &Environment<'_>,
+    name: &'static str,
+    source: &str,
+    vars: &Json,
+) -> Result<String, RenderError> {
+    let invalid = |e: minijinja::Error| RenderError::Invalid {
+        template: name,
+        message: e.to_string(),
+    };
+    let tmpl = env.template_from_named_str(name, source).map_err(invalid)?;
+    tmpl.render(Value::from_serialize(vars)).map_err(|e| {
+        // Name the culprits: the variables the template uses that the data lacks, or
+        // that are null. Loop variables and the like are not known here; then the
+        // engine's own message has to do.
+        let used = tmpl.undeclared_variables(true);
+        let mut missing: Vec<String> = Vec::new();
+        let mut null: Vec<String> = Vec::new();
+        for path in used {
+            match lookup(vars, &path) {
+                None => missing.push(path),
+                Some(Json::Null) => null.push(path),
+                Some(_) => {}
+            }
+        }
+        missing.sort();
+        null.sort();
+        match e.kind() {
+            minijinja::ErrorKind::UndefinedError if !missing.is_empty() => RenderError::Missing {
+                template: name,
+                names: missing,
+            },
+            minijinja::ErrorKind::InvalidOperation if !null.is_empty() => RenderError::Null {
+                template: name,
+                names: null,
+            },
+            _ => invalid(e),
+        }
+    })
+}
+
+/// Follows a dotted path (`client.email`) through JSON objects.
+fn lookup<'a>(vars: &'a Json, path: &str) -> Option<&'a Json> {
+    path.split('.')
+        .try_fold(vars, |v, key| v.as_object()?.get(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EmailTemplates, SmsTemplates};
+    use serde_json::json;
+
+    fn def(subject: &str, html: &str, sms: &str) -> Definition {
+        Definition {
+            name: "t".into(),
+            is_active: true,
+            email: Some(EmailTemplates {
+                from: None,
+                to: "{{ client_email }}".into(),
+                subject: subject.into(),
+                text: Some("Hi {{ client_name }}".into()),
+                html: Some(html.into()),
+            }),
+            sms: Some(SmsTemplates {
+                to: "{{ client_phone }}".into(),
+                body: sms.into(),
+            }),
+        }
+    }
+
+    fn vars() -> Json {
+        json!({"client_name": "Ann <b>&</b>", "client_email": " ann@example.com ", "client_phone": "+14155550123",
+               "job": {"title": "Fix sink", "notes": null}})
+    }
+
+    #[test]
+    fn renders_every_channel_and_escapes_only_html() {
+        // GIVEN templates using top-level and nested variables
+        let d = def(
+            "Job {{ job.title }} done",
+            "<p>Hi {{ client_name }}</p>",
+            "{{ job.title }} done, {{ client_name }}",
+        );
+        // WHEN rendered
+        let r = render(&d, &vars(), "noreply@example.com").unwrap();
+        // THEN values are in place, the HTML body is escaped and the text ones are not
+        let email = r.email.unwrap();
+        assert_eq!(email.from, "noreply@example.com");
+        assert_eq!(email.to, "ann@example.com");
+        assert_eq!(email.subject, "Job Fix sink done");
+        assert_eq!(email.text.as_deref(), Some("Hi Ann <b>&</b>"));
+        assert_eq!(
+            email.html.as_deref(),
+            Some("<p>Hi Ann &lt;b&gt;&amp;&lt;&#x2f;b&gt;</p>")
+        );
+        assert_eq!(r.sms.unwrap().body, "Fix sink done, Ann <b>&</b>");
+    }
+
+    #[test]
+    fn a_missing_variable_is_named_and_nothing_renders() {
+        let d = def(
+            "Job {{ job.title }} for {{ client_surname }}",
+            "<p>x</p>",
+            "x",
+        );
+        let err = render(&d, &vars(), "n@example.com").unwrap_err();
+        assert_eq!(
+            err,
+            RenderError::Missing {
+                template: "email_subject",
+                names: vec!["client_surname".into()]
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "missing template variable `client_surname` in email_subject"
+        );
+
+        let d = def("ok", "<p>{{ job.rate }}</p>", "x");
+        let err = render(&d, &vars(), "n@example.com").unwrap_err();
+        assert_eq!(
+            err,
+            RenderError::Missing {
+                template: "email_html",
+                names: vec!["job.rate".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn a_null_value_is_an_error_not_the_word_none() {
+        let d = def("ok", "<p>x</p>", "Notes: {{ job.notes }}");
+        let err = render(&d, &vars(), "n@example.com").unwrap_err();
+        assert_eq!(
+            err,
+            RenderError::Null {
+                template: "sms_body",
+                names: vec!["job.notes".into()]
+            }
+        );
+        // a default makes it fine
+        let d = def("ok", "<p>x</p>", "Notes: {{ job.notes or 'none yet' }}");
+        assert_eq!(
+            render(&d, &vars(), "n@example.com")
+                .unwrap()
+                .sms
+                .unwrap()
+                .body,
+            "Notes: none yet"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_empty_results_and_long_sms_are_errors() {
+        let d = def("{{ unclosed", "<p>x</p>", "x");
+        assert!(matches!(
+            render(&d, &vars(), "n@x.com"),
+            Err(RenderError::Invalid {
+                template: "email_subject",
+                ..
+            })
+        ));
+        let d = def("{{ '' }}", "<p>x</p>", "x");
+        assert_eq!(
+            render(&d, &vars(), "n@x.com"),
+            Err(RenderError::Empty {
+                template: "email_subject"
+            })
+        );
+        let d = def("s", "<p>x</p>", "{{ 'x' * 1601 }}");
+        assert_eq!(
+            render(&d, &vars(), "n@x.com"),
+            Err(RenderError::SmsTooLong(1601))
+        );
+    }
+
+    #[test]
+    fn template_looking_data_is_rendered_as_text() {
+        let d = def(
+            "{{ client_name }}",
+            "<p>{{ client_name }}</p>",
+            "{{ client_name }}",
+        );
+        let v = json!({"client_name": "{{ 7 * 7 }}{% raw %}", "client_email": "a@b.co", "client_phone": "+14155550123"});
+        let r = render(&d, &v, "n@x.com").unwrap();
+        assert_eq!(r.email.unwrap().subject, "{{ 7 * 7 }}{% raw %}");
+    }
+
+    #[test]
+    fn variables_include_the_event() {
+        let ev = EventInfo {
+            log_id: 9,
+            event: "status_change".into(),
+            old_status: Some("open".into()),
+            new_status: Some("done".into()),
+            subject_table: "public.jobs".into(),
+            subject_id: "3".into(),
+        };
+        let v = variables(json!({"id": 3}), &ev);
+        assert_eq!(v["id"], 3);
+        assert_eq!(v["herald"]["new_status"], "done");
+        assert_eq!(v["herald"]["log_id"], 9);
+    }
+}
