@@ -219,7 +219,7 @@ DECLARE
   l      record;
   rel    regclass;
   keycol text;
-  found  jsonb[];
+  hits   jsonb[];
 BEGIN
   SELECT g.subject_schema, g.subject_table, g.subject_key_column, g.subject_id,
          a.context_relation, a.context_key_column
@@ -249,14 +249,14 @@ BEGIN
 
   EXECUTE format('SELECT array_agg(to_jsonb(c)) FROM (SELECT * FROM %s WHERE %I::text = $1 LIMIT 2) c',
                  rel, keycol)
-    INTO found USING l.subject_id;
+    INTO hits USING l.subject_id;
 
-  IF found IS NULL THEN
+  IF hits IS NULL THEN
     RAISE EXCEPTION 'no row in % where % = %', rel, keycol, l.subject_id USING ERRCODE = 'no_data_found';
-  ELSIF array_length(found, 1) > 1 THEN
+  ELSIF array_length(hits, 1) > 1 THEN
     RAISE EXCEPTION 'more than one row in % where % = %', rel, keycol, l.subject_id
       USING ERRCODE = 'too_many_rows';
   END IF;
-  RETURN found[1];
+  RETURN hits[1];
 END
 $$;

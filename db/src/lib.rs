@@ -55,7 +55,7 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, MigrateError> {
     .await?;
     let applied = tx
         .query(
-            "SELECT version, checksum = md5(coalesce($1::text[], '{}')[version]) \
+            "SELECT version, checksum = md5(($1::text[])[version]) \
              FROM herald_migrations ORDER BY version",
             &[&MIGRATIONS.iter().map(|m| m.sql).collect::<Vec<_>>()],
         )

@@ -1,0 +1,137 @@
+//! Herald wired for one test: its own database, queue and sender address, and the real
+//! scheduler and executor handlers pointed at them.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use herald_executor::Executor;
+use herald_scheduler::Scheduler;
+use herald_shared::aws::{SesEmail, SnsSms, SqsQueue};
+use herald_shared::clock::SystemClock;
+use herald_shared::drain::DrainSummary;
+use herald_shared::pg::Database;
+use lambda_runtime::LambdaEvent;
+
+use crate::{lambda_context, repo_file, Moto, TestDb};
+
+pub struct Herald {
+    pub db: TestDb,
+    pub moto: Moto,
+    pub queue_url: String,
+    /// This test's verified sender; its emails are the ones moto lists with this source.
+    pub from: String,
+    /// A number unique to this test, for recipients.
+    pub tag: u32,
+    pub scheduler: Scheduler,
+    pub executor: Executor,
+}
+
+impl Herald {
+    pub async fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(1);
+        let tag = (std::process::id() % 1000) * 1000 + N.fetch_add(1, Ordering::Relaxed);
+        let db = TestDb::new().await;
+        let moto = Moto::new().await;
+        let queue_url = moto
+            .create_queue(&format!("herald-{}-{tag}", db.name))
+            .await;
+        let from = format!("herald-{tag}@notify.example.com");
+        moto.verify_sender(&from).await;
+        let scheduler = Scheduler {
+            db: Database::new(db.config()),
+            queue: SqsQueue::new(&moto.sdk, queue_url.clone()),
+            clock: Arc::new(SystemClock),
+            settings: herald_scheduler::Settings {
+                claim_batch: 100,
+                send_concurrency: 4,
+                deadline_margin: std::time::Duration::from_secs(5),
+            },
+        };
+        let executor = Executor {
+            db: Database::new(db.config()),
+            email: SesEmail::new(&moto.sdk, None),
+            sms: SnsSms::new(&moto.sdk, Some("Herald".into())),
+            clock: Arc::new(SystemClock),
+            settings: herald_executor::Settings {
+                default_from: from.clone(),
+                concurrency: 4,
+            },
+        };
+        Self {
+            db,
+            moto,
+            queue_url,
+            from,
+            tag,
+            scheduler,
+            executor,
+        }
+    }
+
+    /// Loads the sample schema of `db/examples/jobs.sql` and gives its clients this
+    /// test's recipients.
+    pub async fn with_jobs_example() -> Self {
+        let h = Self::new().await;
+        h.db.exec(&repo_file("db/examples/jobs.sql")).await;
+        for id in [1, 2] {
+            h.db.client
+                .execute(
+                    "UPDATE clients SET email = $2, phone = $3 WHERE id = $1",
+                    &[&(id as i64), &h.email_of(id), &h.phone_of(id)],
+                )
+                .await
+                .unwrap();
+        }
+        h
+    }
+
+    /// The email address this test gives client `n`.
+    pub fn email_of(&self, n: u32) -> String {
+        format!("client{n}+{}@example.com", self.tag)
+    }
+
+    /// The phone number this test gives client `n` (E.164, unique to the test).
+    pub fn phone_of(&self, n: u32) -> String {
+        format!("+1555{:07}", (self.tag * 10 + n) % 10_000_000)
+    }
+
+    /// One scheduler invocation through the real handler, with the sample EventBridge event.
+    pub async fn tick(&self) -> DrainSummary {
+        let event: EventBridgeEvent =
+            serde_json::from_str(&repo_file("events/scheduled.json")).unwrap();
+        herald_scheduler::handle(&self.scheduler, LambdaEvent::new(event, lambda_context(60)))
+            .await
+            .expect("scheduler invocation")
+    }
+
+    /// One executor invocation through the real handler.
+    pub async fn execute(&self, event: SqsEvent) -> SqsBatchResponse {
+        herald_executor::handle(&self.executor, LambdaEvent::new(event, lambda_context(60)))
+            .await
+            .expect("executor invocation")
+    }
+
+    /// What Lambda's SQS poller does: receive up to 10, invoke, delete what succeeded.
+    /// Repeats until the queue is empty; returns the ids reported as failures.
+    pub async fn deliver_all(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        loop {
+            let event = self.moto.receive(&self.queue_url, 10).await;
+            if event.records.is_empty() {
+                return failures;
+            }
+            let response = self.execute(event.clone()).await;
+            let failed: Vec<String> = response
+                .batch_item_failures
+                .iter()
+                .map(|f| f.item_identifier.clone())
+                .collect();
+            self.moto
+                .delete_done(&self.queue_url, &event, &failed)
+                .await;
+            failures.extend(failed);
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Row change → ledger → scheduler → SQS → executor → SES/SNS (moto) → write-back, through
+//! the real handlers, a real Postgres and the moto server.
+
+use herald_tests::Herald;
+
+#[tokio::test]
+async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_again() {
+    // GIVEN the sample jobs schema with Herald attached and a job-completed automation
+    let h = Herald::with_jobs_example().await;
+    h.db.set_now("2026-03-01 09:00:00+00").await;
+
+    // WHEN a job is completed
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1")
+        .await;
+    // THEN one pending log records the event
+    assert_eq!(h.db.statuses().await, ["pending"]);
+    let (event, old, new, subject): (String, String, String, String) = {
+        let r = h
+            .db
+            .client
+            .query_one(
+                "SELECT event, old_status, new_status, subject_id FROM automation_execution_logs",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    assert_eq!(
+        (event.as_str(), old.as_str(), new.as_str(), subject.as_str()),
+        ("status_change", "scheduled", "completed", "1")
+    );
+
+    // An edit after the event but before the send: the executor must use fresh data.
+    h.db.exec("UPDATE clients SET name = 'Ann Lee-Park' WHERE id = 1")
+        .await;
+
+    // WHEN the scheduler runs, and the executor gets what SQS delivers
+    let summary = h.tick().await;
+    assert_eq!((summary.claimed, summary.sent, summary.failed), (1, 1, 0));
+    assert_eq!(summary.stopped_by, "drained");
+    assert_eq!(h.db.statuses().await, ["queued"]);
+    let failures = h.deliver_all().await;
+    assert!(failures.is_empty(), "{failures:?}");
+
+    // THEN moto has exactly one email and one SMS, rendered with the fresh values
+    assert_eq!(
+        h.db.statuses().await,
+        ["sent"],
+        "{}",
+        h.db.scalar::<String>("SELECT coalesce(error, '') FROM automation_execution_logs")
+            .await
+    );
+    let emails = h.moto.emails_from(&h.from).await;
+    assert_eq!(emails.len(), 1, "{emails:?}");
+    assert_eq!(emails[0].destinations.to, [h.email_of(1)]);
+    assert_eq!(
+        emails[0].subject,
+        "Your job \"Fix the kitchen sink\" is done"
+    );
+    // (moto keeps the HTML part when there are both)
+    assert_eq!(
+        emails[0].body,
+        "<p>Hi Ann Lee-Park,</p><p><b>Fix the kitchen sink</b> is completed. Thank you for your business.</p>"
+    );
+    let sms = h.moto.sms_to(&h.phone_of(1)).await;
+    assert_eq!(sms.len(), 1, "{sms:?}");
+    assert_eq!(
+        sms[0].message,
+        "Hi Ann Lee-Park, \"Fix the kitchen sink\" is completed."
+    );
+
+    // AND the ledger row is sent, with both provider ids
+    let row = h
+        .db
+        .client
+        .query_one("SELECT id, status, attempts, completed_at IS NOT NULL, error FROM automation_execution_logs", &[])
+        .await
+        .unwrap();
+    let first_id: i64 = row.get(0);
+    assert_eq!(row.get::<_, String>(1), "sent");
+    assert_eq!(row.get::<_, i32>(2), 1);
+    assert!(row.get::<_, bool>(3));
+    assert_eq!(row.get::<_, Option<String>>(4), None);
+    let deliveries = h
+        .db
+        .client
+        .query("SELECT channel, recipient, status, provider_message_id FROM automation_deliveries ORDER BY channel", &[])
+        .await
+        .unwrap();
+    let d: Vec<(String, String, String, String)> = deliveries
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(d.len(), 2);
+    assert_eq!(
+        (d[0].0.as_str(), d[0].1.as_str(), d[0].2.as_str()),
+        ("email", h.email_of(1).as_str(), "sent")
+    );
+    assert_eq!(
+        d[0].3, emails[0].id,
+        "the email's provider id is the one SES returned"
+    );
+    assert_eq!(
+        (d[1].0.as_str(), d[1].1.as_str(), d[1].2.as_str()),
+        ("sms", h.phone_of(1).as_str(), "sent")
+    );
+    assert!(!d[1].3.is_empty());
+
+    // WHEN the job goes back and is completed again 10 s later, inside the 30 s window
+    h.db.set_now("2026-03-01 09:00:10+00").await;
+    h.db.exec("UPDATE jobs SET status = 'reopened' WHERE id = 1; UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    // THEN the event is recorded as suppressed, pointing at the log that holds the window
+    assert_eq!(h.db.statuses().await, ["sent", "suppressed"]);
+    let holder: i64 = h
+        .db
+        .scalar("SELECT suppressed_by FROM automation_execution_logs WHERE status = 'suppressed'")
+        .await;
+    assert_eq!(holder, first_id);
+    assert_eq!(h.tick().await.claimed, 0);
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
+
+    // WHEN it happens again after the window (31 s after the first)
+    h.db.set_now("2026-03-01 09:00:31+00").await;
+    h.db.exec("UPDATE jobs SET status = 'reopened' WHERE id = 1; UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    assert_eq!(h.db.statuses().await, ["sent", "suppressed", "pending"]);
+    let summary = h.tick().await;
+    assert_eq!((summary.claimed, summary.sent), (1, 1));
+    assert!(h.deliver_all().await.is_empty());
+
+    // THEN it sends again
+    assert_eq!(h.db.statuses().await, ["sent", "suppressed", "sent"]);
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 2);
+    assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 2);
+}
+
+#[tokio::test]
+async fn other_columns_inserts_and_unmatched_statuses_create_no_logs() {
+    let h = Herald::with_jobs_example().await;
+    h.db.exec(
+        "UPDATE jobs SET title = 'Fix the sink (again)' WHERE id = 1;
+         UPDATE jobs SET status = status WHERE id = 2;
+         UPDATE jobs SET status = 'in_progress' WHERE id = 2;
+         INSERT INTO jobs (id, client_id, title, status) VALUES (3, 1, 'New', 'completed');",
+    )
+    .await;
+    assert_eq!(h.db.statuses().await, Vec::<String>::new());
+
+    // An automation that asks for inserts gets them.
+    h.db.exec(
+        "INSERT INTO automations (name, source_table, trigger_event, to_status, sms_to, sms_body)
+         VALUES ('job-booked', 'jobs', 'insert', 'scheduled', '+14155550199', 'Booked: {{ title }}');
+         INSERT INTO jobs (id, client_id, title) VALUES (4, 2, 'Paint the fence');
+         INSERT INTO jobs (id, client_id, title, status) VALUES (5, 2, 'Other', 'draft');",
+    )
+    .await;
+    let row = h
+        .db
+        .client
+        .query_one("SELECT event, subject_id, new_status, snapshot->>'title' FROM automation_execution_logs", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "insert");
+    assert_eq!(row.get::<_, String>(1), "4");
+    assert_eq!(row.get::<_, String>(2), "scheduled");
+    assert_eq!(row.get::<_, String>(3), "Paint the fence");
+
+    // An inactive automation does nothing; from_status narrows what matches.
+    h.db.exec(
+        "UPDATE automations SET is_active = false WHERE name = 'job-completed';
+         UPDATE jobs SET status = 'completed' WHERE id = 2;
+         INSERT INTO automations (name, source_table, from_status, to_status, sms_to, sms_body)
+         VALUES ('started', 'jobs', 'scheduled', 'in_progress', '+14155550199', 'Started');
+         UPDATE jobs SET status = 'in_progress' WHERE id = 2;
+         UPDATE jobs SET status = 'in_progress' WHERE id = 1;",
+    )
+    .await;
+    let subjects: Vec<String> =
+        h.db.client
+            .query(
+                "SELECT subject_id FROM automation_execution_logs ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    assert_eq!(
+        subjects,
+        ["4", "1"],
+        "only the insert of job 4 and job 1 going scheduled → in_progress match"
+    );
+}
+
+#[tokio::test]
+async fn the_monitoring_queries_work_verbatim() {
+    let h = Herald::with_jobs_example().await;
+    h.db.exec("UPDATE jobs SET status = 'completed'").await;
+    let pending: i64 =
+        h.db.scalar("SELECT COUNT(*) FROM automation_execution_logs WHERE status = 'pending';")
+            .await;
+    assert_eq!(pending, 2);
+    let rows = h
+        .db
+        .client
+        .query("SELECT id, status, created_at, completed_at FROM automation_execution_logs ORDER BY created_at DESC LIMIT 10;", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+}
+
+#[tokio::test]
+async fn two_schedulers_at_once_never_claim_the_same_log() {
+    // GIVEN 500 pending logs
+    let h = Herald::with_jobs_example().await;
+    h.db.exec(
+        "UPDATE automations SET suppression_window = '0'::interval;
+         INSERT INTO jobs (id, client_id, title) SELECT g, 1, 'job ' || g FROM generate_series(10, 509) g;
+         UPDATE jobs SET status = 'completed' WHERE id >= 10;",
+    )
+    .await;
+    assert_eq!(
+        h.db.scalar::<i64>(
+            "SELECT count(*) FROM automation_execution_logs WHERE status = 'pending'"
+        )
+        .await,
+        500
+    );
+
+    // WHEN two schedulers with small claims drain at the same time
+    let mut second = Herald::new().await;
+    second.scheduler.db = herald_shared::pg::Database::new(h.db.config());
+    second.scheduler.settings.claim_batch = 20;
+    let mut first_settings = h.scheduler.settings.clone();
+    first_settings.claim_batch = 20;
+    let first = herald_scheduler::Scheduler {
+        db: herald_shared::pg::Database::new(h.db.config()),
+        queue: herald_shared::aws::SqsQueue::new(&h.moto.sdk, h.queue_url.clone()),
+        clock: std::sync::Arc::new(herald_shared::clock::SystemClock),
+        settings: first_settings,
+    };
+    let event = || {
+        lambda_runtime::LambdaEvent::new(
+            serde_json::from_str(&herald_tests::repo_file("events/scheduled.json")).unwrap(),
+            herald_tests::lambda_context(60),
+        )
+    };
+    let (a, b) = tokio::join!(
+        herald_scheduler::handle(&first, event()),
+        herald_scheduler::handle(&second.scheduler, event())
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+
+    // THEN together they claimed each log once, and each queue holds what its scheduler sent
+    assert_eq!(a.claimed + b.claimed, 500, "{a:?} {b:?}");
+    assert_eq!(a.sent + b.sent, 500);
+    assert!(
+        a.claimed > 0 && b.claimed > 0,
+        "both took part: {a:?} {b:?}"
+    );
+    assert_eq!(
+        h.db.scalar::<i64>(
+            "SELECT count(*) FROM automation_execution_logs WHERE status = 'queued'"
+        )
+        .await,
+        500
+    );
+    assert_eq!(h.moto.queue_depth(&h.queue_url).await as u64, a.sent);
+    assert_eq!(
+        second.moto.queue_depth(&second.queue_url).await as u64,
+        b.sent
+    );
+}
