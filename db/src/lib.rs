@@ -23,9 +23,7 @@ const LOCK_KEY: i64 = 0x6865_7261_6c64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error(
-        "migration {version} ({name}) was applied with different contents; refusing to continue"
-    )]
+    #[error("migration {version} ({name}) was applied with different contents; refusing to continue")]
     Changed { version: i32, name: &'static str },
     #[error("the database has migration {0}, which this build does not know; it is older than the schema")]
     Unknown(i32),
@@ -43,8 +41,7 @@ pub enum MigrateError {
 /// versions it applied (empty when the schema was already current).
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, MigrateError> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
-        .await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS herald_migrations (
            version    integer PRIMARY KEY,
@@ -68,10 +65,7 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, MigrateError> {
             return Err(MigrateError::Unknown(version));
         };
         if same != Some(true) {
-            return Err(MigrateError::Changed {
-                version,
-                name: m.name,
-            });
+            return Err(MigrateError::Changed { version, name: m.name });
         }
         done.push(version);
     }
@@ -79,10 +73,7 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, MigrateError> {
     for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
         tx.batch_execute(m.sql)
             .await
-            .map_err(|source| MigrateError::Apply {
-                name: m.name,
-                source,
-            })?;
+            .map_err(|source| MigrateError::Apply { name: m.name, source })?;
         tx.execute(
             "INSERT INTO herald_migrations (version, name, checksum) VALUES ($1, $2, md5($3::text))",
             &[&m.version, &m.name, &m.sql],
@@ -102,11 +93,7 @@ mod tests {
     fn versions_are_dense_and_match_file_names() {
         for (i, m) in MIGRATIONS.iter().enumerate() {
             assert_eq!(m.version as usize, i + 1, "{}", m.name);
-            assert!(
-                m.name.starts_with(&format!("{:04}_", m.version)),
-                "{}",
-                m.name
-            );
+            assert!(m.name.starts_with(&format!("{:04}_", m.version)), "{}", m.name);
         }
     }
 

@@ -5,10 +5,7 @@ use std::process::ExitCode;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let Some(url) = std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var("DATABASE_URL").ok())
-    else {
+    let Some(url) = std::env::args().nth(1).or_else(|| std::env::var("DATABASE_URL").ok()) else {
         eprintln!("usage: herald-migrate DATABASE_URL (or set DATABASE_URL)");
         return ExitCode::from(2);
     };

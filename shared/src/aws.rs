@@ -63,9 +63,7 @@ where
             };
             f.with_code(code)
         }
-        SdkError::ConstructionFailure(_) => {
-            Failure::permanent(DisplayErrorContext(err).to_string())
-        }
+        SdkError::ConstructionFailure(_) => Failure::permanent(DisplayErrorContext(err).to_string()),
         // Timeouts, connection failures, unreadable responses.
         _ => Failure::transient(DisplayErrorContext(err).to_string()),
     }
@@ -207,11 +205,7 @@ impl Queue for SqsQueue {
                 "SQS rejected a message"
             );
         }
-        Ok(out
-            .failed()
-            .iter()
-            .filter_map(|f| f.id().parse().ok())
-            .collect())
+        Ok(out.failed().iter().filter_map(|f| f.id().parse().ok()).collect())
     }
 }
 

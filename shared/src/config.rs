@@ -51,15 +51,12 @@ where
 /// by `DATABASE_SECRET_ARN`, read once per container.
 pub async fn database(aws: &SdkConfig) -> Result<tokio_postgres::Config, ConfigError> {
     if let Some(url) = var("DATABASE_URL") {
-        return url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| ConfigError::Invalid {
-                name: "DATABASE_URL",
-                why: e.to_string(),
-            });
+        return url.parse().map_err(|e: tokio_postgres::Error| ConfigError::Invalid {
+            name: "DATABASE_URL",
+            why: e.to_string(),
+        });
     }
-    let arn = var("DATABASE_SECRET_ARN")
-        .ok_or(ConfigError::Missing("DATABASE_URL or DATABASE_SECRET_ARN"))?;
+    let arn = var("DATABASE_SECRET_ARN").ok_or(ConfigError::Missing("DATABASE_URL or DATABASE_SECRET_ARN"))?;
     let secret = read_secret(aws, &arn)
         .await
         .map_err(|e| ConfigError::Secret(e.to_string()))?;
@@ -84,11 +81,8 @@ pub fn database_from_secret(secret: &str) -> Result<tokio_postgres::Config, Conf
             .parse()
             .map_err(|e: tokio_postgres::Error| ConfigError::Secret(e.to_string()));
     }
-    let s: RdsSecret = serde_json::from_str(secret).map_err(|e| {
-        ConfigError::Secret(format!(
-            "neither a postgres:// URL nor RDS secret JSON ({e})"
-        ))
-    })?;
+    let s: RdsSecret = serde_json::from_str(secret)
+        .map_err(|e| ConfigError::Secret(format!("neither a postgres:// URL nor RDS secret JSON ({e})")))?;
     let mut config = tokio_postgres::Config::new();
     config
         .host(&s.host)
@@ -113,10 +107,7 @@ mod tests {
         assert_eq!(c.get_password(), Some(&b"p@ss:/word"[..]));
         assert_eq!(c.get_ports(), &[5433]);
         let err = database_from_secret("hunter2").unwrap_err().to_string();
-        assert!(
-            err.contains("neither a postgres:// URL nor RDS secret JSON"),
-            "{err}"
-        );
+        assert!(err.contains("neither a postgres:// URL nor RDS secret JSON"), "{err}");
         assert!(
             !err.contains("hunter2"),
             "the secret must not leak into the error: {err}"

@@ -4,8 +4,7 @@ use tracing::{info, warn};
 
 use crate::clock::Clock;
 use crate::model::{
-    Channel, Claim, ContextError, EmailSender, ErrorKind, Failure, Ledger, LogId, LogResult,
-    QueueMessage, SmsSender,
+    Channel, Claim, ContextError, EmailSender, ErrorKind, Failure, Ledger, LogId, LogResult, QueueMessage, SmsSender,
 };
 use crate::recipient::{check_email, check_phone, mask_email, mask_phone};
 use crate::render::{render, variables};
@@ -54,9 +53,7 @@ impl<L: Ledger, E: EmailSender, S: SmsSender> Deliverer<'_, L, E, S> {
         match self.ledger.claim(id, self.clock.now()).await {
             Err(e) => return Outcome::Retry(e.to_string()),
             Ok(Claim::Unknown) => return Outcome::Rejected(format!("no execution log {id}")),
-            Ok(Claim::NotClaimable { status }) => {
-                return Outcome::Skipped(format!("log {id} is {status}"))
-            }
+            Ok(Claim::NotClaimable { status }) => return Outcome::Skipped(format!("log {id} is {status}")),
             Ok(Claim::Claimed { attempt }) => info!(log_id = id, attempt, "claimed"),
         }
         let result = self.execute(id).await;
@@ -76,33 +73,21 @@ impl<L: Ledger, E: EmailSender, S: SmsSender> Deliverer<'_, L, E, S> {
     async fn execute(&self, id: LogId) -> LogResult {
         let log = match self.ledger.load(id).await {
             Ok(Some(log)) => log,
-            Ok(None) => {
-                return LogResult::Retry(Failure::transient(format!(
-                    "log {id} vanished after it was claimed"
-                )))
-            }
+            Ok(None) => return LogResult::Retry(Failure::transient(format!("log {id} vanished after it was claimed"))),
             Err(e) => return LogResult::Retry(Failure::transient(e.to_string())),
         };
         let Some(def) = log.definition else {
-            return LogResult::Failed(Failure::permanent(format!(
-                "unknown automation {}",
-                log.automation_id
-            )));
+            return LogResult::Failed(Failure::permanent(format!("unknown automation {}", log.automation_id)));
         };
         if !def.is_active {
-            return LogResult::Failed(Failure::permanent(format!(
-                "automation {:?} is inactive",
-                def.name
-            )));
+            return LogResult::Failed(Failure::permanent(format!("automation {:?} is inactive", def.name)));
         }
         let context = match self.ledger.context(id).await {
             Ok(c) => c,
             Err(ContextError::Permanent(msg)) => {
                 return LogResult::Failed(Failure::permanent(format!("context: {msg}")))
             }
-            Err(ContextError::Store(e)) => {
-                return LogResult::Retry(Failure::transient(e.to_string()))
-            }
+            Err(ContextError::Store(e)) => return LogResult::Retry(Failure::transient(e.to_string())),
         };
         let vars = variables(context, &log.event);
         let rendered = match render(&def, &vars, self.default_from) {
@@ -123,10 +108,7 @@ impl<L: Ledger, E: EmailSender, S: SmsSender> Deliverer<'_, L, E, S> {
             }
         }
 
-        if let Some(email) = rendered
-            .email
-            .filter(|_| !log.delivered.contains(&Channel::Email))
-        {
+        if let Some(email) = rendered.email.filter(|_| !log.delivered.contains(&Channel::Email)) {
             if let Err(r) = self
                 .deliver(
                     id,
@@ -140,18 +122,9 @@ impl<L: Ledger, E: EmailSender, S: SmsSender> Deliverer<'_, L, E, S> {
                 return r;
             }
         }
-        if let Some(sms) = rendered
-            .sms
-            .filter(|_| !log.delivered.contains(&Channel::Sms))
-        {
+        if let Some(sms) = rendered.sms.filter(|_| !log.delivered.contains(&Channel::Sms)) {
             if let Err(r) = self
-                .deliver(
-                    id,
-                    Channel::Sms,
-                    &sms.to,
-                    &mask_phone(&sms.to),
-                    self.sms.send_sms(&sms),
-                )
+                .deliver(id, Channel::Sms, &sms.to, &mask_phone(&sms.to), self.sms.send_sms(&sms))
                 .await
             {
                 return r;
@@ -169,20 +142,14 @@ impl<L: Ledger, E: EmailSender, S: SmsSender> Deliverer<'_, L, E, S> {
         masked: &str,
         send: impl std::future::Future<Output = Result<String, Failure>>,
     ) -> Result<(), LogResult> {
-        let store_failed =
-            |e: crate::model::StoreError| LogResult::Retry(Failure::transient(e.to_string()));
+        let store_failed = |e: crate::model::StoreError| LogResult::Retry(Failure::transient(e.to_string()));
         self.ledger
             .delivery_started(id, channel, recipient, self.clock.now())
             .await
             .map_err(store_failed)?;
         let sent = send.await;
         self.ledger
-            .delivery_finished(
-                id,
-                channel,
-                sent.as_deref().map_err(|f| f),
-                self.clock.now(),
-            )
+            .delivery_finished(id, channel, sent.as_deref().map_err(|f| f), self.clock.now())
             .await
             .map_err(store_failed)?;
         match sent {

@@ -18,13 +18,9 @@ pub struct QueueMessage {
 impl QueueMessage {
     /// Parses a message body; the error says what is wrong with it.
     pub fn parse(body: &str) -> Result<Self, String> {
-        let msg: Self =
-            serde_json::from_str(body).map_err(|e| format!("malformed message body: {e}"))?;
+        let msg: Self = serde_json::from_str(body).map_err(|e| format!("malformed message body: {e}"))?;
         if msg.log_id <= 0 {
-            return Err(format!(
-                "malformed message body: log_id {} is not a log id",
-                msg.log_id
-            ));
+            return Err(format!("malformed message body: log_id {} is not a log id", msg.log_id));
         }
         Ok(msg)
     }
@@ -133,10 +129,7 @@ pub struct StoreError {
 }
 
 impl StoreError {
-    pub fn new(
-        context: &'static str,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
+    pub fn new(context: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self {
             context,
             source: Box::new(source),
@@ -223,17 +216,9 @@ pub enum LogResult {
 
 /// The executor's view of the ledger.
 pub trait Ledger: Sync {
-    fn claim(
-        &self,
-        id: LogId,
-        now: SystemTime,
-    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
-    fn load(&self, id: LogId)
-        -> impl Future<Output = Result<Option<LoadedLog>, StoreError>> + Send;
-    fn context(
-        &self,
-        id: LogId,
-    ) -> impl Future<Output = Result<serde_json::Value, ContextError>> + Send;
+    fn claim(&self, id: LogId, now: SystemTime) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+    fn load(&self, id: LogId) -> impl Future<Output = Result<Option<LoadedLog>, StoreError>> + Send;
+    fn context(&self, id: LogId) -> impl Future<Output = Result<serde_json::Value, ContextError>> + Send;
     fn delivery_started(
         &self,
         id: LogId,
@@ -259,26 +244,15 @@ pub trait Ledger: Sync {
 /// The scheduler's view of the ledger.
 pub trait DueLogs: Sync {
     /// Marks up to `limit` due pending logs as queued and returns their ids.
-    fn claim_due(
-        &self,
-        limit: i64,
-        now: SystemTime,
-    ) -> impl Future<Output = Result<Vec<LogId>, StoreError>> + Send;
+    fn claim_due(&self, limit: i64, now: SystemTime) -> impl Future<Output = Result<Vec<LogId>, StoreError>> + Send;
     /// Puts queued logs back to pending (their messages never reached the queue).
-    fn release(
-        &self,
-        ids: &[LogId],
-        now: SystemTime,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn release(&self, ids: &[LogId], now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// A queue that takes up to 10 messages at once.
 pub trait Queue: Sync {
     /// Sends the messages; returns the log ids whose messages the queue rejected.
-    fn send_batch(
-        &self,
-        messages: &[QueueMessage],
-    ) -> impl Future<Output = Result<Vec<LogId>, Failure>> + Send;
+    fn send_batch(&self, messages: &[QueueMessage]) -> impl Future<Output = Result<Vec<LogId>, Failure>> + Send;
 }
 
 /// An email ready to go.

@@ -10,8 +10,8 @@ use tracing::{info, warn};
 
 use crate::model::Failure;
 use crate::model::{
-    Channel, Claim, ContextError, Definition, DueLogs, EmailTemplates, EventInfo, Ledger,
-    LoadedLog, LogId, LogResult, SmsTemplates, StoreError,
+    Channel, Claim, ContextError, Definition, DueLogs, EmailTemplates, EventInfo, Ledger, LoadedLog, LogId, LogResult,
+    SmsTemplates, StoreError,
 };
 
 mod sql {
@@ -133,17 +133,13 @@ impl Ledger for PgStore {
         let definition = r.get::<_, bool>("has_automation").then(|| Definition {
             name: r.get("name"),
             is_active: r.get("is_active"),
-            email: r
-                .get::<_, Option<String>>("email_to")
-                .map(|to| EmailTemplates {
-                    from: r.get("email_from"),
-                    to,
-                    subject: r
-                        .get::<_, Option<String>>("email_subject")
-                        .unwrap_or_default(),
-                    text: r.get("email_text"),
-                    html: r.get("email_html"),
-                }),
+            email: r.get::<_, Option<String>>("email_to").map(|to| EmailTemplates {
+                from: r.get("email_from"),
+                to,
+                subject: r.get::<_, Option<String>>("email_subject").unwrap_or_default(),
+                text: r.get("email_text"),
+                html: r.get("email_html"),
+            }),
             sms: r.get::<_, Option<String>>("sms_to").map(|to| SmsTemplates {
                 to,
                 body: r.get::<_, Option<String>>("sms_body").unwrap_or_default(),
@@ -173,10 +169,7 @@ impl Ledger for PgStore {
                 Some(db) if !is_transient_sqlstate(db.code().code()) => {
                     Err(ContextError::Permanent(db.message().to_owned()))
                 }
-                _ => Err(ContextError::Store(StoreError::new(
-                    "loading template variables",
-                    e,
-                ))),
+                _ => Err(ContextError::Store(StoreError::new("loading template variables", e))),
             },
         }
     }
@@ -189,10 +182,7 @@ impl Ledger for PgStore {
         now: SystemTime,
     ) -> Result<(), StoreError> {
         self.client
-            .execute(
-                sql::DELIVERY_STARTED,
-                &[&id, &channel.as_str(), &recipient, &now],
-            )
+            .execute(sql::DELIVERY_STARTED, &[&id, &channel.as_str(), &recipient, &now])
             .await
             .map_err(err("recording a delivery"))?;
         Ok(())
@@ -219,12 +209,7 @@ impl Ledger for PgStore {
         Ok(())
     }
 
-    async fn finish(
-        &self,
-        id: LogId,
-        result: &LogResult,
-        now: SystemTime,
-    ) -> Result<(), StoreError> {
+    async fn finish(&self, id: LogId, result: &LogResult, now: SystemTime) -> Result<(), StoreError> {
         let (status, failure) = match result {
             LogResult::Sent => ("sent", None),
             LogResult::Failed(f) => ("failed", Some(f)),

@@ -2,12 +2,7 @@
 
 /// Checks that `addr` is a plain `local@domain` address SES will accept.
 pub fn check_email(addr: &str) -> Result<(), String> {
-    let bad = |why: &str| {
-        Err(format!(
-            "invalid email address {:?}: {why}",
-            mask_email(addr)
-        ))
-    };
+    let bad = |why: &str| Err(format!("invalid email address {:?}: {why}", mask_email(addr)));
     if addr.is_empty() {
         return bad("it is empty");
     }
@@ -15,16 +10,9 @@ pub fn check_email(addr: &str) -> Result<(), String> {
         return bad("it is longer than 254 characters");
     }
     if addr.chars().any(|c| {
-        c.is_whitespace()
-            || c.is_control()
-            || matches!(
-                c,
-                '<' | '>' | ',' | ';' | '"' | '(' | ')' | '[' | ']' | '\\'
-            )
+        c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"' | '(' | ')' | '[' | ']' | '\\')
     }) {
-        return bad(
-            "it contains a space, a control character or a character not allowed in an address",
-        );
+        return bad("it contains a space, a control character or a character not allowed in an address");
     }
     let Some((local, domain)) = addr.rsplit_once('@') else {
         return bad("it has no @");
@@ -55,12 +43,7 @@ pub fn check_email(addr: &str) -> Result<(), String> {
 /// Checks that `number` is an E.164 phone number: `+`, a country code that does not start
 /// with 0, and 8 to 15 digits in all.
 pub fn check_phone(number: &str) -> Result<(), String> {
-    let bad = |why: &str| {
-        Err(format!(
-            "invalid phone number {:?}: {why}",
-            mask_phone(number)
-        ))
-    };
+    let bad = |why: &str| Err(format!("invalid phone number {:?}: {why}", mask_phone(number)));
     let Some(digits) = number.strip_prefix('+') else {
         return bad("E.164 numbers start with +");
     };
@@ -96,13 +79,7 @@ fn mask_tail(s: &str, keep: usize) -> String {
     let n = s.chars().count();
     s.chars()
         .enumerate()
-        .map(|(i, c)| {
-            if i == 0 && c == '+' || i + keep >= n {
-                c
-            } else {
-                '*'
-            }
-        })
+        .map(|(i, c)| if i == 0 && c == '+' || i + keep >= n { c } else { '*' })
         .collect()
 }
 

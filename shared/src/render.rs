@@ -15,20 +15,11 @@ pub const SMS_MAX_CHARS: usize = 1600;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RenderError {
     #[error("missing template variable {} in {template}", list(.names))]
-    Missing {
-        template: &'static str,
-        names: Vec<String>,
-    },
+    Missing { template: &'static str, names: Vec<String> },
     #[error("template variable {} in {template} is null", list(.names))]
-    Null {
-        template: &'static str,
-        names: Vec<String>,
-    },
+    Null { template: &'static str, names: Vec<String> },
     #[error("{template} could not be rendered: {message}")]
-    Invalid {
-        template: &'static str,
-        message: String,
-    },
+    Invalid { template: &'static str, message: String },
     #[error("{template} rendered to an empty string")]
     Empty { template: &'static str },
     #[error("sms_body rendered to {0} characters; SMS allows {SMS_MAX_CHARS}")]
@@ -36,11 +27,7 @@ pub enum RenderError {
 }
 
 fn list(names: &[String]) -> String {
-    names
-        .iter()
-        .map(|n| format!("`{n}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
 /// What one log sends, ready for the providers.
@@ -60,10 +47,7 @@ pub fn variables(context: Json, event: &EventInfo) -> Json {
             map
         }
     };
-    vars.insert(
-        "herald".to_owned(),
-        serde_json::to_value(event).unwrap_or(Json::Null),
-    );
+    vars.insert("herald".to_owned(), serde_json::to_value(event).unwrap_or(Json::Null));
     Json::Object(vars)
 }
 
@@ -131,22 +115,12 @@ fn environment() -> Environment<'static> {
 }
 
 /// Renders a template whose result is one line (an address, a subject).
-fn one_line(
-    env: &Environment<'_>,
-    name: &'static str,
-    source: &str,
-    vars: &Json,
-) -> Result<String, RenderError> {
+fn one_line(env: &Environment<'_>, name: &'static str, source: &str, vars: &Json) -> Result<String, RenderError> {
     let s = non_empty(env, name, source, vars)?;
     Ok(s.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
-fn non_empty(
-    env: &Environment<'_>,
-    name: &'static str,
-    source: &str,
-    vars: &Json,
-) -> Result<String, RenderError> {
+fn non_empty(env: &Environment<'_>, name: &'static str, source: &str, vars: &Json) -> Result<String, RenderError> {
     let s = render_one(env, name, source, vars)?;
     if s.trim().is_empty() {
         return Err(RenderError::Empty { template: name });
@@ -154,12 +128,7 @@ fn non_empty(
     Ok(s)
 }
 
-fn render_one(
-    env: &Environment<'_>,
-    name: &'static str,
-    source: &str,
-    vars: &Json,
-) -> Result<String, RenderError> {
+fn render_one(env: &Environment<'_>, name: &'static str, source: &str, vars: &Json) -> Result<String, RenderError> {
     let invalid = |e: minijinja::Error| RenderError::Invalid {
         template: name,
         message: e.to_string(),
@@ -197,8 +166,7 @@ fn render_one(
 
 /// Follows a dotted path (`client.email`) through JSON objects.
 fn lookup<'a>(vars: &'a Json, path: &str) -> Option<&'a Json> {
-    path.split('.')
-        .try_fold(vars, |v, key| v.as_object()?.get(key))
+    path.split('.').try_fold(vars, |v, key| v.as_object()?.get(key))
 }
 
 #[cfg(test)]
@@ -255,11 +223,7 @@ mod tests {
 
     #[test]
     fn a_missing_variable_is_named_and_nothing_renders() {
-        let d = def(
-            "Job {{ job.title }} for {{ client_surname }}",
-            "<p>x</p>",
-            "x",
-        );
+        let d = def("Job {{ job.title }} for {{ client_surname }}", "<p>x</p>", "x");
         let err = render(&d, &vars(), "n@example.com").unwrap_err();
         assert_eq!(
             err,
@@ -298,11 +262,7 @@ mod tests {
         // a default makes it fine
         let d = def("ok", "<p>x</p>", "Notes: {{ job.notes or 'none yet' }}");
         assert_eq!(
-            render(&d, &vars(), "n@example.com")
-                .unwrap()
-                .sms
-                .unwrap()
-                .body,
+            render(&d, &vars(), "n@example.com").unwrap().sms.unwrap().body,
             "Notes: none yet"
         );
     }
@@ -325,20 +285,14 @@ mod tests {
             })
         );
         let d = def("s", "<p>x</p>", "{{ 'x' * 1601 }}");
-        assert_eq!(
-            render(&d, &vars(), "n@x.com"),
-            Err(RenderError::SmsTooLong(1601))
-        );
+        assert_eq!(render(&d, &vars(), "n@x.com"), Err(RenderError::SmsTooLong(1601)));
     }
 
     #[test]
     fn template_looking_data_is_rendered_as_text() {
-        let d = def(
-            "{{ client_name }}",
-            "<p>{{ client_name }}</p>",
-            "{{ client_name }}",
-        );
-        let v = json!({"client_name": "{{ 7 * 7 }}{% raw %}", "client_email": "a@b.co", "client_phone": "+14155550123"});
+        let d = def("{{ client_name }}", "<p>{{ client_name }}</p>", "{{ client_name }}");
+        let v =
+            json!({"client_name": "{{ 7 * 7 }}{% raw %}", "client_email": "a@b.co", "client_phone": "+14155550123"});
         let r = render(&d, &v, "n@x.com").unwrap();
         assert_eq!(r.email.unwrap().subject, "{{ 7 * 7 }}{% raw %}");
     }

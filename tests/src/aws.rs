@@ -54,12 +54,7 @@ impl Moto {
     /// A queue of the test's own; returns its URL.
     pub async fn create_queue(&self, name: &str) -> String {
         let sqs = aws_sdk_sqs::Client::new(&self.sdk);
-        let out = sqs
-            .create_queue()
-            .queue_name(name)
-            .send()
-            .await
-            .expect("CreateQueue");
+        let out = sqs.create_queue().queue_name(name).send().await.expect("CreateQueue");
         out.queue_url().expect("queue url").to_owned()
     }
 
@@ -134,10 +129,7 @@ impl Moto {
             .expect("GetQueueAttributes");
         let attrs = out.attributes().cloned().unwrap_or_default();
         let n = |k: aws_sdk_sqs::types::QueueAttributeName| {
-            attrs
-                .get(&k)
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0)
+            attrs.get(&k).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0)
         };
         n(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
             + n(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
@@ -146,19 +138,15 @@ impl Moto {
     /// Every email moto accepted whose sender is `from`.
     pub async fn emails_from(&self, from: &str) -> Vec<SentEmail> {
         let data = self.data().await;
-        let all: Vec<SentEmail> =
-            serde_json::from_value(data["ses"]["Message"].clone()).unwrap_or_default();
+        let all: Vec<SentEmail> = serde_json::from_value(data["ses"]["Message"].clone()).unwrap_or_default();
         all.into_iter().filter(|m| m.source == from).collect()
     }
 
     /// Every SMS moto accepted for `number`.
     pub async fn sms_to(&self, number: &str) -> Vec<SentSms> {
         let data = self.data().await;
-        let all: Vec<SentSms> =
-            serde_json::from_value(data["sns"]["SMS"].clone()).unwrap_or_default();
-        all.into_iter()
-            .filter(|m| m.phone_number == number)
-            .collect()
+        let all: Vec<SentSms> = serde_json::from_value(data["sns"]["SMS"].clone()).unwrap_or_default();
+        all.into_iter().filter(|m| m.phone_number == number).collect()
     }
 
     /// moto's whole state (`GET /moto-api/data.json`), over a plain HTTP/1.0 request.

@@ -34,9 +34,7 @@ impl Herald {
         let tag = (std::process::id() % 1000) * 1000 + N.fetch_add(1, Ordering::Relaxed);
         let db = TestDb::new().await;
         let moto = Moto::new().await;
-        let queue_url = moto
-            .create_queue(&format!("herald-{}-{tag}", db.name))
-            .await;
+        let queue_url = moto.create_queue(&format!("herald-{}-{tag}", db.name)).await;
         let from = format!("herald-{tag}@notify.example.com");
         moto.verify_sender(&from).await;
         let scheduler = Scheduler {
@@ -99,8 +97,7 @@ impl Herald {
 
     /// One scheduler invocation through the real handler, with the sample EventBridge event.
     pub async fn tick(&self) -> DrainSummary {
-        let event: EventBridgeEvent =
-            serde_json::from_str(&repo_file("events/scheduled.json")).unwrap();
+        let event: EventBridgeEvent = serde_json::from_str(&repo_file("events/scheduled.json")).unwrap();
         herald_scheduler::handle(&self.scheduler, LambdaEvent::new(event, lambda_context(60)))
             .await
             .expect("scheduler invocation")
@@ -128,9 +125,7 @@ impl Herald {
                 .iter()
                 .map(|f| f.item_identifier.clone())
                 .collect();
-            self.moto
-                .delete_done(&self.queue_url, &event, &failed)
-                .await;
+            self.moto.delete_done(&self.queue_url, &event, &failed).await;
             failures.extend(failed);
         }
     }

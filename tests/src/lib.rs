@@ -54,10 +54,7 @@ async fn template() -> &'static str {
             let name = format!("herald_template_{:016x}", h.finish());
             let admin = connect(&services().admin_url()).await;
             // Serialize template creation across processes sharing one server.
-            admin
-                .execute("SELECT pg_advisory_lock(4242)", &[])
-                .await
-                .unwrap();
+            admin.execute("SELECT pg_advisory_lock(4242)", &[]).await.unwrap();
             let exists = admin
                 .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
                 .await
@@ -83,10 +80,7 @@ async fn template() -> &'static str {
                     .await
                     .unwrap();
             }
-            admin
-                .execute("SELECT pg_advisory_unlock(4242)", &[])
-                .await
-                .unwrap();
+            admin.execute("SELECT pg_advisory_unlock(4242)", &[]).await.unwrap();
             name
         })
         .await
@@ -101,16 +95,25 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> Self {
+        Self::create(Some(template().await)).await
+    }
+
+    /// A database without Herald's schema.
+    pub async fn empty() -> Self {
+        Self::create(None).await
+    }
+
+    async fn create(template: Option<&str>) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let template = template().await;
         let name = format!(
             "herald_test_{}_{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
         let admin = connect(&services().admin_url()).await;
+        let from = template.map(|t| format!(" TEMPLATE {t}")).unwrap_or_default();
         admin
-            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .batch_execute(&format!("CREATE DATABASE {name}{from}"))
             .await
             .unwrap();
         let url = services().url_for(&name);
@@ -157,10 +160,7 @@ impl TestDb {
     pub async fn statuses(&self) -> Vec<String> {
         let rows = self
             .client
-            .query(
-                "SELECT status FROM automation_execution_logs ORDER BY id",
-                &[],
-            )
+            .query("SELECT status FROM automation_execution_logs ORDER BY id", &[])
             .await
             .unwrap();
         rows.iter().map(|r| r.get(0)).collect()

@@ -67,10 +67,7 @@ fn start() -> Result<Services, String> {
         Ok(url) if !url.is_empty() => url.trim_end_matches('/').to_owned(),
         _ => start_moto()?,
     };
-    Ok(Services {
-        admin_url,
-        moto_url,
-    })
+    Ok(Services { admin_url, moto_url })
 }
 
 fn free_port() -> Result<u16, String> {
@@ -124,8 +121,7 @@ fn child_of_this_process(cmd: &mut Command, user: Option<(u32, u32)>, signal: li
 }
 
 fn pg_bin(tool: &str) -> PathBuf {
-    let dir =
-        std::env::var("HERALD_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let dir = std::env::var("HERALD_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
     Path::new(&dir).join(tool)
 }
 
@@ -160,10 +156,7 @@ fn start_postgres() -> Result<String, String> {
         .output()
         .map_err(|e| format!("running initdb ({}): {e}", pg_bin("initdb").display()))?;
     if !out.status.success() {
-        return Err(format!(
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
     let port = free_port()?;
     let mut pg = Command::new(pg_bin("postgres"));
@@ -251,12 +244,9 @@ fn start_moto() -> Result<String, String> {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     child_of_this_process(&mut cmd, None, libc::SIGKILL);
-    let mut child = cmd.spawn().map_err(|e| {
-        format!(
-            "starting {} ({e}); run scripts/setup first",
-            moto_server().display()
-        )
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting {} ({e}); run scripts/setup first", moto_server().display()))?;
     wait_for_port(port, "moto_server", &mut child)?;
     std::mem::forget(child);
     Ok(format!("http://127.0.0.1:{port}"))

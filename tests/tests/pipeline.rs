@@ -10,20 +10,18 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
     h.db.set_now("2026-03-01 09:00:00+00").await;
 
     // WHEN a job is completed
-    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1")
-        .await;
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
     // THEN one pending log records the event
     assert_eq!(h.db.statuses().await, ["pending"]);
     let (event, old, new, subject): (String, String, String, String) = {
-        let r = h
-            .db
-            .client
-            .query_one(
-                "SELECT event, old_status, new_status, subject_id FROM automation_execution_logs",
-                &[],
-            )
-            .await
-            .unwrap();
+        let r =
+            h.db.client
+                .query_one(
+                    "SELECT event, old_status, new_status, subject_id FROM automation_execution_logs",
+                    &[],
+                )
+                .await
+                .unwrap();
         (r.get(0), r.get(1), r.get(2), r.get(3))
     };
     assert_eq!(
@@ -32,8 +30,7 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
     );
 
     // An edit after the event but before the send: the executor must use fresh data.
-    h.db.exec("UPDATE clients SET name = 'Ann Lee-Park' WHERE id = 1")
-        .await;
+    h.db.exec("UPDATE clients SET name = 'Ann Lee-Park' WHERE id = 1").await;
 
     // WHEN the scheduler runs, and the executor gets what SQS delivers
     let summary = h.tick().await;
@@ -54,10 +51,7 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
     let emails = h.moto.emails_from(&h.from).await;
     assert_eq!(emails.len(), 1, "{emails:?}");
     assert_eq!(emails[0].destinations.to, [h.email_of(1)]);
-    assert_eq!(
-        emails[0].subject,
-        "Your job \"Fix the kitchen sink\" is done"
-    );
+    assert_eq!(emails[0].subject, "Your job \"Fix the kitchen sink\" is done");
     // (moto keeps the HTML part when there are both)
     assert_eq!(
         emails[0].body,
@@ -71,23 +65,27 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
     );
 
     // AND the ledger row is sent, with both provider ids
-    let row = h
-        .db
-        .client
-        .query_one("SELECT id, status, attempts, completed_at IS NOT NULL, error FROM automation_execution_logs", &[])
-        .await
-        .unwrap();
+    let row =
+        h.db.client
+            .query_one(
+                "SELECT id, status, attempts, completed_at IS NOT NULL, error FROM automation_execution_logs",
+                &[],
+            )
+            .await
+            .unwrap();
     let first_id: i64 = row.get(0);
     assert_eq!(row.get::<_, String>(1), "sent");
     assert_eq!(row.get::<_, i32>(2), 1);
     assert!(row.get::<_, bool>(3));
     assert_eq!(row.get::<_, Option<String>>(4), None);
-    let deliveries = h
-        .db
-        .client
-        .query("SELECT channel, recipient, status, provider_message_id FROM automation_deliveries ORDER BY channel", &[])
-        .await
-        .unwrap();
+    let deliveries =
+        h.db.client
+            .query(
+                "SELECT channel, recipient, status, provider_message_id FROM automation_deliveries ORDER BY channel",
+                &[],
+            )
+            .await
+            .unwrap();
     let d: Vec<(String, String, String, String)> = deliveries
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
@@ -97,10 +95,7 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
         (d[0].0.as_str(), d[0].1.as_str(), d[0].2.as_str()),
         ("email", h.email_of(1).as_str(), "sent")
     );
-    assert_eq!(
-        d[0].3, emails[0].id,
-        "the email's provider id is the one SES returned"
-    );
+    assert_eq!(d[0].3, emails[0].id, "the email's provider id is the one SES returned");
     assert_eq!(
         (d[1].0.as_str(), d[1].1.as_str(), d[1].2.as_str()),
         ("sms", h.phone_of(1).as_str(), "sent")
@@ -109,13 +104,13 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
 
     // WHEN the job goes back and is completed again 10 s later, inside the 30 s window
     h.db.set_now("2026-03-01 09:00:10+00").await;
-    h.db.exec("UPDATE jobs SET status = 'reopened' WHERE id = 1; UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    h.db.exec("UPDATE jobs SET status = 'reopened' WHERE id = 1; UPDATE jobs SET status = 'completed' WHERE id = 1")
+        .await;
     // THEN the event is recorded as suppressed, pointing at the log that holds the window
     assert_eq!(h.db.statuses().await, ["sent", "suppressed"]);
-    let holder: i64 = h
-        .db
-        .scalar("SELECT suppressed_by FROM automation_execution_logs WHERE status = 'suppressed'")
-        .await;
+    let holder: i64 =
+        h.db.scalar("SELECT suppressed_by FROM automation_execution_logs WHERE status = 'suppressed'")
+            .await;
     assert_eq!(holder, first_id);
     assert_eq!(h.tick().await.claimed, 0);
     assert!(h.deliver_all().await.is_empty());
@@ -123,7 +118,8 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
 
     // WHEN it happens again after the window (31 s after the first)
     h.db.set_now("2026-03-01 09:00:31+00").await;
-    h.db.exec("UPDATE jobs SET status = 'reopened' WHERE id = 1; UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    h.db.exec("UPDATE jobs SET status = 'reopened' WHERE id = 1; UPDATE jobs SET status = 'completed' WHERE id = 1")
+        .await;
     assert_eq!(h.db.statuses().await, ["sent", "suppressed", "pending"]);
     let summary = h.tick().await;
     assert_eq!((summary.claimed, summary.sent), (1, 1));
@@ -155,12 +151,14 @@ async fn other_columns_inserts_and_unmatched_statuses_create_no_logs() {
          INSERT INTO jobs (id, client_id, title, status) VALUES (5, 2, 'Other', 'draft');",
     )
     .await;
-    let row = h
-        .db
-        .client
-        .query_one("SELECT event, subject_id, new_status, snapshot->>'title' FROM automation_execution_logs", &[])
-        .await
-        .unwrap();
+    let row =
+        h.db.client
+            .query_one(
+                "SELECT event, subject_id, new_status, snapshot->>'title' FROM automation_execution_logs",
+                &[],
+            )
+            .await
+            .unwrap();
     assert_eq!(row.get::<_, String>(0), "insert");
     assert_eq!(row.get::<_, String>(1), "4");
     assert_eq!(row.get::<_, String>(2), "scheduled");
@@ -178,10 +176,7 @@ async fn other_columns_inserts_and_unmatched_statuses_create_no_logs() {
     .await;
     let subjects: Vec<String> =
         h.db.client
-            .query(
-                "SELECT subject_id FROM automation_execution_logs ORDER BY id",
-                &[],
-            )
+            .query("SELECT subject_id FROM automation_execution_logs ORDER BY id", &[])
             .await
             .unwrap()
             .iter()
@@ -222,10 +217,8 @@ async fn two_schedulers_at_once_never_claim_the_same_log() {
     )
     .await;
     assert_eq!(
-        h.db.scalar::<i64>(
-            "SELECT count(*) FROM automation_execution_logs WHERE status = 'pending'"
-        )
-        .await,
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE status = 'pending'")
+            .await,
         500
     );
 
@@ -256,20 +249,12 @@ async fn two_schedulers_at_once_never_claim_the_same_log() {
     // THEN together they claimed each log once, and each queue holds what its scheduler sent
     assert_eq!(a.claimed + b.claimed, 500, "{a:?} {b:?}");
     assert_eq!(a.sent + b.sent, 500);
-    assert!(
-        a.claimed > 0 && b.claimed > 0,
-        "both took part: {a:?} {b:?}"
-    );
+    assert!(a.claimed > 0 && b.claimed > 0, "both took part: {a:?} {b:?}");
     assert_eq!(
-        h.db.scalar::<i64>(
-            "SELECT count(*) FROM automation_execution_logs WHERE status = 'queued'"
-        )
-        .await,
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE status = 'queued'")
+            .await,
         500
     );
     assert_eq!(h.moto.queue_depth(&h.queue_url).await as u64, a.sent);
-    assert_eq!(
-        second.moto.queue_depth(&second.queue_url).await as u64,
-        b.sent
-    );
+    assert_eq!(second.moto.queue_depth(&second.queue_url).await as u64, b.sent);
 }

@@ -35,12 +35,7 @@ impl Settings {
         Ok(Self {
             claim_batch: config::number("HERALD_CLAIM_BATCH", 100, 1, 10_000)?,
             send_concurrency: config::number("HERALD_SEND_CONCURRENCY", 4, 1, 64)?,
-            deadline_margin: Duration::from_millis(config::number(
-                "HERALD_DEADLINE_MARGIN_MS",
-                5_000,
-                0,
-                600_000,
-            )?),
+            deadline_margin: Duration::from_millis(config::number("HERALD_DEADLINE_MARGIN_MS", 5_000, 0, 600_000)?),
         })
     }
 }
@@ -59,17 +54,13 @@ impl Scheduler {
 }
 
 /// One scheduled run: drain until nothing is due or the deadline is near.
-pub async fn handle(
-    s: &Scheduler,
-    event: LambdaEvent<EventBridgeEvent>,
-) -> Result<DrainSummary, Error> {
+pub async fn handle(s: &Scheduler, event: LambdaEvent<EventBridgeEvent>) -> Result<DrainSummary, Error> {
     let (tick, ctx) = event.into_parts();
     info!(source = tick.source, time = ?tick.time, "scheduled run");
     let options = DrainOptions {
         claim_batch: s.settings.claim_batch,
         max_in_flight: s.settings.send_concurrency,
-        stop_at: deadline_instant(ctx.deadline, s.clock.now())
-            .map(|d| stop_before(d, s.settings.deadline_margin)),
+        stop_at: deadline_instant(ctx.deadline, s.clock.now()).map(|d| stop_before(d, s.settings.deadline_margin)),
     };
     let store = s.db.store().await?;
     Ok(drain(&store, &s.queue, s.clock.as_ref(), &options).await?)

@@ -1,0 +1,193 @@
+//! Bad input fails the one message or log it concerns, with a clear reason; the rest of
+//! the batch is still sent.
+
+use aws_lambda_events::sqs::SqsMessage;
+use herald_shared::aws::SnsSms;
+use herald_tests::Herald;
+
+fn synthetic(id: &str, body: &str) -> SqsMessage {
+    let mut m = SqsMessage::default();
+    m.message_id = Some(id.into());
+    m.body = Some(body.into());
+    m
+}
+
+async fn error_of(h: &Herald, subject: &str, automation: &str) -> (String, String, Option<String>) {
+    let r =
+        h.db.client
+            .query_one(
+                "SELECT l.status, coalesce(l.error, ''), l.error_kind FROM automation_execution_logs l
+             LEFT JOIN automations a ON a.id = l.automation_id
+             WHERE l.subject_id = $1 AND coalesce(a.name, 'deleted') = $2",
+                &[&subject, &automation],
+            )
+            .await
+            .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+#[tokio::test]
+async fn each_bad_message_or_log_fails_alone_and_the_good_one_is_sent() {
+    // GIVEN one good event and five broken ones
+    let h = Herald::with_jobs_example().await;
+    h.db.exec(&format!(
+        "INSERT INTO clients (id, name, email, phone) VALUES
+           (3, 'Bad Email', 'not-an-email', '+14155550103'),
+           (4, 'Bad Phone', 'ok4@example.com', '+1 415 555');
+         INSERT INTO jobs (id, client_id, title) VALUES (3, 3, 'Job three'), (4, 4, 'Job four'), (5, 1, 'Job five'),
+           (6, 1, 'Job six'), (7, 1, 'Job seven');
+         INSERT INTO automations (name, source_table, to_status, context_relation, context_key_column, sms_to, sms_body) VALUES
+           ('needs-refund', 'jobs', 'cancelled', 'public.job_context', 'job_id', '{{{{ client_phone }}}}', 'Refund {{{{ refund_amount }}}}'),
+           ('on-hold', 'jobs', 'on_hold', 'public.job_context', 'job_id', '{{{{ client_phone }}}}', 'On hold'),
+           ('doomed', 'jobs', 'paused', NULL, NULL, '{{{{ title }}}}', 'x'),
+           ('no-view', 'jobs', 'archived', 'public.no_such_view', 'job_id', '+14155550100', 'x');
+         UPDATE clients SET email = 'good+{tag}@example.com' WHERE id = 1;",
+        tag = h.tag
+    ))
+    .await;
+    h.db.exec(
+        "UPDATE jobs SET status = 'completed' WHERE id = 1;  -- good
+         UPDATE jobs SET status = 'completed' WHERE id = 3;  -- invalid email
+         UPDATE jobs SET status = 'on_hold' WHERE id = 4;    -- invalid phone
+         UPDATE jobs SET status = 'cancelled' WHERE id = 5;  -- missing template variable
+         UPDATE jobs SET status = 'paused' WHERE id = 6;     -- automation deleted before sending
+         UPDATE jobs SET status = 'archived' WHERE id = 7;   -- context view missing
+         DELETE FROM automations WHERE name = 'doomed';",
+    )
+    .await;
+    assert_eq!(h.tick().await.sent, 6);
+
+    // WHEN the executor gets them in one batch, with a malformed body and an unknown log id
+    let mut event = h.moto.receive(&h.queue_url, 10).await;
+    assert_eq!(event.records.len(), 6);
+    event
+        .records
+        .insert(2, synthetic("malformed-1", "{\"log_id\": \"seven\""));
+    event.records.push(synthetic("unknown-1", "{\"log_id\": 987654}"));
+    let response = h.execute(event).await;
+
+    // THEN only those two are batch item failures
+    let mut failed: Vec<String> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    failed.sort();
+    assert_eq!(failed, ["malformed-1", "unknown-1"]);
+
+    // AND the good one was sent
+    assert_eq!(
+        error_of(&h, "1", "job-completed").await,
+        ("sent".into(), "".into(), None)
+    );
+    let emails = h.moto.emails_from(&h.from).await;
+    assert_eq!(emails.len(), 1);
+    assert_eq!(emails[0].destinations.to, [format!("good+{}@example.com", h.tag)]);
+    assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
+
+    // AND each broken log failed for good with its reason, sending nothing
+    let permanent = Some("permanent".to_string());
+    let (status, error, kind) = error_of(&h, "3", "job-completed").await;
+    assert_eq!((status.as_str(), kind.clone()), ("failed", permanent.clone()));
+    assert!(
+        error.starts_with("invalid email address") && error.contains("it has no @"),
+        "{error}"
+    );
+    let (status, error, kind) = error_of(&h, "4", "on-hold").await;
+    assert_eq!((status.as_str(), kind.clone()), ("failed", permanent.clone()));
+    assert!(
+        error.starts_with("invalid phone number") && error.contains("only digits"),
+        "{error}"
+    );
+    assert!(!error.contains("415 555"), "the number is masked: {error}");
+    assert_eq!(
+        error_of(&h, "5", "needs-refund").await,
+        (
+            "failed".into(),
+            "missing template variable `refund_amount` in sms_body".into(),
+            permanent.clone()
+        )
+    );
+    let (status, error, _) = error_of(&h, "6", "deleted").await;
+    assert_eq!(status, "failed");
+    assert!(error.starts_with("unknown automation "), "{error}");
+    assert_eq!(
+        error_of(&h, "7", "no-view").await,
+        (
+            "failed".into(),
+            "context: context relation public.no_such_view does not exist".into(),
+            permanent
+        )
+    );
+    // nothing but the good log's two deliveries was attempted
+    assert_eq!(
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_deliveries").await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_message_never_sends_twice() {
+    let h = Herald::with_jobs_example().await;
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    h.tick().await;
+    let event = h.moto.receive(&h.queue_url, 10).await;
+    assert!(h.execute(event.clone()).await.batch_item_failures.is_empty());
+    // SQS delivers the same message again (at-least-once): it is done, not resent
+    assert!(h.execute(event.clone()).await.batch_item_failures.is_empty());
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
+    assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
+    assert_eq!(h.db.statuses().await, ["sent"]);
+    assert_eq!(
+        h.db.scalar::<i32>("SELECT attempts FROM automation_execution_logs")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_and_channels_already_sent_are_not_resent() {
+    // GIVEN an executor whose SNS endpoint is unreachable (SES works; email goes first)
+    let mut h = Herald::with_jobs_example().await;
+    let unreachable = h.moto.sdk.to_builder().endpoint_url("http://127.0.0.1:9").build();
+    let good_sms = std::mem::replace(&mut h.executor.sms, SnsSms::new(&unreachable, None));
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    h.tick().await;
+
+    // WHEN the executor runs
+    let event = h.moto.receive(&h.queue_url, 10).await;
+    let response = h.execute(event.clone()).await;
+
+    // THEN the message is a batch item failure and the log waits, queued, with the reason
+    assert_eq!(response.batch_item_failures.len(), 1);
+    let r =
+        h.db.client
+            .query_one("SELECT status, error, error_kind FROM automation_execution_logs", &[])
+            .await
+            .unwrap();
+    let (status, error, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+    assert_eq!((status.as_str(), kind.as_str()), ("queued", "transient"));
+    assert!(error.starts_with("sms: "), "{error}");
+    // the email went out; the SMS did not
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
+    assert!(h.moto.sms_to(&h.phone_of(1)).await.is_empty());
+
+    // WHEN SQS redelivers the message and SNS is back
+    h.executor.sms = good_sms;
+    assert!(h.execute(event).await.batch_item_failures.is_empty());
+
+    // THEN the SMS is sent, and the email is not sent a second time
+    assert_eq!(h.db.statuses().await, ["sent"]);
+    assert_eq!(
+        h.db.scalar::<i32>("SELECT attempts FROM automation_execution_logs")
+            .await,
+        2
+    );
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
+    assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
+    assert_eq!(
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_deliveries WHERE status = 'sent'")
+            .await,
+        2
+    );
+}
