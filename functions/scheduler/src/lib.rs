@@ -56,11 +56,13 @@ impl Scheduler {
 /// One scheduled run: drain until nothing is due or the deadline is near.
 pub async fn handle(s: &Scheduler, event: LambdaEvent<EventBridgeEvent>) -> Result<DrainSummary, Error> {
     let (tick, ctx) = event.into_parts();
-    info!(source = tick.source, time = ?tick.time, "scheduled run");
+    let deadline = deadline_instant(ctx.deadline, s.clock.now());
+    let time_left_ms = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()).as_millis() as u64);
+    info!(source = tick.source, time = ?tick.time, time_left_ms, "scheduled run");
     let options = DrainOptions {
         claim_batch: s.settings.claim_batch,
         max_in_flight: s.settings.send_concurrency,
-        stop_at: deadline_instant(ctx.deadline, s.clock.now()).map(|d| stop_before(d, s.settings.deadline_margin)),
+        stop_at: deadline.map(|d| stop_before(d, s.settings.deadline_margin)),
     };
     let store = s.db.store().await?;
     Ok(drain(&store, &s.queue, s.clock.as_ref(), &options).await?)
