@@ -196,7 +196,9 @@ BEGIN
   IF NOT FOUND THEN
     RAISE EXCEPTION 'herald_attach: % has no column "%"', tbl, key_column;
   END IF;
-  EXECUTE format('DROP TRIGGER IF EXISTS herald_capture ON %s', tbl);
+  IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'herald_capture') THEN
+    EXECUTE format('DROP TRIGGER herald_capture ON %s', tbl);
+  END IF;
   EXECUTE format(
     'CREATE TRIGGER herald_capture AFTER INSERT OR UPDATE ON %s '
     'FOR EACH ROW EXECUTE FUNCTION herald_capture(%L, %L)',

@@ -149,7 +149,7 @@ impl<L: Ledger, E: EmailSender, S: SmsSender> Deliverer<'_, L, E, S> {
             .map_err(store_failed)?;
         let sent = send.await;
         self.ledger
-            .delivery_finished(id, channel, sent.as_deref().map_err(|f| f), self.clock.now())
+            .delivery_finished(id, channel, sent.as_deref(), self.clock.now())
             .await
             .map_err(store_failed)?;
         match sent {

@@ -28,7 +28,7 @@ fn log_file() -> PathBuf {
 
 /// `cargo lambda watch` in its own process group, killed with the group on drop.
 struct Watch {
-    pgid: i32,
+    child: std::process::Child,
     port: u16,
     path: String,
 }
@@ -64,11 +64,7 @@ impl Watch {
             });
         }
         let child = cmd.spawn().expect("starting cargo lambda watch");
-        let watch = Watch {
-            pgid: child.id() as i32,
-            port,
-            path,
-        };
+        let watch = Watch { child, port, path };
         let until = Instant::now() + Duration::from_secs(120);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < until, "cargo lambda watch did not listen within 120 s");
@@ -106,7 +102,8 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 }
 
