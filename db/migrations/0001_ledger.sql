@@ -68,6 +68,7 @@ CREATE TABLE automation_execution_logs (
   suppressed_by      bigint REFERENCES automation_execution_logs (id),
   error              text,
   error_kind         text CHECK (error_kind IN ('permanent', 'transient')),
+  error_code         text,  -- the provider's error code, when it gave one
   created_at         timestamptz NOT NULL,
   queued_at          timestamptz,
   started_at         timestamptz,

@@ -1,7 +1,6 @@
-//! Time, behind a trait so that tests can set it.
+//! Time, behind a trait, so that a function never reads the wall clock directly.
 
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 pub trait Clock: Send + Sync {
     fn now(&self) -> SystemTime;
@@ -14,26 +13,5 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
-    }
-}
-
-/// A clock that only moves when told to.
-#[derive(Debug)]
-pub struct ManualClock(Mutex<SystemTime>);
-
-impl ManualClock {
-    pub fn new(at: SystemTime) -> Self {
-        Self(Mutex::new(at))
-    }
-
-    pub fn advance(&self, by: Duration) {
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *t += by;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> SystemTime {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

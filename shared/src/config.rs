@@ -50,13 +50,22 @@ where
 /// Where the database is: `DATABASE_URL` (local runs), or the Secrets Manager secret named
 /// by `DATABASE_SECRET_ARN`, read once per container.
 pub async fn database(aws: &SdkConfig) -> Result<tokio_postgres::Config, ConfigError> {
-    if let Some(url) = var("DATABASE_URL") {
+    database_from(var("DATABASE_URL"), var("DATABASE_SECRET_ARN"), aws).await
+}
+
+/// [`database`] with the two settings given.
+pub async fn database_from(
+    url: Option<String>,
+    secret_arn: Option<String>,
+    aws: &SdkConfig,
+) -> Result<tokio_postgres::Config, ConfigError> {
+    if let Some(url) = url {
         return url.parse().map_err(|e: tokio_postgres::Error| ConfigError::Invalid {
             name: "DATABASE_URL",
             why: e.to_string(),
         });
     }
-    let arn = var("DATABASE_SECRET_ARN").ok_or(ConfigError::Missing("DATABASE_URL or DATABASE_SECRET_ARN"))?;
+    let arn = secret_arn.ok_or(ConfigError::Missing("DATABASE_URL or DATABASE_SECRET_ARN"))?;
     let secret = read_secret(aws, &arn)
         .await
         .map_err(|e| ConfigError::Secret(e.to_string()))?;

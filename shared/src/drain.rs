@@ -127,6 +127,131 @@ pub fn deadline_instant(deadline_ms: u64, now: std::time::SystemTime) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SystemClock;
+    use crate::model::Failure;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    /// Pending ids; claim takes from the front, release puts back.
+    struct FakeStore {
+        pending: Mutex<Vec<LogId>>,
+        released: Mutex<Vec<LogId>>,
+    }
+
+    impl FakeStore {
+        fn with(n: i64) -> Self {
+            Self {
+                pending: Mutex::new((1..=n).collect()),
+                released: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl DueLogs for FakeStore {
+        async fn claim_due(&self, limit: i64, _now: SystemTime) -> Result<Vec<LogId>, StoreError> {
+            let mut p = self.pending.lock().unwrap();
+            let n = (limit as usize).min(p.len());
+            Ok(p.drain(..n).collect())
+        }
+        async fn release(&self, ids: &[LogId], _now: SystemTime) -> Result<u64, StoreError> {
+            self.released.lock().unwrap().extend_from_slice(ids);
+            Ok(ids.len() as u64)
+        }
+    }
+
+    /// Rejects the entries whose id is divisible by `reject_every`, fails whole calls that
+    /// contain `fail_on`, and records batch sizes and the most calls in flight.
+    struct FakeQueue {
+        reject_every: i64,
+        fail_on: Option<LogId>,
+        sizes: Mutex<Vec<usize>>,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
+    }
+
+    impl FakeQueue {
+        fn new(reject_every: i64, fail_on: Option<LogId>) -> Self {
+            Self {
+                reject_every,
+                fail_on,
+                sizes: Mutex::new(Vec::new()),
+                in_flight: AtomicUsize::new(0),
+                most_in_flight: AtomicUsize::new(0),
+            }
+        }
+    }
+
+    impl Queue for FakeQueue {
+        async fn send_batch(&self, messages: &[QueueMessage]) -> Result<Vec<LogId>, Failure> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.sizes.lock().unwrap().push(messages.len());
+            if self.fail_on.is_some_and(|f| messages.iter().any(|m| m.log_id == f)) {
+                return Err(Failure::transient("throttled"));
+            }
+            Ok(messages
+                .iter()
+                .map(|m| m.log_id)
+                .filter(|id| id % self.reject_every == 0)
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn drains_in_batches_of_ten_with_bounded_concurrency() {
+        // GIVEN 253 due logs and a queue that accepts everything
+        let store = FakeStore::with(253);
+        let queue = FakeQueue::new(i64::MAX, None);
+        let opts = DrainOptions {
+            claim_batch: 100,
+            max_in_flight: 3,
+            stop_at: None,
+        };
+        // WHEN drained
+        let s = drain(&store, &queue, &SystemClock, &opts).await.unwrap();
+        // THEN all were claimed and sent, 10 at most per call, 3 calls at most at once
+        assert_eq!((s.claimed, s.sent, s.failed, s.stopped_by), (253, 253, 0, "drained"));
+        let sizes = queue.sizes.lock().unwrap().clone();
+        assert_eq!(sizes.len(), 26, "10 + 10 + 6 calls for claims of 100, 100 and 53");
+        assert!(sizes.iter().all(|&n| (1..=QUEUE_BATCH).contains(&n)));
+        assert_eq!(sizes.iter().sum::<usize>(), 253);
+        let most = queue.most_in_flight.load(Ordering::SeqCst);
+        assert!((1..=3).contains(&most), "{most}");
+    }
+
+    #[tokio::test]
+    async fn rejected_entries_and_failed_calls_go_back_to_pending() {
+        // GIVEN 40 logs; the queue rejects every 7th entry and fails the call holding log 25
+        let store = FakeStore::with(40);
+        let queue = FakeQueue::new(7, Some(25));
+        // WHEN drained
+        let s = drain(&store, &queue, &SystemClock, &DrainOptions::default())
+            .await
+            .unwrap();
+        // THEN those were released, the rest counted as sent
+        let mut released = store.released.lock().unwrap().clone();
+        released.sort();
+        let expected: Vec<LogId> = vec![7, 14, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 35];
+        assert_eq!(released, expected);
+        assert_eq!((s.claimed, s.sent, s.failed), (40, 27, 13));
+    }
+
+    #[tokio::test]
+    async fn a_past_deadline_still_allows_one_round_and_no_more() {
+        let store = FakeStore::with(250);
+        let queue = FakeQueue::new(i64::MAX, None);
+        let opts = DrainOptions {
+            claim_batch: 100,
+            max_in_flight: 4,
+            stop_at: Some(Instant::now()),
+        };
+        let s = drain(&store, &queue, &SystemClock, &opts).await.unwrap();
+        assert_eq!((s.claimed, s.stopped_by), (100, "deadline"));
+        assert_eq!(store.pending.lock().unwrap().len(), 150);
+    }
 
     #[test]
     fn the_margin_never_takes_more_than_half_the_time_left() {

@@ -16,13 +16,20 @@ pub struct QueueMessage {
 }
 
 impl QueueMessage {
-    /// Parses a message body; the error says what is wrong with it.
+    /// Parses a message body: a JSON object with a positive integer `log_id` (other keys
+    /// are ignored). The error says what is wrong with it.
     pub fn parse(body: &str) -> Result<Self, String> {
-        let msg: Self = serde_json::from_str(body).map_err(|e| format!("malformed message body: {e}"))?;
-        if msg.log_id <= 0 {
-            return Err(format!("malformed message body: log_id {} is not a log id", msg.log_id));
+        let bad = |why: String| format!("malformed message body: {why}");
+        let obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(body).map_err(|e| bad(format!("not a JSON object ({e})")))?;
+        let log_id = match obj.get("log_id") {
+            None => return Err(bad("no log_id".into())),
+            Some(v) => v.as_i64().ok_or_else(|| bad(format!("log_id {v} is not an integer")))?,
+        };
+        if log_id <= 0 {
+            return Err(bad(format!("log_id {log_id} is not a log id")));
         }
-        Ok(msg)
+        Ok(Self { log_id })
     }
 
     pub fn to_body(self) -> String {

@@ -215,10 +215,11 @@ impl Ledger for PgStore {
             LogResult::Failed(f) => ("failed", Some(f)),
             LogResult::Retry(f) => ("queued", Some(f)),
         };
-        let error = failure.map(|f| f.to_string());
+        let error = failure.map(|f| f.message.as_str());
         let kind = failure.map(|f| f.kind.as_str());
+        let code = failure.and_then(|f| f.code.as_deref());
         self.client
-            .execute(sql::FINISH_LOG, &[&id, &status, &error, &kind, &now])
+            .execute(sql::FINISH_LOG, &[&id, &status, &error, &kind, &now, &code])
             .await
             .map_err(err("writing a log's result"))?;
         Ok(())

@@ -41,6 +41,8 @@ async fn each_bad_message_or_log_fails_alone_and_the_good_one_is_sent() {
            ('on-hold', 'jobs', 'on_hold', 'public.job_context', 'job_id', '{{{{ client_phone }}}}', 'On hold'),
            ('doomed', 'jobs', 'paused', NULL, NULL, '{{{{ title }}}}', 'x'),
            ('no-view', 'jobs', 'archived', 'public.no_such_view', 'job_id', '+14155550100', 'x');
+         INSERT INTO automations (name, source_table, to_status, email_from, email_to, email_subject, email_text) VALUES
+           ('unverified-sender', 'jobs', 'escalated', 'nobody@unverified.example.com', 'ok@example.com', 's', 't');
          UPDATE clients SET email = 'good+{tag}@example.com' WHERE id = 1;",
         tag = h.tag
     ))
@@ -52,14 +54,15 @@ async fn each_bad_message_or_log_fails_alone_and_the_good_one_is_sent() {
          UPDATE jobs SET status = 'cancelled' WHERE id = 5;  -- missing template variable
          UPDATE jobs SET status = 'paused' WHERE id = 6;     -- automation deleted before sending
          UPDATE jobs SET status = 'archived' WHERE id = 7;   -- context view missing
+         UPDATE jobs SET status = 'escalated' WHERE id = 1;  -- SES rejects the sender
          DELETE FROM automations WHERE name = 'doomed';",
     )
     .await;
-    assert_eq!(h.tick().await.sent, 6);
+    assert_eq!(h.tick().await.sent, 7);
 
     // WHEN the executor gets them in one batch, with a malformed body and an unknown log id
     let mut event = h.moto.receive(&h.queue_url, 10).await;
-    assert_eq!(event.records.len(), 6);
+    assert_eq!(event.records.len(), 7);
     event
         .records
         .insert(2, synthetic("malformed-1", "{\"log_id\": \"seven\""));
@@ -119,11 +122,27 @@ async fn each_bad_message_or_log_fails_alone_and_the_good_one_is_sent() {
             permanent
         )
     );
-    // nothing but the good log's two deliveries was attempted
-    assert_eq!(
-        h.db.scalar::<i64>("SELECT count(*) FROM automation_deliveries").await,
-        2
-    );
+    // the provider's own rejection is permanent too, with its code kept apart
+    let (status, error, kind) = error_of(&h, "1", "unverified-sender").await;
+    assert_eq!((status.as_str(), kind), ("failed", Some("permanent".to_string())));
+    assert!(error.starts_with("email: Email address not verified"), "{error}");
+    let code: String =
+        h.db.scalar("SELECT error_code FROM automation_execution_logs WHERE error LIKE 'email: %'")
+            .await;
+    assert_eq!(code, "MessageRejected");
+    // nothing but the good log's two deliveries and the rejected email was attempted
+    let deliveries: Vec<String> =
+        h.db.client
+            .query(
+                "SELECT channel || ' ' || status FROM automation_deliveries ORDER BY log_id, channel",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    assert_eq!(deliveries, ["email sent", "sms sent", "email failed"]);
 }
 
 #[tokio::test]
