@@ -183,34 +183,43 @@ END
 $$;
 
 -- Attach Herald to a table: SELECT herald_attach('public.jobs', 'status', 'id');
+-- Two triggers: one on insert, and one on update that Postgres only fires when the status
+-- column changed, so updates of other columns cost nothing.
 CREATE FUNCTION herald_attach(tbl regclass, status_column text, key_column text DEFAULT 'id')
 RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+  col text;
 BEGIN
-  PERFORM 1 FROM pg_attribute
-  WHERE attrelid = tbl AND attname = status_column AND attnum > 0 AND NOT attisdropped;
-  IF NOT FOUND THEN
-    RAISE EXCEPTION 'herald_attach: % has no column "%"', tbl, status_column;
-  END IF;
-  PERFORM 1 FROM pg_attribute
-  WHERE attrelid = tbl AND attname = key_column AND attnum > 0 AND NOT attisdropped;
-  IF NOT FOUND THEN
-    RAISE EXCEPTION 'herald_attach: % has no column "%"', tbl, key_column;
-  END IF;
-  IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'herald_capture') THEN
-    EXECUTE format('DROP TRIGGER herald_capture ON %s', tbl);
-  END IF;
+  FOREACH col IN ARRAY ARRAY[status_column, key_column] LOOP
+    PERFORM 1 FROM pg_attribute
+    WHERE attrelid = tbl AND attname = col AND attnum > 0 AND NOT attisdropped;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'herald_attach: % has no column "%"', tbl, col;
+    END IF;
+  END LOOP;
+  PERFORM herald_detach(tbl);
   EXECUTE format(
-    'CREATE TRIGGER herald_capture AFTER INSERT OR UPDATE ON %s '
+    'CREATE TRIGGER herald_capture_insert AFTER INSERT ON %s '
     'FOR EACH ROW EXECUTE FUNCTION herald_capture(%L, %L)',
     tbl, status_column, key_column);
+  EXECUTE format(
+    'CREATE TRIGGER herald_capture_update AFTER UPDATE ON %s '
+    'FOR EACH ROW WHEN (OLD.%I IS DISTINCT FROM NEW.%I) EXECUTE FUNCTION herald_capture(%L, %L)',
+    tbl, status_column, status_column, status_column, key_column);
 END
 $$;
 
 CREATE FUNCTION herald_detach(tbl regclass) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+  t name;
 BEGIN
-  EXECUTE format('DROP TRIGGER IF EXISTS herald_capture ON %s', tbl);
+  FOR t IN SELECT tgname FROM pg_trigger
+           WHERE tgrelid = tbl AND tgname IN ('herald_capture_insert', 'herald_capture_update')
+  LOOP
+    EXECUTE format('DROP TRIGGER %I ON %s', t, tbl);
+  END LOOP;
 END
 $$;
 

@@ -258,3 +258,33 @@ async fn two_schedulers_at_once_never_claim_the_same_log() {
     assert_eq!(h.moto.queue_depth(&h.queue_url).await as u64, a.sent);
     assert_eq!(second.moto.queue_depth(&second.queue_url).await as u64, b.sent);
 }
+
+#[tokio::test]
+async fn attach_checks_its_columns_and_can_be_undone() {
+    let h = Herald::with_jobs_example().await;
+    let err =
+        h.db.client
+            .batch_execute("SELECT herald_attach('public.jobs', 'state')")
+            .await
+            .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains(r#"jobs has no column "state""#),
+        "{err:?}"
+    );
+    // attaching twice replaces the triggers rather than doubling them
+    h.db.exec("SELECT herald_attach('public.jobs', 'status', 'id')").await;
+    let triggers: i64 = h
+        .db
+        .scalar("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.jobs'::regclass AND tgname LIKE 'herald%'")
+        .await;
+    assert_eq!(triggers, 2);
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    assert_eq!(h.db.statuses().await, ["pending"]);
+    // detached, status changes are no longer captured
+    h.db.exec("SELECT herald_detach('public.jobs'); UPDATE jobs SET status = 'completed' WHERE id = 2")
+        .await;
+    assert_eq!(h.db.statuses().await, ["pending"]);
+}
