@@ -12,11 +12,18 @@ pub struct Migration {
 }
 
 /// Every migration, in the order they apply.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_ledger.sql",
-    sql: include_str!("../migrations/0001_ledger.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_ledger.sql",
+        sql: include_str!("../migrations/0001_ledger.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_guarantees.sql",
+        sql: include_str!("../migrations/0002_guarantees.sql"),
+    },
+];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).
 const LOCK_KEY: i64 = 0x6865_7261_6c64;

@@ -1,5 +1,5 @@
--- Scheduler: take up to $2 due pending logs, oldest first, and mark them queued.
--- SKIP LOCKED lets concurrent schedulers take disjoint sets.
+-- Scheduler: take up to $2 due pending logs, oldest first, mark them queued and give each
+-- a lease until $3. SKIP LOCKED lets concurrent schedulers take disjoint sets.
 WITH due AS (
   SELECT id
   FROM automation_execution_logs
@@ -9,7 +9,8 @@ WITH due AS (
   FOR UPDATE SKIP LOCKED
 )
 UPDATE automation_execution_logs l
-SET status = 'queued', queued_at = $1::timestamptz, updated_at = $1::timestamptz
+SET status = 'queued', queued_at = $1::timestamptz, updated_at = $1::timestamptz,
+    lease_token = nextval('herald_lease_tokens'), lease_expires_at = $3::timestamptz
 FROM due
 WHERE l.id = due.id
-RETURNING l.id
+RETURNING l.id, l.lease_token

@@ -1,6 +1,7 @@
 //! Time, behind a trait, so that a function never reads the wall clock directly.
 
-use std::time::SystemTime;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 pub trait Clock: Send + Sync {
     fn now(&self) -> SystemTime;
@@ -13,5 +14,25 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
+    }
+}
+
+/// A clock that only moves when told to; for tests that need leases and backoffs to run out.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<SystemTime>);
+
+impl ManualClock {
+    pub fn new(at: SystemTime) -> Self {
+        Self(Mutex::new(at))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -1,12 +1,15 @@
-//! The executor's core: one queue message in, one log delivered (or failed) out.
+//! The executor's core: one queue message in, one attempt of one log out.
+
+use std::time::Duration;
 
 use tracing::{info, warn};
 
 use crate::clock::Clock;
 use crate::model::{
-    Channel, Claim, ContextError, EmailSender, ErrorKind, Failure, Ledger, LogId, LogResult, QueueMessage, SmsSender,
+    Channel, Claim, ContextError, EmailSender, ErrorKind, Failure, Lease, Ledger, LogResult, QueueMessage, SmsSender,
+    StoreError,
 };
-use crate::recipient::{check_email, check_phone, mask_email, mask_phone};
+use crate::recipient::{check_email, check_phone, mask_email, mask_phone, redact};
 use crate::render::{render, variables};
 
 /// What became of one message.
@@ -16,10 +19,14 @@ pub enum Outcome {
     Sent,
     /// The log failed for good; the reason is in the ledger.
     Failed(String),
-    /// The log was already taken or finished (a redelivery): nothing was done.
+    /// A transient failure: the ledger scheduled another attempt (or, with none left,
+    /// marked the log dead). The message is done either way.
+    Retrying { status: String, why: String },
+    /// Nothing to do: the log was already taken, finished, cancelled or re-leased (a
+    /// redelivery or a stale message), or the lease was lost midway.
     Skipped(String),
-    /// Try again later: the message goes back to the queue.
-    Retry(String),
+    /// The ledger could not be written: the message goes back to the queue.
+    StoreFailed(String),
     /// The message itself is unusable (malformed, or names no log): it goes back to the
     /// queue, and after the redrive count to the dead-letter queue.
     Rejected(String),
@@ -28,7 +35,20 @@ pub enum Outcome {
 impl Outcome {
     /// Whether the message must be reported as a batch item failure.
     pub fn is_batch_failure(&self) -> bool {
-        matches!(self, Outcome::Retry(_) | Outcome::Rejected(_))
+        matches!(self, Outcome::StoreFailed(_) | Outcome::Rejected(_))
+    }
+}
+
+/// Why an attempt stopped early.
+enum Stop {
+    Result(LogResult),
+    LeaseLost(&'static str),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Self {
+        Stop::Store(e)
     }
 }
 
@@ -40,6 +60,8 @@ pub struct Deliverer<'a, L, E, S> {
     pub clock: &'a dyn Clock,
     /// Sender address for automations that set none.
     pub default_from: &'a str,
+    /// How long a claimed log is ours before the scheduler may rescue it.
+    pub lease: Duration,
 }
 
 impl<L: Ledger, E: EmailSender, S: SmsSender> Deliverer<'_, L, E, S> {
@@ -49,127 +71,148 @@ impl<L: Ledger, E: EmailSender, S: SmsSender> Deliverer<'_, L, E, S> {
             Ok(m) => m,
             Err(e) => return Outcome::Rejected(e),
         };
-        let id = msg.log_id;
-        match self.ledger.claim(id, self.clock.now()).await {
-            Err(e) => return Outcome::Retry(e.to_string()),
-            Ok(Claim::Unknown) => return Outcome::Rejected(format!("no execution log {id}")),
-            Ok(Claim::NotClaimable { status }) => return Outcome::Skipped(format!("log {id} is {status}")),
-            Ok(Claim::Claimed { attempt }) => info!(log_id = id, attempt, "claimed"),
-        }
-        let result = self.execute(id).await;
-        let outcome = match &result {
-            LogResult::Sent => Outcome::Sent,
-            LogResult::Failed(f) => Outcome::Failed(f.to_string()),
-            LogResult::Retry(f) => Outcome::Retry(f.to_string()),
+        let now = self.clock.now();
+        let lease = match self.ledger.claim(msg, now, now + self.lease).await {
+            Err(e) => return Outcome::StoreFailed(e.to_string()),
+            Ok(Claim::Unknown) => return Outcome::Rejected(format!("no execution log {}", msg.log_id)),
+            Ok(Claim::NotClaimable { status }) => {
+                return Outcome::Skipped(format!(
+                    "log {} is {status} (not queued under lease {})",
+                    msg.log_id, msg.lease
+                ))
+            }
+            Ok(Claim::Claimed(lease)) => lease,
         };
-        if let Err(e) = self.ledger.finish(id, &result, self.clock.now()).await {
-            warn!(log_id = id, error = %e, "could not write the result back");
-            return Outcome::Retry(e.to_string());
+        info!(
+            log_id = lease.log_id,
+            attempt = lease.attempt,
+            lease = lease.token,
+            "claimed"
+        );
+        let result = match self.attempt(&lease).await {
+            Ok(()) => LogResult::Sent,
+            Err(Stop::Result(r)) => r,
+            Err(Stop::LeaseLost(when)) => return lease_lost(&lease, when),
+            // The ledger is unreachable: the log stays running until its lease expires
+            // and the scheduler rescues it; the message goes back to the queue meanwhile.
+            Err(Stop::Store(e)) => return Outcome::StoreFailed(e.to_string()),
+        };
+        match self.ledger.finish(&lease, &result, self.clock.now()).await {
+            Err(e) => Outcome::StoreFailed(e.to_string()),
+            Ok(None) => lease_lost(&lease, "writing the result"),
+            Ok(Some(status)) => match result {
+                LogResult::Sent => Outcome::Sent,
+                LogResult::Failed(f) => Outcome::Failed(f.to_string()),
+                LogResult::Retry(f) => Outcome::Retrying {
+                    status,
+                    why: f.to_string(),
+                },
+            },
         }
-        outcome
     }
 
-    /// Loads, renders, checks and sends; returns what to write back.
-    async fn execute(&self, id: LogId) -> LogResult {
-        let log = match self.ledger.load(id).await {
-            Ok(Some(log)) => log,
-            Ok(None) => return LogResult::Retry(Failure::transient(format!("log {id} vanished after it was claimed"))),
-            Err(e) => return LogResult::Retry(Failure::transient(e.to_string())),
+    /// Loads, renders, checks and sends.
+    async fn attempt(&self, lease: &Lease) -> Result<(), Stop> {
+        let fail = |f: Failure| Stop::Result(LogResult::Failed(f));
+        let id = lease.log_id;
+        let Some(log) = self.ledger.load(id).await? else {
+            return Err(Stop::LeaseLost("loading the log"));
         };
         let Some(def) = log.definition else {
-            return LogResult::Failed(Failure::permanent(format!("unknown automation {}", log.automation_id)));
+            return Err(fail(Failure::permanent(format!(
+                "unknown automation {}",
+                log.automation_id
+            ))));
         };
         if !def.is_active {
-            return LogResult::Failed(Failure::permanent(format!("automation {:?} is inactive", def.name)));
+            return Err(fail(Failure::permanent(format!(
+                "automation {:?} is inactive",
+                def.name
+            ))));
         }
         let context = match self.ledger.context(id).await {
             Ok(c) => c,
-            Err(ContextError::Permanent(msg)) => {
-                return LogResult::Failed(Failure::permanent(format!("context: {msg}")))
-            }
-            Err(ContextError::Store(e)) => return LogResult::Retry(Failure::transient(e.to_string())),
+            Err(ContextError::Permanent(msg)) => return Err(fail(Failure::permanent(format!("context: {msg}")))),
+            Err(ContextError::Store(e)) => return Err(Stop::Store(e)),
         };
         let vars = variables(context, &log.event);
-        let rendered = match render(&def, &vars, self.default_from) {
-            Ok(r) => r,
-            Err(e) => return LogResult::Failed(Failure::permanent(e.to_string())),
-        };
+        let rendered = render(&def, &vars, self.default_from).map_err(|e| fail(Failure::permanent(e.to_string())))?;
         // Every recipient is checked before anything is sent.
         if let Some(email) = &rendered.email {
-            for addr in [&email.to, &email.from] {
-                if let Err(e) = check_email(addr) {
-                    return LogResult::Failed(Failure::permanent(e));
-                }
-            }
+            check_email(&email.to).map_err(|e| fail(Failure::permanent(e)))?;
+            check_email(&email.from).map_err(|e| fail(Failure::permanent(format!("sender: {e}"))))?;
         }
         if let Some(sms) = &rendered.sms {
-            if let Err(e) = check_phone(&sms.to) {
-                return LogResult::Failed(Failure::permanent(e));
-            }
+            check_phone(&sms.to).map_err(|e| fail(Failure::permanent(e)))?;
         }
 
         if let Some(email) = rendered.email.filter(|_| !log.delivered.contains(&Channel::Email)) {
-            if let Err(r) = self
-                .deliver(
-                    id,
-                    Channel::Email,
-                    &email.to,
-                    &mask_email(&email.to),
-                    self.email.send_email(&email),
-                )
-                .await
-            {
-                return r;
-            }
+            let masked = mask_email(&email.to);
+            self.deliver(lease, Channel::Email, &email.to, &masked, self.email.send_email(&email))
+                .await?;
         }
         if let Some(sms) = rendered.sms.filter(|_| !log.delivered.contains(&Channel::Sms)) {
-            if let Err(r) = self
-                .deliver(id, Channel::Sms, &sms.to, &mask_phone(&sms.to), self.sms.send_sms(&sms))
-                .await
-            {
-                return r;
-            }
+            let masked = mask_phone(&sms.to);
+            self.deliver(lease, Channel::Sms, &sms.to, &masked, self.sms.send_sms(&sms))
+                .await?;
         }
-        LogResult::Sent
+        Ok(())
     }
 
     /// Records the delivery, sends it, records how it went.
     async fn deliver(
         &self,
-        id: LogId,
+        lease: &Lease,
         channel: Channel,
         recipient: &str,
         masked: &str,
         send: impl std::future::Future<Output = Result<String, Failure>>,
-    ) -> Result<(), LogResult> {
-        let store_failed = |e: crate::model::StoreError| LogResult::Retry(Failure::transient(e.to_string()));
-        self.ledger
-            .delivery_started(id, channel, recipient, self.clock.now())
-            .await
-            .map_err(store_failed)?;
+    ) -> Result<(), Stop> {
+        let id = lease.log_id;
+        if !self
+            .ledger
+            .delivery_started(lease, channel, recipient, self.clock.now())
+            .await?
+        {
+            return Err(Stop::LeaseLost("starting a delivery"));
+        }
         let sent = send.await;
-        self.ledger
-            .delivery_finished(id, channel, sent.as_deref(), self.clock.now())
-            .await
-            .map_err(store_failed)?;
+        if !self
+            .ledger
+            .delivery_finished(lease, channel, sent.as_deref(), self.clock.now())
+            .await?
+        {
+            if let Ok(message_id) = &sent {
+                warn!(log_id = id, %channel, to = masked, message_id, "sent, but the lease was lost before it was recorded");
+            }
+            return Err(Stop::LeaseLost("recording a delivery"));
+        }
         match sent {
             Ok(message_id) => {
                 info!(log_id = id, %channel, to = masked, message_id, "delivered");
                 Ok(())
             }
             Err(f) => {
-                warn!(log_id = id, %channel, to = masked, error = %f, kind = f.kind.as_str(), "delivery failed");
-                Err(match f.kind {
-                    ErrorKind::Permanent => LogResult::Failed(Failure {
-                        message: format!("{channel}: {}", f.message),
-                        ..f
-                    }),
-                    ErrorKind::Transient => LogResult::Retry(Failure {
-                        message: format!("{channel}: {}", f.message),
-                        ..f
-                    }),
-                })
+                warn!(log_id = id, %channel, to = masked, error = %redact(&f.to_string()), kind = f.kind.as_str(), "delivery failed");
+                let f = Failure {
+                    message: format!("{channel}: {}", f.message),
+                    ..f
+                };
+                Err(Stop::Result(match f.kind {
+                    ErrorKind::Permanent => LogResult::Failed(f),
+                    ErrorKind::Transient => LogResult::Retry(f),
+                }))
             }
         }
     }
+}
+
+fn lease_lost(lease: &Lease, when: &str) -> Outcome {
+    warn!(
+        log_id = lease.log_id,
+        lease = lease.token,
+        when,
+        "lease lost; leaving the log to its new holder"
+    );
+    Outcome::Skipped(format!("log {}: lease {} lost while {when}", lease.log_id, lease.token))
 }

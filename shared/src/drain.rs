@@ -8,7 +8,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::clock::Clock;
-use crate::model::{DueLogs, LogId, Queue, QueueMessage, StoreError};
+use crate::model::{DueLogs, LogId, Queue, QueueMessage, Rescued, StoreError};
 
 /// SQS takes at most this many messages per SendMessageBatch.
 pub const QUEUE_BATCH: usize = 10;
@@ -21,6 +21,8 @@ pub struct DrainOptions {
     pub max_in_flight: usize,
     /// Claim nothing new after this instant.
     pub stop_at: Option<Instant>,
+    /// How long a queued log waits for its message before it is re-queued.
+    pub queue_lease: Duration,
 }
 
 impl Default for DrainOptions {
@@ -29,6 +31,7 @@ impl Default for DrainOptions {
             claim_batch: 100,
             max_in_flight: 4,
             stop_at: None,
+            queue_lease: Duration::from_secs(900),
         }
     }
 }
@@ -36,6 +39,8 @@ impl Default for DrainOptions {
 /// What one drain did; the scheduler function returns it as JSON.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DrainSummary {
+    /// Expired leases rescued before claiming.
+    pub rescued: Rescued,
     /// Logs moved from pending to queued.
     pub claimed: u64,
     /// Messages the queue accepted.
@@ -65,18 +70,19 @@ pub async fn drain<D: DueLogs, Q: Queue>(
             summary.stopped_by = "deadline";
             break;
         }
-        let ids = store.claim_due(opts.claim_batch, clock.now()).await?;
-        if ids.is_empty() {
+        let now = clock.now();
+        let messages = store.claim_due(opts.claim_batch, now, now + opts.queue_lease).await?;
+        if messages.is_empty() {
             break;
         }
-        summary.claimed += ids.len() as u64;
-        let rejected = send_all(queue, &ids, opts.max_in_flight.max(1)).await;
+        summary.claimed += messages.len() as u64;
+        let rejected = send_all(queue, &messages, opts.max_in_flight.max(1)).await;
         if !rejected.is_empty() {
             store.release(&rejected, clock.now()).await?;
         }
         summary.failed += rejected.len() as u64;
-        summary.sent += (ids.len() - rejected.len()) as u64;
-        if (ids.len() as i64) < opts.claim_batch {
+        summary.sent += (messages.len() - rejected.len()) as u64;
+        if (messages.len() as i64) < opts.claim_batch {
             break;
         }
     }
@@ -85,15 +91,12 @@ pub async fn drain<D: DueLogs, Q: Queue>(
     Ok(summary)
 }
 
-/// Sends the ids in batches of 10 with bounded concurrency; returns the ids not sent.
-async fn send_all<Q: Queue>(queue: &Q, ids: &[LogId], max_in_flight: usize) -> Vec<LogId> {
-    let batches: Vec<Vec<QueueMessage>> = ids
-        .chunks(QUEUE_BATCH)
-        .map(|c| c.iter().map(|&log_id| QueueMessage { log_id }).collect())
-        .collect();
-    stream::iter(batches)
+/// Sends the messages in batches of 10 with bounded concurrency; returns the ids of the
+/// logs whose message was not sent.
+async fn send_all<Q: Queue>(queue: &Q, messages: &[QueueMessage], max_in_flight: usize) -> Vec<LogId> {
+    stream::iter(messages.chunks(QUEUE_BATCH))
         .map(|batch| async move {
-            match queue.send_batch(&batch).await {
+            match queue.send_batch(batch).await {
                 Ok(rejected) => rejected,
                 Err(e) => {
                     warn!(error = %e, count = batch.len(), "SendMessageBatch failed");
@@ -149,10 +152,23 @@ mod tests {
     }
 
     impl DueLogs for FakeStore {
-        async fn claim_due(&self, limit: i64, _now: SystemTime) -> Result<Vec<LogId>, StoreError> {
+        async fn rescue(&self, _now: SystemTime) -> Result<Rescued, StoreError> {
+            Ok(Rescued::default())
+        }
+        async fn claim_due(
+            &self,
+            limit: i64,
+            _now: SystemTime,
+            _until: SystemTime,
+        ) -> Result<Vec<QueueMessage>, StoreError> {
             let mut p = self.pending.lock().unwrap();
             let n = (limit as usize).min(p.len());
-            Ok(p.drain(..n).collect())
+            Ok(p.drain(..n)
+                .map(|log_id| QueueMessage {
+                    log_id,
+                    lease: log_id * 10,
+                })
+                .collect())
         }
         async fn release(&self, ids: &[LogId], _now: SystemTime) -> Result<u64, StoreError> {
             self.released.lock().unwrap().extend_from_slice(ids);
@@ -209,6 +225,7 @@ mod tests {
             claim_batch: 100,
             max_in_flight: 3,
             stop_at: None,
+            ..Default::default()
         };
         // WHEN drained
         let s = drain(&store, &queue, &SystemClock, &opts).await.unwrap();
@@ -247,6 +264,7 @@ mod tests {
             claim_batch: 100,
             max_in_flight: 4,
             stop_at: Some(Instant::now()),
+            ..Default::default()
         };
         let s = drain(&store, &queue, &SystemClock, &opts).await.unwrap();
         assert_eq!((s.claimed, s.stopped_by), (100, "deadline"));

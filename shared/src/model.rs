@@ -9,31 +9,36 @@ use serde::{Deserialize, Serialize};
 /// Primary key of a row of `automation_execution_logs`.
 pub type LogId = i64;
 
-/// The body of an SQS message from the scheduler to the executor.
+/// The body of an SQS message from the scheduler to the executor: a log, and the lease
+/// token the scheduler gave it. A message whose token is no longer the log's is stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueMessage {
     pub log_id: LogId,
+    pub lease: i64,
 }
 
 impl QueueMessage {
-    /// Parses a message body: a JSON object with a positive integer `log_id` (other keys
-    /// are ignored). The error says what is wrong with it.
+    /// Parses a message body: a JSON object with positive integers `log_id` and `lease`
+    /// (other keys are ignored). The error says what is wrong with it.
     pub fn parse(body: &str) -> Result<Self, String> {
         let bad = |why: String| format!("malformed message body: {why}");
         let obj: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(body).map_err(|e| bad(format!("not a JSON object ({e})")))?;
-        let log_id = match obj.get("log_id") {
-            None => return Err(bad("no log_id".into())),
-            Some(v) => v.as_i64().ok_or_else(|| bad(format!("log_id {v} is not an integer")))?,
+        let field = |name: &str| -> Result<i64, String> {
+            let v = obj.get(name).ok_or_else(|| bad(format!("no {name}")))?;
+            match v.as_i64() {
+                Some(n) if n > 0 => Ok(n),
+                _ => Err(bad(format!("{name} {v} is not a positive integer"))),
+            }
         };
-        if log_id <= 0 {
-            return Err(bad(format!("log_id {log_id} is not a log id")));
-        }
-        Ok(Self { log_id })
+        Ok(Self {
+            log_id: field("log_id")?,
+            lease: field("lease")?,
+        })
     }
 
     pub fn to_body(self) -> String {
-        format!("{{\"log_id\":{}}}", self.log_id)
+        format!("{{\"log_id\":{},\"lease\":{}}}", self.log_id, self.lease)
     }
 }
 
@@ -204,54 +209,95 @@ pub struct EventInfo {
 /// The result of trying to claim a log for execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// This executor owns the log now; `attempt` counts from 1.
-    Claimed { attempt: i32 },
-    /// Another execution has it or had it (running, sent, failed, ...): leave it alone.
+    /// This executor holds the log's lease now; `attempt` counts from 1.
+    Claimed(Lease),
+    /// The log is not queued under the message's lease: another execution has it or had
+    /// it (running, sent, failed, cancelled, or re-queued under a newer lease).
     NotClaimable { status: String },
     /// No such log.
     Unknown,
 }
 
-/// How a log's execution ended, as written back.
+/// A claimed log, and the fencing token every write-back must present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub log_id: LogId,
+    pub token: i64,
+    pub attempt: i32,
+}
+
+/// How a log's attempt ended, as written back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogResult {
     Sent,
+    /// A permanent failure: the log is `failed`.
     Failed(Failure),
-    /// A transient failure: the log goes back to `queued` for the redelivered message.
+    /// A transient failure: the log is `pending` again after a backoff, or `dead` when it
+    /// has no attempts left.
     Retry(Failure),
 }
 
-/// The executor's view of the ledger.
+/// What the scheduler's rescue did with expired leases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Rescued {
+    /// Queued logs whose message never came: pending again.
+    pub requeued: u64,
+    /// Running logs whose executor vanished: pending again, after a backoff.
+    pub retried: u64,
+    /// ... and those with no attempts left: dead.
+    pub dead: u64,
+    /// ... and those with a send in flight on a channel whose policy is `hold`: unknown.
+    pub unknown: u64,
+}
+
+/// The executor's view of the ledger. Every write names the lease; a write whose lease is
+/// no longer the log's changes nothing and answers `false` (or `None`).
 pub trait Ledger: Sync {
-    fn claim(&self, id: LogId, now: SystemTime) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+    fn claim(
+        &self,
+        msg: QueueMessage,
+        now: SystemTime,
+        lease_until: SystemTime,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
     fn load(&self, id: LogId) -> impl Future<Output = Result<Option<LoadedLog>, StoreError>> + Send;
     fn context(&self, id: LogId) -> impl Future<Output = Result<serde_json::Value, ContextError>> + Send;
+    /// Records a delivery before the provider is called.
     fn delivery_started(
         &self,
-        id: LogId,
+        lease: &Lease,
         channel: Channel,
         recipient: &str,
         now: SystemTime,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Records the provider's answer.
     fn delivery_finished(
         &self,
-        id: LogId,
+        lease: &Lease,
         channel: Channel,
         result: Result<&str, &Failure>,
         now: SystemTime,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Ends the attempt; returns the log's new status.
     fn finish(
         &self,
-        id: LogId,
+        lease: &Lease,
         result: &LogResult,
         now: SystemTime,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 }
 
 /// The scheduler's view of the ledger.
 pub trait DueLogs: Sync {
-    /// Marks up to `limit` due pending logs as queued and returns their ids.
-    fn claim_due(&self, limit: i64, now: SystemTime) -> impl Future<Output = Result<Vec<LogId>, StoreError>> + Send;
+    /// Rescues logs whose lease expired before `now`.
+    fn rescue(&self, now: SystemTime) -> impl Future<Output = Result<Rescued, StoreError>> + Send;
+    /// Marks up to `limit` due pending logs as queued, leased until `lease_until`, and
+    /// returns the messages to send for them.
+    fn claim_due(
+        &self,
+        limit: i64,
+        now: SystemTime,
+        lease_until: SystemTime,
+    ) -> impl Future<Output = Result<Vec<QueueMessage>, StoreError>> + Send;
     /// Puts queued logs back to pending (their messages never reached the queue).
     fn release(&self, ids: &[LogId], now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
@@ -295,20 +341,26 @@ mod tests {
 
     #[test]
     fn message_round_trips_and_rejects_junk() {
-        let m = QueueMessage { log_id: 42 };
+        let m = QueueMessage { log_id: 42, lease: 9 };
+        assert_eq!(m.to_body(), r#"{"log_id":42,"lease":9}"#);
         assert_eq!(QueueMessage::parse(&m.to_body()), Ok(m));
         assert_eq!(
-            QueueMessage::parse(r#"{"log_id":7,"extra":1}"#),
-            Ok(QueueMessage { log_id: 7 })
+            QueueMessage::parse(r#"{"lease":3,"log_id":7,"extra":1}"#),
+            Ok(QueueMessage { log_id: 7, lease: 3 })
         );
         for bad in [
             "",
             "not json",
             "{}",
-            r#"{"log_id":"7"}"#,
-            r#"{"log_id":-1}"#,
-            r#"{"log_id":0}"#,
-            "[1]",
+            "null",
+            "\"7\"",
+            "[1, 2]",
+            r#"{"log_id":"7","lease":1}"#,
+            r#"{"log_id":-1,"lease":1}"#,
+            r#"{"log_id":0,"lease":1}"#,
+            r#"{"log_id":7}"#,
+            r#"{"log_id":7,"lease":1.5}"#,
+            r#"{"log_id":7,"lease":null}"#,
         ] {
             let err = QueueMessage::parse(bad).unwrap_err();
             assert!(err.starts_with("malformed message body"), "{bad}: {err}");

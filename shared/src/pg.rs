@@ -10,13 +10,14 @@ use tracing::{info, warn};
 
 use crate::model::Failure;
 use crate::model::{
-    Channel, Claim, ContextError, Definition, DueLogs, EmailTemplates, EventInfo, Ledger, LoadedLog, LogId, LogResult,
-    SmsTemplates, StoreError,
+    Channel, Claim, ContextError, Definition, DueLogs, EmailTemplates, EventInfo, Lease, Ledger, LoadedLog, LogId,
+    LogResult, QueueMessage, Rescued, SmsTemplates, StoreError,
 };
 
 mod sql {
     pub const CLAIM_DUE: &str = include_str!("../sql/claim_due.sql");
     pub const RELEASE: &str = include_str!("../sql/release.sql");
+    pub const RESCUE: &str = include_str!("../sql/rescue.sql");
     pub const CLAIM_LOG: &str = include_str!("../sql/claim_log.sql");
     pub const LOAD_LOG: &str = include_str!("../sql/load_log.sql");
     pub const CONTEXT: &str = include_str!("../sql/context.sql");
@@ -88,13 +89,39 @@ fn err(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreErro
 }
 
 impl DueLogs for PgStore {
-    async fn claim_due(&self, limit: i64, now: SystemTime) -> Result<Vec<LogId>, StoreError> {
+    async fn rescue(&self, now: SystemTime) -> Result<Rescued, StoreError> {
+        let r = self
+            .client
+            .query_one(sql::RESCUE, &[&now])
+            .await
+            .map_err(err("rescuing expired leases"))?;
+        let n = |i: usize| r.get::<_, i32>(i) as u64;
+        Ok(Rescued {
+            requeued: n(0),
+            retried: n(1),
+            dead: n(2),
+            unknown: n(3),
+        })
+    }
+
+    async fn claim_due(
+        &self,
+        limit: i64,
+        now: SystemTime,
+        lease_until: SystemTime,
+    ) -> Result<Vec<QueueMessage>, StoreError> {
         let rows = self
             .client
-            .query(sql::CLAIM_DUE, &[&now, &limit])
+            .query(sql::CLAIM_DUE, &[&now, &limit, &lease_until])
             .await
             .map_err(err("claiming due logs"))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(rows
+            .iter()
+            .map(|r| QueueMessage {
+                log_id: r.get(0),
+                lease: r.get(1),
+            })
+            .collect())
     }
 
     async fn release(&self, ids: &[LogId], now: SystemTime) -> Result<u64, StoreError> {
@@ -106,18 +133,23 @@ impl DueLogs for PgStore {
 }
 
 impl Ledger for PgStore {
-    async fn claim(&self, id: LogId, now: SystemTime) -> Result<Claim, StoreError> {
+    async fn claim(&self, msg: QueueMessage, now: SystemTime, lease_until: SystemTime) -> Result<Claim, StoreError> {
         let row = self
             .client
-            .query_one(sql::CLAIM_LOG, &[&id, &now])
+            .query_one(sql::CLAIM_LOG, &[&msg.log_id, &msg.lease, &now, &lease_until])
             .await
             .map_err(err("claiming a log"))?;
         let attempt: Option<i32> = row.get("attempt");
+        let token: Option<i64> = row.get("lease");
         let status: Option<String> = row.get("status");
-        Ok(match (attempt, status) {
-            (Some(attempt), _) => Claim::Claimed { attempt },
-            (None, Some(status)) => Claim::NotClaimable { status },
-            (None, None) => Claim::Unknown,
+        Ok(match (attempt, token, status) {
+            (Some(attempt), Some(token), _) => Claim::Claimed(Lease {
+                log_id: msg.log_id,
+                token,
+                attempt,
+            }),
+            (_, _, Some(status)) => Claim::NotClaimable { status },
+            _ => Claim::Unknown,
         })
     }
 
@@ -176,53 +208,70 @@ impl Ledger for PgStore {
 
     async fn delivery_started(
         &self,
-        id: LogId,
+        lease: &Lease,
         channel: Channel,
         recipient: &str,
         now: SystemTime,
-    ) -> Result<(), StoreError> {
-        self.client
-            .execute(sql::DELIVERY_STARTED, &[&id, &channel.as_str(), &recipient, &now])
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .client
+            .execute(
+                sql::DELIVERY_STARTED,
+                &[&lease.log_id, &channel.as_str(), &recipient, &now, &lease.token],
+            )
             .await
             .map_err(err("recording a delivery"))?;
-        Ok(())
+        Ok(n == 1)
     }
 
     async fn delivery_finished(
         &self,
-        id: LogId,
+        lease: &Lease,
         channel: Channel,
         result: Result<&str, &Failure>,
         now: SystemTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let (status, message_id, error) = match result {
             Ok(message_id) => ("sent", Some(message_id), None),
             Err(f) => ("failed", None, Some(f.to_string())),
         };
-        self.client
+        let n = self
+            .client
             .execute(
                 sql::DELIVERY_FINISHED,
-                &[&id, &channel.as_str(), &status, &message_id, &error, &now],
+                &[
+                    &lease.log_id,
+                    &channel.as_str(),
+                    &status,
+                    &message_id,
+                    &error,
+                    &now,
+                    &lease.token,
+                ],
             )
             .await
             .map_err(err("recording a delivery's result"))?;
-        Ok(())
+        Ok(n == 1)
     }
 
-    async fn finish(&self, id: LogId, result: &LogResult, now: SystemTime) -> Result<(), StoreError> {
-        let (status, failure) = match result {
+    async fn finish(&self, lease: &Lease, result: &LogResult, now: SystemTime) -> Result<Option<String>, StoreError> {
+        let (outcome, failure) = match result {
             LogResult::Sent => ("sent", None),
             LogResult::Failed(f) => ("failed", Some(f)),
-            LogResult::Retry(f) => ("queued", Some(f)),
+            LogResult::Retry(f) => ("retry", Some(f)),
         };
         let error = failure.map(|f| f.message.as_str());
         let kind = failure.map(|f| f.kind.as_str());
         let code = failure.and_then(|f| f.code.as_deref());
-        self.client
-            .execute(sql::FINISH_LOG, &[&id, &status, &error, &kind, &now, &code])
+        let row = self
+            .client
+            .query_opt(
+                sql::FINISH_LOG,
+                &[&lease.log_id, &lease.token, &outcome, &error, &kind, &code, &now],
+            )
             .await
             .map_err(err("writing a log's result"))?;
-        Ok(())
+        Ok(row.map(|r| r.get(0)))
     }
 }
 

@@ -75,6 +75,43 @@ pub fn mask_phone(number: &str) -> String {
     mask_tail(number, 4)
 }
 
+/// Masks every email address and phone number in free text (provider error messages,
+/// reasons) before it goes to a log.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    for c in text.chars() {
+        if c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ',' | ';' | '(' | ')' | '[' | ']' | '`') {
+            out.push_str(&redact_word(&word));
+            word.clear();
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    out.push_str(&redact_word(&word));
+    out
+}
+
+fn redact_word(w: &str) -> String {
+    let trimmed = w.trim_end_matches(['.', ':', '!', '?']);
+    let tail = &w[trimmed.len()..];
+    if let Some(at) = trimmed.find('@') {
+        if at > 0 && at + 1 < trimmed.len() {
+            return format!("{}{tail}", mask_email(trimmed));
+        }
+    }
+    let digits = trimmed.chars().filter(|c| c.is_ascii_digit()).count();
+    if digits >= 7
+        && trimmed
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
+    {
+        return format!("{}{tail}", mask_phone(trimmed));
+    }
+    w.to_owned()
+}
+
 fn mask_tail(s: &str, keep: usize) -> String {
     let n = s.chars().count();
     s.chars()
@@ -138,6 +175,16 @@ mod tests {
         ] {
             assert!(check_phone(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn redact_masks_addresses_and_numbers_in_free_text() {
+        let text = "Email address not verified jane.doe@example.com. SMS to +14155550123 failed (\"bo@x.org\"), log 42";
+        let r = redact(text);
+        assert_eq!(
+            r,
+            "Email address not verified j***@example.com. SMS to +*******0123 failed (\"b***@x.org\"), log 42"
+        );
     }
 
     #[test]

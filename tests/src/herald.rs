@@ -9,7 +9,7 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use herald_executor::Executor;
 use herald_scheduler::Scheduler;
 use herald_shared::aws::{SesEmail, SnsSms, SqsQueue};
-use herald_shared::clock::SystemClock;
+use herald_shared::clock::{ManualClock, SystemClock};
 use herald_shared::drain::DrainSummary;
 use herald_shared::pg::Database;
 use lambda_runtime::LambdaEvent;
@@ -45,6 +45,7 @@ impl Herald {
                 claim_batch: 100,
                 send_concurrency: 4,
                 deadline_margin: std::time::Duration::from_secs(5),
+                queue_lease: std::time::Duration::from_secs(900),
             },
         };
         let executor = Executor {
@@ -55,6 +56,7 @@ impl Herald {
             settings: herald_executor::Settings {
                 default_from: from.clone(),
                 concurrency: 4,
+                lease: std::time::Duration::from_secs(120),
             },
         };
         Self {
@@ -66,6 +68,14 @@ impl Herald {
             scheduler,
             executor,
         }
+    }
+
+    /// Gives both functions one clock that only moves when the test says, starting now.
+    pub fn manual_clock(&mut self) -> Arc<ManualClock> {
+        let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
+        self.scheduler.clock = clock.clone();
+        self.executor.clock = clock.clone();
+        clock
     }
 
     /// Loads the sample schema of `db/examples/jobs.sql` and gives its clients this

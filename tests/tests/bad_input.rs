@@ -66,7 +66,9 @@ async fn each_bad_message_or_log_fails_alone_and_the_good_one_is_sent() {
     event
         .records
         .insert(2, synthetic("malformed-1", "{\"log_id\": \"seven\""));
-    event.records.push(synthetic("unknown-1", "{\"log_id\": 987654}"));
+    event
+        .records
+        .push(synthetic("unknown-1", "{\"log_id\": 987654, \"lease\": 1}"));
     let response = h.execute(event).await;
 
     // THEN only those two are batch item failures
@@ -165,35 +167,46 @@ async fn a_redelivered_message_never_sends_twice() {
 }
 
 #[tokio::test]
-async fn a_transient_failure_is_retried_and_channels_already_sent_are_not_resent() {
+async fn a_transient_failure_is_retried_after_a_backoff_and_channels_already_sent_are_not_resent() {
     // GIVEN an executor whose SNS endpoint is unreachable (SES works; email goes first)
     let mut h = Herald::with_jobs_example().await;
     let unreachable = h.moto.sdk.to_builder().endpoint_url("http://127.0.0.1:9").build();
     let good_sms = std::mem::replace(&mut h.executor.sms, SnsSms::new(&unreachable, None));
     h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    let clock = h.manual_clock();
     h.tick().await;
 
     // WHEN the executor runs
-    let event = h.moto.receive(&h.queue_url, 10).await;
-    let response = h.execute(event.clone()).await;
+    assert!(
+        h.deliver_all().await.is_empty(),
+        "the ledger owns the retry: the message is done"
+    );
 
-    // THEN the message is a batch item failure and the log waits, queued, with the reason
-    assert_eq!(response.batch_item_failures.len(), 1);
+    // THEN the log is pending again, due within the first backoff (30 s base), with the reason
     let r =
         h.db.client
-            .query_one("SELECT status, error, error_kind FROM automation_execution_logs", &[])
+            .query_one(
+                "SELECT status, error, error_kind, attempts, extract(epoch FROM run_at - updated_at)::float8
+             FROM automation_execution_logs",
+                &[],
+            )
             .await
             .unwrap();
-    let (status, error, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-    assert_eq!((status.as_str(), kind.as_str()), ("queued", "transient"));
+    let (status, error, kind, attempts, delay): (String, String, String, i32, f64) =
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+    assert_eq!((status.as_str(), kind.as_str(), attempts), ("pending", "transient", 1));
     assert!(error.starts_with("sms: "), "{error}");
+    assert!((0.0..=30.0).contains(&delay), "{delay}");
     // the email went out; the SMS did not
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
     assert!(h.moto.sms_to(&h.phone_of(1)).await.is_empty());
 
-    // WHEN SQS redelivers the message and SNS is back
+    // WHEN SNS is back and the backoff has passed
     h.executor.sms = good_sms;
-    assert!(h.execute(event).await.batch_item_failures.is_empty());
+    assert_eq!(h.tick().await.claimed, 0, "not due before its backoff");
+    clock.advance(std::time::Duration::from_secs(31));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
 
     // THEN the SMS is sent, and the email is not sent a second time
     assert_eq!(h.db.statuses().await, ["sent"]);
@@ -204,9 +217,14 @@ async fn a_transient_failure_is_retried_and_channels_already_sent_are_not_resent
     );
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
-    assert_eq!(
-        h.db.scalar::<i64>("SELECT count(*) FROM automation_deliveries WHERE status = 'sent'")
-            .await,
-        2
-    );
+    // AND both attempts are in the history
+    let outcomes: Vec<String> =
+        h.db.client
+            .query("SELECT outcome FROM automation_attempts ORDER BY attempt", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    assert_eq!(outcomes, ["retry", "sent"]);
 }

@@ -9,6 +9,7 @@ use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
 use herald_shared::deliver::{Deliverer, Outcome};
 use herald_shared::pg::Database;
+use herald_shared::recipient::redact;
 use lambda_runtime::{Error, LambdaEvent};
 use tracing::{error, info, info_span, warn, Instrument};
 
@@ -27,6 +28,9 @@ pub struct Settings {
     pub default_from: String,
     /// Messages of a batch handled at once (`HERALD_EXECUTOR_CONCURRENCY`, default 4).
     pub concurrency: usize,
+    /// How long a claimed log is the executor's before the scheduler may rescue it
+    /// (`HERALD_LEASE_SECS`, default 120: well over the function's timeout).
+    pub lease: std::time::Duration,
 }
 
 impl Settings {
@@ -34,6 +38,7 @@ impl Settings {
         Ok(Self {
             default_from: config::required("HERALD_FROM_ADDRESS")?,
             concurrency: config::number("HERALD_EXECUTOR_CONCURRENCY", 4, 1, 10)?,
+            lease: std::time::Duration::from_secs(config::number("HERALD_LEASE_SECS", 120, 5, 3_600)?),
         })
     }
 }
@@ -62,6 +67,7 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
         sms: &e.sms,
         clock: e.clock.as_ref(),
         default_from: &e.settings.default_from,
+        lease: e.settings.lease,
     };
     let deliverer = &deliverer;
     let outcomes: Vec<(String, Outcome)> = stream::iter(event.payload.records)
@@ -80,12 +86,14 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
 
     let mut response = SqsBatchResponse::default();
     for (id, outcome) in outcomes {
+        // Reasons can quote provider messages, which can quote addresses: mask them.
         match &outcome {
             Outcome::Sent => info!(message_id = %id, "sent"),
-            Outcome::Skipped(why) => info!(message_id = %id, why, "skipped"),
-            Outcome::Failed(why) => warn!(message_id = %id, why, "failed"),
-            Outcome::Retry(why) => warn!(message_id = %id, why, "will retry"),
-            Outcome::Rejected(why) => error!(message_id = %id, why, "rejected"),
+            Outcome::Skipped(why) => info!(message_id = %id, why = %redact(why), "skipped"),
+            Outcome::Failed(why) => warn!(message_id = %id, why = %redact(why), "failed"),
+            Outcome::Retrying { status, why } => warn!(message_id = %id, status, why = %redact(why), "will retry"),
+            Outcome::StoreFailed(why) => error!(message_id = %id, why = %redact(why), "ledger unreachable"),
+            Outcome::Rejected(why) => error!(message_id = %id, why = %redact(why), "rejected"),
         }
         if outcome.is_batch_failure() {
             response.add_failure(id);

@@ -28,6 +28,9 @@ pub struct Settings {
     pub send_concurrency: usize,
     /// Stop claiming this long before the invocation's deadline (`HERALD_DEADLINE_MARGIN_MS`, default 5000).
     pub deadline_margin: Duration,
+    /// How long a queued log waits for the executor before it is re-queued
+    /// (`HERALD_QUEUE_LEASE_SECS`, default 900: longer than SQS takes to redeliver).
+    pub queue_lease: Duration,
 }
 
 impl Settings {
@@ -36,6 +39,7 @@ impl Settings {
             claim_batch: config::number("HERALD_CLAIM_BATCH", 100, 1, 10_000)?,
             send_concurrency: config::number("HERALD_SEND_CONCURRENCY", 4, 1, 64)?,
             deadline_margin: Duration::from_millis(config::number("HERALD_DEADLINE_MARGIN_MS", 5_000, 0, 600_000)?),
+            queue_lease: Duration::from_secs(config::number("HERALD_QUEUE_LEASE_SECS", 900, 10, 86_400)?),
         })
     }
 }
@@ -63,6 +67,7 @@ pub async fn handle(s: &Scheduler, event: LambdaEvent<EventBridgeEvent>) -> Resu
         claim_batch: s.settings.claim_batch,
         max_in_flight: s.settings.send_concurrency,
         stop_at: deadline.map(|d| stop_before(d, s.settings.deadline_margin)),
+        queue_lease: s.settings.queue_lease,
     };
     let store = s.db.store().await?;
     Ok(drain(&store, &s.queue, s.clock.as_ref(), &options).await?)
