@@ -61,6 +61,7 @@ pub async fn drain<D: DueLogs, Q: Queue>(
     let started = Instant::now();
     let mut summary = DrainSummary {
         stopped_by: "drained",
+        rescued: store.rescue(clock.now()).await?,
         ..Default::default()
     };
     for round in 0.. {

@@ -1,0 +1,267 @@
+//! Leases, fencing tokens, rescue, the dead and unknown states, and the operator functions.
+
+use std::time::Duration;
+
+use aws_lambda_events::sqs::SqsEvent;
+use herald_shared::aws::SnsSms;
+use herald_shared::clock::Clock;
+use herald_shared::model::{Channel, Claim, Failure, Lease, Ledger, LogResult, QueueMessage};
+use herald_shared::pg::PgStore;
+use herald_tests::Herald;
+
+/// The one message on the queue, as the executor would get it.
+async fn only_message(h: &Herald) -> (SqsEvent, QueueMessage) {
+    let event = h.moto.receive(&h.queue_url, 10).await;
+    assert_eq!(event.records.len(), 1);
+    let msg = QueueMessage::parse(event.records[0].body.as_deref().unwrap()).unwrap();
+    (event, msg)
+}
+
+/// An executor that claims the log and then stops responding, through the real store.
+async fn claim_and_vanish(h: &Herald, msg: QueueMessage, clock_now: std::time::SystemTime) -> (PgStore, Lease) {
+    let store = h.executor.db.store().await.unwrap();
+    let Claim::Claimed(lease) = store
+        .claim(msg, clock_now, clock_now + Duration::from_secs(120))
+        .await
+        .unwrap()
+    else {
+        panic!("claim failed");
+    };
+    (store, lease)
+}
+
+async fn row(h: &Herald) -> (String, i32, Option<String>, Option<String>) {
+    let r =
+        h.db.client
+            .query_one(
+                "SELECT status, attempts, error_code, error FROM automation_execution_logs",
+                &[],
+            )
+            .await
+            .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+#[tokio::test]
+async fn a_lost_sqs_message_is_requeued_and_the_late_original_is_skipped() {
+    // GIVEN a queued log whose message is lost (it is received, never processed)
+    let mut h = Herald::with_jobs_example().await;
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    let clock = h.manual_clock();
+    assert_eq!(h.tick().await.claimed, 1);
+    let (lost, _) = only_message(&h).await;
+
+    // WHEN the queue lease (15 min) runs out
+    assert_eq!(h.tick().await.rescued.requeued, 0, "not before the lease ends");
+    clock.advance(Duration::from_secs(901));
+    let summary = h.tick().await;
+
+    // THEN the scheduler re-queues it under a new lease, and it is sent once
+    assert_eq!((summary.rescued.requeued, summary.claimed), (1, 1));
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(h.db.statuses().await, ["sent"]);
+    // AND the original message, arriving late, is stale: skipped, not sent again
+    assert!(h.execute(lost).await.batch_item_failures.is_empty());
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
+    assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_slow_executor_whose_lease_was_taken_over_cannot_overwrite_the_newer_attempt() {
+    // GIVEN executor A claims a log and stalls before sending
+    let mut h = Herald::with_jobs_example().await;
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    let clock = h.manual_clock();
+    h.tick().await;
+    let (_, msg) = only_message(&h).await;
+    let (stale, lease_a) = claim_and_vanish(&h, msg, clock.now()).await;
+
+    // WHEN its lease runs out, the scheduler rescues the log, and executor B sends it
+    clock.advance(Duration::from_secs(121));
+    let summary = h.tick().await;
+    assert_eq!(summary.rescued.retried, 1);
+    clock.advance(Duration::from_secs(31)); // past the first backoff
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(h.db.statuses().await, ["sent"]);
+
+    // THEN A, coming back, can neither start a send nor write a result
+    let now = clock.now();
+    assert!(!stale
+        .delivery_started(&lease_a, Channel::Email, "x@example.com", now)
+        .await
+        .unwrap());
+    let failed = LogResult::Failed(Failure::permanent("A's late verdict"));
+    assert_eq!(stale.finish(&lease_a, &failed, now).await.unwrap(), None);
+    let (status, attempts, _, error) = row(&h).await;
+    assert_eq!((status.as_str(), attempts, error), ("sent", 2, None));
+    let outcomes: Vec<String> =
+        h.db.client
+            .query("SELECT outcome FROM automation_attempts ORDER BY attempt", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    assert_eq!(outcomes, ["lease_expired", "sent"]);
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_send_in_flight_when_the_executor_died_is_unknown_for_sms_and_resent_for_email() {
+    // GIVEN two logs whose executor died in the middle of a send: one SMS, one email
+    let mut h = Herald::with_jobs_example().await;
+    h.db.exec(
+        "INSERT INTO automations (name, source_table, to_status, sms_to, sms_body)
+           VALUES ('sms-only', 'jobs', 'sms', '+14155550142', 'hello');
+         UPDATE jobs SET status = 'sms' WHERE id = 2;",
+    )
+    .await;
+    let clock = h.manual_clock();
+    h.tick().await;
+    let (_, msg) = only_message(&h).await;
+    let (store, lease) = claim_and_vanish(&h, msg, clock.now()).await;
+    assert!(store
+        .delivery_started(&lease, Channel::Sms, "+14155550142", clock.now())
+        .await
+        .unwrap());
+
+    // WHEN the lease runs out
+    clock.advance(Duration::from_secs(121));
+    let summary = h.tick().await;
+
+    // THEN the SMS log is held as unknown, visible in SQL, and not sent again
+    assert_eq!((summary.rescued.unknown, summary.claimed), (1, 0));
+    let (status, _, code, error) = row(&h).await;
+    assert_eq!((status.as_str(), code.as_deref()), ("unknown", Some("OutcomeUnknown")));
+    assert!(error.unwrap().contains("outcome unknown for sms"));
+    let delivery: String = h.db.scalar("SELECT status FROM automation_deliveries").await;
+    assert_eq!(delivery, "unknown");
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(h.tick().await.claimed, 0);
+    assert!(h.moto.sms_to("+14155550142").await.is_empty());
+
+    // WHEN an operator decides to resend it
+    assert!(
+        h.db.scalar::<bool>("SELECT herald_retry(id) FROM automation_execution_logs")
+            .await
+    );
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    // THEN it is sent
+    assert_eq!(h.db.statuses().await, ["sent"]);
+    assert_eq!(h.moto.sms_to("+14155550142").await.len(), 1);
+
+    // AND an email in the same situation is resent by default (email_on_unknown = 'resend')
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    clock.advance(Duration::from_secs(1));
+    h.tick().await;
+    let (_, msg) = only_message(&h).await;
+    let (store, lease) = claim_and_vanish(&h, msg, clock.now()).await;
+    assert!(store
+        .delivery_started(&lease, Channel::Email, &h.email_of(1), clock.now())
+        .await
+        .unwrap());
+    clock.advance(Duration::from_secs(121));
+    assert_eq!(h.tick().await.rescued.retried, 1);
+    clock.advance(Duration::from_secs(31));
+    h.tick().await;
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(h.db.statuses().await, ["sent", "sent"]);
+    let email_delivery: String =
+        h.db.scalar("SELECT status FROM automation_deliveries WHERE channel = 'email'")
+            .await;
+    assert_eq!(email_delivery, "sent");
+}
+
+#[tokio::test]
+async fn after_the_last_attempt_a_log_is_dead_with_its_history_and_retry_revives_it() {
+    // GIVEN an automation allowing 2 attempts, and SNS unreachable
+    let mut h = Herald::with_jobs_example().await;
+    let unreachable = h.moto.sdk.to_builder().endpoint_url("http://127.0.0.1:9").build();
+    let good_sms = std::mem::replace(&mut h.executor.sms, SnsSms::new(&unreachable, None));
+    h.db.exec(
+        "UPDATE automations SET max_attempts = 2, retry_base = '10 seconds', retry_cap = '20 seconds',
+                email_to = NULL, email_subject = NULL, email_text = NULL, email_html = NULL;
+         UPDATE jobs SET status = 'completed' WHERE id = 1;",
+    )
+    .await;
+    let clock = h.manual_clock();
+
+    // WHEN both attempts fail transiently
+    for _ in 0..2 {
+        assert_eq!(h.tick().await.claimed, 1);
+        assert!(h.deliver_all().await.is_empty());
+        clock.advance(Duration::from_secs(21));
+    }
+
+    // THEN the log is dead, and its attempts tell the story
+    let (status, attempts, _, error) = row(&h).await;
+    assert_eq!((status.as_str(), attempts), ("dead", 2));
+    assert!(error.unwrap().starts_with("sms: "));
+    let history: Vec<(i32, String, String)> =
+        h.db.client
+            .query(
+                "SELECT attempt, outcome, error_kind FROM automation_attempts ORDER BY attempt",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+    assert_eq!(
+        history,
+        [
+            (1, "retry".into(), "transient".into()),
+            (2, "dead".into(), "transient".into())
+        ]
+    );
+    assert_eq!(h.tick().await.claimed, 0);
+
+    // WHEN SNS is back and an operator retries it
+    h.executor.sms = good_sms;
+    assert!(
+        h.db.scalar::<bool>("SELECT herald_retry(id) FROM automation_execution_logs")
+            .await
+    );
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    // THEN it is sent
+    assert_eq!(row(&h).await.0, "sent");
+    assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
+    // AND retry refuses what is not dead, failed or unknown
+    assert!(
+        !h.db
+            .scalar::<bool>("SELECT herald_retry(id) FROM automation_execution_logs")
+            .await
+    );
+}
+
+#[tokio::test]
+async fn cancel_stops_a_pending_or_queued_log() {
+    let h = Herald::with_jobs_example().await;
+    h.db.exec("UPDATE jobs SET status = 'completed'").await;
+    // a pending one is never claimed
+    assert!(
+        h.db.scalar::<bool>("SELECT herald_cancel(min(id)) FROM automation_execution_logs")
+            .await
+    );
+    assert_eq!(h.tick().await.claimed, 1);
+    // a queued one: its message is skipped
+    assert!(
+        h.db.scalar::<bool>("SELECT herald_cancel(max(id)) FROM automation_execution_logs")
+            .await
+    );
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(h.db.statuses().await, ["cancelled", "cancelled"]);
+    assert!(h.moto.emails_from(&h.from).await.is_empty());
+    // a finished one cannot be cancelled
+    assert!(
+        !h.db
+            .scalar::<bool>("SELECT herald_cancel(min(id)) FROM automation_execution_logs")
+            .await
+    );
+}
