@@ -117,6 +117,25 @@ impl Moto {
         }
     }
 
+    /// Makes the `failed` messages of `event` visible again now, as if their visibility
+    /// timeout had run out.
+    pub async fn make_visible(&self, queue_url: &str, event: &SqsEvent, failed: &[String]) {
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
+        for r in event
+            .records
+            .iter()
+            .filter(|r| failed.iter().any(|f| Some(f) == r.message_id.as_ref()))
+        {
+            sqs.change_message_visibility()
+                .queue_url(queue_url)
+                .receipt_handle(r.receipt_handle.clone().unwrap_or_default())
+                .visibility_timeout(0)
+                .send()
+                .await
+                .expect("ChangeMessageVisibility");
+        }
+    }
+
     /// Messages waiting on the queue (visible or not).
     pub async fn queue_depth(&self, queue_url: &str) -> usize {
         let sqs = aws_sdk_sqs::Client::new(&self.sdk);
@@ -140,6 +159,46 @@ impl Moto {
         let data = self.data().await;
         let all: Vec<SentEmail> = serde_json::from_value(data["ses"]["Message"].clone()).unwrap_or_default();
         all.into_iter().filter(|m| m.source == from).collect()
+    }
+
+    /// Every SMS moto accepted.
+    pub async fn all_sms(&self) -> Vec<SentSms> {
+        serde_json::from_value(self.data().await["sns"]["SMS"].clone()).unwrap_or_default()
+    }
+
+    /// Creates a queue whose messages move to a dead-letter queue after `max_receives`
+    /// receives; returns (queue URL, dead-letter queue URL).
+    pub async fn create_queue_with_dlq(&self, name: &str, max_receives: u32) -> (String, String) {
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
+        let dlq = self.create_queue(&format!("{name}-dlq")).await;
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&dlq)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("GetQueueAttributes");
+        let arn = attrs.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
+        let policy = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max_receives}).to_string();
+        let out = sqs
+            .create_queue()
+            .queue_name(name)
+            .attributes(aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy, policy)
+            .send()
+            .await
+            .expect("CreateQueue with a redrive policy");
+        (out.queue_url().unwrap().to_owned(), dlq)
+    }
+
+    /// Sends one raw message body.
+    pub async fn send_raw(&self, queue_url: &str, body: &str) {
+        aws_sdk_sqs::Client::new(&self.sdk)
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .expect("SendMessage");
     }
 
     /// Every SMS moto accepted for `number`.

@@ -105,6 +105,12 @@ impl Herald {
         format!("+1555{:07}", (self.tag * 10 + n) % 10_000_000)
     }
 
+    /// One scheduler invocation through the real handler, as it returned.
+    pub async fn tick_result(&self) -> Result<DrainSummary, lambda_runtime::Error> {
+        let event: EventBridgeEvent = serde_json::from_str(&repo_file("events/scheduled.json")).unwrap();
+        herald_scheduler::handle(&self.scheduler, LambdaEvent::new(event, lambda_context(60))).await
+    }
+
     /// One scheduler invocation through the real handler, with the sample EventBridge event.
     pub async fn tick(&self) -> DrainSummary {
         let event: EventBridgeEvent = serde_json::from_str(&repo_file("events/scheduled.json")).unwrap();

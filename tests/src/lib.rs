@@ -6,7 +6,7 @@ mod aws;
 mod services;
 
 pub use aws::{lambda_context, Moto, SentEmail, SentSms};
-pub use services::{services, Services};
+pub use services::{services, PgCluster, Services};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -190,5 +190,9 @@ impl Drop for TestDb {
     }
 }
 
+mod emulator;
 mod herald;
+mod proxy;
+pub use emulator::Watch;
 pub use herald::Herald;
+pub use proxy::Proxy;

@@ -1,12 +1,12 @@
-//! Postgres and moto as child processes of the test process. They are started from a
-//! thread that lives as long as the process and get SIGKILL/SIGTERM when it dies, so a
-//! test run never leaves servers behind.
+//! Postgres and moto as child processes of the test process. Every child is spawned from
+//! one thread that lives as long as the process and gets a signal when the process dies,
+//! so a test run never leaves servers behind.
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub struct Services {
@@ -22,12 +22,7 @@ impl Services {
 
     /// The URL of database `name` on the same server.
     pub fn url_for(&self, name: &str) -> String {
-        let (url, query) = match self.admin_url.split_once('?') {
-            Some((url, q)) => (url, format!("?{q}")),
-            None => (self.admin_url.as_str(), String::new()),
-        };
-        let (base, _) = url.rsplit_once('/').expect("DATABASE_URL names a database");
-        format!("{base}/{name}{query}")
+        url_for(&self.admin_url, name)
     }
 
     pub fn moto_url(&self) -> &str {
@@ -35,33 +30,31 @@ impl Services {
     }
 }
 
+fn url_for(admin_url: &str, name: &str) -> String {
+    let (url, query) = match admin_url.split_once('?') {
+        Some((url, q)) => (url, format!("?{q}")),
+        None => (admin_url, String::new()),
+    };
+    let (base, _) = url.rsplit_once('/').expect("DATABASE_URL names a database");
+    format!("{base}/{name}{query}")
+}
+
 static SERVICES: OnceLock<Services> = OnceLock::new();
 
 /// Starts (once) or finds the servers the tests need.
 pub fn services() -> &'static Services {
-    SERVICES.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("herald-test-services".into())
-            .spawn(move || {
-                let started = start();
-                tx.send(started).expect("test services receiver");
-                // Children get a signal when the thread that spawned them ends: keep it.
-                loop {
-                    std::thread::park();
-                }
-            })
-            .expect("spawning the services thread");
-        rx.recv()
-            .expect("services thread")
-            .unwrap_or_else(|e| panic!("starting test services: {e}"))
-    })
+    SERVICES.get_or_init(|| start().unwrap_or_else(|e| panic!("starting test services: {e}")))
 }
 
 fn start() -> Result<Services, String> {
     let admin_url = match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => url,
-        _ => start_postgres()?,
+        _ => {
+            let cluster = PgCluster::start("shared")?;
+            let url = cluster.admin_url();
+            std::mem::forget(cluster);
+            url
+        }
     };
     let moto_url = match std::env::var("HERALD_MOTO_URL") {
         Ok(url) if !url.is_empty() => url.trim_end_matches('/').to_owned(),
@@ -70,12 +63,61 @@ fn start() -> Result<Services, String> {
     Ok(Services { admin_url, moto_url })
 }
 
-fn free_port() -> Result<u16, String> {
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `f` on the one thread that spawns the tests' child processes. A child gets its
+/// parent-death signal when the thread that spawned it ends, so that thread lives as long
+/// as the process.
+pub(crate) fn on_spawner_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    static SPAWNER: OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> = OnceLock::new();
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("herald-test-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("spawning the spawner thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    sender
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(job)
+        .expect("spawner thread");
+    rx.recv().expect("spawner thread answer")
+}
+
+/// Makes the child run as `user` and get `signal` when the spawner thread ends.
+pub(crate) fn child_of_this_process(cmd: &mut Command, user: Option<(u32, u32)>, signal: libc::c_int) {
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some((uid, gid)) = user {
+                if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // After setuid: a change of credentials clears the parent-death signal.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+pub(crate) fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-fn wait_for_port(port: u16, what: &str, child: &mut std::process::Child) -> Result<(), String> {
+fn wait_for_port(port: u16, what: &str, child: &mut Child) -> Result<(), String> {
     let until = Instant::now() + Duration::from_secs(60);
     while Instant::now() < until {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -102,112 +144,152 @@ fn postgres_user() -> Option<(u32, u32)> {
     Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
-/// Makes the child run as `user` and die with its parent thread.
-fn child_of_this_process(cmd: &mut Command, user: Option<(u32, u32)>, signal: libc::c_int) {
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some((uid, gid)) = user {
-                if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // After setuid: a change of credentials clears the parent-death signal.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 fn pg_bin(tool: &str) -> PathBuf {
     let dir = std::env::var("HERALD_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
     Path::new(&dir).join(tool)
 }
 
-fn start_postgres() -> Result<String, String> {
-    remove_stale_clusters();
-    let user = postgres_user();
-    let dir = std::env::temp_dir().join(format!("herald-test-pg-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    if let Some((uid, gid)) = user {
-        let c = std::ffi::CString::new(dir.as_os_str().to_str().unwrap()).unwrap();
-        unsafe { libc::chown(c.as_ptr(), uid, gid) };
-    }
-    let data = dir.join("data");
-    let mut initdb = Command::new(pg_bin("initdb"));
-    initdb
-        .args([
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-            "--locale=C",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    child_of_this_process(&mut initdb, user, libc::SIGKILL);
-    let out = initdb
-        .output()
-        .map_err(|e| format!("running initdb ({}): {e}", pg_bin("initdb").display()))?;
-    if !out.status.success() {
-        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let port = free_port()?;
-    let mut pg = Command::new(pg_bin("postgres"));
-    pg.args([
-        "-D",
-        data.to_str().unwrap(),
-        "-p",
-        &port.to_string(),
-        "-k",
-        dir.to_str().unwrap(),
-    ])
-    .args([
-        "-c",
-        "listen_addresses=127.0.0.1",
-        "-c",
-        "fsync=off",
-        "-c",
-        "synchronous_commit=off",
-    ])
-    .args([
-        "-c",
-        "full_page_writes=off",
-        "-c",
-        "max_connections=300",
-        "-c",
-        "shared_buffers=128MB",
-    ])
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(dir.join("postgres.log")).map_err(|e| e.to_string())?);
-    // SIGQUIT: immediate shutdown, the backends follow.
-    child_of_this_process(&mut pg, user, libc::SIGQUIT);
-    let mut child = pg.spawn().map_err(|e| format!("starting postgres: {e}"))?;
-    wait_for_port(port, "postgres", &mut child)?;
-    // The port opens a moment before connections are accepted.
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = Command::new(pg_bin("pg_isready"))
-            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ready {
-            break;
+/// A throwaway Postgres cluster: initdb'd under the temp dir, run as a child process.
+pub struct PgCluster {
+    dir: PathBuf,
+    port: u16,
+    user: Option<(u32, u32)>,
+    server: Mutex<Option<Child>>,
+}
+
+impl PgCluster {
+    /// A new cluster; `name` tells it apart from the process's other clusters.
+    pub fn start(name: &str) -> Result<Self, String> {
+        remove_stale_clusters();
+        let user = postgres_user();
+        let dir = std::env::temp_dir().join(format!("herald-test-pg-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        if let Some((uid, gid)) = user {
+            let c = std::ffi::CString::new(dir.as_os_str().to_str().unwrap()).unwrap();
+            unsafe { libc::chown(c.as_ptr(), uid, gid) };
         }
-        if Instant::now() > until {
-            return Err("postgres did not become ready within 30 s".into());
+        let data = dir.join("data");
+        let mut initdb = Command::new(pg_bin("initdb"));
+        initdb
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .arg("--locale=C")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        child_of_this_process(&mut initdb, user, libc::SIGKILL);
+        let out = initdb
+            .output()
+            .map_err(|e| format!("running initdb ({}): {e}", pg_bin("initdb").display()))?;
+        if !out.status.success() {
+            return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
         }
-        std::thread::sleep(Duration::from_millis(25));
+        let cluster = Self {
+            dir,
+            port: free_port()?,
+            user,
+            server: Mutex::new(None),
+        };
+        cluster.run()?;
+        Ok(cluster)
     }
-    std::mem::forget(child);
-    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn url_for(&self, name: &str) -> String {
+        url_for(&self.admin_url(), name)
+    }
+
+    fn run(&self) -> Result<(), String> {
+        let (dir, port, user) = (self.dir.clone(), self.port, self.user);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("postgres.log"))
+            .map_err(|e| e.to_string())?;
+        let mut child = on_spawner_thread(move || {
+            let mut pg = Command::new(pg_bin("postgres"));
+            pg.args([
+                "-D",
+                dir.join("data").to_str().unwrap(),
+                "-p",
+                &port.to_string(),
+                "-k",
+                dir.to_str().unwrap(),
+            ])
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+            ])
+            .args([
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=300",
+                "-c",
+                "shared_buffers=128MB",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log);
+            // SIGQUIT: immediate shutdown, the backends follow.
+            child_of_this_process(&mut pg, user, libc::SIGQUIT);
+            pg.spawn()
+        })
+        .map_err(|e| format!("starting postgres: {e}"))?;
+        wait_for_port(self.port, "postgres", &mut child)?;
+        // The port opens a moment before connections are accepted.
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(pg_bin("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                break;
+            }
+            if Instant::now() > until {
+                return Err("postgres did not become ready within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        Ok(())
+    }
+
+    /// Kills the server at once, as a crash would.
+    pub fn kill(&self) {
+        if let Some(mut child) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGQUIT) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server and starts it again on the same port and data.
+    pub fn restart(&self) -> Result<(), String> {
+        self.kill();
+        self.run()
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Clusters of test processes that are gone.
@@ -217,7 +299,8 @@ fn remove_stale_clusters() {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("herald-test-pg-") {
+        if let Some(rest) = name.strip_prefix("herald-test-pg-") {
+            let pid = rest.split('-').next().unwrap_or_default();
             if !Path::new("/proc").join(pid).exists() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
@@ -239,14 +322,15 @@ fn moto_server() -> PathBuf {
 
 fn start_moto() -> Result<String, String> {
     let port = free_port()?;
-    let mut cmd = Command::new(moto_server());
-    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    child_of_this_process(&mut cmd, None, libc::SIGKILL);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("starting {} ({e}); run scripts/setup first", moto_server().display()))?;
+    let mut child = on_spawner_thread(move || {
+        let mut cmd = Command::new(moto_server());
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        child_of_this_process(&mut cmd, None, libc::SIGKILL);
+        cmd.spawn()
+    })
+    .map_err(|e| format!("starting {} ({e}); run scripts/setup first", moto_server().display()))?;
     wait_for_port(port, "moto_server", &mut child)?;
     std::mem::forget(child);
     Ok(format!("http://127.0.0.1:{port}"))

@@ -1,0 +1,102 @@
+//! A TCP proxy in front of a server (moto), for fault tests: it can delay every chunk the
+//! client sends, or be down (refusing new connections and cutting open ones).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+struct State {
+    up: AtomicBool,
+    delay_ms: AtomicU64,
+    /// Bumped when the proxy goes down, to cut the open connections.
+    cut: watch::Sender<u64>,
+}
+
+pub struct Proxy {
+    /// `http://127.0.0.1:PORT`, to use as an endpoint URL.
+    pub url: String,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `target` (`http://host:port`) on the current runtime.
+    pub async fn start(target: &str) -> Self {
+        let target = target.trim_start_matches("http://").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the proxy");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(State {
+            up: AtomicBool::new(true),
+            delay_ms: AtomicU64::new(0),
+            cut: watch::channel(0).0,
+        });
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if !s.up.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                tokio::spawn(serve(client, target.clone(), s.clone()));
+            }
+        });
+        Self { url, state, task }
+    }
+
+    /// Down: new connections are dropped at once, open ones are cut.
+    pub fn set_up(&self, up: bool) {
+        self.state.up.store(up, Ordering::SeqCst);
+        if !up {
+            self.state.cut.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Holds every chunk the client sends for this long before passing it on.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(client: TcpStream, target: String, state: Arc<State>) {
+    let Ok(server) = TcpStream::connect(&target).await else {
+        return;
+    };
+    let mut cut = state.cut.subscribe();
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let upstream = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let delay = state.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = sw.shutdown().await;
+    };
+    let downstream = async {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        let _ = cw.shutdown().await;
+    };
+    tokio::select! {
+        _ = async { tokio::join!(upstream, downstream) } => {}
+        _ = cut.changed() => {}
+    }
+}

@@ -1,0 +1,479 @@
+//! Fault and load runs with real processes: each ends by comparing the ledger with what
+//! moto received, and prints its figures (`cargo test --test faults -- --nocapture`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use herald_shared::aws::{SesEmail, SnsSms, SqsQueue};
+use herald_shared::clock::ManualClock;
+use herald_shared::pg::Database;
+use herald_tests::{connect, Herald, PgCluster, Proxy, Watch};
+use tokio_postgres::Client;
+
+/// `n` tasks, each with its own phone, and an automation that emails `log<ID>@<tag>...` and
+/// texts the task's phone when a task goes to `go`.
+async fn tasks_sql(tag: u32, n: i64) -> String {
+    format!(
+        "CREATE TABLE tasks (id bigint PRIMARY KEY, status text NOT NULL DEFAULT 'new', phone text NOT NULL);
+         INSERT INTO tasks (id, phone) SELECT g, '+1777' || lpad((({tag} % 1000) * 10000 + g)::text, 7, '0') FROM generate_series(1, {n}) g;
+         SELECT herald_attach('public.tasks', 'status', 'id');
+         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text, sms_to, sms_body)
+         VALUES ('task-go', 'tasks', 'go', 'log{{{{ herald.log_id }}}}@t{tag}.example.com', 'Task {{{{ id }}}}',
+                 'Task {{{{ id }}}} is go', '{{{{ phone }}}}', 'Task {{{{ id }}}} is go');"
+    )
+}
+
+/// The ledger against moto's record.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Figures {
+    logs: usize,
+    sent: usize,
+    /// Logs that should have gone out and did not (not sent nor unknown, or a channel the
+    /// ledger calls sent that moto never got).
+    lost: usize,
+    /// Messages moto got beyond one per log and channel.
+    duplicated: usize,
+    /// Logs held in `unknown`.
+    unknown: usize,
+    /// Logs whose duplicate was a documented resend of an unknown-outcome email.
+    duplicated_logs: Vec<i64>,
+}
+
+async fn figures(db: &Client, h: &Herald) -> Figures {
+    let rows = db
+        .query(
+            "SELECT l.id, l.status, t.phone,
+                    EXISTS (SELECT 1 FROM automation_deliveries d WHERE d.log_id = l.id AND d.channel = 'email' AND d.status = 'sent'),
+                    EXISTS (SELECT 1 FROM automation_deliveries d WHERE d.log_id = l.id AND d.channel = 'sms' AND d.status = 'sent')
+             FROM automation_execution_logs l JOIN tasks t ON t.id::text = l.subject_id
+             WHERE l.status <> 'suppressed' ORDER BY l.id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut emails: HashMap<String, usize> = HashMap::new();
+    for m in h.moto.emails_from(&h.from).await {
+        *emails.entry(m.destinations.to[0].clone()).or_default() += 1;
+    }
+    let mut sms: HashMap<String, usize> = HashMap::new();
+    for m in h.moto.all_sms().await {
+        *sms.entry(m.phone_number).or_default() += 1;
+    }
+    let mut f = Figures {
+        logs: rows.len(),
+        ..Default::default()
+    };
+    for r in &rows {
+        let (id, status, phone): (i64, String, String) = (r.get(0), r.get(1), r.get(2));
+        let (email_sent, sms_sent): (bool, bool) = (r.get(3), r.get(4));
+        let got_email = emails
+            .get(&format!("log{id}@t{}.example.com", h.tag))
+            .copied()
+            .unwrap_or(0);
+        let got_sms = sms.get(&phone).copied().unwrap_or(0);
+        match status.as_str() {
+            "sent" => f.sent += 1,
+            "unknown" => f.unknown += 1,
+            _ => f.lost += 1,
+        }
+        if (email_sent && got_email == 0) || (sms_sent && got_sms == 0) {
+            f.lost += 1;
+        }
+        let extra = got_email.saturating_sub(1) + got_sms.saturating_sub(1);
+        if extra > 0 {
+            f.duplicated += extra;
+            f.duplicated_logs.push(id);
+        }
+    }
+    f
+}
+
+fn report(scenario: &str, f: &Figures) {
+    println!(
+        "FAULT RUN {scenario}: logs={} sent={} lost={} duplicated={} unknown-outcome={} (duplicated logs: {:?})",
+        f.logs, f.sent, f.lost, f.duplicated, f.unknown, f.duplicated_logs
+    );
+}
+
+/// Scheduler and executor runs, moving the clock past backoffs, until nothing is left to do.
+async fn settle(h: &Herald, clock: &ManualClock) {
+    for _ in 0..12 {
+        h.tick().await;
+        h.deliver_all().await;
+        let open: i64 = h
+            .db
+            .scalar("SELECT count(*) FROM automation_execution_logs WHERE status IN ('pending', 'queued', 'running')")
+            .await;
+        if open == 0 {
+            return;
+        }
+        clock.advance(Duration::from_secs(3700));
+    }
+    panic!("the pipeline did not settle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_status_changes_are_each_sent_exactly_once() {
+    // GIVEN 200 tasks
+    let mut h = Herald::new().await;
+    h.db.exec(&tasks_sql(h.tag, 200).await).await;
+
+    // WHEN 50 connections toggle them 1,000 times in all (new → go → wait → go → wait → go:
+    // three transitions to `go` per task), at one pinned instant
+    let mut tasks = Vec::new();
+    for conn in 0..50i64 {
+        let c = h.db.connect().await;
+        tasks.push(tokio::spawn(async move {
+            c.execute("SELECT set_config('herald.now', '2026-03-01 09:00:00+00', false)", &[])
+                .await
+                .unwrap();
+            for i in 0..20i64 {
+                let task = 1 + (conn * 20 + i) % 200;
+                c.execute(
+                    "UPDATE tasks SET status = CASE WHEN status = 'go' THEN 'wait' ELSE 'go' END WHERE id = $1",
+                    &[&task],
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    // THEN suppression held: one pending log per task, the other 400 events suppressed
+    assert_eq!(
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE status = 'pending'")
+            .await,
+        200
+    );
+    assert_eq!(
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE status = 'suppressed'")
+            .await,
+        400
+    );
+
+    // WHEN the pipeline runs
+    let clock = h.manual_clock();
+    settle(&h, &clock).await;
+
+    // THEN every log went out once per channel, as moto and the ledger both say
+    let f = figures(&h.db.client, &h).await;
+    report("load (1,000 changes, 50 connections)", &f);
+    assert_eq!(
+        f,
+        Figures {
+            logs: 200,
+            sent: 200,
+            ..Default::default()
+        }
+    );
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 200);
+    assert_eq!(
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_deliveries WHERE status = 'sent'")
+            .await,
+        400
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_endpoint_unreachable_for_a_while_delays_sends_but_loses_none() {
+    // GIVEN an executor whose AWS endpoint is a proxy that is down, without SDK retries
+    let mut h = Herald::new().await;
+    h.db.exec(&tasks_sql(h.tag, 20).await).await;
+    h.db.exec("UPDATE tasks SET status = 'go'").await;
+    let clock = h.manual_clock();
+    let proxy = Proxy::start(&h.moto.url).await;
+    let via_proxy = h
+        .moto
+        .sdk
+        .to_builder()
+        .endpoint_url(&proxy.url)
+        .retry_config(RetryConfig::disabled())
+        .build();
+    h.executor.email = SesEmail::new(&via_proxy, None);
+    h.executor.sms = SnsSms::new(&via_proxy, None);
+    proxy.set_up(false);
+
+    // WHEN the scheduler and executor run while it is down
+    assert_eq!(h.tick().await.claimed, 20);
+    assert!(h.deliver_all().await.is_empty());
+    // THEN every send failed transiently and waits for its retry; nothing is lost
+    assert_eq!(h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE status = 'pending' AND attempts = 1 AND error_kind = 'transient'").await, 20);
+    assert!(h.moto.emails_from(&h.from).await.is_empty());
+
+    // WHEN it comes back
+    proxy.set_up(true);
+    settle(&h, &clock).await;
+
+    // THEN all are sent, once
+    let f = figures(&h.db.client, &h).await;
+    report("AWS endpoint unreachable", &f);
+    assert_eq!(
+        f,
+        Figures {
+            logs: 20,
+            sent: 20,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE attempts = 2")
+            .await,
+        20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_goes_to_the_dead_letter_queue_without_blocking_its_batch() {
+    // GIVEN a queue that dead-letters after 2 receives, three good logs and a poison message
+    let mut h = Herald::new().await;
+    let (queue, dlq) = h.moto.create_queue_with_dlq(&format!("poison-{}", h.tag), 2).await;
+    h.scheduler.queue = SqsQueue::new(&h.moto.sdk, queue.clone());
+    h.db.exec(&tasks_sql(h.tag, 3).await).await;
+    h.db.exec("UPDATE tasks SET status = 'go'").await;
+    h.moto.send_raw(&queue, "{\"log_id\": \"drop table\"").await;
+    assert_eq!(h.tick().await.sent, 3);
+
+    // WHEN the executor gets batches (a failed message's visibility timeout is cut short,
+    // so that it comes back at once)
+    let mut failures = 0;
+    for _ in 0..4 {
+        let event = h.moto.receive(&queue, 10).await;
+        if event.records.is_empty() {
+            break;
+        }
+        let response = h.execute(event.clone()).await;
+        let failed: Vec<String> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
+        failures += failed.len();
+        h.moto.delete_done(&queue, &event, &failed).await;
+        h.moto.make_visible(&queue, &event, &failed).await;
+    }
+
+    // THEN the good ones were sent in the first batch, and the poison sits in the DLQ
+    let f = figures(&h.db.client, &h).await;
+    report("poison message", &f);
+    assert_eq!(
+        f,
+        Figures {
+            logs: 3,
+            sent: 3,
+            ..Default::default()
+        }
+    );
+    assert_eq!(failures, 2, "reported as a failure on each of its 2 receives");
+    assert_eq!(h.moto.queue_depth(&queue).await, 0);
+    assert_eq!(h.moto.queue_depth(&dlq).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_while_the_scheduler_drains() {
+    // GIVEN a database on a cluster of this test's own, with 600 due logs, and a slow queue
+    let cluster = PgCluster::start("restart").unwrap();
+    let admin = connect(&cluster.admin_url()).await;
+    admin.batch_execute("CREATE DATABASE herald").await.unwrap();
+    drop(admin);
+    let url = cluster.url_for("herald");
+    let mut c = connect(&url).await;
+    herald_db::migrate(&mut c).await.unwrap();
+    let mut h = Herald::new().await;
+    c.batch_execute(&tasks_sql(h.tag, 600).await).await.unwrap();
+    c.batch_execute("UPDATE tasks SET status = 'go'").await.unwrap();
+    drop(c);
+    h.scheduler.db = Database::new(url.parse().unwrap());
+    h.executor.db = Database::new(url.parse().unwrap());
+    h.scheduler.settings.claim_batch = 50;
+    h.scheduler.settings.send_concurrency = 1;
+    let proxy = Proxy::start(&h.moto.url).await;
+    proxy.set_delay(Duration::from_millis(40));
+    h.scheduler.queue = SqsQueue::new(
+        &h.moto.sdk.to_builder().endpoint_url(&proxy.url).build(),
+        h.queue_url.clone(),
+    );
+    let clock = Arc::new(ManualClock::new(std::time::SystemTime::now() + Duration::from_secs(1)));
+    h.scheduler.clock = clock.clone();
+    h.executor.clock = clock.clone();
+
+    // WHEN Postgres is killed and restarted while the scheduler drains
+    let drain = h.tick_result();
+    let crash = async {
+        let watcher = connect(&url).await;
+        loop {
+            let queued: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM automation_execution_logs WHERE status = 'queued'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if queued >= 100 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        drop(watcher);
+        tokio::task::spawn_blocking(move || cluster.restart().map(|_| cluster))
+            .await
+            .unwrap()
+    };
+    let (first, cluster) = tokio::join!(drain, crash);
+    let cluster = cluster.unwrap();
+
+    // THEN that invocation fails cleanly with an error, and the next one finishes the work
+    let err = first.expect_err("the invocation that lost its database fails");
+    println!("interrupted invocation: {err}");
+    let second = h.tick_result().await.expect("the next invocation reconnects");
+    assert!(second.claimed > 0 && second.claimed < 600, "{second:?}");
+    proxy.set_delay(Duration::ZERO);
+    for _ in 0..12 {
+        h.deliver_all().await;
+        let db = connect(&url).await;
+        let open: i64 = db
+            .query_one(
+                "SELECT count(*) FROM automation_execution_logs WHERE status <> 'sent'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if open == 0 {
+            break;
+        }
+        clock.advance(Duration::from_secs(3700));
+        h.tick().await;
+    }
+    let db = connect(&url).await;
+    let f = figures(&db, &h).await;
+    report("Postgres restarted mid-drain", &f);
+    assert_eq!(
+        f,
+        Figures {
+            logs: 600,
+            sent: 600,
+            ..Default::default()
+        }
+    );
+    drop(cluster);
+}
+
+#[test]
+fn the_executor_binary_killed_mid_batch_loses_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // GIVEN ten due logs (email and SMS each), queued in one SQS batch
+    let (mut h, proxy) = rt.block_on(async {
+        let h = Herald::new().await;
+        h.db.exec(&tasks_sql(h.tag, 10).await).await;
+        h.db.exec("UPDATE tasks SET status = 'go'").await;
+        let proxy = Proxy::start(&h.moto.url).await;
+        proxy.set_delay(Duration::from_millis(150));
+        h.tick().await;
+        (h, proxy)
+    });
+    let event = rt.block_on(h.moto.receive(&h.queue_url, 10));
+    assert_eq!(event.records.len(), 10);
+    let event_file = std::env::temp_dir().join(format!("herald-kill-{}.json", h.tag));
+    std::fs::write(&event_file, serde_json::to_vec(&event).unwrap()).unwrap();
+
+    // WHEN the executor binary, sending through a slow link, is SIGKILLed mid-batch
+    let watch = Watch::start(&[
+        ("DATABASE_URL", h.db.url.clone()),
+        ("HERALD_FROM_ADDRESS", h.from.clone()),
+        ("HERALD_EXECUTOR_CONCURRENCY", "2".into()),
+        ("AWS_ENDPOINT_URL", proxy.url.clone()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("RUST_LOG", "info".into()),
+    ]);
+    let invocation = {
+        let file = event_file.to_str().unwrap().to_owned();
+        let watch = &watch;
+        std::thread::scope(|s| {
+            let handle = s.spawn(move || watch.invoke_output("executor", &file));
+            rt.block_on(async {
+                // Wait until a few deliveries have landed and one is on the wire, then kill.
+                let deadline = std::time::Instant::now() + Duration::from_secs(120);
+                loop {
+                    let r = h
+                        .db
+                        .client
+                        .query_one(
+                            "SELECT count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE status = 'sending')
+                             FROM automation_deliveries",
+                            &[],
+                        )
+                        .await
+                        .unwrap();
+                    let (sent, sending): (i64, i64) = (r.get(0), r.get(1));
+                    if sent >= 4 && sending >= 1 {
+                        break;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "the executor made no progress");
+                    tokio::task::yield_now().await;
+                }
+            });
+            assert!(watch.kill_function("executor") >= 1, "no executor process to kill");
+            watch.stop();
+            handle.join().unwrap()
+        })
+    };
+    drop(watch);
+    let in_flight: i64 =
+        rt.block_on(h.db.scalar("SELECT count(*) FROM automation_deliveries WHERE status = 'sending'"));
+    println!(
+        "killed mid-batch: invoke exited with {:?}; {in_flight} sends in flight",
+        invocation.status.code()
+    );
+
+    // THEN once the leases run out, the pipeline resumes and finishes the work
+    rt.block_on(async {
+        // let the proxy pass on what it still holds
+        proxy.set_delay(Duration::ZERO);
+        let clock = h.manual_clock();
+        clock.advance(Duration::from_secs(121));
+        settle(&h, &clock).await;
+        let f = figures(&h.db.client, &h).await;
+        report("executor SIGKILLed mid-batch", &f);
+        // nothing lost; every log sent, or held as unknown for an SMS in flight
+        assert_eq!(f.lost, 0, "{f:?}");
+        assert_eq!(f.sent + f.unknown, 10, "{f:?}");
+        let unknown_sms: i64 =
+            h.db.scalar(
+                "SELECT count(DISTINCT log_id) FROM automation_deliveries WHERE channel = 'sms' AND status = 'unknown'",
+            )
+            .await;
+        assert_eq!(
+            f.unknown as i64, unknown_sms,
+            "unknown logs are exactly those with an SMS in flight"
+        );
+        // duplicates only where an email was in flight and resent, as documented
+        let resent_emails: Vec<i64> =
+            h.db.client
+                .query(
+                    "SELECT log_id FROM automation_attempts a JOIN automation_deliveries d USING (log_id)
+                 WHERE a.outcome = 'lease_expired' AND d.channel = 'email' ORDER BY 1",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+        for id in &f.duplicated_logs {
+            assert!(
+                resent_emails.contains(id),
+                "log {id} was duplicated but was not an in-flight email: {f:?}"
+            );
+        }
+        assert!(f.duplicated as i64 <= in_flight, "{f:?}");
+    });
+    let _ = std::fs::remove_file(event_file);
+}
