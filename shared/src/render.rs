@@ -24,6 +24,8 @@ pub enum RenderError {
     Empty { template: &'static str },
     #[error("sms_body rendered to {0} characters; SMS allows {SMS_MAX_CHARS}")]
     SmsTooLong(usize),
+    #[error("{template} contains the control character U+{code:04X}")]
+    ControlCharacter { template: &'static str, code: u32 },
 }
 
 fn list(names: &[String]) -> String {
@@ -114,16 +116,31 @@ fn environment() -> Environment<'static> {
     env
 }
 
-/// Renders a template whose result is one line (an address, a subject).
+/// Renders a template whose result is one line (an address, a subject): runs of spaces,
+/// tabs and newlines become one space; any other control character is an error.
 fn one_line(env: &Environment<'_>, name: &'static str, source: &str, vars: &Json) -> Result<String, RenderError> {
     let s = non_empty(env, name, source, vars)?;
-    Ok(s.split_whitespace().collect::<Vec<_>>().join(" "))
+    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match s.chars().find(|c| c.is_control()) {
+        Some(c) => Err(RenderError::ControlCharacter {
+            template: name,
+            code: c as u32,
+        }),
+        None => Ok(s),
+    }
 }
 
+/// Renders a body: newlines and tabs are fine, other control characters are an error.
 fn non_empty(env: &Environment<'_>, name: &'static str, source: &str, vars: &Json) -> Result<String, RenderError> {
     let s = render_one(env, name, source, vars)?;
     if s.trim().is_empty() {
         return Err(RenderError::Empty { template: name });
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+        return Err(RenderError::ControlCharacter {
+            template: name,
+            code: c as u32,
+        });
     }
     Ok(s)
 }
@@ -286,6 +303,25 @@ mod tests {
         );
         let d = def("s", "<p>x</p>", "{{ 'x' * 1601 }}");
         assert_eq!(render(&d, &vars(), "n@x.com"), Err(RenderError::SmsTooLong(1601)));
+    }
+
+    #[test]
+    fn control_characters_are_refused_but_body_newlines_are_kept() {
+        let v = json!({"client_name": "Bell\u{7}", "client_email": "a@b.co", "client_phone": "+14155550123"});
+        let d = def("Hi {{ client_name }}", "<p>x</p>", "x");
+        assert_eq!(
+            render(&d, &v, "n@x.com").unwrap_err().to_string(),
+            "email_subject contains the control character U+0007"
+        );
+        let v = json!({"client_name": "x", "client_email": "a@b.co\nBcc: c@d.co", "client_phone": "+14155550123"});
+        let d = def("s", "<p>x</p>", "line one\nline two\ttabbed");
+        let r = render(&d, &v, "n@x.com").unwrap();
+        assert_eq!(
+            r.email.unwrap().to,
+            "a@b.co Bcc: c@d.co",
+            "folded to one line (and then refused as an address)"
+        );
+        assert_eq!(r.sms.unwrap().body, "line one\nline two\ttabbed");
     }
 
     #[test]

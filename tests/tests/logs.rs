@@ -62,7 +62,10 @@ async fn logs_mask_recipients_and_never_print_bodies() {
     assert!(logs.contains(&format!("c***@example.com")), "{logs}");
     assert!(logs.contains("+*******"), "{logs}");
     assert!(logs.contains("failed"), "{logs}");
-    assert!(logs.contains("Email address not verified u***@private.example.com"), "{logs}");
+    assert!(
+        logs.contains("Email address not verified u***@private.example.com"),
+        "{logs}"
+    );
     // ...and never a full address, number, subject or body
     for secret in [
         h.email_of(1),
