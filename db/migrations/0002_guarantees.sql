@@ -56,9 +56,11 @@ $$;
 -- Rescue the logs whose lease ran out: queued ones whose message never came (back to
 -- pending), running ones whose executor vanished (retried, dead, or held as unknown when a
 -- send was in flight on a channel whose policy is 'hold').
+-- SECURITY DEFINER: the scheduler's role may run it without rights of its own on
+-- deliveries, attempts or definitions (see db/roles.sql).
 CREATE FUNCTION herald_rescue(p_now timestamptz)
 RETURNS TABLE (requeued integer, retried integer, dead integer, unknown integer)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
   l        record;
   holds    text[];
@@ -155,3 +157,5 @@ BEGIN
   RETURN FOUND;
 END
 $$;
+
+REVOKE EXECUTE ON FUNCTION herald_rescue(timestamptz) FROM PUBLIC;

@@ -1,0 +1,39 @@
+-- Least-privilege roles for Herald's two functions. Run it as the owner of Herald's tables,
+-- after the migrations (again after each new migration; it is idempotent):
+--   psql "$DATABASE_URL" -f db/roles.sql
+-- then give each role a password and put it in that function's secret:
+--   ALTER ROLE herald_scheduler PASSWORD '...';  ALTER ROLE herald_executor PASSWORD '...';
+-- and let the executor read the relations your automations use for template variables:
+--   GRANT SELECT ON public.job_context TO herald_executor;
+
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'herald_scheduler') THEN
+    CREATE ROLE herald_scheduler LOGIN;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'herald_executor') THEN
+    CREATE ROLE herald_executor LOGIN;
+  END IF;
+END
+$$;
+
+-- The scheduler: claims due logs, hands out leases, rescues expired ones. It sees no row
+-- snapshots, template variables, recipients or definitions, and changes none of them.
+GRANT SELECT (id, status, run_at, lease_token, lease_expires_at) ON automation_execution_logs TO herald_scheduler;
+GRANT UPDATE (status, queued_at, updated_at, lease_token, lease_expires_at) ON automation_execution_logs TO herald_scheduler;
+GRANT USAGE ON SEQUENCE herald_lease_tokens TO herald_scheduler;
+GRANT EXECUTE ON FUNCTION herald_rescue(timestamptz) TO herald_scheduler;
+
+-- The executor: claims one log, reads its definition and template variables, records
+-- deliveries and attempts, writes the result. It cannot change definitions, and it does not
+-- read the trigger's row snapshots (it reads fresh data through the context relations).
+GRANT SELECT (id, automation_id, subject_schema, subject_table, subject_key_column, subject_id,
+              event, old_status, new_status, status, attempts, run_at, lease_token)
+  ON automation_execution_logs TO herald_executor;
+GRANT UPDATE (status, attempts, started_at, completed_at, updated_at, run_at, lease_token,
+              lease_expires_at, error, error_kind, error_code)
+  ON automation_execution_logs TO herald_executor;
+GRANT SELECT ON automations TO herald_executor;
+GRANT SELECT, INSERT, UPDATE ON automation_deliveries TO herald_executor;
+GRANT SELECT, INSERT, UPDATE ON automation_attempts TO herald_executor;
+GRANT USAGE ON SEQUENCE herald_lease_tokens TO herald_executor;

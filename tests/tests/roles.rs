@@ -1,0 +1,77 @@
+//! The functions work as the least-privilege roles of db/roles.sql, and those roles cannot
+//! read what they do not need or change definitions.
+
+use std::time::Duration;
+
+use herald_shared::pg::Database;
+use herald_tests::{repo_file, Herald};
+
+#[tokio::test]
+async fn the_functions_run_as_least_privilege_roles() {
+    // GIVEN the roles script applied, and the executor allowed to read the context view
+    let mut h = Herald::with_jobs_example().await;
+    h.db.exec(&repo_file("db/roles.sql")).await;
+    h.db.exec(&repo_file("db/roles.sql")).await; // idempotent
+    h.db.exec("GRANT SELECT ON public.job_context TO herald_executor").await;
+    let as_role = |role: &str| {
+        let mut c = h.db.config();
+        c.user(role);
+        c
+    };
+    let (scheduler, executor) = (as_role("herald_scheduler"), as_role("herald_executor"));
+    h.scheduler.db = Database::new(scheduler.clone());
+    h.executor.db = Database::new(executor.clone());
+
+    // WHEN the pipeline runs as those roles
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    let clock = h.manual_clock();
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    // THEN the log is sent
+    assert_eq!(h.db.statuses().await, ["sent"]);
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
+    assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
+    // AND the scheduler's rescue works too (a lost message)
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 2").await;
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 1);
+    clock.advance(Duration::from_secs(901));
+    assert_eq!(h.tick().await.rescued.requeued, 1);
+
+    // AND each role is refused what it does not need
+    let denied = |who: &'static str, sql: &'static str| (who, sql);
+    let checks = [
+        denied("herald_scheduler", "SELECT snapshot FROM automation_execution_logs"),
+        denied("herald_scheduler", "SELECT subject_id FROM automation_execution_logs"),
+        denied("herald_scheduler", "SELECT email_to FROM automations"),
+        denied("herald_scheduler", "SELECT recipient FROM automation_deliveries"),
+        denied("herald_scheduler", "UPDATE automations SET is_active = false"),
+        denied("herald_scheduler", "DELETE FROM automation_execution_logs"),
+        denied("herald_scheduler", "SELECT * FROM job_context"),
+        denied("herald_executor", "SELECT snapshot FROM automation_execution_logs"),
+        denied("herald_executor", "UPDATE automations SET email_subject = 'pwned'"),
+        denied(
+            "herald_executor",
+            "INSERT INTO automations (name, source_table, sms_to, sms_body) VALUES ('x', 'jobs', 'x', 'x')",
+        ),
+        denied("herald_executor", "DELETE FROM automation_execution_logs"),
+        denied(
+            "herald_executor",
+            "UPDATE automation_execution_logs SET automation_id = 1",
+        ),
+        denied("herald_executor", "SELECT * FROM clients"),
+    ];
+    for (role, sql) in checks {
+        let c = Database::new(if role == "herald_scheduler" {
+            scheduler.clone()
+        } else {
+            executor.clone()
+        })
+        .client()
+        .await
+        .unwrap();
+        let err = c.batch_execute(sql).await.expect_err(&format!("{role} may not: {sql}"));
+        let code = err.code().map(|c| c.code().to_owned());
+        assert_eq!(code.as_deref(), Some("42501"), "{role}: {sql}: {err:?}");
+    }
+}
