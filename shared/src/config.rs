@@ -72,6 +72,31 @@ pub async fn database_from(
     database_from_secret(&secret)
 }
 
+/// TLS to the database: `DATABASE_SSLMODE` (`disable`, `prefer` (default), `require` or
+/// `verify-full`) and `DATABASE_SSLROOTCERT` (a PEM file of trusted roots for `verify-full`,
+/// such as the RDS bundle; without it, the system's roots).
+pub fn tls() -> Result<crate::pg::Tls, ConfigError> {
+    let mode = match var("DATABASE_SSLMODE") {
+        None => crate::pg::SslMode::Prefer,
+        Some(m) => m.trim().parse().map_err(|why| ConfigError::Invalid {
+            name: "DATABASE_SSLMODE",
+            why,
+        })?,
+    };
+    Ok(crate::pg::Tls {
+        mode,
+        root_cert: var("DATABASE_SSLROOTCERT").map(Into::into),
+    })
+}
+
+/// The database of a function: where it is, and how to reach it.
+pub async fn database_handle(aws: &SdkConfig) -> Result<crate::pg::Database, ConfigError> {
+    crate::pg::Database::with_tls(database(aws).await?, &tls()?).map_err(|why| ConfigError::Invalid {
+        name: "DATABASE_SSLROOTCERT",
+        why,
+    })
+}
+
 /// The shape of an RDS-managed secret.
 #[derive(Deserialize)]
 struct RdsSecret {

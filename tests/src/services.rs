@@ -155,11 +155,25 @@ pub struct PgCluster {
     port: u16,
     user: Option<(u32, u32)>,
     server: Mutex<Option<Child>>,
+    /// Extra `-c name=value` settings.
+    settings: Vec<String>,
 }
 
 impl PgCluster {
     /// A new cluster; `name` tells it apart from the process's other clusters.
     pub fn start(name: &str) -> Result<Self, String> {
+        Self::start_with(name, false)
+    }
+
+    /// A cluster that also accepts TLS, with a server certificate for `localhost` and
+    /// `127.0.0.1` from a CA of its own; returns it and the CA's PEM file.
+    pub fn start_tls(name: &str) -> Result<(Self, PathBuf), String> {
+        let cluster = Self::start_with(name, true)?;
+        let ca = cluster.dir.join("ca.crt");
+        Ok((cluster, ca))
+    }
+
+    fn start_with(name: &str, tls: bool) -> Result<Self, String> {
         remove_stale_clusters();
         let user = postgres_user();
         let dir = std::env::temp_dir().join(format!("herald-test-pg-{}-{name}", std::process::id()));
@@ -192,11 +206,19 @@ impl PgCluster {
         if !out.status.success() {
             return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
         }
+        let mut settings = Vec::new();
+        if tls {
+            make_certificates(&dir, user)?;
+            settings.push("ssl=on".to_owned());
+            settings.push(format!("ssl_cert_file={}", dir.join("server.crt").display()));
+            settings.push(format!("ssl_key_file={}", dir.join("server.key").display()));
+        }
         let cluster = Self {
             dir,
             port: free_port()?,
             user,
             server: Mutex::new(None),
+            settings,
         };
         cluster.run()?;
         Ok(cluster)
@@ -211,7 +233,7 @@ impl PgCluster {
     }
 
     fn run(&self) -> Result<(), String> {
-        let (dir, port, user) = (self.dir.clone(), self.port, self.user);
+        let (dir, port, user, settings) = (self.dir.clone(), self.port, self.user, self.settings.clone());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -245,6 +267,9 @@ impl PgCluster {
             ])
             .stdout(Stdio::null())
             .stderr(log);
+            for setting in &settings {
+                pg.args(["-c", setting]);
+            }
             // SIGQUIT: immediate shutdown, the backends follow.
             child_of_this_process(&mut pg, user, libc::SIGQUIT);
             pg.spawn()
@@ -290,6 +315,77 @@ impl Drop for PgCluster {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A CA, and a server certificate it signed for `localhost` and `127.0.0.1`, whose key
+/// only `user` may read.
+fn make_certificates(dir: &Path, user: Option<(u32, u32)>) -> Result<(), String> {
+    let openssl = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .map_err(|e| format!("openssl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(())
+    };
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").map_err(|e| e.to_string())?;
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Herald Test CA",
+    ])?;
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ])?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+    ])?;
+    let key = dir.join("server.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(|e| e.to_string())?;
+    if let Some((uid, gid)) = user {
+        for f in ["server.key", "server.crt"] {
+            let c = std::ffi::CString::new(dir.join(f).to_str().unwrap()).unwrap();
+            unsafe { libc::chown(c.as_ptr(), uid, gid) };
+        }
+    }
+    Ok(())
 }
 
 /// Clusters of test processes that are gone.

@@ -49,7 +49,7 @@ impl Scheduler {
     pub async fn from_env() -> Result<Self, Error> {
         let aws = load_config().await;
         Ok(Self {
-            db: Database::new(config::database(&aws).await?),
+            db: config::database_handle(&aws).await?,
             queue: SqsQueue::new(&aws, config::required("HERALD_QUEUE_URL")?),
             clock: Arc::new(SystemClock),
             settings: Settings::from_env()?,

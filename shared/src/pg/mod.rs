@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::sync::Mutex;
+use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{info, warn};
 
 use crate::model::Failure;
@@ -15,29 +17,50 @@ use crate::model::{
 };
 
 mod sql {
-    pub const CLAIM_DUE: &str = include_str!("../sql/claim_due.sql");
-    pub const RELEASE: &str = include_str!("../sql/release.sql");
-    pub const RESCUE: &str = include_str!("../sql/rescue.sql");
-    pub const CLAIM_LOG: &str = include_str!("../sql/claim_log.sql");
-    pub const LOAD_LOG: &str = include_str!("../sql/load_log.sql");
-    pub const CONTEXT: &str = include_str!("../sql/context.sql");
-    pub const DELIVERY_STARTED: &str = include_str!("../sql/delivery_started.sql");
-    pub const DELIVERY_FINISHED: &str = include_str!("../sql/delivery_finished.sql");
-    pub const FINISH_LOG: &str = include_str!("../sql/finish_log.sql");
+    pub const CLAIM_DUE: &str = include_str!("../../sql/claim_due.sql");
+    pub const RELEASE: &str = include_str!("../../sql/release.sql");
+    pub const RESCUE: &str = include_str!("../../sql/rescue.sql");
+    pub const CLAIM_LOG: &str = include_str!("../../sql/claim_log.sql");
+    pub const LOAD_LOG: &str = include_str!("../../sql/load_log.sql");
+    pub const CONTEXT: &str = include_str!("../../sql/context.sql");
+    pub const DELIVERY_STARTED: &str = include_str!("../../sql/delivery_started.sql");
+    pub const DELIVERY_FINISHED: &str = include_str!("../../sql/delivery_finished.sql");
+    pub const FINISH_LOG: &str = include_str!("../../sql/finish_log.sql");
 }
+
+mod tls;
+pub use tls::{SslMode, Tls};
 
 /// One connection per container, opened lazily and re-opened when it was lost.
 pub struct Database {
     config: Config,
+    tls: Option<MakeRustlsConnect>,
     client: Mutex<Option<Arc<Client>>>,
 }
 
 impl Database {
+    /// A database reached without TLS.
     pub fn new(config: Config) -> Self {
         Self {
             config,
+            tls: None,
             client: Mutex::new(None),
         }
+    }
+
+    /// A database reached with these TLS settings; fails if they cannot be loaded (a
+    /// missing or empty root certificate file).
+    pub fn with_tls(mut config: Config, tls: &Tls) -> Result<Self, String> {
+        config.ssl_mode(match tls.mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require | SslMode::VerifyFull => PgSslMode::Require,
+        });
+        Ok(Self {
+            config,
+            tls: tls.connector()?,
+            client: Mutex::new(None),
+        })
     }
 
     /// The open connection, or a new one if there is none or it broke.
@@ -49,9 +72,22 @@ impl Database {
         if slot.is_some() {
             info!("database connection was closed; reconnecting");
         }
+        let client = Arc::new(match &self.tls {
+            None => self.connect(NoTls).await?,
+            Some(tls) => self.connect(tls.clone()).await?,
+        });
+        *slot = Some(Arc::clone(&client));
+        Ok(client)
+    }
+
+    async fn connect<T>(&self, tls: T) -> Result<Client, StoreError>
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+        T::Stream: Send + 'static,
+    {
         let (client, connection) = self
             .config
-            .connect(NoTls)
+            .connect(tls)
             .await
             .map_err(|e| StoreError::new("connecting to Postgres", e))?;
         tokio::spawn(async move {
@@ -59,8 +95,6 @@ impl Database {
                 warn!(error = %e, "database connection ended");
             }
         });
-        let client = Arc::new(client);
-        *slot = Some(Arc::clone(&client));
         Ok(client)
     }
 
