@@ -136,11 +136,7 @@ impl Herald {
                 return failures;
             }
             let response = self.execute(event.clone()).await;
-            let failed: Vec<String> = response
-                .batch_item_failures
-                .iter()
-                .map(|f| f.item_identifier.clone())
-                .collect();
+            let failed: Vec<String> = crate::failed_ids(&response);
             self.moto.delete_done(&self.queue_url, &event, &failed).await;
             failures.extend(failed);
         }

@@ -156,14 +156,20 @@ impl TestDb {
             .get(0)
     }
 
-    /// `status` of every log, in id order.
-    pub async fn statuses(&self) -> Vec<String> {
+    /// The first column of every row of a query.
+    pub async fn column<T: for<'a> tokio_postgres::types::FromSql<'a>>(&self, sql: &str) -> Vec<T> {
         let rows = self
             .client
-            .query("SELECT status FROM automation_execution_logs ORDER BY id", &[])
+            .query(sql, &[])
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{e:?}\nin: {sql}"));
         rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    /// `status` of every log, in id order.
+    pub async fn statuses(&self) -> Vec<String> {
+        self.column("SELECT status FROM automation_execution_logs ORDER BY id")
+            .await
     }
 }
 
@@ -188,6 +194,15 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// The ids of the messages a batch response reports as failed.
+pub fn failed_ids(response: &aws_lambda_events::sqs::SqsBatchResponse) -> Vec<String> {
+    response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect()
 }
 
 mod emulator;

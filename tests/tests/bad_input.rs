@@ -72,11 +72,7 @@ async fn each_bad_message_or_log_fails_alone_and_the_good_one_is_sent() {
     let response = h.execute(event).await;
 
     // THEN only those two are batch item failures
-    let mut failed: Vec<String> = response
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.clone())
-        .collect();
+    let mut failed: Vec<String> = herald_tests::failed_ids(&response);
     failed.sort();
     assert_eq!(failed, ["malformed-1", "unknown-1"]);
 
@@ -134,16 +130,8 @@ async fn each_bad_message_or_log_fails_alone_and_the_good_one_is_sent() {
     assert_eq!(code, "MessageRejected");
     // nothing but the good log's two deliveries and the rejected email was attempted
     let deliveries: Vec<String> =
-        h.db.client
-            .query(
-                "SELECT channel || ' ' || status FROM automation_deliveries ORDER BY log_id, channel",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        h.db.column("SELECT channel || ' ' || status FROM automation_deliveries ORDER BY log_id, channel")
+            .await;
     assert_eq!(deliveries, ["email sent", "sms sent", "email failed"]);
 }
 
@@ -219,12 +207,7 @@ async fn a_transient_failure_is_retried_after_a_backoff_and_channels_already_sen
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
     // AND both attempts are in the history
     let outcomes: Vec<String> =
-        h.db.client
-            .query("SELECT outcome FROM automation_attempts ORDER BY attempt", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        h.db.column("SELECT outcome FROM automation_attempts ORDER BY attempt")
+            .await;
     assert_eq!(outcomes, ["retry", "sent"]);
 }

@@ -247,11 +247,7 @@ async fn a_poison_message_goes_to_the_dead_letter_queue_without_blocking_its_bat
             break;
         }
         let response = h.execute(event.clone()).await;
-        let failed: Vec<String> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.clone())
-            .collect();
+        let failed: Vec<String> = herald_tests::failed_ids(&response);
         failures += failed.len();
         h.moto.delete_done(&queue, &event, &failed).await;
         h.moto.make_visible(&queue, &event, &failed).await;
@@ -456,17 +452,11 @@ fn the_executor_binary_killed_mid_batch_loses_nothing() {
         );
         // duplicates only where an email was in flight and resent, as documented
         let resent_emails: Vec<i64> =
-            h.db.client
-                .query(
-                    "SELECT log_id FROM automation_attempts a JOIN automation_deliveries d USING (log_id)
+            h.db.column(
+                "SELECT log_id FROM automation_attempts a JOIN automation_deliveries d USING (log_id)
                  WHERE a.outcome = 'lease_expired' AND d.channel = 'email' ORDER BY 1",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            )
+            .await;
         for id in &f.duplicated_logs {
             assert!(
                 resent_emails.contains(id),

@@ -217,11 +217,7 @@ async fn hostile_and_broken_input_each_get_their_clear_outcome() {
             first = false;
         }
         let response = h.execute(event.clone()).await;
-        let failed: Vec<String> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.clone())
-            .collect();
+        let failed: Vec<String> = herald_tests::failed_ids(&response);
         h.moto.delete_done(&h.queue_url, &event, &failed).await;
         failed_ids.extend(failed);
     }

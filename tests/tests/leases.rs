@@ -96,13 +96,8 @@ async fn a_slow_executor_whose_lease_was_taken_over_cannot_overwrite_the_newer_a
     let (status, attempts, _, error) = row(&h).await;
     assert_eq!((status.as_str(), attempts, error), ("sent", 2, None));
     let outcomes: Vec<String> =
-        h.db.client
-            .query("SELECT outcome FROM automation_attempts ORDER BY attempt", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        h.db.column("SELECT outcome FROM automation_attempts ORDER BY attempt")
+            .await;
     assert_eq!(outcomes, ["lease_expired", "sent"]);
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
 }

@@ -175,13 +175,8 @@ async fn other_columns_inserts_and_unmatched_statuses_create_no_logs() {
     )
     .await;
     let subjects: Vec<String> =
-        h.db.client
-            .query("SELECT subject_id FROM automation_execution_logs ORDER BY id", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        h.db.column("SELECT subject_id FROM automation_execution_logs ORDER BY id")
+            .await;
     assert_eq!(
         subjects,
         ["4", "1"],
