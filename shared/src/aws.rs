@@ -10,7 +10,7 @@ use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
 use aws_sdk_sns::types::MessageAttributeValue;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
-use crate::model::{Email, EmailSender, Failure, LogId, Queue, QueueMessage, Sms, SmsSender};
+use crate::model::{Email, EmailSender, ErrorKind, Failure, LogId, Queue, QueueMessage, Sms, SmsSender};
 
 /// The SDK configuration from the environment (region, credentials, and
 /// `AWS_ENDPOINT_URL` for emulators), with timeouts that fit inside a Lambda invocation.
@@ -46,6 +46,17 @@ const TRANSIENT_CODES: &[&str] = &[
     "KMSThrottlingException",
 ];
 
+/// Whether a provider's error is worth retrying, from its HTTP status and error code:
+/// throttling and server-side errors are transient; everything else (a rejected message,
+/// an unverified sender, an invalid parameter, an opted-out number) is permanent.
+pub fn kind_of(status: u16, code: &str) -> ErrorKind {
+    if status >= 500 || status == 429 || TRANSIENT_CODES.contains(&code) {
+        ErrorKind::Transient
+    } else {
+        ErrorKind::Permanent
+    }
+}
+
 /// Sorts an SDK error into permanent or transient, keeping the provider's code.
 pub fn classify<E>(err: &SdkError<E>) -> Failure
 where
@@ -53,15 +64,14 @@ where
 {
     match err {
         SdkError::ServiceError(service) => {
-            let status = service.raw().status().as_u16();
             let code = service.err().code().unwrap_or("Unknown").to_owned();
             let message = service.err().message().unwrap_or("no message").to_owned();
-            let f = if status >= 500 || status == 429 || TRANSIENT_CODES.contains(&code.as_str()) {
-                Failure::transient(message)
-            } else {
-                Failure::permanent(message)
-            };
-            f.with_code(code)
+            let kind = kind_of(service.raw().status().as_u16(), &code);
+            Failure {
+                kind,
+                code: Some(code),
+                message,
+            }
         }
         SdkError::ConstructionFailure(_) => Failure::permanent(DisplayErrorContext(err).to_string()),
         // Timeouts, connection failures, unreadable responses.
@@ -220,4 +230,39 @@ pub async fn read_secret(config: &SdkConfig, id: &str) -> Result<String, Failure
     out.secret_string()
         .map(str::to_owned)
         .ok_or_else(|| Failure::permanent(format!("secret {id} has no string value")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_errors_by_status_and_code() {
+        use ErrorKind::{Permanent, Transient};
+        let table = [
+            // SES v2
+            (429, "TooManyRequestsException", Transient),
+            (400, "TooManyRequestsException", Transient),
+            (400, "MessageRejected", Permanent),
+            (400, "MailFromDomainNotVerifiedException", Permanent),
+            (400, "AccountSuspendedException", Permanent),
+            (400, "SendingPausedException", Permanent),
+            (400, "BadRequestException", Permanent),
+            (404, "NotFoundException", Permanent),
+            (500, "InternalFailure", Transient),
+            (503, "ServiceUnavailable", Transient),
+            // SNS
+            (400, "Throttling", Transient),
+            (400, "Throttled", Transient),
+            (400, "InvalidParameter", Permanent),
+            (400, "InvalidParameterValue", Permanent),
+            (400, "OptedOut", Permanent),
+            (403, "AuthorizationError", Permanent),
+            (500, "InternalError", Transient),
+            (502, "Unknown", Transient),
+        ];
+        for (status, code, kind) in table {
+            assert_eq!(kind_of(status, code), kind, "{status} {code}");
+        }
+    }
 }
