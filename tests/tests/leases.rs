@@ -260,3 +260,41 @@ async fn cancel_stops_a_pending_or_queued_log() {
             .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_executors_racing_on_the_same_messages_send_each_log_once() {
+    // GIVEN ten queued logs, and the same batch handed to two executors at once (as a
+    // redelivery during a slow first attempt would)
+    let h = Herald::with_jobs_example().await;
+    h.db.exec(
+        "UPDATE automations SET suppression_window = '0';
+         INSERT INTO jobs (id, client_id, title) SELECT g, 1, 'job ' || g FROM generate_series(10, 19) g;
+         UPDATE jobs SET status = 'completed' WHERE id >= 10;",
+    )
+    .await;
+    assert_eq!(h.tick().await.sent, 10);
+    let event = h.moto.receive(&h.queue_url, 10).await;
+    assert_eq!(event.records.len(), 10);
+    let second = herald_executor::Executor {
+        db: herald_shared::pg::Database::new(h.db.config()),
+        email: herald_shared::aws::SesEmail::new(&h.moto.sdk, None),
+        sms: SnsSms::new(&h.moto.sdk, None),
+        clock: std::sync::Arc::new(herald_shared::clock::SystemClock),
+        settings: h.executor.settings.clone(),
+    };
+
+    // WHEN both run it concurrently
+    let ctx = || herald_tests::lambda_context(60);
+    let (a, b) = tokio::join!(
+        herald_executor::handle(&h.executor, lambda_runtime::LambdaEvent::new(event.clone(), ctx())),
+        herald_executor::handle(&second, lambda_runtime::LambdaEvent::new(event.clone(), ctx())),
+    );
+
+    // THEN every message is done for both, and each log was sent exactly once
+    assert!(a.unwrap().batch_item_failures.is_empty());
+    assert!(b.unwrap().batch_item_failures.is_empty());
+    assert_eq!(h.db.statuses().await, vec!["sent"; 10]);
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 10);
+    assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 10);
+    assert_eq!(h.db.scalar::<i64>("SELECT count(*) FROM automation_attempts").await, 10);
+}
