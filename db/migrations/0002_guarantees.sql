@@ -64,6 +64,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
   l        record;
   holds    text[];
+  last     boolean;
 BEGIN
   requeued := 0; retried := 0; dead := 0; unknown := 0;
 
@@ -107,25 +108,25 @@ BEGIN
              error = 'the executor vanished during the send'
       WHERE log_id = l.id AND attempt = l.attempts;
       unknown := unknown + 1;
-    ELSIF l.attempts >= coalesce(l.max_attempts, 1) THEN
-      UPDATE automation_execution_logs
-      SET status = 'dead', lease_token = NULL, lease_expires_at = NULL, updated_at = p_now, completed_at = p_now,
-          error = 'the executor vanished (lease expired) on the last attempt', error_kind = 'transient',
-          error_code = 'LeaseExpired'
-      WHERE id = l.id;
-      UPDATE automation_attempts SET outcome = 'lease_expired', finished_at = p_now
-      WHERE log_id = l.id AND attempt = l.attempts;
-      dead := dead + 1;
     ELSE
+      -- Retried after a backoff, or dead when that was the last attempt.
+      last := l.attempts >= coalesce(l.max_attempts, 1);
       UPDATE automation_execution_logs
-      SET status = 'pending', lease_token = NULL, lease_expires_at = NULL, updated_at = p_now,
-          run_at = p_now + herald_backoff(l.attempts, l.retry_base, l.retry_cap),
-          error = 'the executor vanished (lease expired); retrying', error_kind = 'transient',
-          error_code = 'LeaseExpired'
+      SET status = CASE WHEN last THEN 'dead' ELSE 'pending' END,
+          run_at = CASE WHEN last THEN run_at ELSE p_now + herald_backoff(l.attempts, l.retry_base, l.retry_cap) END,
+          completed_at = CASE WHEN last THEN p_now END,
+          lease_token = NULL, lease_expires_at = NULL, updated_at = p_now,
+          error = CASE WHEN last THEN 'the executor vanished (lease expired) on the last attempt'
+                       ELSE 'the executor vanished (lease expired); retrying' END,
+          error_kind = 'transient', error_code = 'LeaseExpired'
       WHERE id = l.id;
       UPDATE automation_attempts SET outcome = 'lease_expired', finished_at = p_now
       WHERE log_id = l.id AND attempt = l.attempts;
-      retried := retried + 1;
+      IF last THEN
+        dead := dead + 1;
+      ELSE
+        retried := retried + 1;
+      END IF;
     END IF;
   END LOOP;
   RETURN NEXT;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsEvent;
 use herald_shared::aws::SnsSms;
-use herald_shared::clock::Clock;
+use herald_shared::clock::{Clock, ManualClock};
 use herald_shared::model::{Channel, Claim, Failure, Lease, Ledger, LogResult, QueueMessage};
 use herald_shared::pg::PgStore;
 use herald_tests::Herald;
@@ -28,6 +28,17 @@ async fn claim_and_vanish(h: &Herald, msg: QueueMessage, clock_now: std::time::S
         panic!("claim failed");
     };
     (store, lease)
+}
+
+/// `herald_retry` on the only log, then one scheduler and executor run.
+async fn operator_retries_and_it_is_sent(h: &Herald, clock: &ManualClock) {
+    assert!(
+        h.db.scalar::<bool>("SELECT herald_retry(id) FROM automation_execution_logs")
+            .await
+    );
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
 }
 
 async fn row(h: &Herald) -> (String, i32, Option<String>, Option<String>) {
@@ -137,13 +148,7 @@ async fn a_send_in_flight_when_the_executor_died_is_unknown_for_sms_and_resent_f
     assert!(h.moto.sms_to("+14155550142").await.is_empty());
 
     // WHEN an operator decides to resend it
-    assert!(
-        h.db.scalar::<bool>("SELECT herald_retry(id) FROM automation_execution_logs")
-            .await
-    );
-    clock.advance(Duration::from_secs(1));
-    assert_eq!(h.tick().await.claimed, 1);
-    assert!(h.deliver_all().await.is_empty());
+    operator_retries_and_it_is_sent(&h, &clock).await;
     // THEN it is sent
     assert_eq!(h.db.statuses().await, ["sent"]);
     assert_eq!(h.moto.sms_to("+14155550142").await.len(), 1);
@@ -217,13 +222,7 @@ async fn after_the_last_attempt_a_log_is_dead_with_its_history_and_retry_revives
 
     // WHEN SNS is back and an operator retries it
     h.executor.sms = good_sms;
-    assert!(
-        h.db.scalar::<bool>("SELECT herald_retry(id) FROM automation_execution_logs")
-            .await
-    );
-    clock.advance(Duration::from_secs(1));
-    assert_eq!(h.tick().await.claimed, 1);
-    assert!(h.deliver_all().await.is_empty());
+    operator_retries_and_it_is_sent(&h, &clock).await;
     // THEN it is sent
     assert_eq!(row(&h).await.0, "sent");
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
