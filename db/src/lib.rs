@@ -23,6 +23,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_guarantees.sql",
         sql: include_str!("../migrations/0002_guarantees.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_inbox.sql",
+        sql: include_str!("../migrations/0003_inbox.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).

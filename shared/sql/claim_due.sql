@@ -2,13 +2,13 @@
 -- a lease until $3. SKIP LOCKED lets concurrent schedulers take disjoint sets.
 WITH due AS (
   SELECT id
-  FROM automation_execution_logs
+  FROM ONLY automation_execution_logs
   WHERE status = 'pending' AND run_at <= $1::timestamptz
   ORDER BY run_at, id
   LIMIT $2::bigint
   FOR UPDATE SKIP LOCKED
 )
-UPDATE automation_execution_logs l
+UPDATE ONLY automation_execution_logs l
 SET status = 'queued', queued_at = $1::timestamptz, updated_at = $1::timestamptz,
     lease_token = nextval('herald_lease_tokens'), lease_expires_at = $3::timestamptz
 FROM due

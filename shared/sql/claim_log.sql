@@ -2,7 +2,7 @@
 -- and open its attempt. `attempt` is NULL when it was not claimable; `status` (as it was
 -- before this statement) is NULL when there is no such log.
 WITH claimed AS (
-  UPDATE automation_execution_logs
+  UPDATE ONLY automation_execution_logs
   SET status = 'running', attempts = attempts + 1, started_at = $3::timestamptz, updated_at = $3::timestamptz,
       lease_token = nextval('herald_lease_tokens'), lease_expires_at = $4::timestamptz
   WHERE id = $1::bigint AND status = 'queued' AND lease_token = $2::bigint
@@ -13,4 +13,4 @@ WITH claimed AS (
 )
 SELECT (SELECT attempts FROM claimed) AS attempt,
        (SELECT lease_token FROM claimed) AS lease,
-       (SELECT status FROM automation_execution_logs WHERE id = $1::bigint) AS status
+       (SELECT status FROM ONLY automation_execution_logs WHERE id = $1::bigint) AS status

@@ -3,7 +3,7 @@
 -- it has no attempts left. Returns the new status; no row means the lease was lost.
 WITH log AS (
   SELECT l.id, l.attempts, a.max_attempts, a.retry_base, a.retry_cap
-  FROM automation_execution_logs l
+  FROM ONLY automation_execution_logs l
   LEFT JOIN automations a ON a.id = l.automation_id
   WHERE l.id = $1::bigint AND l.status = 'running' AND l.lease_token = $2::bigint
   FOR UPDATE OF l
@@ -15,7 +15,7 @@ WITH log AS (
          herald_backoff(attempts, coalesce(retry_base, interval '30 seconds'), coalesce(retry_cap, interval '1 hour')) AS delay
   FROM log
 ), updated AS (
-  UPDATE automation_execution_logs g
+  UPDATE ONLY automation_execution_logs g
   SET status = d.status,
       error = $4::text, error_kind = $5::text, error_code = $6::text,
       run_at = CASE WHEN d.status = 'pending' THEN $7::timestamptz + d.delay ELSE g.run_at END,

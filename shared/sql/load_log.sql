@@ -9,6 +9,6 @@ SELECT l.automation_id,
        a.sms_to, a.sms_body,
        ARRAY(SELECT d.channel FROM automation_deliveries d
              WHERE d.log_id = l.id AND d.status = 'sent' ORDER BY d.channel) AS delivered
-FROM automation_execution_logs l
+FROM ONLY automation_execution_logs l
 LEFT JOIN automations a ON a.id = l.automation_id
 WHERE l.id = $1::bigint

@@ -288,6 +288,9 @@ pub trait Ledger: Sync {
 
 /// The scheduler's view of the ledger.
 pub trait DueLogs: Sync {
+    /// Moves up to `limit` captured events from the inbox to the ledger (pending or
+    /// suppressed); returns how many it moved.
+    fn ingest(&self, limit: i32) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Rescues logs whose lease expired before `now`.
     fn rescue(&self, now: SystemTime) -> impl Future<Output = Result<Rescued, StoreError>> + Send;
     /// Marks up to `limit` due pending logs as queued, leased until `lease_until`, and

@@ -166,6 +166,12 @@ impl TestDb {
         rows.iter().map(|r| r.get(0)).collect()
     }
 
+    /// Moves every captured event from the inbox to the ledger, as the scheduler does
+    /// before it claims; returns how many it moved.
+    pub async fn ingest(&self) -> i32 {
+        self.scalar("SELECT herald_ingest()").await
+    }
+
     /// `status` of every log, in id order.
     pub async fn statuses(&self) -> Vec<String> {
         self.column("SELECT status FROM automation_execution_logs ORDER BY id")

@@ -18,7 +18,19 @@ async fn two_hundred_updates_from_twenty_connections_create_exactly_the_expected
     .await;
 
     // WHEN 20 connections each make 10 status changes, all on the same ten rows, at one
-    // pinned instant (every change is a real change: each status is new)
+    // pinned instant (every change is a real change: each status is new), while four
+    // other connections move the inbox to the ledger over and over
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut ingesters = Vec::new();
+    for _ in 0..4 {
+        let c = h.db.connect().await;
+        let writing = writing.clone();
+        ingesters.push(tokio::spawn(async move {
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                c.execute("SELECT herald_ingest(7)", &[]).await.unwrap();
+            }
+        }));
+    }
     let mut tasks = Vec::new();
     for conn in 0..20i64 {
         let c = h.db.connect().await;
@@ -40,10 +52,16 @@ async fn two_hundred_updates_from_twenty_connections_create_exactly_the_expected
     for t in tasks {
         t.await.unwrap();
     }
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    for t in ingesters {
+        t.await.unwrap();
+    }
+    h.db.ingest().await;
 
-    // THEN every change is in the ledger once per automation
+    // THEN every change is in the ledger once per automation, and the inbox is empty
     let count = |sql: &'static str| h.db.scalar::<i64>(sql);
-    assert_eq!(count("SELECT count(*) FROM automation_execution_logs").await, 400);
+    assert_eq!(count("SELECT count(*) FROM ONLY automation_execution_logs").await, 400);
+    assert_eq!(count("SELECT count(*) FROM herald_inbox").await, 0);
     // the windowed automation let exactly one event per row through
     let per_row = h
         .db

@@ -145,6 +145,7 @@ async fn a_thousand_concurrent_status_changes_are_each_sent_exactly_once() {
     }
 
     // THEN suppression held: one pending log per task, the other 400 events suppressed
+    assert_eq!(h.db.ingest().await, 600);
     assert_eq!(
         h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE status = 'pending'")
             .await,

@@ -67,3 +67,60 @@ async fn a_failing_migration_leaves_nothing_behind() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_table_attached_under_schema_2_is_captured_through_the_inbox_after_upgrading() {
+    // GIVEN a database at schema 2, with a table attached, an automation, and one event
+    let db = TestDb::empty().await;
+    for m in &MIGRATIONS[..2] {
+        db.exec(m.sql).await;
+        db.client
+            .execute(
+                "CREATE TABLE IF NOT EXISTS herald_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                   checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+                &[],
+            )
+            .await
+            .unwrap();
+        db.client
+            .execute(
+                "INSERT INTO herald_migrations (version, name, checksum) VALUES ($1, $2, md5($3::text))",
+                &[&m.version, &m.name, &m.sql],
+            )
+            .await
+            .unwrap();
+    }
+    db.exec(
+        "CREATE TABLE orders (ref text PRIMARY KEY, state text);
+         INSERT INTO orders VALUES ('A-1', 'new'), ('A-2', 'new');
+         SELECT herald_attach('public.orders', 'state', 'ref');
+         INSERT INTO automations (name, source_table, to_status, sms_to, sms_body)
+           VALUES ('paid', 'orders', 'paid', '+15550000000', 'x');
+         UPDATE orders SET state = 'paid' WHERE ref = 'A-1';",
+    )
+    .await;
+    assert_eq!(db.statuses().await, ["pending"]);
+
+    // WHEN the runner upgrades it
+    let mut c = db.connect().await;
+    assert_eq!(migrate(&mut c).await.unwrap()[0], 3);
+
+    // THEN the old triggers gave way to one per automation, the old log is untouched, and a
+    // new event goes through the inbox to the ledger
+    let triggers: Vec<String> = db
+        .column("SELECT tgname::text FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal")
+        .await;
+    let id: i64 = db.scalar("SELECT id FROM automations").await;
+    assert_eq!(triggers, [format!("herald_capture_{id}")]);
+    db.exec(
+        "UPDATE orders SET state = 'shipped' WHERE ref = 'A-1'; UPDATE orders SET state = 'paid' WHERE ref = 'A-2'",
+    )
+    .await;
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM herald_inbox").await, 1);
+    assert_eq!(db.ingest().await, 1);
+    assert_eq!(
+        db.column::<String>("SELECT subject_id || ':' || status FROM ONLY automation_execution_logs ORDER BY id")
+            .await,
+        ["A-1:pending", "A-2:pending"]
+    );
+}

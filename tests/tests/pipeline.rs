@@ -106,7 +106,10 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
     h.db.set_now("2026-03-01 09:00:10+00").await;
     h.db.exec("UPDATE jobs SET status = 'reopened' WHERE id = 1; UPDATE jobs SET status = 'completed' WHERE id = 1")
         .await;
-    // THEN the event is recorded as suppressed, pointing at the log that holds the window
+    // THEN the event waits in the inbox, counted as pending, and once moved to the ledger
+    // it is recorded as suppressed, pointing at the log that holds the window
+    assert_eq!(h.db.statuses().await, ["sent", "pending"]);
+    assert_eq!(h.db.ingest().await, 1);
     assert_eq!(h.db.statuses().await, ["sent", "suppressed"]);
     let holder: i64 =
         h.db.scalar("SELECT suppressed_by FROM automation_execution_logs WHERE status = 'suppressed'")
@@ -269,17 +272,82 @@ async fn attach_checks_its_columns_and_can_be_undone() {
             .contains(r#"jobs has no column "state""#),
         "{err:?}"
     );
-    // attaching twice replaces the triggers rather than doubling them
+    // attaching twice replaces the triggers rather than doubling them: one per automation
     h.db.exec("SELECT herald_attach('public.jobs', 'status', 'id')").await;
-    let triggers: i64 = h
-        .db
-        .scalar("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.jobs'::regclass AND tgname LIKE 'herald%'")
+    let triggers = || {
+        h.db.column::<String>(
+            "SELECT tgname::text FROM pg_trigger WHERE tgrelid = 'public.jobs'::regclass AND tgname LIKE 'herald%' ORDER BY 1",
+        )
+    };
+    let first: i64 = h.db.scalar("SELECT min(id) FROM automations").await;
+    assert_eq!(triggers().await, [format!("herald_capture_{first}")]);
+    // a change to a status no automation listens to does not reach the inbox
+    h.db.exec("UPDATE jobs SET status = 'on hold' WHERE id = 1").await;
+    assert_eq!(h.db.scalar::<i64>("SELECT count(*) FROM herald_inbox").await, 0);
+    // automations added, deactivated and deleted re-create the table's triggers
+    h.db.exec(
+        "INSERT INTO automations (name, source_table, from_status, to_status, sms_to, sms_body)
+         VALUES ('held', 'jobs', 'scheduled', 'on hold', '{{ client_phone }}', 'x'),
+                ('inserted', 'jobs', NULL, NULL, '{{ client_phone }}', 'x');
+         UPDATE automations SET trigger_event = 'insert' WHERE name = 'inserted';",
+    )
+    .await;
+    assert_eq!(triggers().await.len(), 3);
+    h.db.exec("UPDATE automations SET is_active = false WHERE name = 'held'")
         .await;
-    assert_eq!(triggers, 2);
+    assert_eq!(triggers().await.len(), 2);
+    h.db.exec("DELETE FROM automations WHERE name = 'inserted'").await;
+    assert_eq!(triggers().await, [format!("herald_capture_{first}")]);
     h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
     assert_eq!(h.db.statuses().await, ["pending"]);
     // detached, status changes are no longer captured
     h.db.exec("SELECT herald_detach('public.jobs'); UPDATE jobs SET status = 'completed' WHERE id = 2")
         .await;
     assert_eq!(h.db.statuses().await, ["pending"]);
+}
+
+#[tokio::test]
+async fn a_backlog_spanning_several_windows_is_decided_in_event_order() {
+    // GIVEN events of one job at 0, 10, 31, 35 and 70 s, all waiting in the inbox at once
+    // (the default 30 s window), and a job whose window opened in an earlier run
+    let h = Herald::with_jobs_example().await;
+    for (at, status) in [
+        ("09:00:00", "completed"),
+        ("09:00:10", "completed"),
+        ("09:00:31", "completed"),
+        ("09:00:35", "completed"),
+        ("09:01:10", "completed"),
+    ] {
+        h.db.set_now(&format!("2026-03-01 {at}+00")).await;
+        h.db.exec(&format!(
+            "UPDATE jobs SET status = 'reopened' WHERE id = 1; UPDATE jobs SET status = '{status}' WHERE id = 1"
+        ))
+        .await;
+    }
+    assert_eq!(h.db.statuses().await, vec!["pending"; 5]);
+
+    // WHEN they are moved to the ledger in one run
+    assert_eq!(h.db.ingest().await, 5);
+
+    // THEN each opens a window or falls inside the one open at its time
+    assert_eq!(
+        h.db.statuses().await,
+        ["pending", "suppressed", "pending", "suppressed", "pending"]
+    );
+    let holders: Vec<Option<i64>> = h
+        .db
+        .column("SELECT suppressed_by - (SELECT min(id) FROM automation_execution_logs) FROM automation_execution_logs ORDER BY id")
+        .await;
+    assert_eq!(holders, [None, Some(0), None, Some(2), None]);
+
+    // AND an event inside a window opened by an earlier run is suppressed by it
+    h.db.set_now("2026-03-01 09:01:20+00").await;
+    h.db.exec("UPDATE jobs SET status = 'reopened' WHERE id = 1; UPDATE jobs SET status = 'completed' WHERE id = 1")
+        .await;
+    assert_eq!(h.db.ingest().await, 1);
+    assert_eq!(
+        h.db.scalar::<i64>("SELECT suppressed_by - (SELECT min(id) FROM automation_execution_logs) FROM automation_execution_logs ORDER BY id DESC LIMIT 1")
+            .await,
+        4
+    );
 }

@@ -20,6 +20,7 @@ mod sql {
     pub const CLAIM_DUE: &str = include_str!("../../sql/claim_due.sql");
     pub const RELEASE: &str = include_str!("../../sql/release.sql");
     pub const RESCUE: &str = include_str!("../../sql/rescue.sql");
+    pub const INGEST: &str = include_str!("../../sql/ingest.sql");
     pub const CLAIM_LOG: &str = include_str!("../../sql/claim_log.sql");
     pub const LOAD_LOG: &str = include_str!("../../sql/load_log.sql");
     pub const CONTEXT: &str = include_str!("../../sql/context.sql");
@@ -123,6 +124,15 @@ fn err(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreErro
 }
 
 impl DueLogs for PgStore {
+    async fn ingest(&self, limit: i32) -> Result<u64, StoreError> {
+        let r = self
+            .client
+            .query_one(sql::INGEST, &[&limit])
+            .await
+            .map_err(err("moving captured events to the ledger"))?;
+        Ok(r.get::<_, i32>(0) as u64)
+    }
+
     async fn rescue(&self, now: SystemTime) -> Result<Rescued, StoreError> {
         let r = self
             .client
