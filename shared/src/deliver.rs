@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use tracing::{info, warn};
+use futures::stream::{self, StreamExt};
+use tracing::{info, info_span, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::model::{
@@ -65,6 +66,20 @@ pub struct Deliverer<'a, L, E, S> {
 }
 
 impl<L: Ledger, E: EmailSender, S: SmsSender> Deliverer<'_, L, E, S> {
+    /// Handles one queue batch, `concurrency` messages at once: each `(message id, body)`
+    /// stands alone and gets its own outcome, in no particular order.
+    pub async fn handle_batch(&self, messages: Vec<(String, String)>, concurrency: usize) -> Vec<(String, Outcome)> {
+        stream::iter(messages)
+            .map(|(id, body)| async move {
+                let span = info_span!("message", message_id = %id);
+                let outcome = self.handle(&body).instrument(span).await;
+                (id, outcome)
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await
+    }
+
     /// Handles one message body.
     pub async fn handle(&self, body: &str) -> Outcome {
         let msg = match QueueMessage::parse(body) {

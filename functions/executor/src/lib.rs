@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use futures::stream::{self, StreamExt};
 use herald_shared::aws::{load_config, SesEmail, SnsSms};
 use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
@@ -11,7 +10,7 @@ use herald_shared::deliver::{Deliverer, Outcome};
 use herald_shared::pg::Database;
 use herald_shared::recipient::redact;
 use lambda_runtime::{Error, LambdaEvent};
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{error, info, warn};
 
 /// What the function keeps between invocations.
 pub struct Executor {
@@ -69,20 +68,13 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
         default_from: &e.settings.default_from,
         lease: e.settings.lease,
     };
-    let deliverer = &deliverer;
-    let outcomes: Vec<(String, Outcome)> = stream::iter(event.payload.records)
-        .map(|record| async move {
-            let id = record.message_id.unwrap_or_default();
-            let span = info_span!("message", message_id = %id);
-            let outcome = deliverer
-                .handle(record.body.as_deref().unwrap_or_default())
-                .instrument(span)
-                .await;
-            (id, outcome)
-        })
-        .buffer_unordered(e.settings.concurrency.max(1))
-        .collect()
-        .await;
+    let messages = event
+        .payload
+        .records
+        .into_iter()
+        .map(|r| (r.message_id.unwrap_or_default(), r.body.unwrap_or_default()))
+        .collect();
+    let outcomes = deliverer.handle_batch(messages, e.settings.concurrency).await;
 
     let mut response = SqsBatchResponse::default();
     for (id, outcome) in outcomes {

@@ -1,0 +1,190 @@
+//! Herald's benchmark harness. Starts a throwaway Postgres (or uses `DATABASE_URL`), runs
+//! every case with its baselines interleaved in the same run, prints one table and writes
+//! the results as JSON. `--quick` runs each case once at a small size: it checks that the
+//! harness works, not how fast anything is.
+
+mod capture;
+mod db;
+mod peers;
+mod proxy;
+mod queue;
+mod report;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::report::Row;
+
+#[derive(Debug, Parser)]
+#[command(about = "Measures Herald against its baselines and peer queues, in one run")]
+struct Args {
+    /// Each case once, at a small size (for CI: checks the harness, not the speed).
+    #[arg(long)]
+    quick: bool,
+    /// Runs per case; each figure is their median (default 3, 1 with --quick).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Only these cases (comma-separated): capture, queue, peers.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+}
+
+pub struct Settings {
+    pub quick: bool,
+    pub runs: usize,
+    /// The repository's root.
+    pub repo: PathBuf,
+    /// Scratch files (pgbench scripts).
+    pub work_dir: PathBuf,
+}
+
+impl Settings {
+    /// A case's size: the full one, or the small one with `--quick`.
+    pub fn size(&self, full: i64, quick: i64) -> i64 {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+
+    /// A Postgres program (`HERALD_PG_BIN`, or Debian's PostgreSQL 15).
+    pub fn pg_bin(&self, tool: &str) -> PathBuf {
+        let dir = std::env::var("HERALD_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+        PathBuf::from(dir).join(tool)
+    }
+}
+
+/// One line on stderr per step, so a long run shows where it is.
+pub fn progress(line: &str) {
+    eprintln!("bench: {line}");
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        eprintln!("bench: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("the bench crate has no parent folder")?
+        .to_path_buf();
+    let settings = Settings {
+        quick: args.quick,
+        runs: args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1),
+        work_dir: repo.join("target/bench"),
+        repo,
+    };
+    std::fs::create_dir_all(&settings.work_dir).map_err(|e| e.to_string())?;
+    let wanted = |case: &str| args.only.is_empty() || args.only.iter().any(|c| c == case);
+    let server = db::Server::start()?;
+    progress(&format!(
+        "{} run(s) per case{}",
+        settings.runs,
+        if settings.quick { ", quick sizes" } else { "" }
+    ));
+
+    let mut rows: Vec<Row> = Vec::new();
+    if wanted("capture") {
+        rows.extend(capture::run(&server, &settings).await?);
+    }
+    if wanted("queue") {
+        rows.extend(queue::run(&server, &settings).await?);
+    }
+    if wanted("peers") {
+        rows.extend(peer_rows(&server, &settings, &rows).await?);
+    }
+
+    println!("{}", report::table(&rows));
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let json = serde_json::json!({
+        "quick": settings.quick,
+        "runs": settings.runs,
+        "postgres": "fsync=off, synchronous_commit=off, full_page_writes=off: CPU and lock paths, not durability",
+        "results": rows,
+    });
+    std::fs::write(
+        &args.json,
+        serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("writing {}: {e}", args.json.display()))?;
+    progress(&format!("results written to {}", args.json.display()));
+    Ok(())
+}
+
+/// The peers drain as many jobs as the full cycle sends logs; Herald's full-cycle rows are
+/// compared with them.
+async fn peer_rows(server: &db::Server, settings: &Settings, herald: &[Row]) -> Result<Vec<Row>, String> {
+    peers::install(&settings.repo.join("bench/peers")).await?;
+    let n = settings.size(100_000, 2_000);
+    let mut figures = Vec::new();
+    for peer in peers::Peer::ALL {
+        for best in [false, true] {
+            figures.push((peer, best, Vec::new(), Vec::new()));
+        }
+    }
+    for run in 0..settings.runs {
+        for (peer, best, rates, writes) in figures.iter_mut() {
+            let (rate, per_job) = peers::drain(server, settings, *peer, *best, n).await?;
+            progress(&format!(
+                "peers, run {}: {} {rate:.0} jobs/s, {per_job:.1} rows written per job",
+                run + 1,
+                peer.describe(*best)
+            ));
+            rates.push(rate);
+            writes.push(per_job);
+        }
+    }
+    let mut rows: Vec<Row> = figures
+        .into_iter()
+        .map(|(peer, best, rates, writes)| {
+            Row::new("full cycle", peer.describe(best), rates, "jobs/s").note(format!(
+                "{n} no-op jobs; {:.1} rows written per job (enqueue included)",
+                report::median(&writes)
+            ))
+        })
+        .collect();
+    let pgboss_best = rows[3].clone();
+    let graphile_default = rows[0].clone();
+    let graphile_best = rows[1].clone();
+    for h in herald.iter().filter(|r| r.case == "full cycle") {
+        rows.push(
+            Row {
+                variant: format!("{} vs pg-boss best", h.variant),
+                note: None,
+                ..h.clone()
+            }
+            .against(&pgboss_best)
+            .bar("≥ 0.5× pg-boss best"),
+        );
+        rows.push(
+            Row {
+                variant: format!("{} vs graphile-worker default", h.variant),
+                note: None,
+                ..h.clone()
+            }
+            .against(&graphile_default)
+            .bar("> 1× graphile-worker default"),
+        );
+        rows.push(
+            Row {
+                variant: format!("{} vs graphile-worker best", h.variant),
+                note: None,
+                ..h.clone()
+            }
+            .against(&graphile_best),
+        );
+    }
+    Ok(rows)
+}

@@ -1,0 +1,93 @@
+//! graphile-worker and pg-boss (from npm, pinned in `bench/peers/package.json`) draining the
+//! same number of no-op jobs on the same server, in the same run.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::db::Server;
+use crate::Settings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Graphile,
+    PgBoss,
+}
+
+impl Peer {
+    pub const ALL: [Peer; 2] = [Peer::Graphile, Peer::PgBoss];
+
+    fn arg(self) -> &'static str {
+        match self {
+            Peer::Graphile => "graphile",
+            Peer::PgBoss => "pgboss",
+        }
+    }
+
+    pub fn describe(self, best: bool) -> &'static str {
+        match (self, best) {
+            (Peer::Graphile, false) => "graphile-worker 0.18.0, defaults (concurrency 10)",
+            (Peer::Graphile, true) => "graphile-worker 0.18.0, local queue 500 + batched completion, concurrency 24",
+            (Peer::PgBoss, false) => "pg-boss 12.35.0, batchSize 10, localConcurrency 10",
+            (Peer::PgBoss, true) => "pg-boss 12.35.0, batchSize 100, localConcurrency 24",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Answer {
+    jobs_per_s: f64,
+}
+
+/// Installs the peers' packages once (`npm ci` into `bench/peers/node_modules`).
+pub async fn install(dir: &Path) -> Result<(), String> {
+    if dir.join("node_modules/graphile-worker").exists() && dir.join("node_modules/pg-boss").exists() {
+        return Ok(());
+    }
+    crate::progress("installing graphile-worker and pg-boss from npm");
+    let out = tokio::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(dir)
+        .output()
+        .await
+        .map_err(|e| format!("running npm (Node.js is needed for the peer queues): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("npm ci failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(())
+}
+
+/// One peer draining `n` no-op jobs in a database of its own: jobs per second, and rows
+/// written per job.
+pub async fn drain(server: &Server, settings: &Settings, peer: Peer, best: bool, n: i64) -> Result<(f64, f64), String> {
+    let name = format!("bench_peer_{}_{}", peer.arg(), if best { "best" } else { "default" });
+    let db = server.database(&name, false).await?;
+    let dir = settings.repo.join("bench/peers");
+    let out = tokio::process::Command::new("node")
+        .arg(dir.join("peers.mjs"))
+        .args([
+            peer.arg(),
+            if best { "best" } else { "default" },
+            &db.url,
+            &n.to_string(),
+        ])
+        .current_dir(&dir)
+        .output()
+        .await
+        .map_err(|e| format!("running node: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed: {stdout}{}",
+            peer.describe(best),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let answer: Answer = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| format!("no result from {}: {stdout}", peer.describe(best)))?;
+    let written = db.rows_written().await? as f64 / n as f64;
+    Ok((answer.jobs_per_s, written))
+}
