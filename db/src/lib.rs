@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_inbox.sql",
         sql: include_str!("../migrations/0003_inbox.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_batches.sql",
+        sql: include_str!("../migrations/0004_batches.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).

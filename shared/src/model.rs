@@ -150,13 +150,14 @@ impl StoreError {
 }
 
 /// Why a log's template variables could not be loaded.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContextError {
     /// The definition is wrong or the row is gone: retrying will not help.
     #[error("{0}")]
     Permanent(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    /// The database could not answer just now (a lock timeout, a shutdown): retried.
+    #[error("{0}")]
+    Transient(String),
 }
 
 /// An automation's templates, as stored.
@@ -206,24 +207,71 @@ pub struct EventInfo {
     pub subject_id: String,
 }
 
-/// The result of trying to claim a log for execution.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// This executor holds the log's lease now; `attempt` counts from 1.
-    Claimed(Lease),
-    /// The log is not queued under the message's lease: another execution has it or had
-    /// it (running, sent, failed, cancelled, or re-queued under a newer lease).
-    NotClaimable { status: String },
-    /// No such log.
-    Unknown,
-}
-
 /// A claimed log, and the fencing token every write-back must present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
     pub log_id: LogId,
     pub token: i64,
     pub attempt: i32,
+}
+
+/// What the executor learns of one message's log when it claims the batch.
+#[derive(Debug, Clone)]
+pub enum Started {
+    Claimed {
+        lease: Lease,
+        /// `None` when the log vanished after it was claimed.
+        log: Option<Box<LoadedLog>>,
+        /// The template variables, read fresh.
+        context: Result<serde_json::Value, ContextError>,
+    },
+    NotClaimable {
+        status: String,
+    },
+    Unknown,
+}
+
+/// A delivery about to be sent: recorded as `sending` before the provider is called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryStart {
+    pub lease: Lease,
+    pub channel: Channel,
+    pub recipient: String,
+}
+
+/// A provider's answer to a delivery: its message id, or why it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryEnd {
+    pub lease: Lease,
+    pub channel: Channel,
+    pub result: Result<String, Failure>,
+}
+
+/// One write-back round trip: answers of the sends just made, deliveries about to start,
+/// and attempts that ended. Every entry names its lease; an entry whose lease is no longer
+/// the log's changes nothing.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBack {
+    pub finished: Vec<DeliveryEnd>,
+    pub started: Vec<DeliveryStart>,
+    pub results: Vec<(Lease, LogResult)>,
+}
+
+impl WriteBack {
+    pub fn is_empty(&self) -> bool {
+        self.finished.is_empty() && self.started.is_empty() && self.results.is_empty()
+    }
+}
+
+/// What a write-back changed, entry by entry in the order given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WrittenBack {
+    /// Whether each finished delivery was recorded (false: the lease was lost).
+    pub finished: Vec<bool>,
+    /// Whether each delivery was recorded as started (false: the lease was lost; do not send).
+    pub started: Vec<bool>,
+    /// Each log's new status (`None`: the lease was lost).
+    pub results: Vec<Option<String>>,
 }
 
 /// How a log's attempt ended, as written back.
@@ -250,40 +298,25 @@ pub struct Rescued {
     pub unknown: u64,
 }
 
-/// The executor's view of the ledger. Every write names the lease; a write whose lease is
-/// no longer the log's changes nothing and answers `false` (or `None`).
+/// The executor's view of the ledger, a whole queue batch at a time (one round trip per
+/// call). Every write names the lease; a write whose lease is no longer the log's changes
+/// nothing and says so.
 pub trait Ledger: Sync {
-    fn claim(
+    /// Claims every message's log under a new lease until `lease_until`, opens its attempt,
+    /// and loads its definition and fresh template variables; one answer per message, in
+    /// order.
+    fn start(
         &self,
-        msg: QueueMessage,
+        messages: &[QueueMessage],
         now: SystemTime,
         lease_until: SystemTime,
-    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
-    fn load(&self, id: LogId) -> impl Future<Output = Result<Option<LoadedLog>, StoreError>> + Send;
-    fn context(&self, id: LogId) -> impl Future<Output = Result<serde_json::Value, ContextError>> + Send;
-    /// Records a delivery before the provider is called.
-    fn delivery_started(
+    ) -> impl Future<Output = Result<Vec<Started>, StoreError>> + Send;
+    /// Records providers' answers, deliveries about to be sent, and attempts' results.
+    fn write_back(
         &self,
-        lease: &Lease,
-        channel: Channel,
-        recipient: &str,
+        batch: &WriteBack,
         now: SystemTime,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// Records the provider's answer.
-    fn delivery_finished(
-        &self,
-        lease: &Lease,
-        channel: Channel,
-        result: Result<&str, &Failure>,
-        now: SystemTime,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// Ends the attempt; returns the log's new status.
-    fn finish(
-        &self,
-        lease: &Lease,
-        result: &LogResult,
-        now: SystemTime,
-    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<WrittenBack, StoreError>> + Send;
 }
 
 /// The scheduler's view of the ledger.

@@ -5,7 +5,9 @@ use std::time::Duration;
 use aws_lambda_events::sqs::SqsEvent;
 use herald_shared::aws::SnsSms;
 use herald_shared::clock::{Clock, ManualClock};
-use herald_shared::model::{Channel, Claim, Failure, Lease, Ledger, LogResult, QueueMessage};
+use herald_shared::model::{
+    Channel, DeliveryStart, Failure, Lease, Ledger, LogResult, QueueMessage, Started, WriteBack,
+};
 use herald_shared::pg::PgStore;
 use herald_tests::Herald;
 
@@ -20,14 +22,34 @@ async fn only_message(h: &Herald) -> (SqsEvent, QueueMessage) {
 /// An executor that claims the log and then stops responding, through the real store.
 async fn claim_and_vanish(h: &Herald, msg: QueueMessage, clock_now: std::time::SystemTime) -> (PgStore, Lease) {
     let store = h.executor.db.store().await.unwrap();
-    let Claim::Claimed(lease) = store
-        .claim(msg, clock_now, clock_now + Duration::from_secs(120))
+    let started = store
+        .start(&[msg], clock_now, clock_now + Duration::from_secs(120))
         .await
-        .unwrap()
-    else {
+        .unwrap();
+    let Some(Started::Claimed { lease, .. }) = started.into_iter().next() else {
         panic!("claim failed");
     };
     (store, lease)
+}
+
+/// Records a delivery as started, as the executor does before calling the provider;
+/// answers whether the lease still allowed it.
+async fn delivery_started(
+    store: &PgStore,
+    lease: Lease,
+    channel: Channel,
+    to: &str,
+    now: std::time::SystemTime,
+) -> bool {
+    let wb = WriteBack {
+        started: vec![DeliveryStart {
+            lease,
+            channel,
+            recipient: to.to_owned(),
+        }],
+        ..Default::default()
+    };
+    store.write_back(&wb, now).await.unwrap().started[0]
 }
 
 /// `herald_retry` on the only log, then one scheduler and executor run.
@@ -98,12 +120,13 @@ async fn a_slow_executor_whose_lease_was_taken_over_cannot_overwrite_the_newer_a
 
     // THEN A, coming back, can neither start a send nor write a result
     let now = clock.now();
-    assert!(!stale
-        .delivery_started(&lease_a, Channel::Email, "x@example.com", now)
-        .await
-        .unwrap());
+    assert!(!delivery_started(&stale, lease_a, Channel::Email, "x@example.com", now).await);
     let failed = LogResult::Failed(Failure::permanent("A's late verdict"));
-    assert_eq!(stale.finish(&lease_a, &failed, now).await.unwrap(), None);
+    let wb = WriteBack {
+        results: vec![(lease_a, failed)],
+        ..Default::default()
+    };
+    assert_eq!(stale.write_back(&wb, now).await.unwrap().results, [None]);
     let (status, attempts, _, error) = row(&h).await;
     assert_eq!((status.as_str(), attempts, error), ("sent", 2, None));
     let outcomes: Vec<String> =
@@ -127,10 +150,7 @@ async fn a_send_in_flight_when_the_executor_died_is_unknown_for_sms_and_resent_f
     h.tick().await;
     let (_, msg) = only_message(&h).await;
     let (store, lease) = claim_and_vanish(&h, msg, clock.now()).await;
-    assert!(store
-        .delivery_started(&lease, Channel::Sms, "+14155550142", clock.now())
-        .await
-        .unwrap());
+    assert!(delivery_started(&store, lease, Channel::Sms, "+14155550142", clock.now()).await);
 
     // WHEN the lease runs out
     clock.advance(Duration::from_secs(121));
@@ -159,10 +179,7 @@ async fn a_send_in_flight_when_the_executor_died_is_unknown_for_sms_and_resent_f
     h.tick().await;
     let (_, msg) = only_message(&h).await;
     let (store, lease) = claim_and_vanish(&h, msg, clock.now()).await;
-    assert!(store
-        .delivery_started(&lease, Channel::Email, &h.email_of(1), clock.now())
-        .await
-        .unwrap());
+    assert!(delivery_started(&store, lease, Channel::Email, &h.email_of(1), clock.now()).await);
     clock.advance(Duration::from_secs(121));
     assert_eq!(h.tick().await.rescued.retried, 1);
     clock.advance(Duration::from_secs(31));
@@ -296,4 +313,25 @@ async fn two_executors_racing_on_the_same_messages_send_each_log_once() {
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 10);
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 10);
     assert_eq!(h.db.scalar::<i64>("SELECT count(*) FROM automation_attempts").await, 10);
+}
+
+#[tokio::test]
+async fn the_same_message_twice_in_one_batch_sends_once() {
+    // GIVEN one queued log whose message SQS delivers twice, in the same batch
+    let h = Herald::with_jobs_example().await;
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    h.tick().await;
+    let (mut event, _) = only_message(&h).await;
+    let mut twin = event.records[0].clone();
+    twin.message_id = Some("twin".into());
+    event.records.push(twin);
+
+    // WHEN the executor gets the batch
+    let response = h.execute(event).await;
+
+    // THEN one message sends it and the other is skipped (not a failure, not a second send)
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(h.db.statuses().await, ["sent"]);
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
+    assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
 }

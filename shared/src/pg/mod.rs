@@ -4,16 +4,15 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
 use tokio_postgres::config::SslMode as PgSslMode;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{info, warn};
 
-use crate::model::Failure;
 use crate::model::{
-    Channel, Claim, ContextError, Definition, DueLogs, EmailTemplates, EventInfo, Lease, Ledger, LoadedLog, LogId,
-    LogResult, QueueMessage, Rescued, SmsTemplates, StoreError,
+    Channel, ContextError, Definition, DueLogs, EmailTemplates, EventInfo, Lease, Ledger, LoadedLog, LogId, LogResult,
+    QueueMessage, Rescued, SmsTemplates, Started, StoreError, WriteBack, WrittenBack,
 };
 
 mod sql {
@@ -21,12 +20,8 @@ mod sql {
     pub const RELEASE: &str = include_str!("../../sql/release.sql");
     pub const RESCUE: &str = include_str!("../../sql/rescue.sql");
     pub const INGEST: &str = include_str!("../../sql/ingest.sql");
-    pub const CLAIM_LOG: &str = include_str!("../../sql/claim_log.sql");
-    pub const LOAD_LOG: &str = include_str!("../../sql/load_log.sql");
-    pub const CONTEXT: &str = include_str!("../../sql/context.sql");
-    pub const DELIVERY_STARTED: &str = include_str!("../../sql/delivery_started.sql");
-    pub const DELIVERY_FINISHED: &str = include_str!("../../sql/delivery_finished.sql");
-    pub const FINISH_LOG: &str = include_str!("../../sql/finish_log.sql");
+    pub const START_BATCH: &str = include_str!("../../sql/start_batch.sql");
+    pub const WRITE_BACK: &str = include_str!("../../sql/write_back.sql");
 }
 
 mod tls;
@@ -36,7 +31,64 @@ pub use tls::{SslMode, Tls};
 pub struct Database {
     config: Config,
     tls: Option<MakeRustlsConnect>,
-    client: Mutex<Option<Arc<Client>>>,
+    client: Mutex<Option<Arc<Conn>>>,
+}
+
+/// A connection and the statements prepared on it (named, so that each later use is a
+/// single round trip).
+pub struct Conn {
+    client: Client,
+    statements: [OnceCell<Statement>; 6],
+}
+
+/// The statements, by their place in `Conn::statements`.
+#[derive(Clone, Copy)]
+enum Sql {
+    ClaimDue,
+    Release,
+    Rescue,
+    Ingest,
+    StartBatch,
+    WriteBack,
+}
+
+impl Sql {
+    fn text(self) -> &'static str {
+        match self {
+            Sql::ClaimDue => sql::CLAIM_DUE,
+            Sql::Release => sql::RELEASE,
+            Sql::Rescue => sql::RESCUE,
+            Sql::Ingest => sql::INGEST,
+            Sql::StartBatch => sql::START_BATCH,
+            Sql::WriteBack => sql::WRITE_BACK,
+        }
+    }
+}
+
+impl Conn {
+    fn new(client: Client) -> Self {
+        Self {
+            client,
+            statements: Default::default(),
+        }
+    }
+
+    /// The statement, prepared on this connection the first time it is used.
+    async fn statement(&self, which: Sql, context: &'static str) -> Result<&Statement, StoreError> {
+        self.statements[which as usize]
+            .get_or_try_init(|| self.client.prepare(which.text()))
+            .await
+            .map_err(err(context))
+    }
+}
+
+/// A connection is used as its client; the statement cache rides along.
+impl std::ops::Deref for Conn {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 impl Database {
@@ -65,7 +117,7 @@ impl Database {
     }
 
     /// The open connection, or a new one if there is none or it broke.
-    pub async fn client(&self) -> Result<Arc<Client>, StoreError> {
+    pub async fn client(&self) -> Result<Arc<Conn>, StoreError> {
         let mut slot = self.client.lock().await;
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(client));
@@ -73,10 +125,10 @@ impl Database {
         if slot.is_some() {
             info!("database connection was closed; reconnecting");
         }
-        let client = Arc::new(match &self.tls {
+        let client = Arc::new(Conn::new(match &self.tls {
             None => self.connect(NoTls).await?,
             Some(tls) => self.connect(tls.clone()).await?,
-        });
+        }));
         *slot = Some(Arc::clone(&client));
         Ok(client)
     }
@@ -102,7 +154,7 @@ impl Database {
     /// A store over the current connection.
     pub async fn store(&self) -> Result<PgStore, StoreError> {
         Ok(PgStore {
-            client: self.client().await?,
+            conn: self.client().await?,
         })
     }
 }
@@ -110,13 +162,7 @@ impl Database {
 /// The Postgres implementation of the ledger traits.
 #[derive(Clone)]
 pub struct PgStore {
-    client: Arc<Client>,
-}
-
-impl PgStore {
-    pub fn new(client: Arc<Client>) -> Self {
-        Self { client }
-    }
+    conn: Arc<Conn>,
 }
 
 fn err(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
@@ -125,20 +171,21 @@ fn err(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreErro
 
 impl DueLogs for PgStore {
     async fn ingest(&self, limit: i32) -> Result<u64, StoreError> {
+        let context = "moving captured events to the ledger";
+        let stmt = self.conn.statement(Sql::Ingest, context).await?;
         let r = self
+            .conn
             .client
-            .query_one(sql::INGEST, &[&limit])
+            .query_one(stmt, &[&limit])
             .await
-            .map_err(err("moving captured events to the ledger"))?;
+            .map_err(err(context))?;
         Ok(r.get::<_, i32>(0) as u64)
     }
 
     async fn rescue(&self, now: SystemTime) -> Result<Rescued, StoreError> {
-        let r = self
-            .client
-            .query_one(sql::RESCUE, &[&now])
-            .await
-            .map_err(err("rescuing expired leases"))?;
+        let context = "rescuing expired leases";
+        let stmt = self.conn.statement(Sql::Rescue, context).await?;
+        let r = self.conn.client.query_one(stmt, &[&now]).await.map_err(err(context))?;
         let n = |i: usize| r.get::<_, i32>(i) as u64;
         Ok(Rescued {
             requeued: n(0),
@@ -154,11 +201,14 @@ impl DueLogs for PgStore {
         now: SystemTime,
         lease_until: SystemTime,
     ) -> Result<Vec<QueueMessage>, StoreError> {
+        let context = "claiming due logs";
+        let stmt = self.conn.statement(Sql::ClaimDue, context).await?;
         let rows = self
+            .conn
             .client
-            .query(sql::CLAIM_DUE, &[&now, &limit, &lease_until])
+            .query(stmt, &[&now, &limit, &lease_until])
             .await
-            .map_err(err("claiming due logs"))?;
+            .map_err(err(context))?;
         Ok(rows
             .iter()
             .map(|r| QueueMessage {
@@ -169,63 +219,167 @@ impl DueLogs for PgStore {
     }
 
     async fn release(&self, ids: &[LogId], now: SystemTime) -> Result<u64, StoreError> {
-        self.client
-            .execute(sql::RELEASE, &[&ids, &now])
+        let context = "releasing logs";
+        let stmt = self.conn.statement(Sql::Release, context).await?;
+        self.conn
+            .client
+            .execute(stmt, &[&ids, &now])
             .await
-            .map_err(err("releasing logs"))
+            .map_err(err(context))
     }
 }
 
 impl Ledger for PgStore {
-    async fn claim(&self, msg: QueueMessage, now: SystemTime, lease_until: SystemTime) -> Result<Claim, StoreError> {
-        let row = self
+    async fn start(
+        &self,
+        messages: &[QueueMessage],
+        now: SystemTime,
+        lease_until: SystemTime,
+    ) -> Result<Vec<Started>, StoreError> {
+        let context = "claiming a batch";
+        let stmt = self.conn.statement(Sql::StartBatch, context).await?;
+        let ids: Vec<LogId> = messages.iter().map(|m| m.log_id).collect();
+        let leases: Vec<i64> = messages.iter().map(|m| m.lease).collect();
+        let rows = self
+            .conn
             .client
-            .query_one(sql::CLAIM_LOG, &[&msg.log_id, &msg.lease, &now, &lease_until])
+            .query(stmt, &[&ids, &leases, &now, &lease_until])
             .await
-            .map_err(err("claiming a log"))?;
-        let attempt: Option<i32> = row.get("attempt");
-        let token: Option<i64> = row.get("lease");
-        let status: Option<String> = row.get("status");
-        Ok(match (attempt, token, status) {
-            (Some(attempt), Some(token), _) => Claim::Claimed(Lease {
-                log_id: msg.log_id,
-                token,
-                attempt,
-            }),
-            (_, _, Some(status)) => Claim::NotClaimable { status },
-            _ => Claim::Unknown,
-        })
+            .map_err(err(context))?;
+        Ok(messages
+            .iter()
+            .zip(rows.iter())
+            .map(|(m, r)| started(m.log_id, r))
+            .collect())
     }
 
-    async fn load(&self, id: LogId) -> Result<Option<LoadedLog>, StoreError> {
-        let Some(r) = self
-            .client
-            .query_opt(sql::LOAD_LOG, &[&id])
-            .await
-            .map_err(err("loading a log"))?
-        else {
-            return Ok(None);
+    async fn write_back(&self, batch: &WriteBack, now: SystemTime) -> Result<WrittenBack, StoreError> {
+        let context = "writing back a batch";
+        let stmt = self.conn.statement(Sql::WriteBack, context).await?;
+        let f = &batch.finished;
+        let (f_ids, f_leases, f_channels) = columns(f.iter().map(|d| (&d.lease, d.channel)));
+        let f_status: Vec<&str> = f
+            .iter()
+            .map(|d| if d.result.is_ok() { "sent" } else { "failed" })
+            .collect();
+        let f_message_id: Vec<Option<&str>> = f.iter().map(|d| d.result.as_deref().ok()).collect();
+        let f_error: Vec<Option<String>> = f
+            .iter()
+            .map(|d| d.result.as_ref().err().map(|e| e.to_string()))
+            .collect();
+        let s = &batch.started;
+        let (s_ids, s_leases, s_channels) = columns(s.iter().map(|d| (&d.lease, d.channel)));
+        let s_recipients: Vec<&str> = s.iter().map(|d| d.recipient.as_str()).collect();
+        let r = &batch.results;
+        let r_ids: Vec<LogId> = r.iter().map(|(l, _)| l.log_id).collect();
+        let r_leases: Vec<i64> = r.iter().map(|(l, _)| l.token).collect();
+        let failure = |res: &LogResult| match res {
+            LogResult::Sent => None,
+            LogResult::Failed(f) | LogResult::Retry(f) => Some(f.clone()),
         };
-        let definition = r.get::<_, bool>("has_automation").then(|| Definition {
-            name: r.get("name"),
-            is_active: r.get("is_active"),
-            email: r.get::<_, Option<String>>("email_to").map(|to| EmailTemplates {
-                from: r.get("email_from"),
-                to,
-                subject: r.get::<_, Option<String>>("email_subject").unwrap_or_default(),
-                text: r.get("email_text"),
-                html: r.get("email_html"),
-            }),
-            sms: r.get::<_, Option<String>>("sms_to").map(|to| SmsTemplates {
-                to,
-                body: r.get::<_, Option<String>>("sms_body").unwrap_or_default(),
-            }),
-        });
-        let delivered: Vec<String> = r.get("delivered");
-        Ok(Some(LoadedLog {
-            automation_id: r.get("automation_id"),
+        let r_outcome: Vec<&str> = r
+            .iter()
+            .map(|(_, res)| match res {
+                LogResult::Sent => "sent",
+                LogResult::Failed(_) => "failed",
+                LogResult::Retry(_) => "retry",
+            })
+            .collect();
+        let r_fail: Vec<Option<crate::model::Failure>> = r.iter().map(|(_, res)| failure(res)).collect();
+        let r_error: Vec<Option<&str>> = r_fail.iter().map(|f| f.as_ref().map(|f| f.message.as_str())).collect();
+        let r_kind: Vec<Option<&str>> = r_fail.iter().map(|f| f.as_ref().map(|f| f.kind.as_str())).collect();
+        let r_code: Vec<Option<&str>> = r_fail
+            .iter()
+            .map(|f| f.as_ref().and_then(|f| f.code.as_deref()))
+            .collect();
+        let rows = self
+            .conn
+            .client
+            .query(
+                stmt,
+                &[
+                    &f_ids,
+                    &f_leases,
+                    &f_channels,
+                    &f_status,
+                    &f_message_id,
+                    &f_error,
+                    &s_ids,
+                    &s_leases,
+                    &s_channels,
+                    &s_recipients,
+                    &r_ids,
+                    &r_leases,
+                    &r_outcome,
+                    &r_error,
+                    &r_kind,
+                    &r_code,
+                    &now,
+                ],
+            )
+            .await
+            .map_err(err(context))?;
+        let mut out = WrittenBack {
+            finished: vec![false; f.len()],
+            started: vec![false; s.len()],
+            results: vec![None; r.len()],
+        };
+        for row in rows {
+            let part: &str = row.get(0);
+            let at = row.get::<_, i64>(1) as usize - 1;
+            match part {
+                "finished" => out.finished[at] = true,
+                "started" => out.started[at] = true,
+                _ => out.results[at] = row.get(2),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Log ids, lease tokens and channel names, as arrays for `unnest`.
+fn columns<'a>(entries: impl Iterator<Item = (&'a Lease, Channel)>) -> (Vec<LogId>, Vec<i64>, Vec<&'static str>) {
+    let mut cols = (Vec::new(), Vec::new(), Vec::new());
+    for (lease, channel) in entries {
+        cols.0.push(lease.log_id);
+        cols.1.push(lease.token);
+        cols.2.push(channel.as_str());
+    }
+    cols
+}
+
+/// One row of `start_batch.sql`.
+fn started(log_id: LogId, r: &tokio_postgres::Row) -> Started {
+    let attempt: Option<i32> = r.get("attempt");
+    let token: Option<i64> = r.get("lease");
+    let (Some(attempt), Some(token)) = (attempt, token) else {
+        return match r.get::<_, Option<String>>("status") {
+            Some(status) => Started::NotClaimable { status },
+            None => Started::Unknown,
+        };
+    };
+    let lease = Lease { log_id, token, attempt };
+    let definition = r.get::<_, bool>("has_automation").then(|| Definition {
+        name: r.get("name"),
+        is_active: r.get("is_active"),
+        email: r.get::<_, Option<String>>("email_to").map(|to| EmailTemplates {
+            from: r.get("email_from"),
+            to,
+            subject: r.get::<_, Option<String>>("email_subject").unwrap_or_default(),
+            text: r.get("email_text"),
+            html: r.get("email_html"),
+        }),
+        sms: r.get::<_, Option<String>>("sms_to").map(|to| SmsTemplates {
+            to,
+            body: r.get::<_, Option<String>>("sms_body").unwrap_or_default(),
+        }),
+    });
+    let delivered: Vec<String> = r.get("delivered");
+    let log = r.get::<_, Option<i64>>("automation_id").map(|automation_id| {
+        Box::new(LoadedLog {
+            automation_id,
             event: EventInfo {
-                log_id: id,
+                log_id,
                 event: r.get("event"),
                 old_status: r.get("old_status"),
                 new_status: r.get("new_status"),
@@ -234,89 +388,24 @@ impl Ledger for PgStore {
             },
             definition,
             delivered: delivered.iter().filter_map(|c| Channel::parse(c)).collect(),
-        }))
-    }
-
-    async fn context(&self, id: LogId) -> Result<serde_json::Value, ContextError> {
-        match self.client.query_one(sql::CONTEXT, &[&id]).await {
-            Ok(row) => Ok(row.get(0)),
-            Err(e) => match e.as_db_error() {
-                // Errors of the definition or the data: a missing view or column, no row.
-                Some(db) if !is_transient_sqlstate(db.code().code()) => {
-                    Err(ContextError::Permanent(db.message().to_owned()))
+        })
+    });
+    let context = match r.get::<_, Option<serde_json::Value>>("context") {
+        Some(serde_json::Value::Object(mut answer)) => match answer.remove("context") {
+            Some(c) => Ok(c),
+            None => {
+                let field = |k: &str| answer.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+                let (message, code) = (field("error"), field("sqlstate"));
+                if is_transient_sqlstate(&code) {
+                    Err(ContextError::Transient(format!("{message} (SQLSTATE {code})")))
+                } else {
+                    Err(ContextError::Permanent(message))
                 }
-                _ => Err(ContextError::Store(StoreError::new("loading template variables", e))),
-            },
-        }
-    }
-
-    async fn delivery_started(
-        &self,
-        lease: &Lease,
-        channel: Channel,
-        recipient: &str,
-        now: SystemTime,
-    ) -> Result<bool, StoreError> {
-        let n = self
-            .client
-            .execute(
-                sql::DELIVERY_STARTED,
-                &[&lease.log_id, &channel.as_str(), &recipient, &now, &lease.token],
-            )
-            .await
-            .map_err(err("recording a delivery"))?;
-        Ok(n == 1)
-    }
-
-    async fn delivery_finished(
-        &self,
-        lease: &Lease,
-        channel: Channel,
-        result: Result<&str, &Failure>,
-        now: SystemTime,
-    ) -> Result<bool, StoreError> {
-        let (status, message_id, error) = match result {
-            Ok(message_id) => ("sent", Some(message_id), None),
-            Err(f) => ("failed", None, Some(f.to_string())),
-        };
-        let n = self
-            .client
-            .execute(
-                sql::DELIVERY_FINISHED,
-                &[
-                    &lease.log_id,
-                    &channel.as_str(),
-                    &status,
-                    &message_id,
-                    &error,
-                    &now,
-                    &lease.token,
-                ],
-            )
-            .await
-            .map_err(err("recording a delivery's result"))?;
-        Ok(n == 1)
-    }
-
-    async fn finish(&self, lease: &Lease, result: &LogResult, now: SystemTime) -> Result<Option<String>, StoreError> {
-        let (outcome, failure) = match result {
-            LogResult::Sent => ("sent", None),
-            LogResult::Failed(f) => ("failed", Some(f)),
-            LogResult::Retry(f) => ("retry", Some(f)),
-        };
-        let error = failure.map(|f| f.message.as_str());
-        let kind = failure.map(|f| f.kind.as_str());
-        let code = failure.and_then(|f| f.code.as_deref());
-        let row = self
-            .client
-            .query_opt(
-                sql::FINISH_LOG,
-                &[&lease.log_id, &lease.token, &outcome, &error, &kind, &code, &now],
-            )
-            .await
-            .map_err(err("writing a log's result"))?;
-        Ok(row.map(|r| r.get(0)))
-    }
+            }
+        },
+        _ => Err(ContextError::Permanent("no template variables".into())),
+    };
+    Started::Claimed { lease, log, context }
 }
 
 /// SQLSTATE classes worth retrying: connection trouble (08), rollbacks such as
