@@ -2,16 +2,29 @@
 --
 -- The capture trigger used to match automations, open suppression windows and write
 -- ledger rows inside every status-changing UPDATE. Now:
---   * each active automation has a row trigger of its own on its source table, whose WHEN
---     clause holds the automation's statuses, so changes no automation listens to never
---     call plpgsql, and the trigger needs no reads;
---   * the trigger appends one row (automation, table, key, old and new status, the row as
---     jsonb, time) to herald_inbox, in the same transaction as the change;
+--   * each attached table gets a capture function of its own, generated from its active
+--     automations (herald_compile): column names and each automation's statuses are
+--     compiled in, so the trigger makes no reads; the statuses that any automation listens
+--     to are also in the trigger's WHEN clause, so other changes never call plpgsql;
+--   * the trigger appends one row per matching automation (table, key, old and new status,
+--     the row as jsonb, time) to herald_inbox, in the same transaction as the change;
 --   * herald_ingest(), run by the scheduler before it claims, moves the inbox to the ledger
 --     in bulk: suppression windows and ledger rows are made set-based, serialized by a lock.
 -- herald_inbox inherits from automation_execution_logs, so a plain
 -- `SELECT count(*) FROM automation_execution_logs WHERE status = 'pending'` still counts
 -- events that wait in the inbox. Herald's own statements read the ledger with ONLY.
+
+-- The ledger's CHECK constraints stay on the ledger (NO INHERIT): inbox rows are written by
+-- the capture functions only, and every check costs the writer of the watched table.
+ALTER TABLE automation_execution_logs
+  DROP CONSTRAINT automation_execution_logs_status_check,
+  DROP CONSTRAINT automation_execution_logs_error_kind_check,
+  DROP CONSTRAINT logs_suppressed_has_holder;
+ALTER TABLE automation_execution_logs
+  ADD CONSTRAINT automation_execution_logs_status_check CHECK
+    (status IN ('pending', 'queued', 'running', 'sent', 'failed', 'dead', 'unknown', 'cancelled', 'suppressed')) NO INHERIT,
+  ADD CONSTRAINT automation_execution_logs_error_kind_check CHECK (error_kind IN ('permanent', 'transient')) NO INHERIT,
+  ADD CONSTRAINT logs_suppressed_has_holder CHECK ((status = 'suppressed') = (suppressed_by IS NOT NULL)) NO INHERIT;
 
 CREATE TABLE herald_inbox () INHERITS (automation_execution_logs);
 -- Inbox rows keep their id when they move to the ledger.
@@ -33,95 +46,132 @@ CREATE TABLE herald_attachments (
   PRIMARY KEY (table_schema, table_name)
 );
 
--- The capture trigger. Arguments: automation id, status column, key column, event
--- ('insert' or 'status_change') and, when the automation names one, its from_status (so the
--- old row need not be converted to read it).
-CREATE OR REPLACE FUNCTION herald_capture() RETURNS trigger
+-- Settings of the capture functions. `notify`: low-latency mode, where each capture also
+-- sends NOTIFY herald_inbox so that a waiting scheduler drains at once (set it with
+-- herald_low_latency; it costs the watched table's writers a little, see the README).
+CREATE TABLE herald_settings (
+  only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+  notify   boolean NOT NULL DEFAULT false
+);
+INSERT INTO herald_settings DEFAULT VALUES;
+
+-- Drops Herald's capture triggers from a table, and the functions generated for them
+-- (schema 1's generic herald_capture() stays until the end of this migration).
+CREATE FUNCTION herald_uncompile(tbl regclass) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-  new_row    jsonb := to_jsonb(NEW);
-  subject    text := new_row ->> TG_ARGV[2];
-  old_status text;
-  ts         timestamptz := herald_now();
+  t record;
 BEGIN
-  IF subject IS NULL THEN
-    RAISE EXCEPTION 'herald: key column "%" of %.% is NULL', TG_ARGV[2], TG_TABLE_SCHEMA, TG_TABLE_NAME;
-  END IF;
-  IF TG_NARGS > 4 THEN
-    old_status := TG_ARGV[4];
-  ELSIF TG_OP = 'UPDATE' THEN
-    old_status := to_jsonb(OLD) ->> TG_ARGV[1];
-  END IF;
-  INSERT INTO herald_inbox
-    (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event,
-     old_status, new_status, snapshot, run_at, created_at, updated_at)
-  VALUES
-    (TG_ARGV[0]::bigint, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[2], subject, TG_ARGV[3],
-     old_status, new_row ->> TG_ARGV[1], new_row, ts, ts, ts);
-  RETURN NULL;
+  FOR t IN
+    SELECT tg.tgname, p.oid::regprocedure AS fn, p.proname LIKE 'herald\_cap\_%' AS generated
+    FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
+    WHERE tg.tgrelid = tbl AND (p.proname LIKE 'herald\_cap\_%' OR p.proname = 'herald_capture')
+  LOOP
+    EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, tbl);
+    IF t.generated THEN
+      EXECUTE format('DROP FUNCTION IF EXISTS %s', t.fn);
+    END IF;
+  END LOOP;
 END
 $$;
 
--- (Re)creates the capture triggers of one attached table: one per active automation on it,
--- with the automation's statuses in its WHEN clause. Drops them when it is not attached.
+-- (Re)creates the capture triggers of one attached table from its active automations:
+-- one after update (when the status changed to what some automation listens to) and one
+-- after insert, each calling a function generated for the table. Identifiers are quoted
+-- with %I and statuses with %L. Returns how many automations it compiled in.
 CREATE FUNCTION herald_compile(p_schema text, p_table text) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-  att   herald_attachments;
-  tbl   regclass := to_regclass(format('%I.%I', p_schema, p_table));
-  t     name;
-  a     record;
-  cond  text;
-  args  text;
-  made  integer := 0;
+  att     herald_attachments;
+  tbl     regclass := to_regclass(format('%I.%I', p_schema, p_table));
+  -- Herald's own schema: the generated functions live there and name it.
+  hs      text := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE c.oid = 'herald_inbox'::regclass);
+  inbox   text := format('%I.herald_inbox', hs);
+  nowfn   text := 'herald_now()'::regprocedure::text;
+  ev      text;
+  a       record;
+  conds   text[];
+  blocks  text;
+  cond    text;
+  fn      text;
+  wake    text := CASE WHEN (SELECT notify FROM herald_settings) THEN '
+  PERFORM pg_notify(''herald_inbox'', '''');' ELSE '' END;
+  made    integer := 0;
 BEGIN
   IF tbl IS NULL THEN
     RETURN 0;  -- the table is gone; nothing to compile
   END IF;
-  FOR t IN SELECT tgname FROM pg_trigger
-           WHERE tgrelid = tbl AND tgfoid = 'herald_capture()'::regprocedure
-  LOOP
-    EXECUTE format('DROP TRIGGER %I ON %s', t, tbl);
-  END LOOP;
+  PERFORM herald_uncompile(tbl);
   SELECT * INTO att FROM herald_attachments WHERE table_schema = p_schema AND table_name = p_table;
   IF NOT FOUND THEN
     RETURN 0;
   END IF;
-  FOR a IN
-    SELECT id, trigger_event, from_status, to_status FROM automations
-    WHERE is_active AND source_schema = p_schema AND source_table = p_table
-    ORDER BY id
-  LOOP
-    args := format('%L, %L, %L, %L', a.id, att.status_column, att.key_column, a.trigger_event);
-    IF a.trigger_event = 'insert' THEN
-      cond := CASE WHEN a.to_status IS NULL THEN 'true'
-                   ELSE format('NEW.%I::text = %L', att.status_column, a.to_status) END;
-      EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW WHEN (%s) '
-                     'EXECUTE FUNCTION herald_capture(%s)',
-                     'herald_capture_' || a.id, tbl, cond, args);
+  FOREACH ev IN ARRAY ARRAY['status_change', 'insert'] LOOP
+    conds := '{}';
+    blocks := '';
+    FOR a IN
+      SELECT id, from_status, to_status FROM automations
+      WHERE is_active AND source_schema = p_schema AND source_table = p_table AND trigger_event = ev
+      ORDER BY id
+    LOOP
+      -- The WHEN clause tests the row; the function tests its variables.
+      cond := concat_ws(' AND ',
+        CASE WHEN a.from_status IS NOT NULL THEN format('OLD.%I::text = %L', att.status_column, a.from_status) END,
+        CASE WHEN a.to_status IS NOT NULL THEN format('NEW.%I::text = %L', att.status_column, a.to_status) END);
+      conds := conds || coalesce(nullif(cond, ''), 'true');
+      cond := concat_ws(' AND ',
+        CASE WHEN a.from_status IS NOT NULL THEN format('old_s = %L', a.from_status) END,
+        CASE WHEN a.to_status IS NOT NULL THEN format('new_s = %L', a.to_status) END);
+      blocks := blocks || format('
+  IF %s THEN
+    INSERT INTO %s (automation_id, subject_schema, subject_table, subject_key_column, subject_id,
+      event, old_status, new_status, snapshot, run_at, created_at, updated_at)
+    VALUES (%s, TG_TABLE_SCHEMA, TG_TABLE_NAME, %L, subject, %L, old_s, new_s, snap, ts, ts, ts);
+  END IF;',
+        coalesce(nullif(cond, ''), 'true'), inbox, a.id, att.key_column, ev);
+      made := made + 1;
+    END LOOP;
+    CONTINUE WHEN cardinality(conds) = 0;
+    fn := format('%I.%I', hs, format('herald_cap_%s_%s', tbl::oid, CASE ev WHEN 'insert' THEN 'insert' ELSE 'update' END));
+    EXECUTE format('CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $f$
+DECLARE
+  ts timestamptz := %s;
+  snap jsonb := to_jsonb(NEW);
+  subject text := NEW.%I::text;
+  new_s text := NEW.%I::text;
+  old_s text := %s;
+BEGIN
+  IF subject IS NULL THEN
+    RAISE EXCEPTION ''herald: key column "%%" of %%.%% is NULL'', %L, TG_TABLE_SCHEMA, TG_TABLE_NAME;
+  END IF;%s%s
+  RETURN NULL;
+END
+$f$',
+      fn, nowfn, att.key_column, att.status_column,
+      CASE ev WHEN 'insert' THEN 'NULL' ELSE format('OLD.%I::text', att.status_column) END,
+      att.key_column, blocks, wake);
+    IF ev = 'insert' THEN
+      cond := CASE WHEN 'true' = ANY (conds) THEN 'true' ELSE array_to_string(conds, ' OR ') END;
+      EXECUTE format('CREATE TRIGGER herald_capture_insert AFTER INSERT ON %s FOR EACH ROW WHEN (%s) '
+                     'EXECUTE FUNCTION %s()', tbl, cond, fn);
     ELSE
       cond := format('OLD.%I IS DISTINCT FROM NEW.%I', att.status_column, att.status_column);
-      IF a.to_status IS NOT NULL THEN
-        cond := cond || format(' AND NEW.%I::text = %L', att.status_column, a.to_status);
+      IF NOT 'true' = ANY (conds) THEN
+        cond := cond || format(' AND (%s)', array_to_string(conds, ' OR '));
       END IF;
-      IF a.from_status IS NOT NULL THEN
-        cond := cond || format(' AND OLD.%I::text = %L', att.status_column, a.from_status);
-        args := args || format(', %L', a.from_status);
-      END IF;
-      EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s FOR EACH ROW WHEN (%s) '
-                     'EXECUTE FUNCTION herald_capture(%s)',
-                     'herald_capture_' || a.id, tbl, cond, args);
+      EXECUTE format('CREATE TRIGGER herald_capture_update AFTER UPDATE ON %s FOR EACH ROW WHEN (%s) '
+                     'EXECUTE FUNCTION %s()', tbl, cond, fn);
     END IF;
-    made := made + 1;
   END LOOP;
   RETURN made;
 END
 $$;
 
 -- Attach Herald to a table: SELECT herald_attach('public.jobs', 'status', 'id');
--- Each active automation on the table gets its own trigger; Postgres only calls it when
--- the status changed to (and from) what the automation listens to, so other updates cost
--- nothing. Changing automations re-creates the triggers of their tables.
+-- Postgres calls the capture function only when the status changed to (and from) what an
+-- active automation listens to, so other updates cost nothing. Changing automations
+-- re-creates the triggers of their tables.
 CREATE OR REPLACE FUNCTION herald_attach(tbl regclass, status_column text, key_column text DEFAULT 'id')
 RETURNS void
 LANGUAGE plpgsql AS $$
@@ -147,22 +197,23 @@ BEGIN
 END
 $$;
 
+-- Low-latency mode on or off: SELECT herald_low_latency(true). Recompiles every attached
+-- table's capture function (run it as their owner, like herald_attach).
+CREATE FUNCTION herald_low_latency(p_on boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE herald_settings SET notify = p_on;
+  PERFORM herald_compile(table_schema, table_name) FROM herald_attachments;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION herald_detach(tbl regclass) RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE
-  sch text;
-  rel text;
-  t   name;
 BEGIN
-  SELECT n.nspname, c.relname INTO sch, rel
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
-  DELETE FROM herald_attachments WHERE table_schema = sch AND table_name = rel;
-  -- Schema-1 trigger names too, for tables attached before this migration.
-  FOR t IN SELECT tgname FROM pg_trigger
-           WHERE tgrelid = tbl AND tgfoid = 'herald_capture()'::regprocedure
-  LOOP
-    EXECUTE format('DROP TRIGGER %I ON %s', t, tbl);
-  END LOOP;
+  DELETE FROM herald_attachments a
+  USING pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.oid = tbl AND a.table_schema = n.nspname AND a.table_name = c.relname;
+  PERFORM herald_uncompile(tbl);
 END
 $$;
 
@@ -213,6 +264,7 @@ JOIN pg_namespace n ON n.oid = c.relnamespace
 CROSS JOIN LATERAL (SELECT string_to_array(encode(t.tgargs, 'escape'), '\000') AS args) a
 WHERE t.tgname = 'herald_capture_update' AND t.tgfoid = 'herald_capture()'::regprocedure;
 SELECT herald_compile(table_schema, table_name) FROM herald_attachments;
+DROP FUNCTION herald_capture();
 
 -- Moves up to p_limit events (all when NULL) from the inbox to the ledger: one log each,
 -- pending, or suppressed inside an open window of its automation and row. Serialized by a

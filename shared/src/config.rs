@@ -26,6 +26,18 @@ pub fn required(name: &'static str) -> Result<String, ConfigError> {
     var(name).ok_or(ConfigError::Missing(name))
 }
 
+/// A yes/no setting: `true`/`false` (or `1`/`0`); unset is false.
+pub fn flag(name: &'static str) -> Result<bool, ConfigError> {
+    match var(name).as_deref().map(str::trim) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(ConfigError::Invalid {
+            name,
+            why: format!("{other:?} is not true or false"),
+        }),
+    }
+}
+
 /// A number with a default, and bounds.
 pub fn number<T>(name: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
 where

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -336,6 +336,13 @@ pub trait DueLogs: Sync {
     ) -> impl Future<Output = Result<Vec<QueueMessage>, StoreError>> + Send;
     /// Puts queued logs back to pending (their messages never reached the queue).
     fn release(&self, ids: &[LogId], now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// What wakes the scheduler between drains in low-latency mode: a notice that events were
+/// captured, or the end of a wait.
+pub trait Wakeups: Send {
+    /// Returns when woken, or after `max` at the latest.
+    fn wait(&mut self, max: Duration) -> impl Future<Output = ()> + Send;
 }
 
 /// A queue that takes up to 10 messages at once.

@@ -46,6 +46,8 @@ impl Herald {
                 send_concurrency: 4,
                 deadline_margin: std::time::Duration::from_secs(5),
                 queue_lease: std::time::Duration::from_secs(900),
+                low_latency: false,
+                poll: std::time::Duration::from_secs(1),
             },
         };
         let executor = Executor {

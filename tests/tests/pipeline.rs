@@ -272,32 +272,38 @@ async fn attach_checks_its_columns_and_can_be_undone() {
             .contains(r#"jobs has no column "state""#),
         "{err:?}"
     );
-    // attaching twice replaces the triggers rather than doubling them: one per automation
+    // attaching twice replaces the triggers rather than doubling them
     h.db.exec("SELECT herald_attach('public.jobs', 'status', 'id')").await;
     let triggers = || {
         h.db.column::<String>(
             "SELECT tgname::text FROM pg_trigger WHERE tgrelid = 'public.jobs'::regclass AND tgname LIKE 'herald%' ORDER BY 1",
         )
     };
-    let first: i64 = h.db.scalar("SELECT min(id) FROM automations").await;
-    assert_eq!(triggers().await, [format!("herald_capture_{first}")]);
+    assert_eq!(triggers().await, ["herald_capture_update"]);
     // a change to a status no automation listens to does not reach the inbox
     h.db.exec("UPDATE jobs SET status = 'on hold' WHERE id = 1").await;
     assert_eq!(h.db.scalar::<i64>("SELECT count(*) FROM herald_inbox").await, 0);
     // automations added, deactivated and deleted re-create the table's triggers
     h.db.exec(
-        "INSERT INTO automations (name, source_table, from_status, to_status, sms_to, sms_body)
-         VALUES ('held', 'jobs', 'scheduled', 'on hold', '{{ client_phone }}', 'x'),
-                ('inserted', 'jobs', NULL, NULL, '{{ client_phone }}', 'x');
-         UPDATE automations SET trigger_event = 'insert' WHERE name = 'inserted';",
+        "INSERT INTO automations (name, source_table, trigger_event, from_status, to_status, sms_to, sms_body)
+         VALUES ('held', 'jobs', 'status_change', 'on hold', 'scheduled', '{{ client_phone }}', 'x'),
+                ('inserted', 'jobs', 'insert', NULL, NULL, '{{ client_phone }}', 'x');",
     )
     .await;
-    assert_eq!(triggers().await.len(), 3);
-    h.db.exec("UPDATE automations SET is_active = false WHERE name = 'held'")
+    assert_eq!(triggers().await, ["herald_capture_insert", "herald_capture_update"]);
+    h.db.exec("UPDATE jobs SET status = 'scheduled' WHERE id = 1").await;
+    assert_eq!(
+        h.db.column::<String>("SELECT a.name FROM herald_inbox i JOIN automations a ON a.id = i.automation_id")
+            .await,
+        ["held"]
+    );
+    h.db.exec("UPDATE automations SET is_active = false WHERE name = 'held'; DELETE FROM herald_inbox")
         .await;
-    assert_eq!(triggers().await.len(), 2);
+    h.db.exec("UPDATE jobs SET status = 'on hold' WHERE id = 1; UPDATE jobs SET status = 'scheduled' WHERE id = 1")
+        .await;
+    assert_eq!(h.db.scalar::<i64>("SELECT count(*) FROM herald_inbox").await, 0);
     h.db.exec("DELETE FROM automations WHERE name = 'inserted'").await;
-    assert_eq!(triggers().await, [format!("herald_capture_{first}")]);
+    assert_eq!(triggers().await, ["herald_capture_update"]);
     h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
     assert_eq!(h.db.statuses().await, ["pending"]);
     // detached, status changes are no longer captured
@@ -350,4 +356,30 @@ async fn a_backlog_spanning_several_windows_is_decided_in_event_order() {
             .await,
         4
     );
+}
+
+#[tokio::test]
+async fn in_low_latency_mode_a_capture_wakes_the_listening_scheduler() {
+    use herald_shared::model::Wakeups;
+    // GIVEN low-latency mode, and the scheduler's listener
+    let h = Herald::with_jobs_example().await;
+    h.db.exec("SELECT herald_low_latency(true)").await;
+    let mut listener = h.scheduler.db.listen("herald_inbox").await.unwrap();
+    // WHEN a change is captured
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    // THEN the listener wakes long before its fallback poll
+    let waited = std::time::Instant::now();
+    listener.wait(std::time::Duration::from_secs(120)).await;
+    assert!(
+        waited.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        waited.elapsed()
+    );
+    // AND the generated capture function notifies only in this mode
+    let notifies = || {
+        h.db.scalar::<bool>("SELECT bool_or(prosrc LIKE '%pg_notify%') FROM pg_proc WHERE proname LIKE 'herald_cap_%'")
+    };
+    assert!(notifies().await);
+    h.db.exec("SELECT herald_low_latency(false)").await;
+    assert!(!notifies().await);
 }

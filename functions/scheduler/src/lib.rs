@@ -7,7 +7,7 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use herald_shared::aws::{load_config, SqsQueue};
 use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
-use herald_shared::drain::{deadline_instant, drain, stop_before, DrainOptions, DrainSummary};
+use herald_shared::drain::{deadline_instant, drain, serve, stop_before, DrainOptions, DrainSummary};
 use herald_shared::pg::Database;
 use lambda_runtime::{Error, LambdaEvent};
 use tracing::info;
@@ -31,6 +31,12 @@ pub struct Settings {
     /// How long a queued log waits for the executor before it is re-queued
     /// (`HERALD_QUEUE_LEASE_SECS`, default 900: longer than SQS takes to redeliver).
     pub queue_lease: Duration,
+    /// Keep draining until the deadline, woken by the capture functions' NOTIFY
+    /// (`HERALD_LOW_LATENCY`, default false).
+    pub low_latency: bool,
+    /// In low-latency mode, drain at least this often even without a notice
+    /// (`HERALD_POLL_MS`, default 1000).
+    pub poll: Duration,
 }
 
 impl Settings {
@@ -40,6 +46,8 @@ impl Settings {
             send_concurrency: config::number("HERALD_SEND_CONCURRENCY", 4, 1, 64)?,
             deadline_margin: Duration::from_millis(config::number("HERALD_DEADLINE_MARGIN_MS", 5_000, 0, 600_000)?),
             queue_lease: Duration::from_secs(config::number("HERALD_QUEUE_LEASE_SECS", 900, 10, 86_400)?),
+            low_latency: config::flag("HERALD_LOW_LATENCY")?,
+            poll: Duration::from_millis(config::number("HERALD_POLL_MS", 1_000, 50, 60_000)?),
         })
     }
 }
@@ -70,5 +78,12 @@ pub async fn handle(s: &Scheduler, event: LambdaEvent<EventBridgeEvent>) -> Resu
         queue_lease: s.settings.queue_lease,
     };
     let store = s.db.store().await?;
-    Ok(drain(&store, &s.queue, s.clock.as_ref(), &options).await?)
+    match options.stop_at {
+        Some(until) if s.settings.low_latency => {
+            let mut wakeups = s.db.listen("herald_inbox").await?;
+            let poll = s.settings.poll;
+            Ok(serve(&store, &s.queue, s.clock.as_ref(), &options, &mut wakeups, poll, until).await?)
+        }
+        _ => Ok(drain(&store, &s.queue, s.clock.as_ref(), &options).await?),
+    }
 }

@@ -151,12 +151,71 @@ impl Database {
         Ok(client)
     }
 
+    /// A connection of its own that listens on `channel`; every notification wakes the
+    /// returned listener (notifications that arrive while nobody waits are kept as one).
+    pub async fn listen(&self, channel: &str) -> Result<Listener, StoreError> {
+        let woken = Arc::new(tokio::sync::Notify::new());
+        let client = match &self.tls {
+            None => self.listening(NoTls, woken.clone()).await?,
+            Some(tls) => self.listening(tls.clone(), woken.clone()).await?,
+        };
+        client
+            .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+            .await
+            .map_err(err("listening for captured events"))?;
+        Ok(Listener { _client: client, woken })
+    }
+
+    async fn listening<T>(&self, tls: T, woken: Arc<tokio::sync::Notify>) -> Result<Client, StoreError>
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, mut connection) = self
+            .config
+            .connect(tls)
+            .await
+            .map_err(|e| StoreError::new("connecting to Postgres", e))?;
+        tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => woken.notify_one(),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        warn!(error = %e, "listening connection ended");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            // Whoever waits falls back to polling.
+            woken.notify_one();
+        });
+        Ok(client)
+    }
+
     /// A store over the current connection.
     pub async fn store(&self) -> Result<PgStore, StoreError> {
         Ok(PgStore {
             conn: self.client().await?,
         })
     }
+}
+
+/// Wakes the scheduler when the capture functions notify (low-latency mode).
+pub struct Listener {
+    _client: Client,
+    woken: Arc<tokio::sync::Notify>,
+}
+
+impl crate::model::Wakeups for Listener {
+    async fn wait(&mut self, max: std::time::Duration) {
+        let _ = tokio::time::timeout(max, self.woken.notified()).await;
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The Postgres implementation of the ledger traits.
