@@ -15,23 +15,30 @@ pub enum Variant {
     Bare,
     Simple,
     Herald,
+    /// Herald in low-latency mode: every capture also sends NOTIFY.
+    HeraldNotify,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 3] = [Variant::Bare, Variant::Simple, Variant::Herald];
+    pub const ALL: [Variant; 4] = [Variant::Bare, Variant::Simple, Variant::Herald, Variant::HeraldNotify];
 
     pub fn name(self) -> &'static str {
         match self {
             Variant::Bare => "bare UPDATE",
             Variant::Simple => "simplest jsonb log trigger",
             Variant::Herald => "Herald, 10 automations",
+            Variant::HeraldNotify => "Herald, 10 automations, low-latency mode (NOTIFY)",
         }
+    }
+
+    fn herald(self) -> bool {
+        matches!(self, Variant::Herald | Variant::HeraldNotify)
     }
 }
 
 /// The `jobs` table of `rows` rows, and the variant's trigger.
 pub async fn prepare(server: &Server, name: &str, v: Variant, rows: i64) -> Result<Db, String> {
-    let db = server.database(name, v == Variant::Herald).await?;
+    let db = server.database(name, v.herald()).await?;
     db.exec(&format!(
         "CREATE TABLE jobs (id bigint PRIMARY KEY, status text NOT NULL, updated_at timestamptz NOT NULL, phone text);
          INSERT INTO jobs SELECT g, 'pending', now(), '+1555' || lpad(g::text, 7, '0') FROM generate_series(1, {rows}) g;"
@@ -49,8 +56,11 @@ pub async fn prepare(server: &Server, name: &str, v: Variant, rows: i64) -> Resu
             )
             .await?
         }
-        Variant::Herald => {
+        Variant::Herald | Variant::HeraldNotify => {
             db.exec("SELECT herald_attach('public.jobs', 'status', 'id')").await?;
+            if v == Variant::HeraldNotify {
+                db.exec("SELECT herald_low_latency(true)").await?;
+            }
             for (i, s) in STATUSES.iter().enumerate() {
                 db.exec(&format!(
                     "INSERT INTO automations (name, source_table, to_status, sms_to, sms_body)
@@ -70,7 +80,7 @@ pub async fn reset(db: &Db, v: Variant) -> Result<(), String> {
     match v {
         Variant::Bare => Ok(()),
         Variant::Simple => db.exec("TRUNCATE job_log").await,
-        Variant::Herald => db.exec("TRUNCATE herald_inbox").await,
+        Variant::Herald | Variant::HeraldNotify => db.exec("TRUNCATE herald_inbox").await,
     }
 }
 
@@ -117,7 +127,7 @@ pub async fn bulk(db: &Db, v: Variant, n: i64) -> Result<f64, String> {
     db.exec(&format!("UPDATE jobs SET status = 'done' WHERE id BETWEEN 1 AND {n}"))
         .await?;
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    if v == Variant::Herald {
+    if v.herald() {
         // Logs correct: one event per row for the one automation that listens to 'done',
         // and one pending log each once moved to the ledger.
         let inbox = db.count("SELECT count(*) FROM herald_inbox").await?;
@@ -151,8 +161,8 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
             prepare(server, &format!("bench_capture_{v:?}").to_lowercase(), v, rows).await?,
         ));
     }
-    let mut single = vec![Vec::new(); 3];
-    let mut bulk_rates = vec![Vec::new(); 3];
+    let mut single = vec![Vec::new(); Variant::ALL.len()];
+    let mut bulk_rates = vec![Vec::new(); Variant::ALL.len()];
     for run in 0..settings.runs {
         for (i, (v, db)) in dbs.iter().enumerate() {
             reset(db, *v).await?;
@@ -180,6 +190,9 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
         .note(format!(
             "pgbench -c 4 -j 2 -T {seconds}, {rows} rows, random row and status; events wait in the inbox for the scheduler"
         ));
+    let notify = Row::new(case, Variant::HeraldNotify.name(), single[3].clone(), "tps")
+        .against(&bare)
+        .bar("≥ 0.70× bare");
     let case = "capture, bulk";
     let bbare = Row::new(case, Variant::Bare.name(), bulk_rates[0].clone(), "rows/s");
     let bsimple = Row::new(case, Variant::Simple.name(), bulk_rates[1].clone(), "rows/s").against(&bbare);
@@ -189,5 +202,6 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
         .note(format!(
             "one UPDATE of {bulk_n} rows' status; events and ledger rows checked"
         ));
-    Ok(vec![bare, simple, herald, bbare, bsimple, bherald])
+    let bnotify = Row::new(case, Variant::HeraldNotify.name(), bulk_rates[3].clone(), "rows/s").against(&bbare);
+    Ok(vec![bare, simple, herald, notify, bbare, bsimple, bherald, bnotify])
 }

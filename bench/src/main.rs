@@ -5,10 +5,13 @@
 
 mod capture;
 mod db;
+mod history;
+mod latency;
 mod peers;
 mod proxy;
 mod queue;
 mod report;
+mod size;
 
 use std::path::PathBuf;
 
@@ -25,7 +28,7 @@ struct Args {
     /// Runs per case; each figure is their median (default 3, 1 with --quick).
     #[arg(long)]
     runs: Option<usize>,
-    /// Only these cases (comma-separated): capture, queue, peers.
+    /// Only these cases (comma-separated): capture, queue, peers, latency, history, size.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the results as JSON.
@@ -102,6 +105,15 @@ async fn run(args: Args) -> Result<(), String> {
     }
     if wanted("peers") {
         rows.extend(peer_rows(&server, &settings, &rows).await?);
+    }
+    if wanted("latency") {
+        rows.extend(latency::run(&server, &settings).await?);
+    }
+    if wanted("history") {
+        rows.extend(history::run(&server, &settings).await?);
+    }
+    if wanted("size") {
+        rows.extend(size::run(&server, &settings).await?);
     }
 
     println!("{}", report::table(&rows));

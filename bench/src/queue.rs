@@ -53,6 +53,13 @@ impl Queue for ChannelQueue {
 /// A members table, an automation that emails and texts them, and `n` pending logs.
 pub async fn prepare(server: &Server, name: &str, n: i64) -> Result<Db, String> {
     let db = server.database(name, true).await?;
+    add_members(&db, n).await?;
+    refill(&db, n).await?;
+    Ok(db)
+}
+
+/// `n` members, attached, and the `welcome` automation that emails and texts them.
+pub async fn add_members(db: &Db, n: i64) -> Result<(), String> {
     db.exec(&format!(
         "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, name text, email text, phone text);
          INSERT INTO members SELECT g, 'active', 'Member ' || g, 'm' || g || '@example.com', '+1555' || lpad(g::text, 7, '0')
@@ -62,17 +69,21 @@ pub async fn prepare(server: &Server, name: &str, n: i64) -> Result<Db, String> 
          VALUES ('welcome', 'members', 'active', 'club@example.com', '{{{{ email }}}}', 'Welcome, {{{{ name }}}}',
                  'Hi {{{{ name }}}}, welcome to the club.', '{{{{ phone }}}}', 'Hi {{{{ name }}}}, welcome!');"
     ))
-    .await?;
-    refill(&db, n).await?;
-    Ok(db)
+    .await
 }
 
-/// Empties the ledger and makes `n` due pending logs (about 100 bytes of snapshot each).
+/// Empties the ledger and makes `n` due pending logs.
 pub async fn refill(db: &Db, n: i64) -> Result<(), String> {
     db.exec(
         "TRUNCATE ONLY automation_execution_logs, automation_deliveries, automation_attempts, automation_suppression_windows",
     )
     .await?;
+    add_pending(db, n).await?;
+    db.settle().await
+}
+
+/// `n` due pending logs of the `welcome` automation (about 100 bytes of snapshot each).
+pub async fn add_pending(db: &Db, n: i64) -> Result<(), String> {
     db.exec(&format!(
         "INSERT INTO automation_execution_logs
            (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, old_status, new_status,
@@ -80,10 +91,9 @@ pub async fn refill(db: &Db, n: i64) -> Result<(), String> {
          SELECT a.id, 'public', 'members', 'id', g::text, 'status_change', 'new', 'active',
                 jsonb_build_object('id', g, 'status', 'active', 'name', 'Member ' || g, 'email', 'm' || g || '@example.com'),
                 'pending', now() - interval '1 second', now(), now()
-         FROM generate_series(1, {n}) g, automations a"
+         FROM generate_series(1, {n}) g, automations a WHERE a.name = 'welcome'"
     ))
-    .await?;
-    db.settle().await
+    .await
 }
 
 fn store_of(url: &str) -> Result<Database, String> {
@@ -261,12 +271,13 @@ pub async fn full_cycle(db: &Db, n: i64, batch: usize, workers: usize) -> Result
     Ok((n as f64 / secs, written as f64 / n as f64))
 }
 
-/// Postgres round trips of the executor for one batch of 10 single-channel logs.
-pub async fn round_trips(server: &Server) -> Result<f64, String> {
+/// Postgres round trips of the executor for one batch of 10 single-channel logs, on a warm
+/// connection (the batch before it prepared the statements), and on a cold one.
+pub async fn round_trips(server: &Server) -> Result<(f64, f64), String> {
     let db = server.database("bench_round_trips", true).await?;
     db.exec(
         "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, name text, email text);
-         INSERT INTO members SELECT g, 'new', 'Member ' || g, 'm' || g || '@example.com' FROM generate_series(1, 10) g;
+         INSERT INTO members SELECT g, 'new', 'Member ' || g, 'm' || g || '@example.com' FROM generate_series(1, 20) g;
          SELECT herald_attach('public.members', 'status', 'id');
          INSERT INTO automations (name, source_table, to_status, email_from, email_to, email_subject, email_text)
          VALUES ('welcome', 'members', 'active', 'club@example.com', '{{ email }}', 'Welcome', 'Hi {{ name }}');
@@ -278,11 +289,11 @@ pub async fn round_trips(server: &Server) -> Result<f64, String> {
     store.ingest(100).await.map_err(|e| e.to_string())?;
     let now = std::time::SystemTime::now();
     let messages = store
-        .claim_due(10, now, now + Duration::from_secs(900))
+        .claim_due(20, now, now + Duration::from_secs(900))
         .await
         .map_err(|e| e.to_string())?;
-    if messages.len() != 10 {
-        return Err(format!("claimed {} logs, not 10", messages.len()));
+    if messages.len() != 20 {
+        return Err(format!("claimed {} logs, not 20", messages.len()));
     }
     let (head, tail) = db.url.rsplit_once(':').ok_or("no port in the database URL")?;
     let (port, path) = tail.split_once('/').ok_or("no database in the URL")?;
@@ -302,14 +313,17 @@ pub async fn round_trips(server: &Server) -> Result<f64, String> {
         default_from: "club@example.com",
         lease: Duration::from_secs(120),
     };
-    proxy.reset();
-    let batch = messages.iter().map(|m| (m.log_id.to_string(), m.to_body())).collect();
-    let outcomes = deliverer.handle_batch(batch, 4).await;
-    let trips = proxy.round_trips();
-    if outcomes.iter().any(|(_, o)| *o != Outcome::Sent) {
-        return Err(format!("round trips: not every log was sent: {outcomes:?}"));
+    let mut trips = Vec::new();
+    for batch in messages.chunks(10) {
+        proxy.reset();
+        let batch = batch.iter().map(|m| (m.log_id.to_string(), m.to_body())).collect();
+        let outcomes = deliverer.handle_batch(batch, 4).await;
+        trips.push(proxy.round_trips() as f64);
+        if outcomes.iter().any(|(_, o)| *o != Outcome::Sent) {
+            return Err(format!("round trips: not every log was sent: {outcomes:?}"));
+        }
     }
-    Ok(trips as f64)
+    Ok((trips[1], trips[0]))
 }
 
 pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, String> {
@@ -388,16 +402,21 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
         );
     }
 
-    let trips = round_trips(server).await?;
-    crate::progress(&format!("executor round trips: {trips} for a batch of 10"));
+    let (warm, cold) = round_trips(server).await?;
+    crate::progress(&format!(
+        "executor round trips for a batch of 10: {warm} (warm), {cold} (cold)"
+    ));
     rows.push(
         Row::new(
             "executor round trips",
             "one SQS batch of 10 email logs",
-            vec![trips],
+            vec![warm],
             "round trips",
         )
-        .bar("≤ 3 per batch"),
+        .bar("≤ 3 per batch")
+        .note(format!(
+            "{cold} on a new connection, which prepares its two statements first"
+        )),
     );
     Ok(rows)
 }
