@@ -1,5 +1,6 @@
 -- Scheduler: take up to $2 due pending logs, oldest first, mark them queued and give each
--- a lease until $3. SKIP LOCKED lets concurrent schedulers take disjoint sets.
+-- a lease until $3. SKIP LOCKED lets concurrent schedulers take disjoint sets. One fencing
+-- token serves the whole claim: a token only has to be new for each claim of a log.
 WITH due AS (
   SELECT id
   FROM ONLY automation_execution_logs
@@ -10,7 +11,7 @@ WITH due AS (
 )
 UPDATE ONLY automation_execution_logs l
 SET status = 'queued', queued_at = $1::timestamptz, updated_at = $1::timestamptz,
-    lease_token = nextval('herald_lease_tokens'), lease_expires_at = $3::timestamptz
+    lease_token = (SELECT nextval('herald_lease_tokens')), lease_expires_at = $3::timestamptz
 FROM due
 WHERE l.id = due.id
 RETURNING l.id, l.lease_token

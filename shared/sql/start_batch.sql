@@ -1,6 +1,7 @@
 -- Executor: claim the log of every message ($1 log ids, $2 the leases the messages name)
--- under a new lease until $4, open its attempt, and load what the attempt needs: the event,
--- the definition, the channels already delivered and the template variables, read fresh.
+-- under a new lease until $4 (one new token for the batch), open its attempt, and load what
+-- the attempt needs: the event, the definition, the channels already delivered and the
+-- template variables, read fresh.
 -- One row per message, in order. `attempt` is NULL when the log was not claimable (then
 -- `status` is its status before this statement, or NULL when there is no such log); a log
 -- named twice in one batch is claimed for its first message only.
@@ -11,7 +12,7 @@ WITH msg AS (
 ), claimed AS (
   UPDATE ONLY automation_execution_logs l
   SET status = 'running', attempts = l.attempts + 1, started_at = $3::timestamptz, updated_at = $3::timestamptz,
-      lease_token = nextval('herald_lease_tokens'), lease_expires_at = $4::timestamptz
+      lease_token = (SELECT nextval('herald_lease_tokens')), lease_expires_at = $4::timestamptz
   FROM msg m
   WHERE m.nth = 1 AND l.id = m.log_id AND l.status = 'queued' AND l.lease_token = m.lease
   RETURNING l.id, l.attempts, l.lease_token
