@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_batches.sql",
         sql: include_str!("../migrations/0004_batches.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_batch_reads.sql",
+        sql: include_str!("../migrations/0005_batch_reads.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).

@@ -19,6 +19,8 @@ WITH msg AS (
 ), opened AS (
   INSERT INTO automation_attempts (log_id, attempt, lease_token, started_at)
   SELECT id, attempts, lease_token, $3::timestamptz FROM claimed
+), ctx AS (
+  SELECT * FROM herald_contexts(ARRAY(SELECT id FROM claimed))
 )
 SELECT c.attempts AS attempt, c.lease_token AS lease,
        CASE WHEN m.nth > 1 THEN 'claimed by another message of this batch' ELSE l.status END AS status,
@@ -29,9 +31,10 @@ SELECT c.attempts AS attempt, c.lease_token AS lease,
        a.email_from, a.email_to, a.email_subject, a.email_text, a.email_html, a.sms_to, a.sms_body,
        ARRAY(SELECT d.channel FROM automation_deliveries d
              WHERE d.log_id = m.log_id AND d.status = 'sent' ORDER BY d.channel) AS delivered,
-       CASE WHEN c.id IS NOT NULL THEN herald_try_context(m.log_id) END AS context
+       x.context
 FROM msg m
 LEFT JOIN claimed c ON c.id = m.log_id AND m.nth = 1
+LEFT JOIN ctx x ON x.log_id = c.id
 LEFT JOIN ONLY automation_execution_logs l ON l.id = m.log_id
 LEFT JOIN automations a ON a.id = l.automation_id
 ORDER BY m.ord

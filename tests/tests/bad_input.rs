@@ -136,6 +136,64 @@ async fn each_bad_message_or_log_fails_alone_and_the_good_one_is_sent() {
 }
 
 #[tokio::test]
+async fn a_context_row_that_is_missing_doubled_or_raising_fails_only_its_own_log() {
+    // GIVEN a context view that has no row for job 13, two rows for job 12, and raises an
+    // error when job 14's row is read, and five jobs of one batch that read it
+    let h = Herald::with_jobs_example().await;
+    h.db.exec(
+        "CREATE VIEW picky_context AS
+           SELECT j.id AS job_id, j.title, c.phone AS client_phone,
+                  1 / (CASE WHEN j.title = 'boom' THEN 0 ELSE 1 END) AS one
+           FROM jobs j JOIN clients c ON c.id = j.client_id
+           LEFT JOIN (VALUES (1), (2)) AS twin(n) ON j.title = 'twin'
+           WHERE j.id <> 13;
+         INSERT INTO jobs (id, client_id, title) VALUES
+           (11, 1, 'good one'), (12, 1, 'twin'), (13, 1, 'missing'), (14, 1, 'boom'), (15, 1, 'good two');
+         INSERT INTO automations (name, source_table, to_status, context_relation, context_key_column, sms_to, sms_body)
+         VALUES ('picky', 'jobs', 'review', 'public.picky_context', 'job_id', '{{ client_phone }}', 'Review {{ title }}');
+         UPDATE jobs SET status = 'review' WHERE id BETWEEN 11 AND 15;",
+    )
+    .await;
+    assert_eq!(h.tick().await.sent, 5);
+
+    // WHEN the executor gets them in one batch
+    let event = h.moto.receive(&h.queue_url, 10).await;
+    assert_eq!(event.records.len(), 5);
+    let response = h.execute(event).await;
+    assert!(herald_tests::failed_ids(&response).is_empty());
+
+    // THEN the two good jobs are sent with their own data
+    for job in ["11", "15"] {
+        assert_eq!(
+            error_of(&h, job, "picky").await.0,
+            "sent",
+            "job {job}: {:?}",
+            error_of(&h, job, "picky").await
+        );
+    }
+    let mut bodies: Vec<String> = h
+        .moto
+        .sms_to(&h.phone_of(1))
+        .await
+        .into_iter()
+        .map(|m| m.message)
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, ["Review good one", "Review good two"]);
+
+    // AND each broken one failed alone, with its own reason
+    let (status, error, _) = error_of(&h, "12", "picky").await;
+    assert_eq!(status, "failed");
+    assert_eq!(error, "context: more than one row in picky_context where job_id = 12");
+    let (status, error, _) = error_of(&h, "13", "picky").await;
+    assert_eq!(status, "failed");
+    assert_eq!(error, "context: no row in picky_context where job_id = 13");
+    let (status, error, _) = error_of(&h, "14", "picky").await;
+    assert_ne!(status, "sent");
+    assert!(error.contains("division by zero"), "{error}");
+}
+
+#[tokio::test]
 async fn a_redelivered_message_never_sends_twice() {
     let h = Herald::with_jobs_example().await;
     h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
