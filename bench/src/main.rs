@@ -141,10 +141,8 @@ async fn peer_rows(server: &db::Server, settings: &Settings, herald: &[Row]) -> 
     peers::install(&settings.repo.join("bench/peers")).await?;
     let n = settings.size(100_000, 2_000);
     let mut figures = Vec::new();
-    for peer in peers::Peer::ALL {
-        for best in [false, true] {
-            figures.push((peer, best, Vec::new(), Vec::new()));
-        }
+    for (peer, best) in peers::Peer::RUNS {
+        figures.push((peer, best, Vec::new(), Vec::new()));
     }
     for run in 0..settings.runs {
         for (peer, best, rates, writes) in figures.iter_mut() {
@@ -167,9 +165,9 @@ async fn peer_rows(server: &db::Server, settings: &Settings, herald: &[Row]) -> 
             ))
         })
         .collect();
-    let pgboss_best = rows[3].clone();
     let graphile_default = rows[0].clone();
     let graphile_best = rows[1].clone();
+    let pgboss_best = rows[2].clone();
     for h in herald.iter().filter(|r| r.case == "full cycle") {
         rows.push(
             Row {
