@@ -4,6 +4,7 @@
 //! harness works, not how fast anything is.
 
 mod capture;
+mod cycle;
 mod db;
 mod history;
 mod latency;
@@ -28,7 +29,8 @@ struct Args {
     /// Runs per case; each figure is their median (default 3, 1 with --quick).
     #[arg(long)]
     runs: Option<usize>,
-    /// Only these cases (comma-separated): capture, queue, peers, latency, history, size.
+    /// Only these cases (comma-separated): capture, queue (drain, ingest, round trips), cycle
+    /// (the full cycle and the peer queues), latency, history, size.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the results as JSON.
@@ -103,8 +105,8 @@ async fn run(args: Args) -> Result<(), String> {
     if wanted("queue") {
         rows.extend(queue::run(&server, &settings).await?);
     }
-    if wanted("peers") {
-        rows.extend(peer_rows(&server, &settings, &rows).await?);
+    if wanted("cycle") {
+        rows.extend(cycle::run(&server, &settings).await?);
     }
     if wanted("latency") {
         rows.extend(latency::run(&server, &settings).await?);
@@ -133,68 +135,4 @@ async fn run(args: Args) -> Result<(), String> {
     .map_err(|e| format!("writing {}: {e}", args.json.display()))?;
     progress(&format!("results written to {}", args.json.display()));
     Ok(())
-}
-
-/// The peers drain as many jobs as the full cycle sends logs; Herald's full-cycle rows are
-/// compared with them.
-async fn peer_rows(server: &db::Server, settings: &Settings, herald: &[Row]) -> Result<Vec<Row>, String> {
-    peers::install(&settings.repo.join("bench/peers")).await?;
-    let n = settings.size(100_000, 2_000);
-    let mut figures = Vec::new();
-    for (peer, best) in peers::Peer::RUNS {
-        figures.push((peer, best, Vec::new(), Vec::new()));
-    }
-    for run in 0..settings.runs {
-        for (peer, best, rates, writes) in figures.iter_mut() {
-            let (rate, per_job) = peers::drain(server, settings, *peer, *best, n).await?;
-            progress(&format!(
-                "peers, run {}: {} {rate:.0} jobs/s, {per_job:.1} rows written per job",
-                run + 1,
-                peer.describe(*best)
-            ));
-            rates.push(rate);
-            writes.push(per_job);
-        }
-    }
-    let mut rows: Vec<Row> = figures
-        .into_iter()
-        .map(|(peer, best, rates, writes)| {
-            Row::new("full cycle", peer.describe(best), rates, "jobs/s").note(format!(
-                "{n} no-op jobs; {:.1} rows written per job (enqueue included)",
-                report::median(&writes)
-            ))
-        })
-        .collect();
-    let graphile_default = rows[0].clone();
-    let graphile_best = rows[1].clone();
-    let pgboss_best = rows[2].clone();
-    for h in herald.iter().filter(|r| r.case == "full cycle") {
-        rows.push(
-            Row {
-                variant: format!("{} vs pg-boss best", h.variant),
-                note: None,
-                ..h.clone()
-            }
-            .against(&pgboss_best)
-            .bar("≥ 0.5× pg-boss best"),
-        );
-        rows.push(
-            Row {
-                variant: format!("{} vs graphile-worker default", h.variant),
-                note: None,
-                ..h.clone()
-            }
-            .against(&graphile_default)
-            .bar("> 1× graphile-worker default"),
-        );
-        rows.push(
-            Row {
-                variant: format!("{} vs graphile-worker best", h.variant),
-                note: None,
-                ..h.clone()
-            }
-            .against(&graphile_best),
-        );
-    }
-    Ok(rows)
 }

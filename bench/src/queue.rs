@@ -1,5 +1,5 @@
-//! The queue side: the scheduler's ingest and claim path, the full cycle through the real
-//! scheduler and executor code with in-process null senders, and the executor's round trips.
+//! The queue side: the scheduler's ingest and claim path, and the executor's round trips;
+//! also the full cycle's Herald half (see `cycle`), with in-process null senders.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -367,40 +367,6 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
     rows.push(Row::new("ingest", "inbox → ledger", r, "events/s").note(format!(
         "{n_ingest} captured events moved by herald_ingest in transactions of 10,000"
     )));
-
-    // The full cycle, with executor batches of 10 and of 100.
-    let n = settings.size(100_000, 2_000);
-    let workers = 4;
-    let mut by_batch = Vec::new();
-    for batch in [10usize, 100] {
-        by_batch.push((batch, Vec::new(), Vec::new()));
-    }
-    for run in 0..settings.runs {
-        for (batch, rates, writes) in by_batch.iter_mut() {
-            refill(&herald, n).await?;
-            let (rate, per_log) = full_cycle(&herald, n, *batch, workers).await?;
-            crate::progress(&format!(
-                "full cycle, run {}, batches of {batch}: {rate:.0} logs/s, {per_log:.1} rows written per log",
-                run + 1
-            ));
-            rates.push(rate);
-            writes.push(per_log);
-        }
-    }
-    for (batch, rates, writes) in by_batch {
-        rows.push(
-            Row::new(
-                "full cycle",
-                format!("Herald, executor batches of {batch}"),
-                rates,
-                "logs/s",
-            )
-            .note(format!(
-                "{n} logs, email + SMS each, {workers} executors × 4 messages at once; {:.1} rows written per log",
-                crate::report::median(&writes)
-            )),
-        );
-    }
 
     let (warm, cold) = round_trips(server).await?;
     crate::progress(&format!(
