@@ -215,7 +215,7 @@ pub async fn full_cycle(db: &Db, n: i64, batch: usize, workers: usize) -> Result
     for _ in 0..workers {
         let (rx, done, url) = (rx.clone(), done.clone(), db.url.clone());
         executors.push(tokio::spawn(async move {
-            let database = store_of(&url)?;
+            let database = store_of(&url)?.index_scans_only();
             let ledger = database.store().await.map_err(|e| e.to_string())?;
             let senders = NullSenders::default();
             let deliverer = Deliverer {
@@ -302,7 +302,7 @@ pub async fn round_trips(server: &Server) -> Result<(f64, f64), String> {
     let config: tokio_postgres::Config = format!("{head}:{}/{path}", proxy.port)
         .parse()
         .map_err(|e| format!("{e}"))?;
-    let database = Database::new(config);
+    let database = Database::new(config).index_scans_only();
     let ledger = database.store().await.map_err(|e| e.to_string())?;
     let senders = NullSenders::default();
     let deliverer = Deliverer {
@@ -381,7 +381,7 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
         )
         .bar("≤ 3 per batch")
         .note(format!(
-            "{cold} on a new connection, which prepares its two statements first"
+            "{cold} on a new connection, which sets up its session and prepares its two statements first"
         )),
     );
     Ok(rows)

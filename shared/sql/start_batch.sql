@@ -29,8 +29,10 @@ SELECT c.attempts AS attempt, c.lease_token AS lease,
        l.subject_id,
        a.id IS NOT NULL AS has_automation, a.name, a.is_active,
        a.email_from, a.email_to, a.email_subject, a.email_text, a.email_html, a.sms_to, a.sms_body,
-       ARRAY(SELECT d.channel FROM automation_deliveries d
-             WHERE d.log_id = m.log_id AND d.status = 'sent' ORDER BY d.channel) AS delivered,
+       CASE WHEN c.attempts > 1 THEN  -- a first attempt has sent nothing yet
+         ARRAY(SELECT d.channel FROM automation_deliveries d
+               WHERE d.log_id = m.log_id AND d.status = 'sent' ORDER BY d.channel)
+       ELSE '{}' END AS delivered,
        x.context
 FROM msg m
 LEFT JOIN claimed c ON c.id = m.log_id AND m.nth = 1

@@ -51,7 +51,7 @@ impl Herald {
             },
         };
         let executor = Executor {
-            db: Database::new(db.config()),
+            db: Database::new(db.config()).index_scans_only(),
             email: SesEmail::new(&moto.sdk, None),
             sms: SnsSms::new(&moto.sdk, Some("Herald".into())),
             clock: Arc::new(SystemClock),

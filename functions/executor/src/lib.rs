@@ -47,7 +47,7 @@ impl Executor {
     pub async fn from_env() -> Result<Self, Error> {
         let aws = load_config().await;
         Ok(Self {
-            db: config::database_handle(&aws).await?,
+            db: config::database_handle(&aws).await?.index_scans_only(),
             email: SesEmail::new(&aws, config::var("HERALD_SES_CONFIGURATION_SET")),
             sms: SnsSms::new(&aws, config::var("HERALD_SMS_SENDER_ID")),
             clock: Arc::new(SystemClock),

@@ -32,6 +32,8 @@ pub struct Database {
     config: Config,
     tls: Option<MakeRustlsConnect>,
     client: Mutex<Option<Arc<Conn>>>,
+    /// Run on every new connection before its first statement.
+    session_setup: Option<&'static str>,
 }
 
 /// A connection and the statements prepared on it (named, so that each later use is a
@@ -98,6 +100,7 @@ impl Database {
             config,
             tls: None,
             client: Mutex::new(None),
+            session_setup: None,
         }
     }
 
@@ -113,7 +116,18 @@ impl Database {
             config,
             tls: tls.connector()?,
             client: Mutex::new(None),
+            session_setup: None,
         })
+    }
+
+    /// For sessions that only find rows by key (the executor's): sequential scans are
+    /// turned off on each connection. Its statements are prepared once and their plans
+    /// cached, and a plan made while a table was nearly empty (the deliveries and attempts
+    /// of a new ledger, or of one just cleaned out) would otherwise go on reading the whole
+    /// table for every lookup as it grows, until the next ANALYZE.
+    pub fn index_scans_only(mut self) -> Self {
+        self.session_setup = Some("SET enable_seqscan = off");
+        self
     }
 
     /// The open connection, or a new one if there is none or it broke.
@@ -125,10 +139,17 @@ impl Database {
         if slot.is_some() {
             info!("database connection was closed; reconnecting");
         }
-        let client = Arc::new(Conn::new(match &self.tls {
+        let client = match &self.tls {
             None => self.connect(NoTls).await?,
             Some(tls) => self.connect(tls.clone()).await?,
-        }));
+        };
+        if let Some(setup) = self.session_setup {
+            client
+                .batch_execute(setup)
+                .await
+                .map_err(|e| StoreError::new("setting up the database session", e))?;
+        }
+        let client = Arc::new(Conn::new(client));
         *slot = Some(Arc::clone(&client));
         Ok(client)
     }
