@@ -1,6 +1,7 @@
 //! The ledger in Postgres, over tokio-postgres. Every statement is a named file in
 //! `shared/sql/`; values are always bound parameters.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -41,6 +42,10 @@ pub struct Database {
 pub struct Conn {
     client: Client,
     statements: [OnceCell<Statement>; 6],
+    /// Set when a statement found the session ended (closed, or a FATAL error such as a
+    /// terminated backend): the next caller opens a new connection instead of waiting for
+    /// the client to notice.
+    broken: AtomicBool,
 }
 
 /// The statements, by their place in `Conn::statements`.
@@ -72,6 +77,26 @@ impl Conn {
         Self {
             client,
             statements: Default::default(),
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether this connection can still be used.
+    fn usable(&self) -> bool {
+        !self.client.is_closed() && !self.broken.load(Ordering::Relaxed)
+    }
+
+    /// A store error for a failed statement; marks the connection broken when the error
+    /// says the session is over.
+    fn fail(&self, context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError + '_ {
+        move |e| {
+            let fatal = e
+                .as_db_error()
+                .is_some_and(|d| matches!(d.severity(), "FATAL" | "PANIC"));
+            if fatal || e.is_closed() {
+                self.broken.store(true, Ordering::Relaxed);
+            }
+            StoreError::new(context, e)
         }
     }
 
@@ -80,7 +105,7 @@ impl Conn {
         self.statements[which as usize]
             .get_or_try_init(|| self.client.prepare(which.text()))
             .await
-            .map_err(err(context))
+            .map_err(self.fail(context))
     }
 }
 
@@ -133,7 +158,7 @@ impl Database {
     /// The open connection, or a new one if there is none or it broke.
     pub async fn client(&self) -> Result<Arc<Conn>, StoreError> {
         let mut slot = self.client.lock().await;
-        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+        if let Some(client) = slot.as_ref().filter(|c| c.usable()) {
             return Ok(Arc::clone(client));
         }
         if slot.is_some() {
@@ -183,7 +208,7 @@ impl Database {
         client
             .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
             .await
-            .map_err(err("listening for captured events"))?;
+            .map_err(|e| StoreError::new("listening for captured events", e))?;
         Ok(Listener { _client: client, woken })
     }
 
@@ -245,10 +270,6 @@ pub struct PgStore {
     conn: Arc<Conn>,
 }
 
-fn err(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
-    move |e| StoreError::new(context, e)
-}
-
 impl DueLogs for PgStore {
     async fn ingest(&self, limit: i32) -> Result<u64, StoreError> {
         let context = "moving captured events to the ledger";
@@ -258,14 +279,19 @@ impl DueLogs for PgStore {
             .client
             .query_one(stmt, &[&limit])
             .await
-            .map_err(err(context))?;
+            .map_err(self.conn.fail(context))?;
         Ok(r.get::<_, i32>(0) as u64)
     }
 
     async fn rescue(&self, now: SystemTime) -> Result<Rescued, StoreError> {
         let context = "rescuing expired leases";
         let stmt = self.conn.statement(Sql::Rescue, context).await?;
-        let r = self.conn.client.query_one(stmt, &[&now]).await.map_err(err(context))?;
+        let r = self
+            .conn
+            .client
+            .query_one(stmt, &[&now])
+            .await
+            .map_err(self.conn.fail(context))?;
         let n = |i: usize| r.get::<_, i32>(i) as u64;
         Ok(Rescued {
             requeued: n(0),
@@ -288,7 +314,7 @@ impl DueLogs for PgStore {
             .client
             .query(stmt, &[&now, &limit, &lease_until])
             .await
-            .map_err(err(context))?;
+            .map_err(self.conn.fail(context))?;
         Ok(rows
             .iter()
             .map(|r| QueueMessage {
@@ -305,7 +331,7 @@ impl DueLogs for PgStore {
             .client
             .execute(stmt, &[&ids, &now])
             .await
-            .map_err(err(context))
+            .map_err(self.conn.fail(context))
     }
 }
 
@@ -325,7 +351,7 @@ impl Ledger for PgStore {
             .client
             .query(stmt, &[&ids, &leases, &now, &lease_until])
             .await
-            .map_err(err(context))?;
+            .map_err(self.conn.fail(context))?;
         Ok(messages
             .iter()
             .zip(rows.iter())
@@ -398,7 +424,7 @@ impl Ledger for PgStore {
                 ],
             )
             .await
-            .map_err(err(context))?;
+            .map_err(self.conn.fail(context))?;
         let mut out = WrittenBack {
             finished: vec![false; f.len()],
             started: vec![false; s.len()],
