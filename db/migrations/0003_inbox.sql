@@ -365,13 +365,17 @@ $$;
 REVOKE EXECUTE ON FUNCTION herald_ingest(integer) FROM PUBLIC;
 
 -- Herald's own statements below read and change the ledger only (ONLY), never the inbox.
+-- herald_context used to compare the key as text (`key::text = $1`), which no index serves:
+-- every message read its whole context relation. It casts the subject's key to the key
+-- column's own type, so the relation's index on that column finds the row.
 CREATE OR REPLACE FUNCTION herald_context(p_log_id bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-  l      record;
-  rel    regclass;
-  keycol text;
-  hits   jsonb[];
+  l       record;
+  rel     regclass;
+  keycol  text;
+  keytype text;
+  hits    jsonb[];
 BEGIN
   SELECT g.subject_schema, g.subject_table, g.subject_key_column, g.subject_id,
          a.context_relation, a.context_key_column
@@ -398,9 +402,14 @@ BEGIN
         USING ERRCODE = 'undefined_table';
     END IF;
   END IF;
+  SELECT format_type(atttypid, atttypmod) INTO keytype
+  FROM pg_attribute WHERE attrelid = rel AND attname = keycol AND attnum > 0 AND NOT attisdropped;
+  IF keytype IS NULL THEN
+    RAISE EXCEPTION 'column "%" of % does not exist', keycol, rel USING ERRCODE = 'undefined_column';
+  END IF;
 
-  EXECUTE format('SELECT array_agg(to_jsonb(c)) FROM (SELECT * FROM %s WHERE %I::text = $1 LIMIT 2) c',
-                 rel, keycol)
+  EXECUTE format('SELECT array_agg(to_jsonb(c)) FROM (SELECT * FROM %s WHERE %I = $1::%s LIMIT 2) c',
+                 rel, keycol, keytype)
     INTO hits USING l.subject_id;
 
   IF hits IS NULL THEN
