@@ -32,7 +32,7 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
     let n = settings.size(100_000, 2_000);
     let herald = queue::prepare(server, "bench_cycle", n).await?;
     let mut ours: Vec<(usize, Series)> = BATCHES.iter().map(|b| (*b, Series::new())).collect();
-    let mut theirs: Vec<((Peer, bool), Series)> = Peer::RUNS.iter().map(|p| (*p, Series::new())).collect();
+    let mut theirs: Vec<(Peer, Series)> = Peer::ALL.iter().map(|p| (*p, Series::new())).collect();
     for run in 0..settings.runs {
         for (batch, s) in ours.iter_mut() {
             queue::refill(&herald, n).await?;
@@ -44,12 +44,12 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
             s.rates.push(rate);
             s.writes.push(per_log);
         }
-        for ((peer, best), s) in theirs.iter_mut() {
-            let (rate, per_job) = peers::drain(server, settings, *peer, *best, n).await?;
+        for (peer, s) in theirs.iter_mut() {
+            let (rate, per_job) = peers::drain(server, settings, *peer, n).await?;
             crate::progress(&format!(
                 "full cycle, run {}: {} {rate:.0} jobs/s, {per_job:.1} rows written per job",
                 run + 1,
-                peer.describe(*best)
+                peer.describe()
             ));
             s.rates.push(rate);
             s.writes.push(per_job);
@@ -58,8 +58,8 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
 
     let peer_rows: Vec<Row> = theirs
         .into_iter()
-        .map(|((peer, best), s)| {
-            Row::new("full cycle", peer.describe(best), s.rates, "jobs/s").note(format!(
+        .map(|(peer, s)| {
+            Row::new("full cycle", peer.describe(), s.rates, "jobs/s").note(format!(
                 "{n} no-op jobs; {:.1} rows written per job (enqueue included)",
                 median(&s.writes)
             ))

@@ -8,31 +8,33 @@ use serde::Deserialize;
 use crate::db::Server;
 use crate::Settings;
 
+/// The configurations the bench runs: graphile-worker's defaults, and both queues' best
+/// documented settings. (pg-boss's defaults wait a poll interval after every fetch, so they
+/// measure the interval, not the queue.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
-    Graphile,
-    PgBoss,
+    GraphileDefault,
+    GraphileBest,
+    PgBossBest,
 }
 
 impl Peer {
-    /// The configurations the bench runs: graphile-worker's defaults and both queues' best
-    /// documented settings. (pg-boss's defaults wait a poll interval after every fetch, so
-    /// they measure the interval, not the queue.)
-    pub const RUNS: [(Peer, bool); 3] = [(Peer::Graphile, false), (Peer::Graphile, true), (Peer::PgBoss, true)];
+    pub const ALL: [Peer; 3] = [Peer::GraphileDefault, Peer::GraphileBest, Peer::PgBossBest];
 
-    fn arg(self) -> &'static str {
+    /// The queue and the configuration, as `peers.mjs` takes them.
+    fn args(self) -> [&'static str; 2] {
         match self {
-            Peer::Graphile => "graphile",
-            Peer::PgBoss => "pgboss",
+            Peer::GraphileDefault => ["graphile", "default"],
+            Peer::GraphileBest => ["graphile", "best"],
+            Peer::PgBossBest => ["pgboss", "best"],
         }
     }
 
-    pub fn describe(self, best: bool) -> &'static str {
-        match (self, best) {
-            (Peer::Graphile, false) => "graphile-worker 0.18.0, defaults (concurrency 10)",
-            (Peer::Graphile, true) => "graphile-worker 0.18.0, local queue 500 + batched completion, concurrency 24",
-            (Peer::PgBoss, false) => "pg-boss 12.35.0, batchSize 10, localConcurrency 10, poll 0.5 s",
-            (Peer::PgBoss, true) => "pg-boss 12.35.0, batchSize 100, localConcurrency 24, burstWhenBatchFull",
+    pub fn describe(self) -> &'static str {
+        match self {
+            Peer::GraphileDefault => "graphile-worker 0.18.0, defaults (concurrency 10)",
+            Peer::GraphileBest => "graphile-worker 0.18.0, local queue 500 + batched completion, concurrency 24",
+            Peer::PgBossBest => "pg-boss 12.35.0, batchSize 100, localConcurrency 24, burstWhenBatchFull",
         }
     }
 }
@@ -62,18 +64,14 @@ pub async fn install(dir: &Path) -> Result<(), String> {
 
 /// One peer draining `n` no-op jobs in a database of its own: jobs per second, and rows
 /// written per job.
-pub async fn drain(server: &Server, settings: &Settings, peer: Peer, best: bool, n: i64) -> Result<(f64, f64), String> {
-    let name = format!("bench_peer_{}_{}", peer.arg(), if best { "best" } else { "default" });
+pub async fn drain(server: &Server, settings: &Settings, peer: Peer, n: i64) -> Result<(f64, f64), String> {
+    let [queue, config] = peer.args();
+    let name = format!("bench_peer_{queue}_{config}");
     let db = server.database(&name, false).await?;
     let dir = settings.repo.join("bench/peers");
     let out = tokio::process::Command::new("node")
         .arg(dir.join("peers.mjs"))
-        .args([
-            peer.arg(),
-            if best { "best" } else { "default" },
-            &db.url,
-            &n.to_string(),
-        ])
+        .args([queue, config, &db.url, &n.to_string()])
         .current_dir(&dir)
         .output()
         .await
@@ -82,7 +80,7 @@ pub async fn drain(server: &Server, settings: &Settings, peer: Peer, best: bool,
     if !out.status.success() {
         return Err(format!(
             "{} failed: {stdout}{}",
-            peer.describe(best),
+            peer.describe(),
             String::from_utf8_lossy(&out.stderr)
         ));
     }
@@ -90,7 +88,7 @@ pub async fn drain(server: &Server, settings: &Settings, peer: Peer, best: bool,
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
-        .ok_or_else(|| format!("no result from {}: {stdout}", peer.describe(best)))?;
+        .ok_or_else(|| format!("no result from {}: {stdout}", peer.describe()))?;
     let written = db.rows_written().await? as f64 / n as f64;
     Ok((answer.jobs_per_s, written))
 }

@@ -9,7 +9,7 @@ use herald_shared::clock::SystemClock;
 use herald_shared::deliver::{Deliverer, Outcome};
 use herald_shared::drain::{drain, DrainOptions};
 use herald_shared::model::{DueLogs, Email, EmailSender, Failure, LogId, Queue, QueueMessage, Sms, SmsSender};
-use herald_shared::pg::Database;
+use herald_shared::pg::{Database, PgStore};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::db::{Db, Server};
@@ -33,6 +33,21 @@ impl EmailSender for NullSenders {
 impl SmsSender for NullSenders {
     async fn send_sms(&self, _sms: &Sms) -> Result<String, Failure> {
         Ok(format!("null-sms-{}", self.0.fetch_add(1, Ordering::Relaxed)))
+    }
+}
+
+/// The executor's core over `ledger`, sending through the null senders.
+fn null_deliverer<'a>(
+    ledger: &'a PgStore,
+    senders: &'a NullSenders,
+) -> Deliverer<'a, PgStore, NullSenders, NullSenders> {
+    Deliverer {
+        ledger,
+        email: senders,
+        sms: senders,
+        clock: &SystemClock,
+        default_from: "club@example.com",
+        lease: Duration::from_secs(120),
     }
 }
 
@@ -218,14 +233,7 @@ pub async fn full_cycle(db: &Db, n: i64, batch: usize, workers: usize) -> Result
             let database = store_of(&url)?.index_scans_only();
             let ledger = database.store().await.map_err(|e| e.to_string())?;
             let senders = NullSenders::default();
-            let deliverer = Deliverer {
-                ledger: &ledger,
-                email: &senders,
-                sms: &senders,
-                clock: &SystemClock,
-                default_from: "club@example.com",
-                lease: Duration::from_secs(120),
-            };
+            let deliverer = null_deliverer(&ledger, &senders);
             let mut buf = Vec::with_capacity(batch);
             loop {
                 buf.clear();
@@ -305,14 +313,7 @@ pub async fn round_trips(server: &Server) -> Result<(f64, f64), String> {
     let database = Database::new(config).index_scans_only();
     let ledger = database.store().await.map_err(|e| e.to_string())?;
     let senders = NullSenders::default();
-    let deliverer = Deliverer {
-        ledger: &ledger,
-        email: &senders,
-        sms: &senders,
-        clock: &SystemClock,
-        default_from: "club@example.com",
-        lease: Duration::from_secs(120),
-    };
+    let deliverer = null_deliverer(&ledger, &senders);
     let mut trips = Vec::new();
     for batch in messages.chunks(10) {
         proxy.reset();
