@@ -24,6 +24,9 @@ GRANT UPDATE (status, queued_at, updated_at, lease_token, lease_expires_at) ON a
 GRANT USAGE ON SEQUENCE herald_lease_tokens TO herald_scheduler;
 GRANT EXECUTE ON FUNCTION herald_rescue(timestamptz) TO herald_scheduler;
 GRANT EXECUTE ON FUNCTION herald_ingest(integer) TO herald_scheduler;
+-- Receipts are applied by a function of the owner's: the scheduler still reads no
+-- deliveries, attempts or definitions.
+GRANT EXECUTE ON FUNCTION herald_apply_receipts(jsonb, timestamptz) TO herald_scheduler;
 
 -- The executor: claims one log, reads its definition and template variables, records
 -- deliveries and attempts, writes the result. It cannot change definitions, and it does not
@@ -38,3 +41,5 @@ GRANT SELECT ON automations TO herald_executor;
 GRANT SELECT, INSERT, UPDATE ON automation_deliveries TO herald_executor;
 GRANT SELECT, INSERT, UPDATE ON automation_attempts TO herald_executor;
 GRANT USAGE ON SEQUENCE herald_lease_tokens TO herald_executor;
+GRANT EXECUTE ON FUNCTION herald_write_back(bigint[], bigint[], text[], text[], text[], text[], bigint[], bigint[],
+  text[], text[], bigint[], bigint[], text[], text[], text[], text[], timestamptz) TO herald_executor;

@@ -12,6 +12,7 @@ use herald_shared::model::{Failure, LogId, Queue, QueueMessage};
 use herald_shared::pg::Database;
 
 use crate::db::{Db, Server};
+use crate::queue::NoReceipts;
 use crate::report::Row;
 use crate::Settings;
 
@@ -73,22 +74,25 @@ async fn measure(db: &Db, n: i64, spread: Duration, mode: Mode) -> Result<Vec<f6
         match mode {
             Mode::LowLatency => {
                 let mut wakeups = database.listen("herald_inbox").await.map_err(|e| e.to_string())?;
-                let until = start + spread + Duration::from_secs(2);
+                let opts = DrainOptions {
+                    stop_at: Some(start + spread + Duration::from_secs(2)),
+                    ..opts.clone()
+                };
                 serve(
                     &store,
                     &queue,
+                    &NoReceipts,
                     &SystemClock,
                     &opts,
                     &mut wakeups,
                     Duration::from_secs(1),
-                    until,
                 )
                 .await
                 .map_err(|e| e.to_string())
             }
             Mode::Tick(period) => {
                 tokio::time::sleep_until((start + period).into()).await;
-                drain(&store, &queue, &SystemClock, &opts)
+                drain(&store, &queue, &NoReceipts, &SystemClock, &opts)
                     .await
                     .map_err(|e| e.to_string())
             }

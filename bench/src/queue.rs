@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 use herald_shared::clock::SystemClock;
 use herald_shared::deliver::{Deliverer, Outcome};
 use herald_shared::drain::{drain, DrainOptions};
-use herald_shared::model::{DueLogs, Email, EmailSender, Failure, LogId, Queue, QueueMessage, Sms, SmsSender};
+use herald_shared::model::{
+    DueLogs, Email, EmailSender, Failure, LogId, Queue, QueueMessage, ReceiptSink, ReceiptSource, Sms, SmsSender,
+};
 use herald_shared::pg::{Database, PgStore};
+use herald_shared::receipt::Receipt;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::db::{Db, Server};
@@ -36,18 +39,38 @@ impl SmsSender for NullSenders {
     }
 }
 
+/// No receipts queue: the benchmark's database does not go away.
+pub struct NoReceipts;
+
+impl ReceiptSink for NoReceipts {
+    async fn put(&self, _receipts: &[Receipt]) -> Result<(), Failure> {
+        Err(Failure::permanent("the benchmark keeps no receipts"))
+    }
+}
+
+impl ReceiptSource for NoReceipts {
+    async fn take(&self) -> Result<Vec<(String, String)>, Failure> {
+        Ok(Vec::new())
+    }
+    async fn delete(&self, _handles: &[String]) -> Result<(), Failure> {
+        Ok(())
+    }
+}
+
 /// The executor's core over `ledger`, sending through the null senders.
 fn null_deliverer<'a>(
     ledger: &'a PgStore,
     senders: &'a NullSenders,
-) -> Deliverer<'a, PgStore, NullSenders, NullSenders> {
+) -> Deliverer<'a, PgStore, NullSenders, NullSenders, NoReceipts> {
     Deliverer {
         ledger,
         email: senders,
         sms: senders,
+        receipts: &NoReceipts,
         clock: &SystemClock,
         default_from: "club@example.com",
         lease: Duration::from_secs(120),
+        ends_at: None,
     }
 }
 
@@ -124,7 +147,7 @@ pub async fn herald_drain(db: &Db, n: i64) -> Result<f64, String> {
         ..Default::default()
     };
     let start = Instant::now();
-    let summary = drain(&store, &ChannelQueue(None), &SystemClock, &opts)
+    let summary = drain(&store, &ChannelQueue(None), &NoReceipts, &SystemClock, &opts)
         .await
         .map_err(|e| e.to_string())?;
     let secs = start.elapsed().as_secs_f64();
@@ -260,7 +283,7 @@ pub async fn full_cycle(db: &Db, n: i64, batch: usize, workers: usize) -> Result
         claim_batch: CLAIM_BATCH,
         ..Default::default()
     };
-    let summary = drain(&store, &ChannelQueue(Some(tx)), &SystemClock, &opts)
+    let summary = drain(&store, &ChannelQueue(Some(tx)), &NoReceipts, &SystemClock, &opts)
         .await
         .map_err(|e| e.to_string())?;
     drop(store);

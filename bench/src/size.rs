@@ -73,6 +73,10 @@ async fn start_time(binary: &Path, database_url: &str) -> Result<f64, String> {
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("DATABASE_URL", database_url)
         .env("HERALD_QUEUE_URL", "http://127.0.0.1:9/000000000000/bench")
+        .env(
+            "HERALD_RECEIPTS_QUEUE_URL",
+            "http://127.0.0.1:9/000000000000/bench-receipts",
+        )
         .env("HERALD_FROM_ADDRESS", "bench@example.com")
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())

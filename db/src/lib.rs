@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_batch_reads.sql",
         sql: include_str!("../migrations/0005_batch_reads.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_receipts.sql",
+        sql: include_str!("../migrations/0006_receipts.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).

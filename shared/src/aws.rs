@@ -10,7 +10,10 @@ use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
 use aws_sdk_sns::types::MessageAttributeValue;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
-use crate::model::{Email, EmailSender, ErrorKind, Failure, LogId, Queue, QueueMessage, Sms, SmsSender};
+use crate::model::{
+    Email, EmailSender, ErrorKind, Failure, LogId, Queue, QueueMessage, ReceiptSink, ReceiptSource, Sms, SmsSender,
+};
+use crate::receipt::Receipt;
 
 /// The SDK configuration from the environment (region, credentials, and
 /// `AWS_ENDPOINT_URL` for emulators), with timeouts that fit inside a Lambda invocation.
@@ -216,6 +219,110 @@ impl Queue for SqsQueue {
             );
         }
         Ok(out.failed().iter().filter_map(|f| f.id().parse().ok()).collect())
+    }
+}
+
+/// The receipts queue: the executor sends to it, the scheduler receives from it.
+pub struct SqsReceipts {
+    client: aws_sdk_sqs::Client,
+    url: String,
+    /// How long a receive waits for a message (long polling asks every SQS server, so an
+    /// empty answer means the queue is empty, not that the servers asked had nothing).
+    wait: Duration,
+}
+
+impl SqsReceipts {
+    pub fn new(config: &SdkConfig, url: String) -> Self {
+        Self {
+            client: aws_sdk_sqs::Client::new(config),
+            url,
+            wait: Duration::from_secs(1),
+        }
+    }
+
+    /// Receives without waiting (short polling), for emulators and tests.
+    pub fn without_waiting(mut self) -> Self {
+        self.wait = Duration::ZERO;
+        self
+    }
+}
+
+impl ReceiptSink for SqsReceipts {
+    async fn put(&self, receipts: &[Receipt]) -> Result<(), Failure> {
+        for chunk in receipts.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(r.to_body())
+                        .build()
+                        .map_err(|e| Failure::permanent(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| classify(&e))?;
+            if let Some(f) = out.failed().first() {
+                return Err(Failure::transient(format!(
+                    "SQS rejected {} of {} receipts: {} {}",
+                    out.failed().len(),
+                    chunk.len(),
+                    f.code(),
+                    f.message().unwrap_or_default()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ReceiptSource for SqsReceipts {
+    async fn take(&self) -> Result<Vec<(String, String)>, Failure> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(self.wait.as_secs() as i32)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out
+            .messages()
+            .iter()
+            .filter_map(|m| Some((m.receipt_handle()?.to_owned(), m.body().unwrap_or_default().to_owned())))
+            .collect())
+    }
+
+    async fn delete(&self, handles: &[String]) -> Result<(), Failure> {
+        for chunk in handles.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(h)
+                        .build()
+                        .map_err(|e| Failure::permanent(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            self.client
+                .delete_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| classify(&e))?;
+        }
+        Ok(())
     }
 }
 

@@ -1,19 +1,23 @@
 //! The executor's core: one queue batch in, one attempt per log out, with the ledger written
 //! in a few round trips for the whole batch: claim and load; record each channel's sends
 //! before calling the provider (together with the previous channel's answers); record the
-//! last answers with the attempts' results.
+//! last answers with the attempts' results. A write-back that fails (the database went
+//! away) is retried on a fresh connection while the lease and the invocation allow, and then
+//! goes to the receipts queue, so that no provider's answer is lost.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::stream::{self, StreamExt};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::clock::Clock;
 use crate::model::{
     Channel, ContextError, DeliveryEnd, DeliveryStart, Email, EmailSender, ErrorKind, Failure, Lease, Ledger,
-    LoadedLog, LogId, LogResult, QueueMessage, Sms, SmsSender, Started, WriteBack,
+    LoadedLog, LogId, LogResult, QueueMessage, ReceiptSink, Sms, SmsSender, Started, StoreError, WriteBack,
+    WrittenBack,
 };
+use crate::receipt::{next_try, receipts_of};
 use crate::recipient::{check_email, check_phone, mask_email, mask_phone, redact};
 use crate::render::{render, variables};
 
@@ -32,6 +36,10 @@ pub enum Outcome {
     Skipped(String),
     /// The ledger could not be written: the message goes back to the queue.
     StoreFailed(String),
+    /// The ledger could not be written in time, but what the providers answered is safe on
+    /// the receipts queue; the scheduler applies it, and rescues the log if it has more
+    /// to send. The message is done.
+    Deferred(String),
     /// The message itself is unusable (malformed, or names no log): it goes back to the
     /// queue, and after the redrive count to the dead-letter queue.
     Rejected(String),
@@ -103,16 +111,24 @@ pub fn plan_sends(log: &LoadedLog, context: &serde_json::Value, default_from: &s
     Ok(sends)
 }
 
+/// How long before the end of the lease or of the invocation a failing write-back stops
+/// being retried, to leave time for sending its receipts.
+pub const RECEIPT_MARGIN: Duration = Duration::from_secs(6);
+
 /// Everything one batch needs, borrowed from the function's state.
-pub struct Deliverer<'a, L, E, S> {
+pub struct Deliverer<'a, L, E, S, R> {
     pub ledger: &'a L,
     pub email: &'a E,
     pub sms: &'a S,
+    /// Where write-backs go that could not be made in time.
+    pub receipts: &'a R,
     pub clock: &'a dyn Clock,
     /// Sender address for automations that set none.
     pub default_from: &'a str,
     /// How long a claimed log is ours before the scheduler may rescue it.
     pub lease: Duration,
+    /// When the invocation ends, by `clock` (none: only the lease bounds the retries).
+    pub ends_at: Option<SystemTime>,
 }
 
 /// A claimed log on its way through the batch.
@@ -122,7 +138,7 @@ struct InFlight {
     sends: std::vec::IntoIter<Send>,
 }
 
-impl<L: Ledger, E: EmailSender, S: SmsSender> Deliverer<'_, L, E, S> {
+impl<L: Ledger, E: EmailSender, S: SmsSender, R: ReceiptSink> Deliverer<'_, L, E, S, R> {
     /// Handles one message body.
     pub async fn handle(&self, body: &str) -> Outcome {
         let mut out = self.handle_batch(vec![(String::new(), body.to_owned())], 1).await;
@@ -155,7 +171,13 @@ impl<L: Ledger, E: EmailSender, S: SmsSender> Deliverer<'_, L, E, S> {
     async fn run(&self, valid: &[(usize, QueueMessage)], outcomes: &mut [Option<Outcome>], concurrency: usize) {
         let msgs: Vec<QueueMessage> = valid.iter().map(|(_, m)| *m).collect();
         let now = self.clock.now();
-        let started = match self.ledger.start(&msgs, now, now + self.lease).await {
+        let lease_until = now + self.lease;
+        let give_up_at = self
+            .ends_at
+            .map_or(lease_until, |end| end.min(lease_until))
+            .checked_sub(RECEIPT_MARGIN)
+            .unwrap_or(now);
+        let started = match self.ledger.start(&msgs, now, lease_until).await {
             Ok(s) => s,
             Err(e) => {
                 for (i, _) in valid {
@@ -235,10 +257,12 @@ impl<L: Ledger, E: EmailSender, S: SmsSender> Deliverer<'_, L, E, S> {
             if wb.is_empty() {
                 break;
             }
-            let written = match self.ledger.write_back(&wb, self.clock.now()).await {
+            let written = match self.write_back(&wb, give_up_at).await {
                 Ok(w) => w,
-                Err(e) => {
-                    // Every log of this write-back stays running until its lease expires.
+                Err((e, at)) => {
+                    // Every log of this write-back stays running until its lease expires;
+                    // the sends it was about to start are not made.
+                    let outcome = self.keep(&wb, at, &e).await;
                     let ids = wb
                         .finished
                         .iter()
@@ -246,7 +270,7 @@ impl<L: Ledger, E: EmailSender, S: SmsSender> Deliverer<'_, L, E, S> {
                         .chain(wb.started.iter().map(|d| d.lease.log_id))
                         .chain(wb.results.iter().map(|(l, _)| l.log_id));
                     for id in ids {
-                        outcomes[index_of[&id]] = Some(Outcome::StoreFailed(e.to_string()));
+                        outcomes[index_of[&id]] = Some(outcome.clone());
                     }
                     break;
                 }
@@ -308,6 +332,49 @@ impl<L: Ledger, E: EmailSender, S: SmsSender> Deliverer<'_, L, E, S> {
                     }
                 }
                 wb.finished.push(DeliveryEnd { lease, channel, result });
+            }
+        }
+    }
+
+    /// Writes back, retrying on a fresh connection with backoff until `give_up_at`; every
+    /// try records the same time, so that a try whose commit landed but whose answer was
+    /// lost is recognized by the next. On failure, returns the last error and that time.
+    async fn write_back(
+        &self,
+        wb: &WriteBack,
+        give_up_at: SystemTime,
+    ) -> Result<WrittenBack, (StoreError, SystemTime)> {
+        let at = self.clock.now();
+        let mut failures = 0;
+        loop {
+            let e = match self.ledger.write_back(wb, at).await {
+                Ok(w) => return Ok(w),
+                Err(e) => e,
+            };
+            failures += 1;
+            let Some(wait) = next_try(failures, self.clock.now(), give_up_at) else {
+                return Err((e, at));
+            };
+            warn!(error = %e, failures, wait_ms = wait.as_millis() as u64, "write-back failed; retrying");
+            self.clock.sleep(wait).await;
+        }
+    }
+
+    /// A write-back that could not be made: its answers and results go to the receipts
+    /// queue. What became of its logs' messages.
+    async fn keep(&self, wb: &WriteBack, at: SystemTime, e: &StoreError) -> Outcome {
+        let receipts = receipts_of(wb, at);
+        if receipts.is_empty() {
+            return Outcome::StoreFailed(e.to_string());
+        }
+        match self.receipts.put(&receipts).await {
+            Ok(()) => {
+                warn!(error = %e, receipts = receipts.len(), "ledger unreachable; outcomes kept as receipts");
+                Outcome::Deferred(format!("{e}; outcome kept on the receipts queue"))
+            }
+            Err(f) => {
+                error!(error = %e, receipts_error = %f, "ledger unreachable and receipts not kept");
+                Outcome::StoreFailed(format!("{e}; receipts not kept either: {f}"))
             }
         }
     }

@@ -8,13 +8,22 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::clock::Clock;
-use crate::model::{DueLogs, LogId, Queue, QueueMessage, Rescued, StoreError, Wakeups};
+use crate::model::{DueLogs, LogId, Queue, QueueMessage, ReceiptSource, Rescued, StoreError, Wakeups};
+use crate::receipt::Receipt;
 
 /// SQS takes at most this many messages per SendMessageBatch.
 pub const QUEUE_BATCH: usize = 10;
 
 /// Events moved from the inbox to the ledger per transaction.
 pub const INGEST_BATCH: i32 = 10_000;
+
+/// Receipts applied per run at most (10 per receive); the rest wait for the next run, and
+/// the rescue with them.
+pub const MAX_RECEIPT_RECEIVES: usize = 100;
+
+/// In low-latency mode, how often receipts are applied and leases rescued (the drains in
+/// between only claim).
+pub const RECOVER_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct DrainOptions {
@@ -26,6 +35,8 @@ pub struct DrainOptions {
     pub stop_at: Option<Instant>,
     /// How long a queued log waits for its message before it is re-queued.
     pub queue_lease: Duration,
+    /// Apply receipts and rescue expired leases before claiming.
+    pub recover: bool,
 }
 
 impl Default for DrainOptions {
@@ -35,6 +46,7 @@ impl Default for DrainOptions {
             max_in_flight: 4,
             stop_at: None,
             queue_lease: Duration::from_secs(900),
+            recover: true,
         }
     }
 }
@@ -44,6 +56,12 @@ impl Default for DrainOptions {
 pub struct DrainSummary {
     /// Captured events moved from the inbox to the ledger before claiming.
     pub ingested: u64,
+    /// Receipts taken from the receipts queue, and how many of them were applied (the rest
+    /// came too late: their lease was no longer the log's). Malformed ones are left for the
+    /// dead-letter queue.
+    pub receipts: u64,
+    pub receipts_applied: u64,
+    pub receipts_malformed: u64,
     /// Expired leases rescued before claiming.
     pub rescued: Rescued,
     /// Logs moved from pending to queued.
@@ -57,9 +75,10 @@ pub struct DrainSummary {
     pub stopped_by: &'static str,
 }
 
-pub async fn drain<D: DueLogs, Q: Queue>(
+pub async fn drain<D: DueLogs, Q: Queue, R: ReceiptSource>(
     store: &D,
     queue: &Q,
+    receipts: &R,
     clock: &dyn Clock,
     opts: &DrainOptions,
 ) -> Result<DrainSummary, StoreError> {
@@ -76,7 +95,13 @@ pub async fn drain<D: DueLogs, Q: Queue>(
             break;
         }
     }
-    summary.rescued = store.rescue(clock.now()).await?;
+    if opts.recover {
+        // Receipts first: a lease whose executor kept its outcome as a receipt is settled
+        // by the receipt, not rescued as if the executor had vanished.
+        if apply_receipts(store, receipts, clock, &mut summary).await? {
+            summary.rescued = store.rescue(clock.now()).await?;
+        }
+    }
     for round in 0.. {
         // The first round always runs: a deadline that seems past (clock skew, an
         // emulator's idea of time) must not starve the queue.
@@ -105,29 +130,81 @@ pub async fn drain<D: DueLogs, Q: Queue>(
     Ok(summary)
 }
 
+/// Applies every waiting receipt; returns whether the queue was read to its end (only then
+/// may leases be rescued).
+async fn apply_receipts<D: DueLogs, R: ReceiptSource>(
+    store: &D,
+    receipts: &R,
+    clock: &dyn Clock,
+    summary: &mut DrainSummary,
+) -> Result<bool, StoreError> {
+    for _ in 0..MAX_RECEIPT_RECEIVES {
+        let taken = match receipts.take().await {
+            Ok(t) if t.is_empty() => return Ok(true),
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "receipts queue unreadable; no lease is rescued this run");
+                return Ok(false);
+            }
+        };
+        let mut parsed = Vec::new();
+        let mut handles = Vec::new();
+        for (handle, body) in taken {
+            match Receipt::parse(&body) {
+                Ok(r) => {
+                    parsed.push(r);
+                    handles.push(handle);
+                }
+                Err(e) => {
+                    warn!(error = %e, "receipt left for the dead-letter queue");
+                    summary.receipts_malformed += 1;
+                }
+            }
+        }
+        if !parsed.is_empty() {
+            summary.receipts_applied += store.apply_receipts(&parsed, clock.now()).await?;
+            summary.receipts += parsed.len() as u64;
+        }
+        // Applying a receipt again changes nothing, so a failed delete only costs a repeat.
+        if let Err(e) = receipts.delete(&handles).await {
+            warn!(error = %e, "receipts applied but not deleted; they will be applied again");
+        }
+    }
+    Ok(false)
+}
+
 /// Low-latency mode: drains, then waits to be woken (or for `poll` at most) and drains
-/// again, until `until`. Returns the sum of the drains.
-pub async fn serve<D: DueLogs, Q: Queue, W: Wakeups>(
+/// again, until `opts.stop_at` (without one, it drains once). Receipts and rescues run on
+/// the first drain and every [`RECOVER_EVERY`] after. Returns the sum of the drains.
+pub async fn serve<D: DueLogs, Q: Queue, R: ReceiptSource, W: Wakeups>(
     store: &D,
     queue: &Q,
+    receipts: &R,
     clock: &dyn Clock,
     opts: &DrainOptions,
     wakeups: &mut W,
     poll: Duration,
-    until: Instant,
 ) -> Result<DrainSummary, StoreError> {
-    let started = Instant::now();
-    let opts = DrainOptions {
-        stop_at: Some(until),
-        ..opts.clone()
+    let Some(until) = opts.stop_at else {
+        return drain(store, queue, receipts, clock, opts).await;
     };
+    let started = Instant::now();
+    let mut opts = opts.clone();
     let mut total = DrainSummary {
         stopped_by: "deadline",
         ..Default::default()
     };
+    let mut recovered_at: Option<Instant> = None;
     loop {
-        let s = drain(store, queue, clock, &opts).await?;
+        opts.recover = recovered_at.is_none_or(|t| t.elapsed() >= RECOVER_EVERY);
+        if opts.recover {
+            recovered_at = Some(Instant::now());
+        }
+        let s = drain(store, queue, receipts, clock, &opts).await?;
         total.ingested += s.ingested;
+        total.receipts += s.receipts;
+        total.receipts_applied += s.receipts_applied;
+        total.receipts_malformed += s.receipts_malformed;
         total.rescued.requeued += s.rescued.requeued;
         total.rescued.retried += s.rescued.retried;
         total.rescued.dead += s.rescued.dead;
@@ -194,6 +271,8 @@ mod tests {
     struct FakeStore {
         pending: Mutex<Vec<LogId>>,
         released: Mutex<Vec<LogId>>,
+        /// `receipts <log ids>` and `rescue`, in the order they were called.
+        calls: Mutex<Vec<String>>,
     }
 
     impl FakeStore {
@@ -201,6 +280,7 @@ mod tests {
             Self {
                 pending: Mutex::new((1..=n).collect()),
                 released: Mutex::new(Vec::new()),
+                calls: Mutex::new(Vec::new()),
             }
         }
     }
@@ -210,7 +290,14 @@ mod tests {
             Ok(0)
         }
         async fn rescue(&self, _now: SystemTime) -> Result<Rescued, StoreError> {
+            self.calls.lock().unwrap().push("rescue".into());
             Ok(Rescued::default())
+        }
+        async fn apply_receipts(&self, receipts: &[Receipt], _now: SystemTime) -> Result<u64, StoreError> {
+            let ids: Vec<String> = receipts.iter().map(|r| r.log_id.to_string()).collect();
+            self.calls.lock().unwrap().push(format!("receipts {}", ids.join(",")));
+            // Odd log ids still hold their lease; even ones were taken over.
+            Ok(receipts.iter().filter(|r| r.log_id % 2 == 1).count() as u64)
         }
         async fn claim_due(
             &self,
@@ -231,6 +318,104 @@ mod tests {
             self.released.lock().unwrap().extend_from_slice(ids);
             Ok(ids.len() as u64)
         }
+    }
+
+    /// A receipts queue holding these bodies, handed out `per_take` at a time; or, when
+    /// `unreadable`, failing every receive.
+    struct FakeReceipts {
+        waiting: Mutex<Vec<String>>,
+        per_take: usize,
+        unreadable: bool,
+        deleted: Mutex<Vec<String>>,
+    }
+
+    impl FakeReceipts {
+        fn none() -> Self {
+            Self::with(vec![], 10)
+        }
+
+        fn with(bodies: Vec<String>, per_take: usize) -> Self {
+            Self {
+                waiting: Mutex::new(bodies),
+                per_take,
+                unreadable: false,
+                deleted: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl ReceiptSource for FakeReceipts {
+        async fn take(&self) -> Result<Vec<(String, String)>, Failure> {
+            if self.unreadable {
+                return Err(Failure::transient("AccessDenied"));
+            }
+            let mut w = self.waiting.lock().unwrap();
+            let n = self.per_take.min(w.len());
+            Ok(w.drain(..n).map(|b| (format!("handle-{b}"), b)).collect())
+        }
+        async fn delete(&self, handles: &[String]) -> Result<(), Failure> {
+            self.deleted.lock().unwrap().extend_from_slice(handles);
+            Ok(())
+        }
+    }
+
+    fn receipt_body(log_id: LogId) -> String {
+        format!(
+            r#"{{"log_id":{log_id},"lease":7,"attempt":1,"at_us":1,"deliveries":[],"result":{{"outcome":"sent","error":null,"kind":null,"code":null}}}}"#
+        )
+    }
+
+    #[tokio::test]
+    async fn receipts_are_applied_before_leases_are_rescued_and_malformed_ones_stay_queued() {
+        // GIVEN five receipts waiting, one of them malformed, handed out two at a time
+        let store = FakeStore::with(0);
+        let bodies = vec![
+            receipt_body(1),
+            receipt_body(2),
+            "{nonsense".into(),
+            receipt_body(3),
+            receipt_body(4),
+        ];
+        let receipts = FakeReceipts::with(bodies, 2);
+        // WHEN drained
+        let s = drain(
+            &store,
+            &FakeQueue::new(i64::MAX, None),
+            &receipts,
+            &SystemClock,
+            &DrainOptions::default(),
+        )
+        .await
+        .unwrap();
+        // THEN every good receipt was applied (or found stale) before the rescue, and deleted
+        assert_eq!(
+            store.calls.lock().unwrap().clone(),
+            vec!["receipts 1,2", "receipts 3", "receipts 4", "rescue"]
+        );
+        assert_eq!((s.receipts, s.receipts_applied, s.receipts_malformed), (4, 2, 1));
+        let deleted = receipts.deleted.lock().unwrap().clone();
+        assert_eq!(deleted.len(), 4);
+        assert!(!deleted.iter().any(|h| h.contains("nonsense")));
+    }
+
+    #[tokio::test]
+    async fn no_lease_is_rescued_while_receipts_cannot_be_read_but_claims_go_on() {
+        let store = FakeStore::with(3);
+        let receipts = FakeReceipts {
+            unreadable: true,
+            ..FakeReceipts::none()
+        };
+        let s = drain(
+            &store,
+            &FakeQueue::new(i64::MAX, None),
+            &receipts,
+            &SystemClock,
+            &DrainOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert!(store.calls.lock().unwrap().is_empty());
+        assert_eq!(s.claimed, 3);
     }
 
     /// Rejects the entries whose id is divisible by `reject_every`, fails whole calls that
@@ -285,7 +470,9 @@ mod tests {
             ..Default::default()
         };
         // WHEN drained
-        let s = drain(&store, &queue, &SystemClock, &opts).await.unwrap();
+        let s = drain(&store, &queue, &FakeReceipts::none(), &SystemClock, &opts)
+            .await
+            .unwrap();
         // THEN all were claimed and sent, 10 at most per call, 3 calls at most at once
         assert_eq!((s.claimed, s.sent, s.failed, s.stopped_by), (253, 253, 0, "drained"));
         let sizes = queue.sizes.lock().unwrap().clone();
@@ -302,9 +489,15 @@ mod tests {
         let store = FakeStore::with(40);
         let queue = FakeQueue::new(7, Some(25));
         // WHEN drained
-        let s = drain(&store, &queue, &SystemClock, &DrainOptions::default())
-            .await
-            .unwrap();
+        let s = drain(
+            &store,
+            &queue,
+            &FakeReceipts::none(),
+            &SystemClock,
+            &DrainOptions::default(),
+        )
+        .await
+        .unwrap();
         // THEN those were released, the rest counted as sent
         let mut released = store.released.lock().unwrap().clone();
         released.sort();
@@ -323,7 +516,9 @@ mod tests {
             stop_at: Some(Instant::now()),
             ..Default::default()
         };
-        let s = drain(&store, &queue, &SystemClock, &opts).await.unwrap();
+        let s = drain(&store, &queue, &FakeReceipts::none(), &SystemClock, &opts)
+            .await
+            .unwrap();
         assert_eq!((s.claimed, s.stopped_by), (100, "deadline"));
         assert_eq!(store.pending.lock().unwrap().len(), 150);
     }
@@ -360,15 +555,18 @@ mod tests {
         };
         // WHEN served for a moment
         let until = Instant::now() + Duration::from_millis(50);
-        let opts = DrainOptions::default();
+        let opts = DrainOptions {
+            stop_at: Some(until),
+            ..Default::default()
+        };
         let s = serve(
             &store,
             &queue,
+            &FakeReceipts::none(),
             &SystemClock,
             &opts,
             &mut wakeups,
             Duration::from_secs(1),
-            until,
         )
         .await
         .unwrap();

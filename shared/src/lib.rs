@@ -1,6 +1,7 @@
 //! Herald's shared library.
 //!
-//! The core (`model`, `clock`, `recipient`, `render`, `deliver`, `drain`) knows no AWS or
+//! The core (`model`, `clock`, `recipient`, `render`, `deliver`, `drain`,
+//! `receipt`) knows no AWS or
 //! Postgres types: it works through the narrow traits in `model`. The adapters implement
 //! those traits: `pg` over tokio-postgres, `aws` over the AWS SDK. `config` reads the
 //! functions' environment.
@@ -12,5 +13,6 @@ pub mod deliver;
 pub mod drain;
 pub mod model;
 pub mod pg;
+pub mod receipt;
 pub mod recipient;
 pub mod render;

@@ -336,6 +336,26 @@ pub trait DueLogs: Sync {
     ) -> impl Future<Output = Result<Vec<QueueMessage>, StoreError>> + Send;
     /// Puts queued logs back to pending (their messages never reached the queue).
     fn release(&self, ids: &[LogId], now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Applies receipts (write-backs an executor could not make) while their leases hold,
+    /// and records every one; returns how many were applied.
+    fn apply_receipts(
+        &self,
+        receipts: &[crate::receipt::Receipt],
+        now: SystemTime,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// Where the executor leaves the write-backs it could not make (the receipts queue).
+pub trait ReceiptSink: Sync {
+    fn put(&self, receipts: &[crate::receipt::Receipt]) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// Where the scheduler finds them.
+pub trait ReceiptSource: Sync {
+    /// Up to 10 waiting messages, as (handle, body); none when the queue is empty.
+    fn take(&self) -> impl Future<Output = Result<Vec<(String, String)>, Failure>> + Send;
+    /// Removes messages that were dealt with.
+    fn delete(&self, handles: &[String]) -> impl Future<Output = Result<(), Failure>> + Send;
 }
 
 /// What wakes the scheduler between drains in low-latency mode: a notice that events were

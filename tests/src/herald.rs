@@ -8,7 +8,7 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use herald_executor::Executor;
 use herald_scheduler::Scheduler;
-use herald_shared::aws::{SesEmail, SnsSms, SqsQueue};
+use herald_shared::aws::{SesEmail, SnsSms, SqsQueue, SqsReceipts};
 use herald_shared::clock::{ManualClock, SystemClock};
 use herald_shared::drain::DrainSummary;
 use herald_shared::pg::Database;
@@ -20,6 +20,8 @@ pub struct Herald {
     pub db: TestDb,
     pub moto: Moto,
     pub queue_url: String,
+    /// The receipts queue both functions use.
+    pub receipts_url: String,
     /// This test's verified sender; its emails are the ones moto lists with this source.
     pub from: String,
     /// A number unique to this test, for recipients.
@@ -35,11 +37,13 @@ impl Herald {
         let db = TestDb::new().await;
         let moto = Moto::new().await;
         let queue_url = moto.create_queue(&format!("herald-{}-{tag}", db.name)).await;
+        let receipts_url = moto.create_queue(&format!("herald-receipts-{}-{tag}", db.name)).await;
         let from = format!("herald-{tag}@notify.example.com");
         moto.verify_sender(&from).await;
         let scheduler = Scheduler {
             db: Database::new(db.config()),
             queue: SqsQueue::new(&moto.sdk, queue_url.clone()),
+            receipts: SqsReceipts::new(&moto.sdk, receipts_url.clone()).without_waiting(),
             clock: Arc::new(SystemClock),
             settings: herald_scheduler::Settings {
                 claim_batch: 100,
@@ -54,6 +58,7 @@ impl Herald {
             db: Database::new(db.config()).index_scans_only(),
             email: SesEmail::new(&moto.sdk, None),
             sms: SnsSms::new(&moto.sdk, Some("Herald".into())),
+            receipts: SqsReceipts::new(&moto.sdk, receipts_url.clone()),
             clock: Arc::new(SystemClock),
             settings: herald_executor::Settings {
                 default_from: from.clone(),
@@ -65,6 +70,7 @@ impl Herald {
             db,
             moto,
             queue_url,
+            receipts_url,
             from,
             tag,
             scheduler,

@@ -16,6 +16,7 @@ fn the_function_binaries_answer_the_sample_events() {
     let env = [
         ("DATABASE_URL", h.db.url.clone()),
         ("HERALD_QUEUE_URL", h.queue_url.clone()),
+        ("HERALD_RECEIPTS_QUEUE_URL", h.receipts_url.clone()),
         ("HERALD_FROM_ADDRESS", h.from.clone()),
         ("AWS_ENDPOINT_URL", h.moto.url.clone()),
         ("AWS_REGION", "us-east-1".into()),

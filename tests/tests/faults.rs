@@ -383,6 +383,7 @@ fn the_executor_binary_killed_mid_batch_loses_nothing() {
     let watch = Watch::start(&[
         ("DATABASE_URL", h.db.url.clone()),
         ("HERALD_FROM_ADDRESS", h.from.clone()),
+        ("HERALD_RECEIPTS_QUEUE_URL", h.receipts_url.clone()),
         ("HERALD_EXECUTOR_CONCURRENCY", "2".into()),
         ("AWS_ENDPOINT_URL", proxy.url.clone()),
         ("AWS_REGION", "us-east-1".into()),

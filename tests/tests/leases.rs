@@ -295,6 +295,7 @@ async fn two_executors_racing_on_the_same_messages_send_each_log_once() {
         db: herald_shared::pg::Database::new(h.db.config()),
         email: herald_shared::aws::SesEmail::new(&h.moto.sdk, None),
         sms: SnsSms::new(&h.moto.sdk, None),
+        receipts: herald_shared::aws::SqsReceipts::new(&h.moto.sdk, h.receipts_url.clone()),
         clock: std::sync::Arc::new(herald_shared::clock::SystemClock),
         settings: h.executor.settings.clone(),
     };

@@ -229,6 +229,7 @@ async fn two_schedulers_at_once_never_claim_the_same_log() {
     let first = herald_scheduler::Scheduler {
         db: herald_shared::pg::Database::new(h.db.config()),
         queue: herald_shared::aws::SqsQueue::new(&h.moto.sdk, h.queue_url.clone()),
+        receipts: herald_shared::aws::SqsReceipts::new(&h.moto.sdk, h.receipts_url.clone()).without_waiting(),
         clock: std::sync::Arc::new(herald_shared::clock::SystemClock),
         settings: first_settings,
     };

@@ -1,9 +1,10 @@
 //! The executor function: for each SQS message, delivers one log and writes back.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use herald_shared::aws::{load_config, SesEmail, SnsSms};
+use herald_shared::aws::{load_config, SesEmail, SnsSms, SqsReceipts};
 use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
 use herald_shared::deliver::{Deliverer, Outcome};
@@ -17,6 +18,8 @@ pub struct Executor {
     pub db: Database,
     pub email: SesEmail,
     pub sms: SnsSms,
+    /// Where write-backs go that the database could not take in time.
+    pub receipts: SqsReceipts,
     pub clock: Arc<dyn Clock>,
     pub settings: Settings,
 }
@@ -50,6 +53,7 @@ impl Executor {
             db: config::database_handle(&aws).await?.index_scans_only(),
             email: SesEmail::new(&aws, config::var("HERALD_SES_CONFIGURATION_SET")),
             sms: SnsSms::new(&aws, config::var("HERALD_SMS_SENDER_ID")),
+            receipts: SqsReceipts::new(&aws, config::required("HERALD_RECEIPTS_QUEUE_URL")?),
             clock: Arc::new(SystemClock),
             settings: Settings::from_env()?,
         })
@@ -64,9 +68,11 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
         ledger: &store,
         email: &e.email,
         sms: &e.sms,
+        receipts: &e.receipts,
         clock: e.clock.as_ref(),
         default_from: &e.settings.default_from,
         lease: e.settings.lease,
+        ends_at: ends_at(event.context.deadline, e.clock.now()),
     };
     let messages = event
         .payload
@@ -84,6 +90,7 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
             Outcome::Skipped(why) => info!(message_id = %id, why = %redact(why), "skipped"),
             Outcome::Failed(why) => warn!(message_id = %id, why = %redact(why), "failed"),
             Outcome::Retrying { status, why } => warn!(message_id = %id, status, why = %redact(why), "will retry"),
+            Outcome::Deferred(why) => warn!(message_id = %id, why = %redact(why), "deferred to the receipts queue"),
             Outcome::StoreFailed(why) => error!(message_id = %id, why = %redact(why), "ledger unreachable"),
             Outcome::Rejected(why) => error!(message_id = %id, why = %redact(why), "rejected"),
         }
@@ -92,4 +99,13 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
         }
     }
     Ok(response)
+}
+
+/// The invocation's end (a Lambda deadline in milliseconds since the epoch; 0 when unknown)
+/// on the function's clock.
+fn ends_at(deadline_ms: u64, clock_now: SystemTime) -> Option<SystemTime> {
+    (deadline_ms > 0).then(|| {
+        let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
+        clock_now + deadline.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+    })
 }

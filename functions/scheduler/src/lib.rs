@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
-use herald_shared::aws::{load_config, SqsQueue};
+use herald_shared::aws::{load_config, SqsQueue, SqsReceipts};
 use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
 use herald_shared::drain::{deadline_instant, drain, serve, stop_before, DrainOptions, DrainSummary};
@@ -16,6 +16,8 @@ use tracing::info;
 pub struct Scheduler {
     pub db: Database,
     pub queue: SqsQueue,
+    /// Write-backs the executor could not make, applied before leases are rescued.
+    pub receipts: SqsReceipts,
     pub clock: Arc<dyn Clock>,
     pub settings: Settings,
 }
@@ -59,6 +61,7 @@ impl Scheduler {
         Ok(Self {
             db: config::database_handle(&aws).await?,
             queue: SqsQueue::new(&aws, config::required("HERALD_QUEUE_URL")?),
+            receipts: SqsReceipts::new(&aws, config::required("HERALD_RECEIPTS_QUEUE_URL")?),
             clock: Arc::new(SystemClock),
             settings: Settings::from_env()?,
         })
@@ -76,14 +79,24 @@ pub async fn handle(s: &Scheduler, event: LambdaEvent<EventBridgeEvent>) -> Resu
         max_in_flight: s.settings.send_concurrency,
         stop_at: deadline.map(|d| stop_before(d, s.settings.deadline_margin)),
         queue_lease: s.settings.queue_lease,
+        recover: true,
     };
     let store = s.db.store().await?;
     match options.stop_at {
-        Some(until) if s.settings.low_latency => {
+        Some(_) if s.settings.low_latency => {
             let mut wakeups = s.db.listen("herald_inbox").await?;
             let poll = s.settings.poll;
-            Ok(serve(&store, &s.queue, s.clock.as_ref(), &options, &mut wakeups, poll, until).await?)
+            Ok(serve(
+                &store,
+                &s.queue,
+                &s.receipts,
+                s.clock.as_ref(),
+                &options,
+                &mut wakeups,
+                poll,
+            )
+            .await?)
         }
-        _ => Ok(drain(&store, &s.queue, s.clock.as_ref(), &options).await?),
+        _ => Ok(drain(&store, &s.queue, &s.receipts, s.clock.as_ref(), &options).await?),
     }
 }

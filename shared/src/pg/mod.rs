@@ -15,6 +15,7 @@ use crate::model::{
     Channel, ContextError, Definition, DueLogs, EmailTemplates, EventInfo, Lease, Ledger, LoadedLog, LogId, LogResult,
     QueueMessage, Rescued, SmsTemplates, Started, StoreError, WriteBack, WrittenBack,
 };
+use crate::receipt::Receipt;
 
 mod sql {
     pub const CLAIM_DUE: &str = include_str!("../../sql/claim_due.sql");
@@ -23,16 +24,19 @@ mod sql {
     pub const INGEST: &str = include_str!("../../sql/ingest.sql");
     pub const START_BATCH: &str = include_str!("../../sql/start_batch.sql");
     pub const WRITE_BACK: &str = include_str!("../../sql/write_back.sql");
+    pub const APPLY_RECEIPTS: &str = include_str!("../../sql/apply_receipts.sql");
 }
 
 mod tls;
 pub use tls::{SslMode, Tls};
 
-/// One connection per container, opened lazily and re-opened when it was lost.
+/// One connection per container, opened lazily and re-opened when it was lost. Clones
+/// share the connection.
+#[derive(Clone)]
 pub struct Database {
     config: Config,
     tls: Option<MakeRustlsConnect>,
-    client: Mutex<Option<Arc<Conn>>>,
+    client: Arc<Mutex<Option<Arc<Conn>>>>,
     /// Run on every new connection before its first statement.
     session_setup: Option<&'static str>,
 }
@@ -41,7 +45,7 @@ pub struct Database {
 /// single round trip).
 pub struct Conn {
     client: Client,
-    statements: [OnceCell<Statement>; 6],
+    statements: [OnceCell<Statement>; 7],
     /// Set when a statement found the session ended (closed, or a FATAL error such as a
     /// terminated backend): the next caller opens a new connection instead of waiting for
     /// the client to notice.
@@ -57,6 +61,7 @@ enum Sql {
     Ingest,
     StartBatch,
     WriteBack,
+    ApplyReceipts,
 }
 
 impl Sql {
@@ -68,6 +73,7 @@ impl Sql {
             Sql::Ingest => sql::INGEST,
             Sql::StartBatch => sql::START_BATCH,
             Sql::WriteBack => sql::WRITE_BACK,
+            Sql::ApplyReceipts => sql::APPLY_RECEIPTS,
         }
     }
 }
@@ -124,7 +130,7 @@ impl Database {
         Self {
             config,
             tls: None,
-            client: Mutex::new(None),
+            client: Arc::new(Mutex::new(None)),
             session_setup: None,
         }
     }
@@ -140,7 +146,7 @@ impl Database {
         Ok(Self {
             config,
             tls: tls.connector()?,
-            client: Mutex::new(None),
+            client: Arc::new(Mutex::new(None)),
             session_setup: None,
         })
     }
@@ -240,11 +246,11 @@ impl Database {
         Ok(client)
     }
 
-    /// A store over the current connection.
+    /// A store over this database: each statement runs on the open connection, or on a
+    /// new one when it was lost. Connects now, so that an unreachable database fails here.
     pub async fn store(&self) -> Result<PgStore, StoreError> {
-        Ok(PgStore {
-            conn: self.client().await?,
-        })
+        self.client().await?;
+        Ok(PgStore { db: self.clone() })
     }
 }
 
@@ -267,31 +273,27 @@ fn quote_ident(name: &str) -> String {
 /// The Postgres implementation of the ledger traits.
 #[derive(Clone)]
 pub struct PgStore {
-    conn: Arc<Conn>,
+    db: Database,
 }
 
 impl DueLogs for PgStore {
     async fn ingest(&self, limit: i32) -> Result<u64, StoreError> {
         let context = "moving captured events to the ledger";
-        let stmt = self.conn.statement(Sql::Ingest, context).await?;
-        let r = self
-            .conn
+        let conn = self.db.client().await?;
+        let stmt = conn.statement(Sql::Ingest, context).await?;
+        let r = conn
             .client
             .query_one(stmt, &[&limit])
             .await
-            .map_err(self.conn.fail(context))?;
+            .map_err(conn.fail(context))?;
         Ok(r.get::<_, i32>(0) as u64)
     }
 
     async fn rescue(&self, now: SystemTime) -> Result<Rescued, StoreError> {
         let context = "rescuing expired leases";
-        let stmt = self.conn.statement(Sql::Rescue, context).await?;
-        let r = self
-            .conn
-            .client
-            .query_one(stmt, &[&now])
-            .await
-            .map_err(self.conn.fail(context))?;
+        let conn = self.db.client().await?;
+        let stmt = conn.statement(Sql::Rescue, context).await?;
+        let r = conn.client.query_one(stmt, &[&now]).await.map_err(conn.fail(context))?;
         let n = |i: usize| r.get::<_, i32>(i) as u64;
         Ok(Rescued {
             requeued: n(0),
@@ -308,13 +310,13 @@ impl DueLogs for PgStore {
         lease_until: SystemTime,
     ) -> Result<Vec<QueueMessage>, StoreError> {
         let context = "claiming due logs";
-        let stmt = self.conn.statement(Sql::ClaimDue, context).await?;
-        let rows = self
-            .conn
+        let conn = self.db.client().await?;
+        let stmt = conn.statement(Sql::ClaimDue, context).await?;
+        let rows = conn
             .client
             .query(stmt, &[&now, &limit, &lease_until])
             .await
-            .map_err(self.conn.fail(context))?;
+            .map_err(conn.fail(context))?;
         Ok(rows
             .iter()
             .map(|r| QueueMessage {
@@ -326,12 +328,25 @@ impl DueLogs for PgStore {
 
     async fn release(&self, ids: &[LogId], now: SystemTime) -> Result<u64, StoreError> {
         let context = "releasing logs";
-        let stmt = self.conn.statement(Sql::Release, context).await?;
-        self.conn
-            .client
+        let conn = self.db.client().await?;
+        let stmt = conn.statement(Sql::Release, context).await?;
+        conn.client
             .execute(stmt, &[&ids, &now])
             .await
-            .map_err(self.conn.fail(context))
+            .map_err(conn.fail(context))
+    }
+
+    async fn apply_receipts(&self, receipts: &[Receipt], now: SystemTime) -> Result<u64, StoreError> {
+        let context = "applying receipts";
+        let conn = self.db.client().await?;
+        let stmt = conn.statement(Sql::ApplyReceipts, context).await?;
+        let body = serde_json::to_value(receipts).map_err(|e| StoreError::new(context, e))?;
+        let r = conn
+            .client
+            .query_one(stmt, &[&body, &now])
+            .await
+            .map_err(conn.fail(context))?;
+        Ok(r.get::<_, i64>(0) as u64)
     }
 }
 
@@ -343,15 +358,15 @@ impl Ledger for PgStore {
         lease_until: SystemTime,
     ) -> Result<Vec<Started>, StoreError> {
         let context = "claiming a batch";
-        let stmt = self.conn.statement(Sql::StartBatch, context).await?;
+        let conn = self.db.client().await?;
+        let stmt = conn.statement(Sql::StartBatch, context).await?;
         let ids: Vec<LogId> = messages.iter().map(|m| m.log_id).collect();
         let leases: Vec<i64> = messages.iter().map(|m| m.lease).collect();
-        let rows = self
-            .conn
+        let rows = conn
             .client
             .query(stmt, &[&ids, &leases, &now, &lease_until])
             .await
-            .map_err(self.conn.fail(context))?;
+            .map_err(conn.fail(context))?;
         Ok(messages
             .iter()
             .zip(rows.iter())
@@ -361,7 +376,8 @@ impl Ledger for PgStore {
 
     async fn write_back(&self, batch: &WriteBack, now: SystemTime) -> Result<WrittenBack, StoreError> {
         let context = "writing back a batch";
-        let stmt = self.conn.statement(Sql::WriteBack, context).await?;
+        let conn = self.db.client().await?;
+        let stmt = conn.statement(Sql::WriteBack, context).await?;
         let f = &batch.finished;
         let (f_ids, f_leases, f_channels) = columns(f.iter().map(|d| (&d.lease, d.channel)));
         let f_status: Vec<&str> = f
@@ -398,8 +414,7 @@ impl Ledger for PgStore {
             .iter()
             .map(|f| f.as_ref().and_then(|f| f.code.as_deref()))
             .collect();
-        let rows = self
-            .conn
+        let rows = conn
             .client
             .query(
                 stmt,
@@ -424,7 +439,7 @@ impl Ledger for PgStore {
                 ],
             )
             .await
-            .map_err(self.conn.fail(context))?;
+            .map_err(conn.fail(context))?;
         let mut out = WrittenBack {
             finished: vec![false; f.len()],
             started: vec![false; s.len()],
