@@ -212,6 +212,7 @@ pub fn failed_ids(response: &aws_lambda_events::sqs::SqsBatchResponse) -> Vec<St
 }
 
 mod emulator;
+pub mod fault;
 mod herald;
 mod proxy;
 pub use emulator::Watch;

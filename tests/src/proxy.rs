@@ -1,5 +1,6 @@
-//! A TCP proxy in front of a server (moto), for fault tests: it can delay every chunk the
-//! client sends, or be down (refusing new connections and cutting open ones).
+//! A TCP proxy in front of a server (moto, Postgres), for fault tests: it can delay every
+//! chunk the client sends, be down (refusing new connections and cutting open ones), or
+//! lose one Postgres reply after its statement committed.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,6 +12,9 @@ use tokio::sync::watch;
 
 struct State {
     up: AtomicBool,
+    /// The next Postgres reply is swallowed up to its ReadyForQuery, then the proxy goes
+    /// down: the statement committed, the client never hears.
+    lose_reply: AtomicBool,
     delay_ms: AtomicU64,
     /// Bumped when the proxy goes down, to cut the open connections.
     cut: watch::Sender<u64>,
@@ -31,6 +35,7 @@ impl Proxy {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(State {
             up: AtomicBool::new(true),
+            lose_reply: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
             cut: watch::channel(0).0,
         });
@@ -53,6 +58,17 @@ impl Proxy {
         if !up {
             self.state.cut.send_modify(|n| *n += 1);
         }
+    }
+
+    /// Postgres only: the next reply to come back is swallowed until the server says it is
+    /// ready for the next query (so the statement's transaction is over), and then the
+    /// proxy goes down, cutting every connection, until `set_up(true)`.
+    pub fn lose_next_reply(&self) {
+        self.state.lose_reply.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state.up.load(Ordering::SeqCst)
     }
 
     /// Holds every chunk the client sends for this long before passing it on.
@@ -92,7 +108,31 @@ async fn serve(client: TcpStream, target: String, state: Arc<State>) {
         let _ = sw.shutdown().await;
     };
     let downstream = async {
-        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        let mut buf = vec![0u8; 64 * 1024];
+        // While a reply is being lost: what was swallowed so far, to find its end in.
+        let mut swallowed: Option<Vec<u8>> = None;
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if swallowed.is_none() && state.lose_reply.swap(false, Ordering::SeqCst) {
+                swallowed = Some(Vec::new());
+            }
+            if let Some(s) = swallowed.as_mut() {
+                s.extend_from_slice(&buf[..n]);
+                // ReadyForQuery, idle: 'Z', length 5, 'I'.
+                if s.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+                    state.up.store(false, Ordering::SeqCst);
+                    state.cut.send_modify(|n| *n += 1);
+                    break;
+                }
+                continue;
+            }
+            if cw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
         let _ = cw.shutdown().await;
     };
     tokio::select! {

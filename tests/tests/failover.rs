@@ -1,0 +1,505 @@
+//! Database failovers in the middle of a send: Postgres goes away (a proxy in front of it is
+//! cut) right after a provider answered, for a moment or for longer than the executor may
+//! wait. Each run compares the ledger with what moto received (`--nocapture` prints the
+//! fault table).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use herald_shared::aws::{SesEmail, SnsSms, SqsQueue};
+use herald_shared::clock::{Clock, ManualClock, Sleep};
+use herald_shared::deliver::{Deliverer, Outcome};
+use herald_shared::drain::{drain, DrainOptions};
+use herald_shared::model::{
+    Channel, DueLogs, Email, EmailSender, Failure, LogId, Queue, QueueMessage, Rescued, Sms, SmsSender, StoreError,
+};
+use herald_shared::pg::{Database, PgStore};
+use herald_shared::receipt::Receipt;
+use herald_tests::fault::{figures, report, settle, tasks_sql, Figures};
+use herald_tests::{Herald, Proxy};
+
+/// How the database goes away after a provider's answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Down at once (connections cut, new ones refused).
+    Down,
+    /// The next statement commits, its reply is lost, then down.
+    AfterCommit,
+}
+
+/// The test's clock: the functions' manual clock, which also brings the database back
+/// once its outage has lasted long enough (a retry's backoff is what moves it).
+struct OutageClock {
+    manual: Arc<ManualClock>,
+    proxy: Arc<Proxy>,
+    back_at: Mutex<Option<SystemTime>>,
+}
+
+impl Clock for OutageClock {
+    fn now(&self) -> SystemTime {
+        self.manual.now()
+    }
+
+    fn sleep(&self, d: Duration) -> Sleep<'_> {
+        self.manual.advance(d);
+        let mut back_at = self.back_at.lock().unwrap();
+        if back_at.is_some_and(|t| self.manual.now() >= t) {
+            *back_at = None;
+            self.proxy.set_up(true);
+        }
+        Box::pin(tokio::task::yield_now())
+    }
+}
+
+/// moto's SES and SNS, cutting the database as the first answer of each channel in
+/// `cut_on` comes back; it stays away for `outage` of clock time (for ever: `None`).
+struct CuttingSenders {
+    email: SesEmail,
+    sms: SnsSms,
+    clock: Arc<OutageClock>,
+    cut: Cut,
+    cut_on: Vec<Channel>,
+    outage: Option<Duration>,
+    done: [AtomicBool; 2],
+}
+
+impl CuttingSenders {
+    fn answered(&self, channel: Channel) {
+        let i = channel as usize;
+        if !self.cut_on.contains(&channel) || self.done[i].swap(true, Ordering::SeqCst) {
+            return;
+        }
+        *self.clock.back_at.lock().unwrap() = self.outage.map(|d| self.clock.now() + d);
+        match self.cut {
+            Cut::Down => self.clock.proxy.set_up(false),
+            Cut::AfterCommit => self.clock.proxy.lose_next_reply(),
+        }
+    }
+}
+
+impl EmailSender for CuttingSenders {
+    async fn send_email(&self, email: &Email) -> Result<String, Failure> {
+        let r = self.email.send_email(email).await;
+        self.answered(Channel::Email);
+        r
+    }
+}
+
+impl SmsSender for CuttingSenders {
+    async fn send_sms(&self, sms: &Sms) -> Result<String, Failure> {
+        let r = self.sms.send_sms(sms).await;
+        self.answered(Channel::Sms);
+        r
+    }
+}
+
+/// Ten tasks gone to `go` (due logs); returns the harness, its manual clock and a proxy in
+/// front of its database.
+async fn ten_due() -> (Herald, Arc<ManualClock>, Arc<Proxy>) {
+    let mut h = Herald::new().await;
+    h.db.exec(&tasks_sql(h.tag, 10).await).await;
+    h.db.exec("UPDATE tasks SET status = 'go'").await;
+    let clock = h.manual_clock();
+    let cfg = h.db.config();
+    let host = match &cfg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        other => panic!("the test database is not on TCP: {other:?}"),
+    };
+    let port = cfg.get_ports()[0];
+    let proxy = Arc::new(Proxy::start(&format!("{host}:{port}")).await);
+    (h, clock, proxy)
+}
+
+/// The same, queued by the scheduler.
+async fn ten_queued() -> (Herald, Arc<ManualClock>, Arc<Proxy>) {
+    let (h, clock, proxy) = ten_due().await;
+    assert_eq!(h.tick().await.sent, 10);
+    (h, clock, proxy)
+}
+
+/// The test database, reached through the proxy.
+fn via(h: &Herald, proxy: &Proxy) -> Database {
+    let port = proxy.url.rsplit(':').next().unwrap();
+    let url =
+        h.db.url
+            .replace(&format!(":{}/", h.db.config().get_ports()[0]), &format!(":{port}/"));
+    Database::new(url.parse().unwrap())
+}
+
+/// One SQS batch of the ten through the executor's core, its database behind the proxy,
+/// cutting as told, within a 30 s invocation. Returns each message's outcome.
+async fn execute_with_outage(
+    h: &Herald,
+    manual: &Arc<ManualClock>,
+    proxy: &Arc<Proxy>,
+    cut: Cut,
+    cut_on: Vec<Channel>,
+    outage: Option<Duration>,
+) -> Vec<Outcome> {
+    let store = via(h, proxy).index_scans_only().store().await.unwrap();
+    let clock = Arc::new(OutageClock {
+        manual: manual.clone(),
+        proxy: proxy.clone(),
+        back_at: Mutex::new(None),
+    });
+    let senders = CuttingSenders {
+        email: SesEmail::new(&h.moto.sdk, None),
+        sms: SnsSms::new(&h.moto.sdk, Some("Herald".into())),
+        clock: clock.clone(),
+        cut,
+        cut_on,
+        outage,
+        done: Default::default(),
+    };
+    let deliverer = Deliverer {
+        ledger: &store,
+        email: &senders,
+        sms: &senders,
+        receipts: &h.executor.receipts,
+        clock: clock.as_ref(),
+        default_from: &h.from,
+        lease: Duration::from_secs(120),
+        ends_at: Some(clock.now() + Duration::from_secs(30)),
+    };
+    let event = h.moto.receive(&h.queue_url, 10).await;
+    assert_eq!(event.records.len(), 10);
+    let messages = event
+        .records
+        .iter()
+        .map(|r| (r.message_id.clone().unwrap(), r.body.clone().unwrap()))
+        .collect();
+    let outcomes = deliverer.handle_batch(messages, 4).await;
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, o)| o.is_batch_failure())
+        .map(|(id, _)| id.clone())
+        .collect();
+    h.moto.delete_done(&h.queue_url, &event, &failed).await;
+    proxy.set_up(true);
+    outcomes.into_iter().map(|(_, o)| o).collect()
+}
+
+/// Every delivery the ledger calls sent carries a provider message id.
+async fn sent_deliveries_with_ids(h: &Herald) -> i64 {
+    h.db.scalar("SELECT count(*) FROM automation_deliveries WHERE status = 'sent' AND provider_message_id IS NOT NULL")
+        .await
+}
+
+fn all_sent(n: usize) -> Figures {
+    Figures {
+        logs: n,
+        sent: n,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_gone_for_two_seconds_after_the_providers_answered_loses_no_outcome() {
+    // GIVEN ten queued logs (email and SMS each)
+    let (h, clock, proxy) = ten_queued().await;
+    let t0 = clock.now();
+
+    // WHEN Postgres goes away for 2 s right after the first email answer, and again after
+    // the first SMS answer
+    let outcomes = execute_with_outage(
+        &h,
+        &clock,
+        &proxy,
+        Cut::Down,
+        vec![Channel::Email, Channel::Sms],
+        Some(Duration::from_secs(2)),
+    )
+    .await;
+
+    // THEN the write-backs waited it out: every log is sent in its first attempt, once,
+    // with every provider id recorded, and nothing went to the receipts queue
+    assert!(outcomes.iter().all(|o| *o == Outcome::Sent), "{outcomes:?}");
+    assert!(
+        clock.now() >= t0 + Duration::from_secs(4),
+        "both outages were waited out"
+    );
+    let f = figures(&h.db.client, &h).await;
+    report("Postgres away 2 s after the answers (twice)", &f);
+    assert_eq!(f, all_sent(10));
+    assert_eq!(sent_deliveries_with_ids(&h).await, 20);
+    assert_eq!(
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE attempts = 1")
+            .await,
+        10
+    );
+    assert_eq!(h.moto.queue_depth(&h.receipts_url).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_back_that_committed_but_whose_reply_was_lost_counts_as_written() {
+    // GIVEN ten queued logs
+    let (h, clock, proxy) = ten_queued().await;
+
+    // WHEN each channel's write-back commits but its reply is lost with the connection,
+    // and Postgres is back 2 s later
+    let outcomes = execute_with_outage(
+        &h,
+        &clock,
+        &proxy,
+        Cut::AfterCommit,
+        vec![Channel::Email, Channel::Sms],
+        Some(Duration::from_secs(2)),
+    )
+    .await;
+
+    // THEN the retry recognizes what the lost write-back did: every log is sent, not
+    // skipped as if its lease were lost
+    assert!(outcomes.iter().all(|o| *o == Outcome::Sent), "{outcomes:?}");
+    let f = figures(&h.db.client, &h).await;
+    report("write-back committed, reply lost", &f);
+    assert_eq!(f, all_sent(10));
+    assert_eq!(sent_deliveries_with_ids(&h).await, 20);
+    assert_eq!(
+        h.db.column::<String>("SELECT DISTINCT outcome FROM automation_attempts")
+            .await,
+        vec!["sent".to_owned()]
+    );
+}
+
+/// Postgres goes away after the first answer of `channel` and stays away past the
+/// executor's timeout; then the pipeline runs on.
+async fn gone_past_the_timeout(channel: Channel, scenario: &str) -> Herald {
+    // GIVEN ten queued logs
+    let (h, clock, proxy) = ten_queued().await;
+
+    // WHEN Postgres goes away for longer than the invocation (60 s against 30 s)
+    let outcomes = execute_with_outage(&h, &clock, &proxy, Cut::Down, vec![channel], None).await;
+
+    // THEN the executor gave up in time and kept every answer as a receipt
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Outcome::Deferred(_))),
+        "{outcomes:?}"
+    );
+    assert_eq!(h.moto.queue_depth(&h.receipts_url).await, 10);
+
+    // WHEN Postgres is back, and the scheduler and executor run on past the leases
+    clock.advance(Duration::from_secs(30));
+    let first = h.tick().await;
+    assert_eq!((first.receipts, first.receipts_applied), (10, 10), "{first:?}");
+    settle(&h, &clock).await;
+
+    // THEN every log went out once per channel, none is held as unknown, and every
+    // delivery has its provider id
+    let f = figures(&h.db.client, &h).await;
+    report(scenario, &f);
+    assert_eq!(f, all_sent(10));
+    assert_eq!(sent_deliveries_with_ids(&h).await, 20);
+    assert_eq!(h.moto.queue_depth(&h.receipts_url).await, 0);
+    assert_eq!(
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_receipts WHERE applied")
+            .await,
+        10
+    );
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_gone_past_the_timeout_after_the_emails_keeps_their_ids_as_receipts() {
+    let h = gone_past_the_timeout(Channel::Email, "Postgres away 60 s after the emails").await;
+    // The emails' receipts were applied; the SMS went in a second attempt.
+    assert_eq!(
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE attempts = 2")
+            .await,
+        10
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_gone_past_the_timeout_after_the_sms_keeps_the_results_as_receipts() {
+    let h = gone_past_the_timeout(Channel::Sms, "Postgres away 60 s after the SMS").await;
+    // The receipts carried the results: done in the first attempt.
+    assert_eq!(
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_attempts WHERE outcome = 'sent' AND attempt = 1")
+            .await,
+        10
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_for_a_lease_taken_over_is_recorded_and_changes_nothing() {
+    // GIVEN ten logs whose executor kept its email answers as receipts (Postgres away)
+    let (h, clock, proxy) = ten_queued().await;
+    let outcomes = execute_with_outage(&h, &clock, &proxy, Cut::Down, vec![Channel::Email], None).await;
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Deferred(_))));
+    let first_ids: Vec<String> =
+        h.db.column("SELECT coalesce(provider_message_id, '') FROM automation_deliveries WHERE channel = 'email'")
+            .await;
+    assert!(first_ids.iter().all(String::is_empty), "not recorded yet");
+    // ... and the receipts are delayed (received by someone else, invisible for now)
+    let late = h.moto.receive(&h.receipts_url, 10).await;
+    assert_eq!(late.records.len(), 10);
+
+    // WHEN the leases expire without them: the rescue takes the logs over (an email in
+    // flight is resent, by default), and a second attempt sends everything
+    clock.advance(Duration::from_secs(150));
+    settle(&h, &clock).await;
+    let before: Vec<(i64, String)> = answers(&h).await;
+
+    // AND the late receipts arrive
+    let ids: Vec<String> = late.records.iter().map(|r| r.message_id.clone().unwrap()).collect();
+    h.moto.make_visible(&h.receipts_url, &late, &ids).await;
+    let tick = h.tick().await;
+
+    // THEN they are recorded as not applied, and the newer attempt's result stands
+    assert_eq!((tick.receipts, tick.receipts_applied), (10, 0), "{tick:?}");
+    assert_eq!(answers(&h).await, before);
+    assert_eq!(
+        h.db.scalar::<i64>(
+            "SELECT count(*) FROM automation_receipts r JOIN automation_attempts a
+               ON a.log_id = r.log_id AND a.lease_token = r.lease_token AND a.attempt = r.attempt
+             WHERE NOT r.applied AND a.outcome = 'lease_expired'"
+        )
+        .await,
+        10
+    );
+    assert_eq!(
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE status = 'sent' AND attempts = 2")
+            .await,
+        10
+    );
+    let f = figures(&h.db.client, &h).await;
+    report("late receipts (lease taken over)", &f);
+    assert_eq!((f.sent, f.lost, f.unknown), (10, 0, 0));
+    // The emails whose answers came too late were resent, as the policy for an email in
+    // flight says; nothing else was.
+    assert_eq!(f.duplicated, 10);
+}
+
+/// Every delivery's channel and provider id, in order.
+async fn answers(h: &Herald) -> Vec<(i64, String)> {
+    h.db.client
+        .query(
+            "SELECT log_id, channel || ' ' || status || ' ' || coalesce(provider_message_id, '-')
+             FROM automation_deliveries ORDER BY log_id, channel",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Where the scheduler's claim → SendMessageBatch → release sequence is cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SchedulerCut {
+    /// The claim commits; its reply is lost with the connection.
+    ClaimReplyLost,
+    /// SendMessageBatch fails, and Postgres is gone before the release.
+    SendFailsThenPostgresGone,
+    /// SQS takes the messages; its reply is lost (the scheduler thinks they failed).
+    SendReplyLost,
+}
+
+/// The real store behind the proxy, cutting Postgres where told.
+struct CutStore<'a> {
+    inner: PgStore,
+    proxy: &'a Proxy,
+    cut: SchedulerCut,
+}
+
+impl DueLogs for CutStore<'_> {
+    async fn ingest(&self, limit: i32) -> Result<u64, StoreError> {
+        self.inner.ingest(limit).await
+    }
+    async fn rescue(&self, now: SystemTime) -> Result<Rescued, StoreError> {
+        self.inner.rescue(now).await
+    }
+    async fn claim_due(&self, limit: i64, now: SystemTime, until: SystemTime) -> Result<Vec<QueueMessage>, StoreError> {
+        if self.cut == SchedulerCut::ClaimReplyLost {
+            self.proxy.lose_next_reply();
+        }
+        self.inner.claim_due(limit, now, until).await
+    }
+    async fn release(&self, ids: &[LogId], now: SystemTime) -> Result<u64, StoreError> {
+        if self.cut == SchedulerCut::SendFailsThenPostgresGone {
+            self.proxy.set_up(false);
+        }
+        self.inner.release(ids, now).await
+    }
+    async fn apply_receipts(&self, receipts: &[Receipt], now: SystemTime) -> Result<u64, StoreError> {
+        self.inner.apply_receipts(receipts, now).await
+    }
+}
+
+/// moto's SQS, failing or losing its replies where told.
+struct CutQueue {
+    inner: SqsQueue,
+    cut: SchedulerCut,
+}
+
+impl Queue for CutQueue {
+    async fn send_batch(&self, messages: &[QueueMessage]) -> Result<Vec<LogId>, Failure> {
+        match self.cut {
+            SchedulerCut::SendFailsThenPostgresGone => Err(Failure::transient("connection reset")),
+            SchedulerCut::SendReplyLost => {
+                self.inner.send_batch(messages).await?;
+                Err(Failure::transient("connection reset after the request was sent"))
+            }
+            SchedulerCut::ClaimReplyLost => self.inner.send_batch(messages).await,
+        }
+    }
+}
+
+async fn scheduler_cut(cut: SchedulerCut) {
+    // GIVEN ten due logs
+    let (h, clock, proxy) = ten_due().await;
+    let queue_lease = h.scheduler.settings.queue_lease;
+
+    // WHEN one scheduler run is cut at this point
+    let store = CutStore {
+        inner: via(&h, &proxy).store().await.unwrap(),
+        proxy: &proxy,
+        cut,
+    };
+    let queue = CutQueue {
+        inner: SqsQueue::new(&h.moto.sdk, h.queue_url.clone()),
+        cut,
+    };
+    let opts = DrainOptions {
+        queue_lease,
+        ..Default::default()
+    };
+    let run = drain(&store, &queue, &h.scheduler.receipts, clock.as_ref(), &opts).await;
+    println!("{cut:?}: the cut run ended with {run:?}");
+    proxy.set_up(true);
+
+    // AND the pipeline runs on without moving the clock, and then once past the queue lease
+    h.tick().await;
+    h.deliver_all().await;
+    let early: i64 =
+        h.db.scalar("SELECT count(*) FROM automation_execution_logs WHERE status = 'sent'")
+            .await;
+    // Logs left queued without a message wait for their queue lease; released ones go at once.
+    let want_early = if cut == SchedulerCut::SendReplyLost { 10 } else { 0 };
+    assert_eq!(early, want_early, "sent before the queue lease ran out");
+    clock.advance(queue_lease + Duration::from_secs(1));
+    h.tick().await;
+    h.deliver_all().await;
+
+    // THEN every log went out once per channel, within one queue lease
+    let f = figures(&h.db.client, &h).await;
+    report(&format!("scheduler cut: {cut:?}"), &f);
+    assert_eq!(f, all_sent(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_reply_is_lost_is_sent_once_after_its_queue_lease() {
+    scheduler_cut(SchedulerCut::ClaimReplyLost).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_send_whose_release_is_lost_is_sent_once_after_its_queue_lease() {
+    scheduler_cut(SchedulerCut::SendFailsThenPostgresGone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_reply_is_lost_is_delivered_once() {
+    scheduler_cut(SchedulerCut::SendReplyLost).await;
+}
