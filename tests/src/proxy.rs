@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 struct State {
     up: AtomicBool,
-    /// The next Postgres reply is swallowed up to its ReadyForQuery, then the proxy goes
+    /// The next Postgres reply that completes a command is swallowed, then the proxy goes
     /// down: the statement committed, the client never hears.
     lose_reply: AtomicBool,
     delay_ms: AtomicU64,
@@ -60,9 +60,9 @@ impl Proxy {
         }
     }
 
-    /// Postgres only: the next reply to come back is swallowed until the server says it is
-    /// ready for the next query (so the statement's transaction is over), and then the
-    /// proxy goes down, cutting every connection, until `set_up(true)`.
+    /// Postgres only: the next reply in which a command completed (not a mere prepare) is
+    /// swallowed whole, up to the server's ReadyForQuery (so the statement's transaction is
+    /// over), and then the proxy goes down, cutting every connection, until `set_up(true)`.
     pub fn lose_next_reply(&self) {
         self.state.lose_reply.store(true, Ordering::SeqCst);
     }
@@ -109,29 +109,36 @@ async fn serve(client: TcpStream, target: String, state: Arc<State>) {
     };
     let downstream = async {
         let mut buf = vec![0u8; 64 * 1024];
-        // While a reply is being lost: what was swallowed so far, to find its end in.
-        let mut swallowed: Option<Vec<u8>> = None;
+        // While a reply is awaited to be lost: what came of it so far. The client waits for
+        // each reply's ReadyForQuery before it sends more, so a reply starts a message.
+        let mut reply: Vec<u8> = Vec::new();
         loop {
             let n = match sr.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if swallowed.is_none() && state.lose_reply.swap(false, Ordering::SeqCst) {
-                swallowed = Some(Vec::new());
-            }
-            if let Some(s) = swallowed.as_mut() {
-                s.extend_from_slice(&buf[..n]);
-                // ReadyForQuery, idle: 'Z', length 5, 'I'.
-                if s.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
-                    state.up.store(false, Ordering::SeqCst);
-                    state.cut.send_modify(|n| *n += 1);
+            if !state.lose_reply.load(Ordering::SeqCst) {
+                if cw.write_all(&buf[..n]).await.is_err() {
                     break;
                 }
                 continue;
             }
-            if cw.write_all(&buf[..n]).await.is_err() {
+            reply.extend_from_slice(&buf[..n]);
+            let Some(completes) = whole_reply(&reply) else {
+                continue;
+            };
+            if completes {
+                // A statement ran and its transaction ended: lose the answer, go down.
+                state.lose_reply.store(false, Ordering::SeqCst);
+                state.up.store(false, Ordering::SeqCst);
+                state.cut.send_modify(|n| *n += 1);
                 break;
             }
+            // Only a prepare (no command ran): pass it on and wait for the next reply.
+            if cw.write_all(&reply).await.is_err() {
+                break;
+            }
+            reply.clear();
         }
         let _ = cw.shutdown().await;
     };
@@ -139,4 +146,25 @@ async fn serve(client: TcpStream, target: String, state: Arc<State>) {
         _ = async { tokio::join!(upstream, downstream) } => {}
         _ = cut.changed() => {}
     }
+}
+
+/// Whether `bytes` (Postgres backend messages from the start of a reply) hold a whole
+/// reply, up to its ReadyForQuery: `Some(true)` if a command completed in it.
+fn whole_reply(bytes: &[u8]) -> Option<bool> {
+    let mut at = 0;
+    let mut completes = false;
+    while at + 5 <= bytes.len() {
+        let kind = bytes[at];
+        let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().ok()?) as usize;
+        if at + 1 + len > bytes.len() {
+            return None;
+        }
+        match kind {
+            b'C' => completes = true,
+            b'Z' => return Some(completes),
+            _ => {}
+        }
+        at += 1 + len;
+    }
+    None
 }
