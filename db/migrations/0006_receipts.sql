@@ -126,6 +126,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
   at_us        bigint;
   at           timestamptz;
+  batch        jsonb;  -- the receipts answered at `at`, of logs that exist
   f_receipt    bigint[];
   f_log        bigint[];
   f_lease      bigint[];
@@ -141,8 +142,11 @@ DECLARE
   r_kind       text[];
   r_code       text[];
 BEGIN
-  FOR at_us IN
-    SELECT DISTINCT (e->>'at_us')::bigint FROM jsonb_array_elements(p_receipts) e ORDER BY 1
+  FOR at_us, batch IN
+    SELECT (e->>'at_us')::bigint, jsonb_agg(e)
+    FROM jsonb_array_elements(p_receipts) e
+    WHERE EXISTS (SELECT 1 FROM ONLY automation_execution_logs l WHERE l.id = (e->>'log_id')::bigint)
+    GROUP BY 1 ORDER BY 1
   LOOP
     at := timestamptz 'epoch' + at_us * interval '1 microsecond';
     SELECT array_agg(e.n ORDER BY e.n, d.k), array_agg((e.r->>'log_id')::bigint ORDER BY e.n, d.k),
@@ -150,19 +154,16 @@ BEGIN
            array_agg(d.x->>'status' ORDER BY e.n, d.k), array_agg(d.x->>'message_id' ORDER BY e.n, d.k),
            array_agg(d.x->>'error' ORDER BY e.n, d.k)
     INTO f_receipt, f_log, f_lease, f_channel, f_status, f_message_id, f_error
-    FROM jsonb_array_elements(p_receipts) WITH ORDINALITY e(r, n)
-    CROSS JOIN LATERAL jsonb_array_elements(e.r->'deliveries') WITH ORDINALITY d(x, k)
-    WHERE (e.r->>'at_us')::bigint = at_us
-      AND EXISTS (SELECT 1 FROM ONLY automation_execution_logs l WHERE l.id = (e.r->>'log_id')::bigint);
+    FROM jsonb_array_elements(batch) WITH ORDINALITY e(r, n)
+    CROSS JOIN LATERAL jsonb_array_elements(e.r->'deliveries') WITH ORDINALITY d(x, k);
 
     SELECT array_agg(e.n ORDER BY e.n), array_agg((e.r->>'log_id')::bigint ORDER BY e.n),
            array_agg((e.r->>'lease')::bigint ORDER BY e.n), array_agg(e.r#>>'{result,outcome}' ORDER BY e.n),
            array_agg(e.r#>>'{result,error}' ORDER BY e.n), array_agg(e.r#>>'{result,kind}' ORDER BY e.n),
            array_agg(e.r#>>'{result,code}' ORDER BY e.n)
     INTO r_receipt, r_log, r_lease, r_outcome, r_error, r_kind, r_code
-    FROM jsonb_array_elements(p_receipts) WITH ORDINALITY e(r, n)
-    WHERE (e.r->>'at_us')::bigint = at_us AND jsonb_typeof(e.r->'result') = 'object'
-      AND EXISTS (SELECT 1 FROM ONLY automation_execution_logs l WHERE l.id = (e.r->>'log_id')::bigint);
+    FROM jsonb_array_elements(batch) WITH ORDINALITY e(r, n)
+    WHERE jsonb_typeof(e.r->'result') = 'object';
 
     RETURN QUERY
     WITH w AS (
@@ -182,10 +183,8 @@ BEGIN
         (log_id, lease_token, attempt, answered_at, received_at, applied, receipt)
       SELECT (e.r->>'log_id')::bigint, (e.r->>'lease')::bigint, (e.r->>'attempt')::integer, at, p_now,
              coalesce(v.ok, false), e.r
-      FROM jsonb_array_elements(p_receipts) WITH ORDINALITY e(r, n)
+      FROM jsonb_array_elements(batch) WITH ORDINALITY e(r, n)
       LEFT JOIN verdict v ON v.n = e.n
-      WHERE (e.r->>'at_us')::bigint = at_us
-        AND EXISTS (SELECT 1 FROM ONLY automation_execution_logs l WHERE l.id = (e.r->>'log_id')::bigint)
       ON CONFLICT (log_id, lease_token, answered_at) DO UPDATE
         SET applied = t.applied OR excluded.applied, received_at = excluded.received_at
       RETURNING t.log_id, t.lease_token, t.applied

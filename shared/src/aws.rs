@@ -192,34 +192,44 @@ impl SqsQueue {
 
 impl Queue for SqsQueue {
     async fn send_batch(&self, messages: &[QueueMessage]) -> Result<Vec<LogId>, Failure> {
-        let entries = messages
-            .iter()
-            .map(|m| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(m.log_id.to_string())
-                    .message_body(m.to_body())
-                    .build()
-                    .map_err(|e| Failure::permanent(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let out = self
-            .client
-            .send_message_batch()
-            .queue_url(&self.url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        for f in out.failed() {
-            tracing::warn!(
-                id = f.id(),
-                code = f.code(),
-                sender_fault = f.sender_fault(),
-                "SQS rejected a message"
-            );
-        }
-        Ok(out.failed().iter().filter_map(|f| f.id().parse().ok()).collect())
+        let bodies = messages.iter().map(|m| (m.log_id.to_string(), m.to_body()));
+        let rejected = send_message_batch(&self.client, &self.url, bodies).await?;
+        Ok(rejected.iter().filter_map(|id| id.parse().ok()).collect())
     }
+}
+
+/// One SQS `SendMessageBatch` of (entry id, body) pairs (10 at most); returns the ids of the
+/// entries SQS rejected, each logged with its reason.
+async fn send_message_batch(
+    client: &aws_sdk_sqs::Client,
+    url: &str,
+    bodies: impl Iterator<Item = (String, String)>,
+) -> Result<Vec<String>, Failure> {
+    let entries = bodies
+        .map(|(id, body)| {
+            SendMessageBatchRequestEntry::builder()
+                .id(id)
+                .message_body(body)
+                .build()
+                .map_err(|e| Failure::permanent(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = client
+        .send_message_batch()
+        .queue_url(url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .map_err(|e| classify(&e))?;
+    for f in out.failed() {
+        tracing::warn!(
+            id = f.id(),
+            code = f.code(),
+            sender_fault = f.sender_fault(),
+            "SQS rejected a message"
+        );
+    }
+    Ok(out.failed().iter().map(|f| f.id().to_owned()).collect())
 }
 
 /// The receipts queue: the executor sends to it, the scheduler receives from it.
@@ -250,32 +260,13 @@ impl SqsReceipts {
 impl ReceiptSink for SqsReceipts {
     async fn put(&self, receipts: &[Receipt]) -> Result<(), Failure> {
         for chunk in receipts.chunks(10) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    SendMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .message_body(r.to_body())
-                        .build()
-                        .map_err(|e| Failure::permanent(e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let out = self
-                .client
-                .send_message_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| classify(&e))?;
-            if let Some(f) = out.failed().first() {
+            let bodies = chunk.iter().enumerate().map(|(i, r)| (i.to_string(), r.to_body()));
+            let rejected = send_message_batch(&self.client, &self.url, bodies).await?;
+            if !rejected.is_empty() {
                 return Err(Failure::transient(format!(
-                    "SQS rejected {} of {} receipts: {} {}",
-                    out.failed().len(),
-                    chunk.len(),
-                    f.code(),
-                    f.message().unwrap_or_default()
+                    "SQS rejected {} of {} receipts",
+                    rejected.len(),
+                    chunk.len()
                 )));
             }
         }

@@ -250,12 +250,14 @@ pub fn stop_before(deadline: Instant, margin: Duration) -> Instant {
 
 /// Turns a Lambda deadline (milliseconds since the epoch; 0 when unknown) into an instant.
 pub fn deadline_instant(deadline_ms: u64, now: std::time::SystemTime) -> Option<Instant> {
-    if deadline_ms == 0 {
-        return None;
-    }
+    time_left(deadline_ms, now).map(|left| Instant::now() + left)
+}
+
+/// The time left at `now` before a Lambda deadline (milliseconds since the epoch; 0 when
+/// unknown); zero once it has passed.
+pub fn time_left(deadline_ms: u64, now: std::time::SystemTime) -> Option<Duration> {
     let deadline = std::time::UNIX_EPOCH + Duration::from_millis(deadline_ms);
-    let left = deadline.duration_since(now).unwrap_or(Duration::ZERO);
-    Some(Instant::now() + left)
+    (deadline_ms > 0).then(|| deadline.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
 //! The executor function: for each SQS message, delivers one log and writes back.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use herald_shared::aws::{load_config, SesEmail, SnsSms, SqsReceipts};
 use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
 use herald_shared::deliver::{Deliverer, Outcome};
+use herald_shared::drain::time_left;
 use herald_shared::pg::Database;
 use herald_shared::recipient::redact;
 use lambda_runtime::{Error, LambdaEvent};
@@ -72,7 +73,8 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
         clock: e.clock.as_ref(),
         default_from: &e.settings.default_from,
         lease: e.settings.lease,
-        ends_at: ends_at(event.context.deadline, e.clock.now()),
+        // The invocation's end, on the function's clock.
+        ends_at: time_left(event.context.deadline, SystemTime::now()).map(|left| e.clock.now() + left),
     };
     let messages = event
         .payload
@@ -99,13 +101,4 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
         }
     }
     Ok(response)
-}
-
-/// The invocation's end (a Lambda deadline in milliseconds since the epoch; 0 when unknown)
-/// on the function's clock.
-fn ends_at(deadline_ms: u64, clock_now: SystemTime) -> Option<SystemTime> {
-    (deadline_ms > 0).then(|| {
-        let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
-        clock_now + deadline.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
-    })
 }
