@@ -1,7 +1,7 @@
 //! Herald's shared library.
 //!
 //! The core (`model`, `clock`, `recipient`, `render`, `deliver`, `drain`,
-//! `receipt`) knows no AWS or
+//! `receipt`, `workflow`) knows no AWS or
 //! Postgres types: it works through the narrow traits in `model`. The adapters implement
 //! those traits: `pg` over tokio-postgres, `aws` over the AWS SDK. `config` reads the
 //! functions' environment.
@@ -16,3 +16,4 @@ pub mod pg;
 pub mod receipt;
 pub mod recipient;
 pub mod render;
+pub mod workflow;

@@ -94,6 +94,14 @@ pub fn render(def: &Definition, vars: &Json, default_from: &str) -> Result<Rende
     Ok(Rendered { email, sms })
 }
 
+/// Whether `source` compiles as a template (its variables are only known when it renders).
+pub fn check_template(source: &str) -> Result<(), String> {
+    environment()
+        .template_from_str(source)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
