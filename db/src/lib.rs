@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_receipts.sql",
         sql: include_str!("../migrations/0006_receipts.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_lean_ledger.sql",
+        sql: include_str!("../migrations/0007_lean_ledger.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).

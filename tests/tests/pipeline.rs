@@ -195,12 +195,14 @@ async fn the_monitoring_queries_work_verbatim() {
         h.db.scalar("SELECT COUNT(*) FROM automation_execution_logs WHERE status = 'pending';")
             .await;
     assert_eq!(pending, 2);
-    let rows = h
-        .db
-        .client
-        .query("SELECT id, status, created_at, completed_at FROM automation_execution_logs ORDER BY created_at DESC LIMIT 10;", &[])
-        .await
-        .unwrap();
+    let rows =
+        h.db.client
+            .query(
+                "SELECT id, status, created_at, completed_at FROM automation_execution_logs ORDER BY id DESC LIMIT 10;",
+                &[],
+            )
+            .await
+            .unwrap();
     assert_eq!(rows.len(), 2);
 }
 
