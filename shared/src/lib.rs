@@ -3,7 +3,7 @@
 //! The core (`model`, `clock`, `recipient`, `render`, `deliver`, `drain`,
 //! `receipt`, `workflow`) knows no AWS or
 //! Postgres types: it works through the narrow traits in `model`. The adapters implement
-//! those traits: `pg` over tokio-postgres, `aws` over the AWS SDK. `config` reads the
+//! those traits: `pg` over tokio-postgres, `aws` over the AWS SDK, `webhook` over reqwest. `config` reads the
 //! functions' environment.
 
 pub mod aws;
@@ -16,4 +16,5 @@ pub mod pg;
 pub mod receipt;
 pub mod recipient;
 pub mod render;
+pub mod webhook;
 pub mod workflow;

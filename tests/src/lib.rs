@@ -214,6 +214,7 @@ pub fn failed_ids(response: &aws_lambda_events::sqs::SqsBatchResponse) -> Vec<St
 mod emulator;
 pub mod fault;
 mod herald;
+pub mod hooks;
 mod proxy;
 pub use emulator::Watch;
 pub use herald::Herald;

@@ -319,7 +319,7 @@ impl Drop for PgCluster {
 
 /// A CA, and a server certificate it signed for `localhost` and `127.0.0.1`, whose key
 /// only `user` may read.
-fn make_certificates(dir: &Path, user: Option<(u32, u32)>) -> Result<(), String> {
+pub(crate) fn make_certificates(dir: &Path, user: Option<(u32, u32)>) -> Result<(), String> {
     let openssl = |args: &[&str]| -> Result<(), String> {
         let out = Command::new("openssl")
             .current_dir(dir)
