@@ -3,6 +3,7 @@
 
 pub mod condition;
 pub mod definition;
+pub mod machine;
 pub mod plan;
 pub mod time;
 pub mod wait;

@@ -1,0 +1,432 @@
+//! An instance's step machine: from where the instance is, the fresh data and how its last
+//! step ended, either the next step whose effect the executor must perform, or how the
+//! instance parks. Everything that needs no effect (exit conditions, branches, waits whose
+//! time has come) is decided here, in memory, and returned as records for the ledger.
+//!
+//! The executor drives many instances at once in rounds: it asks each for its next effect,
+//! records them all as started in one statement, performs them, and feeds the results back.
+
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use serde_json::{json, Map, Value as Json};
+
+use super::condition::evaluate;
+use super::definition::{Action, Document, Step};
+use super::plan::{find, plan_next_step, Decision, StepResult};
+use super::wait::wake_at;
+
+/// Where an instance is in its flow, as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    /// The step to run next; `None` once nothing is left.
+    pub next: Option<String>,
+    /// Steps run so far, retries included (the loop guard counts these).
+    pub steps_run: u32,
+    /// Attempts of `next` made so far.
+    pub attempt: u32,
+    /// Each finished step's output, by step id; later templates read them as `steps.<id>`.
+    pub outputs: Map<String, Json>,
+}
+
+impl Instance {
+    /// A new instance of `doc`, before its first step.
+    pub fn new(doc: &Document) -> Self {
+        Self {
+            next: doc.steps.first().map(|s| s.id.clone()),
+            steps_run: 0,
+            attempt: 0,
+            outputs: Map::new(),
+        }
+    }
+}
+
+/// What the executor does with an instance now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Advance {
+    /// Perform this step's effect (its attempt number given), then call [`advance`] with
+    /// how it ended.
+    Perform { step: String, attempt: u32 },
+    /// Stop here; the ledger keeps the instance so.
+    Park(Park),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Park {
+    Completed,
+    Failed(String),
+    /// An exit condition held: its reason.
+    Exited(String),
+    /// A wait: wake at `until` and run `next` (or complete).
+    Sleeping {
+        next: Option<String>,
+        until: Timestamp,
+    },
+    /// A failed step runs again at `at`.
+    Retrying {
+        step: String,
+        at: Timestamp,
+    },
+}
+
+/// A decision made without an effect, for the instance's history: an exit condition, a
+/// branch, or a wait, with what it saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    pub step: Option<String>,
+    pub kind: &'static str,
+    pub detail: Json,
+}
+
+/// The effect's result of the step the last [`Advance::Perform`] named.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Performed {
+    Done(Json),
+    Failed(String),
+}
+
+/// The templates' variables: the data, and `steps` holding earlier steps' outputs.
+pub fn variables(data: &Json, instance: &Instance) -> Json {
+    let mut vars = data.as_object().cloned().unwrap_or_default();
+    vars.insert("steps".into(), Json::Object(instance.outputs.clone()));
+    Json::Object(vars)
+}
+
+/// Moves `instance` on. `last` is how the step of the previous `Perform` ended (`None`
+/// when the instance starts or wakes). `data` is fresh: exit conditions are checked against
+/// it before every step. `tz` is the automation's zone.
+pub fn advance(
+    doc: &Document,
+    instance: &mut Instance,
+    data: &Json,
+    last: Option<Performed>,
+    step_limit: u32,
+    now: Timestamp,
+) -> (Advance, Vec<Decided>) {
+    let mut decided = Vec::new();
+    let vars = |i: &Instance| variables(data, i);
+    let mut result = last.map(|p| match p {
+        Performed::Done(output) => {
+            if let Some(id) = &instance.next {
+                instance.outputs.insert(id.clone(), output);
+            }
+            StepResult::Done
+        }
+        Performed::Failed(error) => StepResult::Failed {
+            attempt: instance.attempt,
+            error,
+        },
+    });
+    loop {
+        // How the step at `next` ended decides where the instance goes.
+        if let (Some(at), Some(r)) = (instance.next.clone(), result.take()) {
+            match plan_next_step(&doc.steps, &at, &r, instance.steps_run, step_limit, now) {
+                Ok(Decision::Run(id)) => {
+                    instance.next = Some(id);
+                    instance.attempt = 0;
+                }
+                Ok(Decision::Complete) => instance.next = None,
+                Ok(Decision::Sleep { next, until }) => {
+                    instance.attempt = 0;
+                    if until > now {
+                        instance.next = next.clone();
+                        return (Advance::Park(Park::Sleeping { next, until }), decided);
+                    }
+                    // A wake-up time already past: go on at once.
+                    instance.next = next;
+                }
+                Ok(Decision::Retry { step, at }) => return (Advance::Park(Park::Retrying { step, at }), decided),
+                Ok(Decision::Fail(why)) => return (Advance::Park(Park::Failed(why)), decided),
+                Err(why) => return (Advance::Park(Park::Failed(why)), decided),
+            }
+        }
+        let Some(at) = instance.next.clone() else {
+            return (Advance::Park(Park::Completed), decided);
+        };
+        if let Some(park) = exit_check(doc, &vars(instance), now, &at, &mut decided) {
+            return (Advance::Park(park), decided);
+        }
+        let Some(step) = find(&doc.steps, &at) else {
+            return (
+                Advance::Park(Park::Failed(format!("the definition has no step `{at}`"))),
+                decided,
+            );
+        };
+        if instance.steps_run >= step_limit {
+            return (
+                Advance::Park(Park::Failed(format!(
+                    "the instance reached its limit of {step_limit} steps"
+                ))),
+                decided,
+            );
+        }
+        instance.steps_run += 1;
+        instance.attempt += 1;
+        let attempt = instance.attempt;
+        result = Some(
+            match decide_in_memory(step, attempt, &vars(instance), now, &doc.timezone, &mut decided) {
+                Some(r) => r,
+                None => {
+                    return (
+                        Advance::Perform {
+                            step: at,
+                            attempt: instance.attempt,
+                        },
+                        decided,
+                    )
+                }
+            },
+        );
+    }
+}
+
+/// The first exit condition that holds, as a park; a condition that cannot be decided
+/// fails the instance (it guards the flow, so going on blind is not safe).
+fn exit_check(doc: &Document, vars: &Json, now: Timestamp, at: &str, decided: &mut Vec<Decided>) -> Option<Park> {
+    for (i, exit) in doc.exit.iter().enumerate() {
+        match evaluate(&exit.when, vars, now, &doc.timezone) {
+            Ok(e) if e.holds => {
+                decided.push(Decided {
+                    step: Some(at.to_owned()),
+                    kind: "exit",
+                    detail: json!({"exit": i, "holds": true, "reason": exit.reason, "seen": e.seen}),
+                });
+                return Some(Park::Exited(exit.reason.clone()));
+            }
+            Ok(_) => {}
+            Err(err) => return Some(Park::Failed(format!("exit[{i}]: {err}"))),
+        }
+    }
+    None
+}
+
+/// A branch's choice or a wait's end, or `None` for a step with an effect.
+fn decide_in_memory(
+    step: &Step,
+    attempt: u32,
+    vars: &Json,
+    now: Timestamp,
+    tz: &TimeZone,
+    decided: &mut Vec<Decided>,
+) -> Option<StepResult> {
+    let record = |kind, detail| Decided {
+        step: Some(step.id.clone()),
+        kind,
+        detail,
+    };
+    let mut failed = |kind, error: String| {
+        decided.push(record(kind, json!({"error": error})));
+        StepResult::Failed { attempt, error }
+    };
+    match &step.action {
+        Action::Branch { when, .. } => Some(match evaluate(when, vars, now, tz) {
+            Ok(e) => {
+                decided.push(record("branch", json!({"holds": e.holds, "seen": e.seen})));
+                StepResult::Chose(e.holds)
+            }
+            Err(err) => failed("branch", err.to_string()),
+        }),
+        Action::Wait(wait) => Some(match wake_at(wait, vars, now, tz) {
+            Ok(until) => {
+                decided.push(record("wait", json!({"until": until.to_string()})));
+                StepResult::Waits(until)
+            }
+            Err(err) => failed("wait", err.to_string()),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::definition::parse;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn flow() -> Document {
+        parse(&json!({
+            "trigger": {"type": "manual"},
+            "exit": [{"if": {"field": "status", "op": "=", "value": "cancelled"}, "reason": "booking cancelled"}],
+            "steps": [
+                {"id": "confirm", "type": "send_email", "to": "{{ email }}", "subject": "Booked", "text": "Hi"},
+                {"id": "night-before", "type": "wait", "until": {"field": "starts_at", "offset": "-1 day"}},
+                {"id": "vip", "type": "branch", "if": {"field": "vip", "op": "=", "value": true},
+                 "then": [{"id": "owner", "type": "add_tag", "tag": "vip-visit"}]},
+                {"id": "remind", "type": "send_sms", "to": "{{ phone }}", "body": "Tomorrow", "on_error": "continue"},
+                {"id": "hook", "type": "webhook", "url": "https://example.com/h", "body": "{}", "secret": "s",
+                 "on_error": {"retry": {"times": 1, "backoff": "5 minutes"}}}
+            ]
+        }))
+        .unwrap()
+    }
+
+    fn data(status: &str, vip: bool) -> Json {
+        json!({"status": status, "vip": vip, "starts_at": "2026-11-25T09:00:00Z", "email": "a@b.c", "phone": "+15550100"})
+    }
+
+    fn perform(step: &str, attempt: u32) -> Advance {
+        Advance::Perform {
+            step: step.into(),
+            attempt,
+        }
+    }
+
+    #[test]
+    fn an_instance_runs_until_its_wait_then_through_its_branch_to_the_end() {
+        let doc = flow();
+        let mut i = Instance::new(&doc);
+        let now = t("2026-11-23T12:00:00Z");
+        let d = data("confirmed", true);
+
+        let (a, decided) = advance(&doc, &mut i, &d, None, 100, now);
+        assert_eq!((a, decided.len()), (perform("confirm", 1), 0));
+
+        let (a, decided) = advance(
+            &doc,
+            &mut i,
+            &d,
+            Some(Performed::Done(json!({"id": "ses-1"}))),
+            100,
+            now,
+        );
+        let until = t("2026-11-24T09:00:00Z");
+        assert_eq!(
+            a,
+            Advance::Park(Park::Sleeping {
+                next: Some("vip".into()),
+                until
+            })
+        );
+        assert_eq!(decided[0].kind, "wait");
+        assert_eq!(i.outputs["confirm"], json!({"id": "ses-1"}));
+        assert_eq!(i.next.as_deref(), Some("vip"));
+
+        // Woken: the branch is decided in memory, and `then` has a step to perform.
+        let (a, decided) = advance(&doc, &mut i, &d, None, 100, until);
+        assert_eq!(a, perform("owner", 1));
+        assert_eq!(decided[0].detail, json!({"holds": true, "seen": {"vip": true}}));
+        let (a, _) = advance(&doc, &mut i, &d, Some(Performed::Done(Json::Null)), 100, until);
+        assert_eq!(a, perform("remind", 1));
+        // `continue`: a failed SMS does not stop the flow.
+        let (a, _) = advance(
+            &doc,
+            &mut i,
+            &d,
+            Some(Performed::Failed("opted out".into())),
+            100,
+            until,
+        );
+        assert_eq!(a, perform("hook", 1));
+        let (a, _) = advance(&doc, &mut i, &d, Some(Performed::Failed("503".into())), 100, until);
+        assert_eq!(
+            a,
+            Advance::Park(Park::Retrying {
+                step: "hook".into(),
+                at: t("2026-11-24T09:05:00Z")
+            })
+        );
+        let (a, _) = advance(&doc, &mut i, &d, None, 100, t("2026-11-24T09:05:00Z"));
+        assert_eq!(a, perform("hook", 2));
+        let (a, _) = advance(&doc, &mut i, &d, Some(Performed::Failed("503".into())), 100, until);
+        assert_eq!(
+            a,
+            Advance::Park(Park::Failed("step `hook` failed 2 times, the last with: 503".into()))
+        );
+        assert_eq!(i.steps_run, 7, "confirm, wait, branch, owner, remind, hook twice");
+    }
+
+    #[test]
+    fn a_wait_already_past_goes_on_at_once_and_an_empty_arm_is_skipped() {
+        let doc = flow();
+        let mut i = Instance::new(&doc);
+        let late = t("2026-11-24T10:00:00Z");
+        let d = data("confirmed", false);
+        advance(&doc, &mut i, &d, None, 100, late);
+        let (a, decided) = advance(&doc, &mut i, &d, Some(Performed::Done(Json::Null)), 100, late);
+        assert_eq!(a, perform("remind", 1));
+        let kinds: Vec<&str> = decided.iter().map(|d| d.kind).collect();
+        assert_eq!(kinds, ["wait", "branch"]);
+    }
+
+    #[test]
+    fn an_exit_condition_ends_the_instance_before_its_next_step() {
+        let doc = flow();
+        let mut i = Instance::new(&doc);
+        let now = t("2026-11-23T12:00:00Z");
+        advance(&doc, &mut i, &data("confirmed", true), None, 100, now);
+        advance(
+            &doc,
+            &mut i,
+            &data("confirmed", true),
+            Some(Performed::Done(Json::Null)),
+            100,
+            now,
+        );
+        // Cancelled during the wait: the wake-up finds it.
+        let (a, decided) = advance(
+            &doc,
+            &mut i,
+            &data("cancelled", true),
+            None,
+            100,
+            t("2026-11-24T09:00:00Z"),
+        );
+        assert_eq!(a, Advance::Park(Park::Exited("booking cancelled".into())));
+        assert_eq!(decided[0].step.as_deref(), Some("vip"));
+        assert_eq!(decided[0].detail["seen"], json!({"status": "cancelled"}));
+    }
+
+    #[test]
+    fn undecidable_steps_follow_their_on_error_and_the_step_limit_holds() {
+        let doc = flow();
+        let now = t("2026-11-23T12:00:00Z");
+        // A wait whose field is null fails the instance (its on_error is stop).
+        let mut i = Instance::new(&doc);
+        let mut d = data("confirmed", true);
+        d["starts_at"] = Json::Null;
+        advance(&doc, &mut i, &d, None, 100, now);
+        let (a, _) = advance(&doc, &mut i, &d, Some(Performed::Done(Json::Null)), 100, now);
+        assert_eq!(
+            a,
+            Advance::Park(Park::Failed(
+                "step `night-before` failed: `starts_at` is null, so the wait has no end".into()
+            ))
+        );
+        // Two steps allowed: the third is refused.
+        let mut i = Instance::new(&doc);
+        let d = data("confirmed", true);
+        advance(&doc, &mut i, &d, None, 2, t("2026-11-24T10:00:00Z"));
+        let (a, _) = advance(
+            &doc,
+            &mut i,
+            &d,
+            Some(Performed::Done(Json::Null)),
+            2,
+            t("2026-11-24T10:00:00Z"),
+        );
+        assert_eq!(
+            a,
+            Advance::Park(Park::Failed("the instance reached its limit of 2 steps".into()))
+        );
+    }
+
+    #[test]
+    fn templates_see_earlier_outputs_under_steps() {
+        let doc = flow();
+        let mut i = Instance::new(&doc);
+        i.outputs.insert("hook".into(), json!({"ticket": 7}));
+        let vars = variables(&json!({"name": "Zoë"}), &i);
+        assert_eq!(vars, json!({"name": "Zoë", "steps": {"hook": {"ticket": 7}}}));
+        let done = Instance {
+            next: None,
+            ..Instance::new(&doc)
+        };
+        let mut done2 = done.clone();
+        assert_eq!(
+            advance(&doc, &mut done2, &Json::Null, None, 100, t("2026-11-23T12:00:00Z")).0,
+            Advance::Park(Park::Completed)
+        );
+    }
+}
