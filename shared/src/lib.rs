@@ -1,7 +1,7 @@
 //! Herald's shared library.
 //!
 //! The core (`model`, `clock`, `recipient`, `render`, `deliver`, `drain`,
-//! `receipt`, `workflow`) knows no AWS or
+//! `receipt`, `workflow`, `steps`) knows no AWS or
 //! Postgres types: it works through the narrow traits in `model`. The adapters implement
 //! those traits: `pg` over tokio-postgres, `aws` over the AWS SDK, `webhook` over reqwest. `config` reads the
 //! functions' environment.
@@ -16,5 +16,6 @@ pub mod pg;
 pub mod receipt;
 pub mod recipient;
 pub mod render;
+pub mod steps;
 pub mod webhook;
 pub mod workflow;

@@ -7,7 +7,7 @@
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use serde_json::Value as Json;
 
-use crate::model::{Definition, Email, EventInfo, Sms};
+use crate::model::{Definition, Email, EmailTemplates, EventInfo, Sms, SmsTemplates};
 
 /// SNS refuses SMS bodies longer than this.
 pub const SMS_MAX_CHARS: usize = 1600;
@@ -55,43 +55,61 @@ pub fn variables(context: Json, event: &EventInfo) -> Json {
 
 /// Renders every template of `def`. `default_from` is used when the automation sets none.
 pub fn render(def: &Definition, vars: &Json, default_from: &str) -> Result<Rendered, RenderError> {
+    Ok(Rendered {
+        email: def
+            .email
+            .as_ref()
+            .map(|t| render_email(t, vars, default_from))
+            .transpose()?,
+        sms: def.sms.as_ref().map(|t| render_sms(t, vars)).transpose()?,
+    })
+}
+
+/// Renders an email's templates. `default_from` is used when they set no sender.
+pub fn render_email(t: &EmailTemplates, vars: &Json, default_from: &str) -> Result<Email, RenderError> {
     let env = environment();
-    let email = match &def.email {
-        None => None,
-        Some(t) => Some(Email {
-            from: match &t.from {
-                Some(from) => one_line(&env, "email_from", from, vars)?,
-                None => default_from.to_owned(),
-            },
-            to: one_line(&env, "email_to", &t.to, vars)?,
-            subject: one_line(&env, "email_subject", &t.subject, vars)?,
-            text: t
-                .text
-                .as_deref()
-                .map(|s| non_empty(&env, "email_text", s, vars))
-                .transpose()?,
-            html: t
-                .html
-                .as_deref()
-                .map(|s| non_empty(&env, "email_html", s, vars))
-                .transpose()?,
-        }),
-    };
-    let sms = match &def.sms {
-        None => None,
-        Some(t) => {
-            let body = non_empty(&env, "sms_body", &t.body, vars)?;
-            let chars = body.chars().count();
-            if chars > SMS_MAX_CHARS {
-                return Err(RenderError::SmsTooLong(chars));
-            }
-            Some(Sms {
-                to: one_line(&env, "sms_to", &t.to, vars)?,
-                body,
-            })
-        }
-    };
-    Ok(Rendered { email, sms })
+    Ok(Email {
+        from: match &t.from {
+            Some(from) => one_line(&env, "email_from", from, vars)?,
+            None => default_from.to_owned(),
+        },
+        to: one_line(&env, "email_to", &t.to, vars)?,
+        subject: one_line(&env, "email_subject", &t.subject, vars)?,
+        text: t
+            .text
+            .as_deref()
+            .map(|s| non_empty(&env, "email_text", s, vars))
+            .transpose()?,
+        html: t
+            .html
+            .as_deref()
+            .map(|s| non_empty(&env, "email_html", s, vars))
+            .transpose()?,
+    })
+}
+
+/// Renders a text message's templates.
+pub fn render_sms(t: &SmsTemplates, vars: &Json) -> Result<Sms, RenderError> {
+    let env = environment();
+    let body = non_empty(&env, "sms_body", &t.body, vars)?;
+    let chars = body.chars().count();
+    if chars > SMS_MAX_CHARS {
+        return Err(RenderError::SmsTooLong(chars));
+    }
+    Ok(Sms {
+        to: one_line(&env, "sms_to", &t.to, vars)?,
+        body,
+    })
+}
+
+/// Renders one plain-text template named `name` (for errors); `line` makes it one line.
+pub fn render_text(name: &'static str, source: &str, vars: &Json, line: bool) -> Result<String, RenderError> {
+    let env = environment();
+    if line {
+        one_line(&env, name, source, vars)
+    } else {
+        non_empty(&env, name, source, vars)
+    }
 }
 
 /// Whether `source` compiles as a template (its variables are only known when it renders).
