@@ -1,0 +1,753 @@
+//! The executor's loop for workflow instances: one queue batch in, each instance moved on
+//! as far as it goes (until a wait, its end, a failure or the invocation's time budget),
+//! with the ledger written a few times per round for the whole batch.
+//!
+//! A round: the step machine names each instance's next effect; the effects are recorded as
+//! started (one write), performed with bounded concurrency, then recorded as ended together
+//! with the decisions made in memory and the instances that park (one write, which also
+//! returns the instances' fresh data for the next round's exit conditions). Every write
+//! names the instance's lease; an instance whose lease was taken over stops at once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use futures::stream::{self, StreamExt};
+use jiff::Timestamp;
+use serde_json::Value as Json;
+
+use crate::clock::Clock;
+use crate::model::{ContextError, Failure, Lease, LogId, QueueMessage, StoreError};
+use crate::steps::{prepare, Effect};
+use crate::workflow::definition::Document;
+use crate::workflow::machine::{advance, variables, Advance, Decided, Instance, Park, Performed};
+use crate::workflow::plan::find;
+
+/// No new effect starts later than this before the invocation ends.
+pub const EFFECT_MARGIN: Duration = Duration::from_secs(10);
+
+/// One claimed instance, as the ledger loads it.
+#[derive(Debug, Clone)]
+pub struct LoadedFlow {
+    /// The definition of the version the instance runs, or why it cannot be read.
+    pub definition: Result<Document, String>,
+    pub instance: Instance,
+    /// The subject's data as templates and conditions see it, read fresh.
+    pub data: Result<Json, ContextError>,
+    /// The automation or the instance is paused: it stops before its next step.
+    pub paused: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum FlowStarted {
+    Claimed {
+        lease: Lease,
+        flow: Box<LoadedFlow>,
+    },
+    /// Not queued under the message's lease (a redelivery or a stale message).
+    NotClaimable {
+        status: String,
+    },
+    Unknown,
+}
+
+/// An effect about to be performed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepStart {
+    pub lease: Lease,
+    pub step: String,
+    pub attempt: u32,
+    pub effect: Effect,
+}
+
+/// How a performed effect ended: its output, or the failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepEnd {
+    pub lease: Lease,
+    pub step: String,
+    pub attempt: u32,
+    pub result: Result<Json, Failure>,
+}
+
+/// Where an instance stops in this invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stop {
+    Park(Park),
+    /// Out of time, or paused: the instance waits for the scheduler, at its next step.
+    Later,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parked {
+    pub lease: Lease,
+    pub instance: Instance,
+    pub stop: Stop,
+}
+
+/// One write of the ledger.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlowWrite {
+    pub ended: Vec<StepEnd>,
+    pub decided: Vec<(Lease, Decided)>,
+    pub started: Vec<StepStart>,
+    pub parked: Vec<Parked>,
+}
+
+impl FlowWrite {
+    fn is_empty(&self) -> bool {
+        self.ended.is_empty() && self.decided.is_empty() && self.started.is_empty() && self.parked.is_empty()
+    }
+}
+
+/// What the ledger took, entry by entry (false: the lease was no longer the instance's), and
+/// the fresh data of the instances asked for, read after the write.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlowWritten {
+    pub ended: Vec<bool>,
+    pub started: Vec<bool>,
+    pub parked: Vec<bool>,
+    pub data: HashMap<LogId, Result<Json, ContextError>>,
+}
+
+/// The executor's view of the ledger for workflow instances.
+pub trait FlowLedger: Sync {
+    /// Claims every message's instance under a new lease and loads it; one answer per
+    /// message, in order.
+    fn start(
+        &self,
+        messages: &[QueueMessage],
+        now: SystemTime,
+        lease_until: SystemTime,
+    ) -> impl Future<Output = Result<Vec<FlowStarted>, StoreError>> + Send;
+    /// Writes `write`, then reads the data of `fresh_for`.
+    fn write(
+        &self,
+        write: &FlowWrite,
+        fresh_for: &[Lease],
+        now: SystemTime,
+    ) -> impl Future<Output = Result<FlowWritten, StoreError>> + Send;
+}
+
+/// Performs effects. `key` is stable for one instance's step, so a receiver can drop a
+/// repeat (the webhook id).
+pub trait Effects: Sync {
+    fn perform(&self, effect: &Effect, key: &str) -> impl Future<Output = Result<Json, Failure>> + Send;
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlowOutcome {
+    /// The instance stopped where the ledger now says.
+    Stopped(Stop),
+    /// Nothing to do: not claimable, or the lease was lost on the way.
+    Skipped(String),
+    /// The ledger could not be written: the message goes back to the queue.
+    StoreFailed(String),
+    /// The message is unusable.
+    Rejected(String),
+}
+
+/// Everything a batch needs.
+pub struct FlowRunner<'a, L, E> {
+    pub ledger: &'a L,
+    pub effects: &'a E,
+    pub clock: &'a dyn Clock,
+    pub default_from: &'a str,
+    pub lease: Duration,
+    pub ends_at: Option<SystemTime>,
+    /// Most steps one instance may run.
+    pub step_limit: u32,
+}
+
+struct Going {
+    index: usize,
+    lease: Lease,
+    doc: Document,
+    instance: Instance,
+    data: Json,
+    paused: bool,
+    /// The result of the effect performed this round, for the step machine.
+    last: Option<Performed>,
+}
+
+impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
+    /// Runs one queue batch; each message gets its own outcome, in order.
+    pub async fn run(&self, bodies: &[String], concurrency: usize) -> Vec<FlowOutcome> {
+        let mut outcomes: Vec<Option<FlowOutcome>> = vec![None; bodies.len()];
+        let mut valid = Vec::new();
+        for (i, body) in bodies.iter().enumerate() {
+            match QueueMessage::parse(body) {
+                Ok(m) => valid.push((i, m)),
+                Err(e) => outcomes[i] = Some(FlowOutcome::Rejected(e)),
+            }
+        }
+        if !valid.is_empty() {
+            self.run_valid(&valid, &mut outcomes, concurrency.max(1)).await;
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(FlowOutcome::StoreFailed("no outcome".into())))
+            .collect()
+    }
+
+    async fn run_valid(
+        &self,
+        valid: &[(usize, QueueMessage)],
+        outcomes: &mut [Option<FlowOutcome>],
+        concurrency: usize,
+    ) {
+        let now = self.clock.now();
+        let msgs: Vec<QueueMessage> = valid.iter().map(|(_, m)| *m).collect();
+        let started = match self.ledger.start(&msgs, now, now + self.lease).await {
+            Ok(s) => s,
+            Err(e) => {
+                for (i, _) in valid {
+                    outcomes[*i] = Some(FlowOutcome::StoreFailed(e.to_string()));
+                }
+                return;
+            }
+        };
+        let mut write = FlowWrite::default();
+        let mut going: Vec<Going> = Vec::new();
+        for ((index, msg), started) in valid.iter().zip(started) {
+            let index = *index;
+            match started {
+                FlowStarted::Unknown => {
+                    outcomes[index] = Some(FlowOutcome::Rejected(format!("no execution log {}", msg.log_id)))
+                }
+                FlowStarted::NotClaimable { status } => {
+                    outcomes[index] = Some(FlowOutcome::Skipped(format!("log {} is {status}", msg.log_id)))
+                }
+                FlowStarted::Claimed { lease, flow } => {
+                    let LoadedFlow {
+                        definition,
+                        instance,
+                        data,
+                        paused,
+                    } = *flow;
+                    match (definition, data) {
+                        (_, Err(ContextError::Transient(m))) => {
+                            outcomes[index] = Some(FlowOutcome::StoreFailed(format!("loading the data: {m}")))
+                        }
+                        (Err(why), _) => write.parked.push(Parked {
+                            lease,
+                            instance,
+                            stop: Stop::Park(Park::Failed(format!("the definition cannot be read: {why}"))),
+                        }),
+                        (_, Err(ContextError::Permanent(m))) => write.parked.push(Parked {
+                            lease,
+                            instance,
+                            stop: Stop::Park(Park::Failed(format!("the data: {m}"))),
+                        }),
+                        (Ok(doc), Ok(data)) => going.push(Going {
+                            index,
+                            lease,
+                            doc,
+                            instance,
+                            data,
+                            paused,
+                            last: None,
+                        }),
+                    }
+                }
+            }
+        }
+        let index_of: HashMap<LogId, usize> = valid.iter().map(|(i, m)| (m.log_id, *i)).collect();
+        loop {
+            // 1. Each instance's next effect, decided with its data as it is now.
+            let now = self.clock.now();
+            let at = Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH);
+            let out_of_time = self.ends_at.is_some_and(|end| now + EFFECT_MARGIN >= end);
+            let mut performing: Vec<Going> = Vec::new();
+            for g in std::mem::take(&mut going) {
+                if let Some(g) = self.next_effect(g, out_of_time, at, &mut write) {
+                    performing.push(g);
+                }
+            }
+            if write.is_empty() {
+                break;
+            }
+            // 2. Record the decisions, the stops, and the effects about to start.
+            let written = match self.ledger.write(&write, &[], self.clock.now()).await {
+                Ok(w) => w,
+                Err(e) => return store_failed(&write, &[], &index_of, outcomes, &e),
+            };
+            for (p, ok) in write.parked.iter().zip(&written.parked) {
+                outcomes[index_of[&p.lease.log_id]] = Some(if *ok {
+                    FlowOutcome::Stopped(p.stop.clone())
+                } else {
+                    lost(&p.lease)
+                });
+            }
+            for (e, ok) in write.ended.iter().zip(&written.ended) {
+                if !ok {
+                    outcomes[index_of[&e.lease.log_id]] = Some(lost(&e.lease));
+                }
+            }
+            let starts = std::mem::take(&mut write.started);
+            write = FlowWrite::default();
+            let mut sending = Vec::new();
+            for ((g, start), ok) in performing.into_iter().zip(starts).zip(&written.started) {
+                match outcomes[g.index] {
+                    Some(_) => {}
+                    None if !ok => outcomes[g.index] = Some(lost(&g.lease)),
+                    None => sending.push((g, start)),
+                }
+            }
+            if sending.is_empty() {
+                break;
+            }
+            // 3. Perform them.
+            let results: Vec<(Going, StepEnd)> = stream::iter(sending)
+                .map(|(g, start)| async move {
+                    let key = format!("{}-{}", g.lease.log_id, start.step);
+                    let result = self.effects.perform(&start.effect, &key).await;
+                    let end = StepEnd {
+                        lease: start.lease,
+                        step: start.step,
+                        attempt: start.attempt,
+                        result,
+                    };
+                    (g, end)
+                })
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+            // 4. Record how they ended, and read the data the next round decides with.
+            let (gs, ended): (Vec<Going>, Vec<StepEnd>) = results.into_iter().unzip();
+            let fresh_for: Vec<Lease> = gs.iter().map(|g| g.lease).collect();
+            let ends = FlowWrite {
+                ended,
+                ..Default::default()
+            };
+            let written = match self.ledger.write(&ends, &fresh_for, self.clock.now()).await {
+                Ok(w) => w,
+                Err(e) => return store_failed(&ends, &fresh_for, &index_of, outcomes, &e),
+            };
+            for ((mut g, end), ok) in gs.into_iter().zip(ends.ended).zip(&written.ended) {
+                if !ok {
+                    outcomes[g.index] = Some(lost(&g.lease));
+                    continue;
+                }
+                match written.data.get(&g.lease.log_id) {
+                    Some(Ok(data)) => {
+                        g.data = data.clone();
+                        g.last = Some(match end.result {
+                            Ok(output) => Performed::Done(output),
+                            Err(f) => Performed::Failed(f.message),
+                        });
+                        going.push(g);
+                    }
+                    Some(Err(e)) => {
+                        outcomes[g.index] = Some(FlowOutcome::StoreFailed(format!("reading the data: {e}")))
+                    }
+                    None => outcomes[g.index] = Some(FlowOutcome::StoreFailed("the data was not read".into())),
+                }
+            }
+        }
+    }
+
+    /// Moves `g` on to its next effect, or parks it in `write`. A step that cannot be made
+    /// ready fails there and then (recorded as ended), and the machine decides what follows.
+    fn next_effect(&self, mut g: Going, out_of_time: bool, at: Timestamp, write: &mut FlowWrite) -> Option<Going> {
+        let park = |g: Going, stop: Stop, write: &mut FlowWrite| {
+            write.parked.push(Parked {
+                lease: g.lease,
+                instance: g.instance,
+                stop,
+            })
+        };
+        if g.paused || (out_of_time && g.last.is_none()) {
+            park(g, Stop::Later, write);
+            return None;
+        }
+        loop {
+            let (next, decided) = advance(&g.doc, &mut g.instance, &g.data, g.last.take(), self.step_limit, at);
+            write.decided.extend(decided.into_iter().map(|d| (g.lease, d)));
+            let (step, attempt) = match next {
+                Advance::Park(p) => {
+                    park(g, Stop::Park(p), write);
+                    return None;
+                }
+                Advance::Perform { .. } if out_of_time => {
+                    // Nothing of the step has happened: it runs in a later invocation.
+                    g.instance.steps_run -= 1;
+                    g.instance.attempt -= 1;
+                    park(g, Stop::Later, write);
+                    return None;
+                }
+                Advance::Perform { step, attempt } => (step, attempt),
+            };
+            let vars = variables(&g.data, &g.instance);
+            let ready = find(&g.doc.steps, &step)
+                .and_then(|s| prepare(s, &vars, &g.doc.admins, self.default_from, at, &g.doc.timezone));
+            match ready {
+                Some(Ok(effect)) => {
+                    write.started.push(StepStart {
+                        lease: g.lease,
+                        step,
+                        attempt,
+                        effect,
+                    });
+                    return Some(g);
+                }
+                Some(Err(failure)) => {
+                    g.last = Some(Performed::Failed(failure.message.clone()));
+                    write.ended.push(StepEnd {
+                        lease: g.lease,
+                        step,
+                        attempt,
+                        result: Err(failure),
+                    });
+                }
+                None => {
+                    park(
+                        g,
+                        Stop::Park(Park::Failed(format!("step `{step}` has no effect to perform"))),
+                        write,
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// A write that could not be made: every instance it concerned goes back to the queue.
+fn store_failed(
+    write: &FlowWrite,
+    also: &[Lease],
+    index_of: &HashMap<LogId, usize>,
+    outcomes: &mut [Option<FlowOutcome>],
+    e: &StoreError,
+) {
+    let leases = write
+        .started
+        .iter()
+        .map(|s| s.lease)
+        .chain(write.parked.iter().map(|p| p.lease))
+        .chain(write.ended.iter().map(|s| s.lease))
+        .chain(write.decided.iter().map(|(l, _)| *l))
+        .chain(also.iter().copied());
+    for lease in leases {
+        outcomes[index_of[&lease.log_id]] = Some(FlowOutcome::StoreFailed(e.to_string()));
+    }
+}
+
+fn lost(lease: &Lease) -> FlowOutcome {
+    FlowOutcome::Skipped(format!(
+        "the lease of log {} (token {}) was taken over",
+        lease.log_id, lease.token
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::model::ErrorKind;
+    use crate::workflow::definition::parse;
+    use serde_json::json;
+    use std::sync::{Arc, Mutex};
+
+    fn doc(steps: Json) -> Document {
+        parse(&json!({
+            "trigger": {"type": "manual"},
+            "exit": [{"if": {"field": "status", "op": "=", "value": "cancelled"}, "reason": "cancelled"}],
+            "steps": steps
+        }))
+        .unwrap()
+    }
+
+    fn three_steps() -> Document {
+        doc(json!([
+            {"id": "email", "type": "send_email", "to": "{{ email }}", "subject": "Hi", "text": "Hi {{ name }}"},
+            {"id": "pause", "type": "wait", "for": "0 seconds"},
+            {"id": "sms", "type": "send_sms", "to": "{{ phone }}", "body": "Hi {{ name }}"}
+        ]))
+    }
+
+    fn data(id: i64) -> Json {
+        json!({"status": "confirmed", "name": format!("n{id}"), "email": format!("m{id}@example.com"), "phone": "+15550100"})
+    }
+
+    /// A ledger in memory: instances by log id, every write kept, data changeable between
+    /// writes, and leases that can be lost.
+    #[derive(Default)]
+    struct FakeLedger {
+        flows: Mutex<HashMap<LogId, (Document, Json)>>,
+        writes: Mutex<Vec<FlowWrite>>,
+        lost: Mutex<Vec<LogId>>,
+        /// Applied to the data after each write: (log id, field, value).
+        changes: Mutex<Vec<(LogId, &'static str, Json)>>,
+        fail_writes: bool,
+    }
+
+    impl FlowLedger for FakeLedger {
+        async fn start(
+            &self,
+            messages: &[QueueMessage],
+            _now: SystemTime,
+            _until: SystemTime,
+        ) -> Result<Vec<FlowStarted>, StoreError> {
+            let flows = self.flows.lock().unwrap();
+            Ok(messages
+                .iter()
+                .map(|m| match flows.get(&m.log_id) {
+                    None => FlowStarted::Unknown,
+                    Some((doc, data)) => FlowStarted::Claimed {
+                        lease: Lease {
+                            log_id: m.log_id,
+                            token: m.lease,
+                            attempt: 1,
+                        },
+                        flow: Box::new(LoadedFlow {
+                            definition: Ok(doc.clone()),
+                            instance: Instance::new(doc),
+                            data: Ok(data.clone()),
+                            paused: false,
+                        }),
+                    },
+                })
+                .collect())
+        }
+
+        async fn write(
+            &self,
+            write: &FlowWrite,
+            fresh_for: &[Lease],
+            _now: SystemTime,
+        ) -> Result<FlowWritten, StoreError> {
+            if self.fail_writes {
+                return Err(StoreError::new(
+                    "writing",
+                    std::io::Error::other("the database went away"),
+                ));
+            }
+            self.writes.lock().unwrap().push(write.clone());
+            let lost = self.lost.lock().unwrap().clone();
+            let ok = |l: &Lease| !lost.contains(&l.log_id);
+            let mut flows = self.flows.lock().unwrap();
+            for (id, field, value) in self.changes.lock().unwrap().drain(..) {
+                flows.get_mut(&id).unwrap().1[field] = value;
+            }
+            Ok(FlowWritten {
+                ended: write.ended.iter().map(|e| ok(&e.lease)).collect(),
+                started: write.started.iter().map(|s| ok(&s.lease)).collect(),
+                parked: write.parked.iter().map(|p| ok(&p.lease)).collect(),
+                data: fresh_for
+                    .iter()
+                    .map(|l| (l.log_id, Ok(flows[&l.log_id].1.clone())))
+                    .collect(),
+            })
+        }
+    }
+
+    /// Effects kept in order, with the key each was performed under; SMS to `+15550666`
+    /// fail permanently.
+    #[derive(Default)]
+    struct FakeEffects(Mutex<Vec<(String, Effect)>>, Option<(Arc<ManualClock>, Duration)>);
+
+    impl Effects for FakeEffects {
+        async fn perform(&self, effect: &Effect, key: &str) -> Result<Json, Failure> {
+            self.0.lock().unwrap().push((key.to_owned(), effect.clone()));
+            if let Some((clock, takes)) = &self.1 {
+                clock.advance(*takes);
+            }
+            match effect {
+                Effect::Sms(s) if s.to == "+15550666" => Err(Failure::permanent("opted out")),
+                _ => Ok(json!({"message_id": format!("id-{key}")})),
+            }
+        }
+    }
+
+    fn at() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000)
+    }
+
+    async fn run(
+        ledger: &FakeLedger,
+        effects: &FakeEffects,
+        ids: &[i64],
+        ends_at: Option<SystemTime>,
+    ) -> Vec<FlowOutcome> {
+        let clock = effects
+            .1
+            .as_ref()
+            .map_or_else(|| Arc::new(ManualClock::new(at())), |(c, _)| c.clone());
+        let runner = FlowRunner {
+            ledger,
+            effects,
+            clock: clock.as_ref(),
+            default_from: "club@example.com",
+            lease: Duration::from_secs(120),
+            ends_at,
+            step_limit: 100,
+        };
+        let bodies: Vec<String> = ids
+            .iter()
+            .map(|id| json!({"log_id": id, "lease": 9}).to_string())
+            .collect();
+        runner.run(&bodies, 4).await
+    }
+
+    fn ledger_of(flows: Vec<(LogId, Document, Json)>) -> FakeLedger {
+        let ledger = FakeLedger::default();
+        *ledger.flows.lock().unwrap() = flows.into_iter().map(|(id, d, j)| (id, (d, j))).collect();
+        ledger
+    }
+
+    #[tokio::test]
+    async fn a_batch_runs_every_instance_to_its_end_in_few_writes() {
+        let ledger = ledger_of((1..=3).map(|id| (id, three_steps(), data(id))).collect());
+        let effects = FakeEffects::default();
+        let out = run(&ledger, &effects, &[1, 2, 3], None).await;
+        assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Park(Park::Completed)); 3]);
+        let mut done: Vec<(String, &'static str)> = effects
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, e)| (k.clone(), if matches!(e, Effect::Email(_)) { "email" } else { "sms" }))
+            .collect();
+        done.sort();
+        assert_eq!(
+            done,
+            [
+                ("1-email", "email"),
+                ("1-sms", "sms"),
+                ("2-email", "email"),
+                ("2-sms", "sms"),
+                ("3-email", "email"),
+                ("3-sms", "sms")
+            ]
+            .map(|(k, e)| (k.to_owned(), e))
+        );
+        let writes = ledger.writes.lock().unwrap();
+        // Emails started; emails ended; waits decided and SMS started; SMS ended; completed.
+        assert_eq!(writes.len(), 5, "{writes:#?}");
+        assert_eq!(writes[0].started.len(), 3);
+        assert_eq!(writes[1].ended.len(), 3);
+        assert_eq!((writes[2].decided.len(), writes[2].started.len()), (3, 3));
+        assert_eq!(writes[3].ended.len(), 3);
+        assert_eq!(writes[4].parked.len(), 3);
+        let outputs = &writes[4].parked[0].instance.outputs;
+        assert_eq!(
+            outputs["email"]["message_id"],
+            json!(format!("id-{}-email", writes[4].parked[0].lease.log_id))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_exit_condition_read_after_an_effect_stops_the_instance() {
+        let ledger = ledger_of(vec![(1, three_steps(), data(1)), (2, three_steps(), data(2))]);
+        ledger.changes.lock().unwrap().push((1, "status", json!("cancelled")));
+        let effects = FakeEffects::default();
+        let out = run(&ledger, &effects, &[1, 2], None).await;
+        assert_eq!(
+            out,
+            vec![
+                FlowOutcome::Stopped(Stop::Park(Park::Exited("cancelled".into()))),
+                FlowOutcome::Stopped(Stop::Park(Park::Completed)),
+            ]
+        );
+        assert_eq!(
+            effects.0.lock().unwrap().len(),
+            3,
+            "one email and nothing else for the cancelled one"
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_follow_on_error_and_unready_steps_fail_without_an_effect() {
+        let d = doc(json!([
+            {"id": "sms", "type": "send_sms", "to": "{{ phone }}", "body": "x", "on_error": "continue"},
+            {"id": "email", "type": "send_email", "to": "{{ missing }}", "subject": "x", "text": "x", "on_error": "continue"},
+            {"id": "last", "type": "send_sms", "to": "{{ phone }}", "body": "y"}
+        ]));
+        let mut opted_out = data(1);
+        opted_out["phone"] = json!("+15550666");
+        let ledger = ledger_of(vec![(1, d, opted_out)]);
+        let effects = FakeEffects::default();
+        let out = run(&ledger, &effects, &[1], None).await;
+        assert_eq!(
+            out,
+            vec![FlowOutcome::Stopped(Stop::Park(Park::Failed(
+                "step `last` failed: opted out".into()
+            )))]
+        );
+        let writes = ledger.writes.lock().unwrap();
+        let ended: Vec<(String, Option<ErrorKind>)> = writes
+            .iter()
+            .flat_map(|w| w.ended.iter())
+            .map(|e| (e.step.clone(), e.result.as_ref().err().map(|f| f.kind)))
+            .collect();
+        assert_eq!(
+            ended,
+            [
+                ("sms", Some(ErrorKind::Permanent)),
+                ("email", Some(ErrorKind::Permanent)),
+                ("last", Some(ErrorKind::Permanent))
+            ]
+            .map(|(s, k)| (s.to_owned(), k))
+        );
+        assert_eq!(
+            effects.0.lock().unwrap().len(),
+            2,
+            "the email could not be made ready: never performed"
+        );
+    }
+
+    #[tokio::test]
+    async fn lost_leases_stop_instances_and_a_failed_write_returns_the_batch() {
+        let ledger = ledger_of(vec![(1, three_steps(), data(1)), (2, three_steps(), data(2))]);
+        ledger.lost.lock().unwrap().push(2);
+        let effects = FakeEffects::default();
+        let out = run(&ledger, &effects, &[1, 2, 3], None).await;
+        assert_eq!(out[0], FlowOutcome::Stopped(Stop::Park(Park::Completed)));
+        assert!(
+            matches!(&out[1], FlowOutcome::Skipped(m) if m.contains("log 2")),
+            "{:?}",
+            out[1]
+        );
+        assert_eq!(out[2], FlowOutcome::Rejected("no execution log 3".into()));
+        assert!(effects.0.lock().unwrap().iter().all(|(k, _)| k.starts_with("1-")));
+
+        let broken = FakeLedger {
+            fail_writes: true,
+            ..ledger_of(vec![(1, three_steps(), data(1))])
+        };
+        let out = run(&broken, &effects, &[1], None).await;
+        assert!(matches!(&out[0], FlowOutcome::StoreFailed(_)), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn near_the_end_of_the_invocation_instances_park_for_later_without_starting_effects() {
+        let ledger = ledger_of(vec![(1, three_steps(), data(1))]);
+        let effects = FakeEffects::default();
+        let out = run(&ledger, &effects, &[1], Some(at() + Duration::from_secs(5))).await;
+        assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Later)]);
+        assert!(effects.0.lock().unwrap().is_empty());
+        let parked = ledger.writes.lock().unwrap()[0].parked[0].instance.clone();
+        assert_eq!(
+            (parked.next.as_deref(), parked.steps_run, parked.attempt),
+            (Some("email"), 0, 0)
+        );
+
+        // An effect that uses up the time: the next step waits for a later invocation.
+        let ledger = ledger_of(vec![(1, three_steps(), data(1))]);
+        let slow = FakeEffects(
+            Mutex::default(),
+            Some((Arc::new(ManualClock::new(at())), Duration::from_secs(25))),
+        );
+        let out = run(&ledger, &slow, &[1], Some(at() + Duration::from_secs(30))).await;
+        assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Later)]);
+        assert_eq!(slow.0.lock().unwrap().len(), 1, "the email only");
+        let writes = ledger.writes.lock().unwrap();
+        let parked = &writes.last().unwrap().parked[0].instance;
+        assert_eq!(
+            (parked.next.as_deref(), parked.steps_run, parked.attempt),
+            (Some("sms"), 2, 0)
+        );
+    }
+}
