@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_lean_ledger.sql",
         sql: include_str!("../migrations/0007_lean_ledger.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_definitions.sql",
+        sql: include_str!("../migrations/0008_definitions.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).

@@ -1,0 +1,519 @@
+-- Herald schema 8: automations as workflow definitions, saved through one checked path.
+
+-- Every saved definition of every automation; an instance keeps the version it started with.
+CREATE TABLE automation_versions (
+  automation_id bigint NOT NULL REFERENCES automations (id) ON DELETE CASCADE,
+  version       integer NOT NULL,
+  definition    jsonb NOT NULL,
+  checksum      text NOT NULL,  -- 'sha256:' and the hex digest of the definition as stored
+  created_at    timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (automation_id, version)
+);
+
+ALTER TABLE automations ADD COLUMN version integer;
+
+-- A span as definitions write it: "2 hours", "-1 day", "1 week 2 days", "30m", or ISO 8601
+-- ("PT2H"). Herald reads the same forms; this is the subset both sides agree on.
+CREATE FUNCTION herald_span_problem(p_value jsonb, p_what text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE
+    WHEN jsonb_typeof(p_value) IS DISTINCT FROM 'string' THEN
+      format('%s is a span such as "2 hours" or "-1 day"', p_what)
+    WHEN p_value #>> '{}' ~* '^\s*[+-]?\s*(\d+\s*(years?|y|months?|mo|weeks?|w|days?|d|hours?|hrs?|h|minutes?|mins?|m|seconds?|secs?|s)\s*,?\s*)+$'
+      OR p_value #>> '{}' ~ '^[+-]?P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$'
+         AND p_value #>> '{}' !~ '^[+-]?PT?$' THEN NULL
+    ELSE format('`%s` is not a span such as "2 hours" or "-1 day"', p_value #>> '{}')
+  END
+$$;
+
+-- One problem as a list of [path, message], or an empty list when there is no message.
+CREATE FUNCTION herald_problem(p_path text, p_message text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN p_message IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(jsonb_build_array(p_path, p_message)) END
+$$;
+
+-- The kinds of value each column of a relation holds, as conditions compare them:
+-- number, text, bool, time, list or other.
+CREATE FUNCTION herald_column_kinds(p_relation regclass) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+  SELECT coalesce(jsonb_object_agg(a.attname, CASE
+           WHEN t.typcategory = 'N' THEN 'number'
+           WHEN t.typcategory = 'S' THEN 'text'
+           WHEN t.typcategory = 'B' THEN 'bool'
+           WHEN t.typcategory = 'D' AND t.typname <> 'time' AND t.typname <> 'timetz' THEN 'time'
+           WHEN t.typcategory = 'A' THEN 'list'
+           ELSE 'other' END), '{}'::jsonb)
+  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+  WHERE a.attrelid = p_relation AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+-- A relation named in a definition, or NULL when there is none by that name.
+CREATE FUNCTION herald_relation(p_name text) RETURNS regclass
+LANGUAGE sql STABLE AS $$
+  SELECT to_regclass(CASE WHEN position('.' IN p_name) > 0 THEN p_name ELSE 'public.' || p_name END)
+$$;
+
+-- The mistakes in a condition, as [path, message] pairs. p_kinds: the data's columns and
+-- their kinds (NULL when the data's relation is not known when saving).
+CREATE FUNCTION herald_condition_problems(p_cond jsonb, p_path text, p_depth integer, p_kinds jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  problems jsonb := '[]';
+  k        text;
+  item     jsonb;
+  i        integer := 0;
+  op       text;
+  val      jsonb;
+  field    text[];
+  kind     text;
+  vkind    text;
+BEGIN
+  IF p_depth > 16 THEN
+    RETURN jsonb_build_array(jsonb_build_array(p_path, 'conditions may nest at most 16 deep'));
+  END IF;
+  IF jsonb_typeof(p_cond) IS DISTINCT FROM 'object' THEN
+    RETURN jsonb_build_array(jsonb_build_array(p_path,
+      'a condition is an object: all, any, not, or {field, op, value}'));
+  END IF;
+  IF p_cond ?| ARRAY['all', 'any'] AND (SELECT count(*) FROM jsonb_object_keys(p_cond)) = 1 THEN
+    k := CASE WHEN p_cond ? 'all' THEN 'all' ELSE 'any' END;
+    IF jsonb_typeof(p_cond -> k) IS DISTINCT FROM 'array' OR jsonb_array_length(p_cond -> k) = 0 THEN
+      RETURN jsonb_build_array(jsonb_build_array(p_path || '.' || k,
+        format('`%s` takes a non-empty list of conditions', k)));
+    END IF;
+    FOR item IN SELECT value FROM jsonb_array_elements(p_cond -> k) LOOP
+      problems := problems || herald_condition_problems(item, format('%s.%s[%s]', p_path, k, i), p_depth + 1, p_kinds);
+      i := i + 1;
+    END LOOP;
+    RETURN problems;
+  END IF;
+  IF p_cond ? 'not' AND (SELECT count(*) FROM jsonb_object_keys(p_cond)) = 1 THEN
+    RETURN herald_condition_problems(p_cond -> 'not', p_path || '.not', p_depth + 1, p_kinds);
+  END IF;
+  IF NOT (p_cond ? 'field' OR p_cond ? 'op') THEN
+    RETURN jsonb_build_array(jsonb_build_array(p_path, format(
+      'unknown condition with keys %s; expected all, any, not, or {field, op, value}',
+      (SELECT string_agg(key, ', ' ORDER BY key) FROM jsonb_object_keys(p_cond) key))));
+  END IF;
+  FOR k IN SELECT key FROM jsonb_object_keys(p_cond) key WHERE key NOT IN ('field', 'op', 'value') ORDER BY 1 LOOP
+    problems := problems || jsonb_build_array(jsonb_build_array(p_path || '.' || k,
+      'unknown key in a comparison; it takes field, op and value'));
+  END LOOP;
+  -- The field, and the kind of value it holds when the data's columns are known.
+  IF jsonb_typeof(p_cond -> 'field') = 'string' THEN
+    field := string_to_array(p_cond ->> 'field', '.');
+  ELSIF jsonb_typeof(p_cond -> 'field') = 'array' THEN
+    field := ARRAY(SELECT jsonb_array_elements_text(p_cond -> 'field'));
+  END IF;
+  IF field IS NULL OR cardinality(field) = 0 OR '' = ANY (field) THEN
+    problems := problems || jsonb_build_array(jsonb_build_array(p_path || '.field',
+      'a comparison names its field: text ("starts_at", "herald.new_status") or a list of names'));
+  ELSIF p_kinds IS NOT NULL AND field[1] NOT IN ('herald', 'steps', 'payload') THEN
+    kind := p_kinds ->> field[1];
+    IF kind IS NULL THEN
+      problems := problems || jsonb_build_array(jsonb_build_array(p_path || '.field',
+        format('the data has no column `%s`', field[1])));
+    ELSIF cardinality(field) > 1 THEN
+      kind := NULL;  -- inside a json column: not known
+    END IF;
+  END IF;
+  op := p_cond ->> 'op';
+  val := p_cond -> 'value';
+  vkind := CASE
+    WHEN val IS NULL THEN NULL
+    WHEN jsonb_typeof(val) = 'object' AND (val ? 'now' OR val ? 'at' OR val ? 'plus') THEN 'time'
+    WHEN jsonb_typeof(val) = 'object' THEN 'field'
+    WHEN jsonb_typeof(val) = 'boolean' THEN 'bool'
+    WHEN jsonb_typeof(val) = 'string' THEN 'text'
+    ELSE jsonb_typeof(val) END;
+  IF op IS NULL THEN
+    RETURN problems || jsonb_build_array(jsonb_build_array(p_path || '.op',
+      'a comparison has an operator, one of =, <>, <, <=, >, >=, in, contains, is null, is not null'));
+  ELSIF op IN ('is null', 'is not null') THEN
+    IF val IS NOT NULL THEN
+      problems := problems || jsonb_build_array(jsonb_build_array(p_path || '.value', format('`%s` takes no value', op)));
+    END IF;
+    RETURN problems;
+  ELSIF op NOT IN ('=', '<>', '!=', '<', '<=', '>', '>=', 'in', 'contains') THEN
+    RETURN problems || jsonb_build_array(jsonb_build_array(p_path || '.op', format(
+      'unknown operator `%s`; expected one of =, <>, <, <=, >, >=, in, contains, is null, is not null', op)));
+  END IF;
+  IF val IS NULL THEN
+    RETURN problems || jsonb_build_array(jsonb_build_array(p_path || '.value', format('`%s` compares with a value', op)));
+  ELSIF vkind = 'null' THEN
+    RETURN problems || jsonb_build_array(jsonb_build_array(p_path || '.value',
+      'compare with null by `is null` or `is not null`'));
+  ELSIF op = 'in' AND vkind <> 'array' THEN
+    RETURN problems || jsonb_build_array(jsonb_build_array(p_path || '.value', '`in` takes a list of values'));
+  ELSIF op <> 'in' AND vkind = 'array' THEN
+    RETURN problems || jsonb_build_array(jsonb_build_array(p_path || '.value', 'a list is the value of `in` only'));
+  ELSIF op IN ('<', '<=', '>', '>=') AND vkind = 'bool' THEN
+    RETURN problems || jsonb_build_array(jsonb_build_array(p_path || '.value',
+      'true/false can only be compared with = or <>'));
+  ELSIF vkind = 'time' AND op IN ('in', 'contains') THEN
+    RETURN problems || jsonb_build_array(jsonb_build_array(p_path || '.value',
+      format('a time is compared with =, <>, <, <=, > or >=, not `%s`', op)));
+  END IF;
+  IF vkind = 'time' THEN
+    IF val ? 'now' AND jsonb_typeof(val -> 'now') <> 'boolean' THEN
+      problems := problems || herald_problem(p_path || '.value', herald_span_problem(val -> 'now', '`now`'));
+    ELSIF val ? 'plus' THEN
+      problems := problems || herald_problem(p_path || '.value', herald_span_problem(val -> 'plus', '`plus`'));
+    ELSIF val ? 'at' AND (jsonb_typeof(val -> 'at') <> 'string'
+                          OR (val ->> 'at') !~ '^\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:?\d\d)$') THEN
+      problems := problems || jsonb_build_array(jsonb_build_array(p_path || '.value',
+        '`at` is a time with its offset, such as "2026-01-01T09:00:00Z"'));
+    END IF;
+  END IF;
+  -- A field of a known kind compared with a value it can never equal or order against.
+  IF kind IS NOT NULL AND kind <> 'other' AND vkind <> 'field' THEN
+    IF op = 'in' THEN
+      vkind := (SELECT CASE WHEN count(DISTINCT jsonb_typeof(e)) = 1 THEN min(jsonb_typeof(e)) END
+                FROM jsonb_array_elements(val) e);
+      vkind := CASE vkind WHEN 'string' THEN 'text' WHEN 'boolean' THEN 'bool' ELSE vkind END;
+    END IF;
+    IF op = 'contains' THEN
+      IF kind NOT IN ('list', 'text') THEN
+        problems := problems || jsonb_build_array(jsonb_build_array(p_path || '.op',
+          format('`%s` holds %s; `contains` looks in a list or in text', field[1], kind)));
+      END IF;
+    ELSIF NOT (vkind = kind OR (kind = 'time' AND vkind IN ('time', 'text'))) THEN
+      problems := problems || jsonb_build_array(jsonb_build_array(p_path || '.value', format(
+        '`%s` holds %s, so it cannot be compared with %s', field[1],
+        CASE kind WHEN 'bool' THEN 'true/false' WHEN 'list' THEN 'a list' WHEN 'time' THEN 'a time' ELSE kind END,
+        CASE vkind WHEN 'bool' THEN 'true/false' WHEN 'text' THEN 'text' WHEN 'time' THEN 'a time'
+                   WHEN 'number' THEN 'a number' ELSE 'values of mixed kinds' END)));
+    END IF;
+  END IF;
+  RETURN problems;
+END
+$$;
+
+-- A template's text: required, non-empty text. (Whether it compiles is checked where
+-- templates run, in the executor; this checks what SQL can.)
+CREATE FUNCTION herald_text_problem(p_step jsonb, p_key text, p_path text, p_required boolean DEFAULT true)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE
+    WHEN NOT p_step ? p_key THEN
+      CASE WHEN p_required THEN jsonb_build_array(jsonb_build_array(p_path || '.' || p_key, 'is required')) ELSE '[]' END
+    WHEN jsonb_typeof(p_step -> p_key) <> 'string' THEN jsonb_build_array(jsonb_build_array(p_path || '.' || p_key, 'is text'))
+    WHEN btrim(p_step ->> p_key) = '' THEN jsonb_build_array(jsonb_build_array(p_path || '.' || p_key, 'is empty'))
+    ELSE '[]' END
+$$;
+
+-- The mistakes in a list of steps, and the ids they use in order:
+-- {"problems": [[path, message], ...], "ids": [[path, id], ...]}.
+CREATE FUNCTION herald_steps_problems(p_steps jsonb, p_path text, p_depth integer, p_kinds jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  problems jsonb := '[]';
+  ids      jsonb := '[]';
+  step     jsonb;
+  i        integer := 0;
+  path     text;
+  kind     text;
+  allowed  text[];
+  k        text;
+  inner_r  jsonb;
+  arm      text;
+  retry    jsonb;
+BEGIN
+  IF jsonb_typeof(p_steps) IS DISTINCT FROM 'array' THEN
+    RETURN jsonb_build_object('problems', jsonb_build_array(jsonb_build_array(p_path, 'is a list of steps')), 'ids', '[]'::jsonb);
+  END IF;
+  FOR step IN SELECT value FROM jsonb_array_elements(p_steps) LOOP
+    path := format('%s[%s]', p_path, i);
+    i := i + 1;
+    IF jsonb_typeof(step) <> 'object' THEN
+      problems := problems || jsonb_build_array(jsonb_build_array(path, 'a step is an object'));
+      CONTINUE;
+    END IF;
+    IF jsonb_typeof(step -> 'id') = 'string' THEN
+      IF (step ->> 'id') !~ '^[A-Za-z0-9_-]{1,64}$' THEN
+        problems := problems || jsonb_build_array(jsonb_build_array(path || '.id',
+          format('`%s`: a step id is 1 to 64 letters, digits, - and _', step ->> 'id')));
+      ELSE
+        ids := ids || jsonb_build_array(jsonb_build_array(path || '.id', step ->> 'id'));
+      END IF;
+    ELSE
+      problems := problems || jsonb_build_array(jsonb_build_array(path || '.id', 'is required'));
+    END IF;
+    -- on_error
+    IF step ? 'on_error' THEN
+      IF step -> 'on_error' IN ('"stop"', '"continue"') THEN
+        NULL;
+      ELSIF jsonb_typeof(step #> '{on_error,retry}') = 'object' THEN
+        retry := step #> '{on_error,retry}';
+        IF jsonb_typeof(retry -> 'times') IS DISTINCT FROM 'number'
+           OR (retry ->> 'times')::numeric NOT IN (1, 2, 3, 4, 5, 6, 7, 8, 9, 10) THEN
+          problems := problems || jsonb_build_array(jsonb_build_array(path || '.on_error.retry.times', 'is a count from 1 to 10'));
+        END IF;
+        IF retry ? 'backoff' AND herald_span_problem(retry -> 'backoff', 'a backoff') IS NOT NULL THEN
+          problems := problems || jsonb_build_array(jsonb_build_array(path || '.on_error.retry.backoff',
+            herald_span_problem(retry -> 'backoff', 'a backoff')));
+        END IF;
+      ELSE
+        problems := problems || jsonb_build_array(jsonb_build_array(path || '.on_error',
+          'is "stop", "continue" or {"retry": {"times": 3, "backoff": "1 minute"}}'));
+      END IF;
+    END IF;
+    kind := step ->> 'type';
+    allowed := CASE kind
+      WHEN 'send_email' THEN ARRAY['from', 'to', 'subject', 'text', 'html']
+      WHEN 'send_sms' THEN ARRAY['to', 'body']
+      WHEN 'wait' THEN ARRAY['for', 'until']
+      WHEN 'branch' THEN ARRAY['if', 'then', 'else']
+      WHEN 'update_field' THEN ARRAY['table', 'key', 'set']
+      WHEN 'add_tag' THEN ARRAY['tag'] WHEN 'remove_tag' THEN ARRAY['tag']
+      WHEN 'add_to_segment' THEN ARRAY['segment'] WHEN 'remove_from_segment' THEN ARRAY['segment']
+      WHEN 'webhook' THEN ARRAY['url', 'body', 'secret', 'timeout']
+      WHEN 'create_task' THEN ARRAY['title', 'assignee', 'due', 'notes']
+      WHEN 'notify_admin' THEN ARRAY['subject', 'text']
+    END;
+    IF kind IS NULL THEN
+      problems := problems || jsonb_build_array(jsonb_build_array(path || '.type', 'is required'));
+      CONTINUE;
+    ELSIF allowed IS NULL THEN
+      problems := problems || jsonb_build_array(jsonb_build_array(path || '.type', format(
+        'unknown step type `%s`; expected one of send_email, send_sms, wait, branch, update_field, add_tag, '
+        'remove_tag, add_to_segment, remove_from_segment, webhook, create_task, notify_admin', kind)));
+      CONTINUE;
+    END IF;
+    FOR k IN SELECT key FROM jsonb_object_keys(step) key
+             WHERE key <> ALL (allowed || ARRAY['id', 'type', 'on_error']) ORDER BY 1 LOOP
+      problems := problems || jsonb_build_array(jsonb_build_array(path || '.' || k,
+        format('unknown key; expected %s', array_to_string(ARRAY['id', 'type', 'on_error'] || allowed, ', '))));
+    END LOOP;
+    CASE kind
+      WHEN 'send_email' THEN
+        problems := problems || herald_text_problem(step, 'to', path) || herald_text_problem(step, 'subject', path)
+          || herald_text_problem(step, 'from', path, false) || herald_text_problem(step, 'text', path, false)
+          || herald_text_problem(step, 'html', path, false);
+        IF NOT (step ? 'text' OR step ? 'html') THEN
+          problems := problems || jsonb_build_array(jsonb_build_array(path, 'an email has `text`, `html` or both'));
+        END IF;
+      WHEN 'send_sms' THEN
+        problems := problems || herald_text_problem(step, 'to', path) || herald_text_problem(step, 'body', path);
+      WHEN 'wait' THEN
+        IF step ? 'for' AND step ? 'until' THEN
+          problems := problems || jsonb_build_array(jsonb_build_array(path, 'a wait has `for` or `until`, not both'));
+        ELSIF step ? 'for' THEN
+          IF herald_span_problem(step -> 'for', 'a wait''s `for`') IS NOT NULL THEN
+            problems := problems || jsonb_build_array(jsonb_build_array(path || '.for', herald_span_problem(step -> 'for', 'a wait''s `for`')));
+          ELSIF (step ->> 'for') ~ '^\s*-' THEN
+            problems := problems || jsonb_build_array(jsonb_build_array(path || '.for', 'a wait cannot last a negative span'));
+          END IF;
+        ELSIF jsonb_typeof(step -> 'until') = 'object' THEN
+          IF jsonb_typeof(step #> '{until,field}') IS DISTINCT FROM 'string' THEN
+            problems := problems || jsonb_build_array(jsonb_build_array(path || '.until.field', '`until` names the field that holds the time'));
+          ELSIF p_kinds IS NOT NULL AND split_part(step #>> '{until,field}', '.', 1) NOT IN ('herald', 'steps', 'payload') THEN
+            IF p_kinds ->> split_part(step #>> '{until,field}', '.', 1) IS NULL THEN
+              problems := problems || jsonb_build_array(jsonb_build_array(path || '.until.field',
+                format('the data has no column `%s`', split_part(step #>> '{until,field}', '.', 1))));
+            ELSIF position('.' IN step #>> '{until,field}') = 0
+                  AND p_kinds ->> (step #>> '{until,field}') NOT IN ('time', 'text', 'other') THEN
+              problems := problems || jsonb_build_array(jsonb_build_array(path || '.until.field',
+                format('`%s` holds %s, not a time', step #>> '{until,field}', p_kinds ->> (step #>> '{until,field}'))));
+            END IF;
+          END IF;
+          IF step #> '{until}' ? 'offset' AND herald_span_problem(step #> '{until,offset}', 'an offset') IS NOT NULL THEN
+            problems := problems || jsonb_build_array(jsonb_build_array(path || '.until.offset', herald_span_problem(step #> '{until,offset}', 'an offset')));
+          END IF;
+          IF step #> '{until}' ? 'at' AND coalesce(step #>> '{until,at}', '') !~ '^([01]?\d|2[0-3]):[0-5]\d(:[0-5]\d)?$' THEN
+            problems := problems || jsonb_build_array(jsonb_build_array(path || '.until.at', '`at` is a local time of day such as "18:00"'));
+          END IF;
+          IF jsonb_typeof(step #> '{until,timezone}') = 'string'
+             AND NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = step #>> '{until,timezone}') THEN
+            problems := problems || jsonb_build_array(jsonb_build_array(path || '.until.timezone',
+              format('`%s` is not a time zone name such as "Europe/London"', step #>> '{until,timezone}')));
+          END IF;
+        ELSIF step ? 'until' THEN
+          problems := problems || jsonb_build_array(jsonb_build_array(path || '.until', '`until` is an object with at least a field'));
+        ELSE
+          problems := problems || jsonb_build_array(jsonb_build_array(path, 'a wait has `for` (a span) or `until` (a time from the data)'));
+        END IF;
+      WHEN 'branch' THEN
+        IF p_depth + 1 > 8 THEN
+          problems := problems || jsonb_build_array(jsonb_build_array(path, 'branches may nest at most 8 deep'));
+          CONTINUE;
+        END IF;
+        IF step ? 'if' THEN
+          problems := problems || herald_condition_problems(step -> 'if', path || '.if', 1, p_kinds);
+        ELSE
+          problems := problems || jsonb_build_array(jsonb_build_array(path || '.if', 'is required: the condition that chooses `then`'));
+        END IF;
+        FOREACH arm IN ARRAY ARRAY['then', 'else'] LOOP
+          IF step ? arm THEN
+            inner_r := herald_steps_problems(step -> arm, path || '.' || arm, p_depth + 1, p_kinds);
+            problems := problems || (inner_r -> 'problems');
+            ids := ids || (inner_r -> 'ids');
+          END IF;
+        END LOOP;
+      WHEN 'update_field' THEN
+        IF jsonb_typeof(step -> 'set') IS DISTINCT FROM 'object' OR step -> 'set' = '{}' THEN
+          problems := problems || jsonb_build_array(jsonb_build_array(path || '.set', 'is an object of column → template, with at least one column'));
+        END IF;
+        IF step ? 'table' AND (jsonb_typeof(step -> 'table') <> 'string' OR herald_relation(step ->> 'table') IS NULL) THEN
+          problems := problems || jsonb_build_array(jsonb_build_array(path || '.table', format('no table `%s`', step ->> 'table')));
+        END IF;
+      WHEN 'webhook' THEN
+        problems := problems || herald_text_problem(step, 'url', path) || herald_text_problem(step, 'body', path)
+          || herald_text_problem(step, 'secret', path);
+        IF jsonb_typeof(step -> 'url') = 'string' AND (step ->> 'url') NOT LIKE 'https://%' THEN
+          problems := problems || jsonb_build_array(jsonb_build_array(path || '.url', 'a webhook is sent over https://'));
+        END IF;
+        IF step ? 'timeout' AND herald_span_problem(step -> 'timeout', 'a timeout') IS NOT NULL THEN
+          problems := problems || jsonb_build_array(jsonb_build_array(path || '.timeout', herald_span_problem(step -> 'timeout', 'a timeout')));
+        END IF;
+      WHEN 'create_task' THEN
+        problems := problems || herald_text_problem(step, 'title', path) || herald_text_problem(step, 'assignee', path, false)
+          || herald_text_problem(step, 'notes', path, false);
+        IF step ? 'due' AND (herald_span_problem(step -> 'due', 'a due time') IS NOT NULL OR (step ->> 'due') ~ '^\s*-') THEN
+          problems := problems || jsonb_build_array(jsonb_build_array(path || '.due', 'is a span after the step runs, such as "2 days"'));
+        END IF;
+      WHEN 'notify_admin' THEN
+        problems := problems || herald_text_problem(step, 'subject', path) || herald_text_problem(step, 'text', path);
+      ELSE
+        problems := problems || herald_text_problem(step, CASE WHEN kind LIKE '%tag' THEN 'tag' ELSE 'segment' END, path);
+    END CASE;
+  END LOOP;
+  RETURN jsonb_build_object('problems', problems, 'ids', ids);
+END
+$$;
+
+-- Every mistake in a definition, each with its path in the document.
+CREATE FUNCTION herald_definition_problems(p_definition jsonb)
+RETURNS TABLE (path text, message text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  problems jsonb := '[]';
+  trig     jsonb := p_definition -> 'trigger';
+  rel      regclass;
+  kinds    jsonb;
+  k        text;
+  steps_r  jsonb;
+  item     jsonb;
+  i        integer := 0;
+  col      text;
+BEGIN
+  IF jsonb_typeof(p_definition) IS DISTINCT FROM 'object' THEN
+    RETURN QUERY SELECT '(document)'::text, 'a definition is an object'::text;
+    RETURN;
+  END IF;
+  FOR k IN SELECT key FROM jsonb_object_keys(p_definition) key
+           WHERE key NOT IN ('trigger', 'conditions', 'exit', 'timezone', 'admins', 'steps') ORDER BY 1 LOOP
+    problems := problems || jsonb_build_array(jsonb_build_array(k,
+      'unknown key; expected trigger, conditions, exit, timezone, admins, steps'));
+  END LOOP;
+  -- The trigger, and the relation whose columns conditions and waits read.
+  IF jsonb_typeof(trig) IS DISTINCT FROM 'object' THEN
+    problems := problems || jsonb_build_array(jsonb_build_array('trigger', 'is required: an object with a type'));
+  ELSIF trig ->> 'type' IN ('status_change', 'insert', 'update', 'delete') THEN
+    IF jsonb_typeof(trig -> 'table') IS DISTINCT FROM 'string' THEN
+      problems := problems || jsonb_build_array(jsonb_build_array('trigger.table', 'is required'));
+    ELSE
+      rel := herald_relation(trig ->> 'table');
+      IF rel IS NULL THEN
+        problems := problems || jsonb_build_array(jsonb_build_array('trigger.table', format('no table `%s`', trig ->> 'table')));
+      ELSE
+        kinds := herald_column_kinds(rel);
+      END IF;
+    END IF;
+    IF kinds IS NOT NULL AND trig ->> 'type' = 'status_change' AND NOT kinds ? coalesce(trig ->> 'column', 'status') THEN
+      problems := problems || jsonb_build_array(jsonb_build_array('trigger.column',
+        format('`%s` has no column `%s`', trig ->> 'table', coalesce(trig ->> 'column', 'status'))));
+    END IF;
+    IF trig ->> 'type' = 'update' THEN
+      IF jsonb_typeof(trig -> 'columns') IS DISTINCT FROM 'array' OR jsonb_array_length(trig -> 'columns') = 0 THEN
+        problems := problems || jsonb_build_array(jsonb_build_array('trigger.columns', 'names the columns whose change starts a flow'));
+      ELSIF kinds IS NOT NULL THEN
+        FOR col IN SELECT jsonb_array_elements_text(trig -> 'columns') LOOP
+          IF NOT kinds ? col THEN
+            problems := problems || jsonb_build_array(jsonb_build_array('trigger.columns',
+              format('`%s` has no column `%s`', trig ->> 'table', col)));
+          END IF;
+        END LOOP;
+      END IF;
+    END IF;
+  ELSIF trig ->> 'type' IN ('tag_added', 'tag_removed', 'segment_joined', 'segment_left') THEN
+    problems := problems || herald_text_problem(trig, CASE WHEN trig ->> 'type' LIKE 'tag%' THEN 'tag' ELSE 'segment' END, 'trigger');
+  ELSIF trig ->> 'type' IS DISTINCT FROM 'manual' THEN
+    problems := problems || jsonb_build_array(jsonb_build_array('trigger.type', format(
+      'unknown trigger type `%s`; expected one of status_change, insert, update, delete, tag_added, tag_removed, '
+      'segment_joined, segment_left, manual', coalesce(trig ->> 'type', ''))));
+  END IF;
+  IF p_definition ? 'conditions' THEN
+    problems := problems || herald_condition_problems(p_definition -> 'conditions', 'conditions', 1, kinds);
+  END IF;
+  IF p_definition ? 'exit' THEN
+    IF jsonb_typeof(p_definition -> 'exit') <> 'array' THEN
+      problems := problems || jsonb_build_array(jsonb_build_array('exit', 'is a list of {if, reason}'));
+    ELSE
+      FOR item IN SELECT value FROM jsonb_array_elements(p_definition -> 'exit') LOOP
+        IF NOT item ? 'if' THEN
+          problems := problems || jsonb_build_array(jsonb_build_array(format('exit[%s].if', i), 'is required: the condition that ends the flow'));
+        ELSE
+          problems := problems || herald_condition_problems(item -> 'if', format('exit[%s].if', i), 1, kinds);
+        END IF;
+        problems := problems || herald_text_problem(item, 'reason', format('exit[%s]', i));
+        i := i + 1;
+      END LOOP;
+    END IF;
+  END IF;
+  IF p_definition ? 'timezone' AND NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = p_definition ->> 'timezone') THEN
+    problems := problems || jsonb_build_array(jsonb_build_array('timezone',
+      format('`%s` is not a time zone name such as "Europe/London"', p_definition ->> 'timezone')));
+  END IF;
+  IF NOT p_definition ? 'steps' THEN
+    problems := problems || jsonb_build_array(jsonb_build_array('steps', 'is required: a list of steps'));
+  ELSE
+    steps_r := herald_steps_problems(p_definition -> 'steps', 'steps', 0, kinds);
+    problems := problems || (steps_r -> 'problems');
+    IF jsonb_array_length(steps_r -> 'ids') > 200 THEN
+      problems := problems || jsonb_build_array(jsonb_build_array('steps', 'a definition may have at most 200 steps'));
+    END IF;
+    -- Each id once: a repeat is reported where it repeats.
+    problems := problems || coalesce((
+      SELECT jsonb_agg(jsonb_build_array(e ->> 0, format('`%s` is the id of an earlier step; step ids are unique', e ->> 1)) ORDER BY n)
+      FROM (SELECT e, n, row_number() OVER (PARTITION BY e ->> 1 ORDER BY n) AS seen
+            FROM jsonb_array_elements(steps_r -> 'ids') WITH ORDINALITY AS x(e, n)) d
+      WHERE seen > 1), '[]');
+    IF jsonb_path_exists(p_definition -> 'steps', 'strict $.** ? (@.type == "notify_admin")')
+       AND coalesce(jsonb_array_length(p_definition #> '{admins,emails}'), 0) + coalesce(jsonb_array_length(p_definition #> '{admins,phones}'), 0) = 0 THEN
+      problems := problems || jsonb_build_array(jsonb_build_array('admins', 'notify_admin steps need admins.emails or admins.phones'));
+    END IF;
+  END IF;
+  RETURN QUERY SELECT e ->> 0, e ->> 1 FROM jsonb_array_elements(problems) e;
+END
+$$;
+
+-- Saves an automation's definition as its next version, or refuses it with every mistake
+-- (SQLSTATE 22023, one "path: message" line each in the error's detail). Returns the version.
+CREATE FUNCTION herald_save_automation(p_name text, p_definition jsonb) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  mistakes text;
+  n        integer;
+  auto_id  bigint;
+  v        integer;
+BEGIN
+  SELECT string_agg(path || ': ' || message, E'\n'), count(*) INTO mistakes, n
+  FROM herald_definition_problems(p_definition);
+  IF n > 0 THEN
+    RAISE EXCEPTION 'automation % refused: % mistake(s) in its definition', p_name, n
+      USING ERRCODE = '22023', DETAIL = mistakes;
+  END IF;
+  SELECT id INTO auto_id FROM automations WHERE name = p_name FOR UPDATE;
+  IF auto_id IS NULL THEN
+    RAISE EXCEPTION 'no automation named %', p_name USING ERRCODE = '22023';
+  END IF;
+  SELECT coalesce(max(version), 0) + 1 INTO v FROM automation_versions WHERE automation_id = auto_id;
+  INSERT INTO automation_versions (automation_id, version, definition, checksum)
+  VALUES (auto_id, v, p_definition, 'sha256:' || encode(sha256(convert_to(p_definition::text, 'UTF8')), 'hex'));
+  UPDATE automations SET version = v, updated_at = now() WHERE id = auto_id;
+  RETURN v;
+END
+$$;

@@ -1,0 +1,320 @@
+//! Definitions are checked when saved, in SQL, with the path of every mistake; Herald's own
+//! reader agrees with SQL on every mistake both can see.
+
+use herald_shared::workflow::definition;
+use herald_tests::TestDb;
+use serde_json::{json, Value as Json};
+
+async fn db() -> TestDb {
+    let db = TestDb::new().await;
+    db.exec(
+        "CREATE TABLE bookings (id bigint PRIMARY KEY, status text NOT NULL, starts_at timestamptz, vip boolean,
+                                total numeric, tags text[], email text, phone text, name text, reminded boolean);",
+    )
+    .await;
+    db
+}
+
+fn flow() -> Json {
+    json!({
+        "trigger": {"type": "status_change", "table": "public.bookings", "to": "confirmed"},
+        "timezone": "Europe/London",
+        "admins": {"emails": ["owner@example.com"]},
+        "exit": [{"if": {"field": "status", "op": "=", "value": "cancelled"}, "reason": "booking cancelled"}],
+        "steps": [
+            {"id": "confirm", "type": "send_email", "to": "{{ email }}", "subject": "Booked", "text": "See you, {{ name }}"},
+            {"id": "night-before", "type": "wait", "until": {"field": "starts_at", "offset": "-1 day", "at": "18:00"}},
+            {"id": "vip", "type": "branch",
+             "if": {"all": [{"field": "vip", "op": "=", "value": true},
+                            {"field": "starts_at", "op": "<", "value": {"now": "7 days"}},
+                            {"field": "tags", "op": "contains", "value": "gold"},
+                            {"field": "total", "op": "in", "value": [100, 200]}]},
+             "then": [{"id": "tell-owner", "type": "notify_admin", "subject": "VIP", "text": "{{ name }} comes tomorrow"}],
+             "else": [{"id": "tag", "type": "add_tag", "tag": "regular"}]},
+            {"id": "remind", "type": "send_sms", "to": "{{ phone }}", "body": "Tomorrow!", "on_error": "continue"},
+            {"id": "review", "type": "webhook", "url": "https://hooks.example.com/review", "body": "{\"id\": {{ id }}}",
+             "secret": "herald/webhooks/review", "timeout": "5 seconds",
+             "on_error": {"retry": {"times": 3, "backoff": "30 seconds"}}},
+            {"id": "mark", "type": "update_field", "set": {"reminded": "true"}},
+            {"id": "follow-up", "type": "create_task", "title": "Call {{ name }}", "due": "2 days"}
+        ]
+    })
+}
+
+fn with(pointer: &str, value: Json) -> Json {
+    let mut doc = flow();
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    match doc.pointer_mut(parent).unwrap() {
+        Json::Object(o) => drop(o.insert(key.to_owned(), value)),
+        other => *other.get_mut(key.parse::<usize>().unwrap()).unwrap() = value,
+    }
+    doc
+}
+
+async fn sql_problems(db: &TestDb, doc: &Json) -> Vec<(String, String)> {
+    db.client
+        .query("SELECT path, message FROM herald_definition_problems($1)", &[doc])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+fn rust_paths(doc: &Json) -> Vec<String> {
+    match definition::parse(doc) {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems.into_iter().map(|p| p.path).collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_sound_definition_passes_both_checks() {
+    let db = db().await;
+    assert_eq!(sql_problems(&db, &flow()).await, vec![]);
+    assert_eq!(rust_paths(&flow()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn mistakes_of_shape_are_refused_by_sql_and_by_herald_at_the_same_path() {
+    let db = db().await;
+    let cases: Vec<(Json, &str, &str)> = vec![
+        (
+            with("/steps/1/id", json!("confirm")),
+            "steps[1].id",
+            "`confirm` is the id of an earlier step",
+        ),
+        (
+            with("/steps/2/then/0/id", json!("remind")),
+            "steps[3].id",
+            "`remind` is the id of an earlier step",
+        ),
+        (with("/steps/0/id", json!("a b")), "steps[0].id", "letters, digits"),
+        (
+            with("/steps/0/type", json!("send_fax")),
+            "steps[0].type",
+            "unknown step type `send_fax`",
+        ),
+        (with("/steps/0/to", json!(5)), "steps[0].to", "is text"),
+        (with("/steps/0/colour", json!("red")), "steps[0].colour", "unknown key"),
+        (
+            with("/steps/1/until/offset", json!("a day")),
+            "steps[1].until.offset",
+            "`a day` is not a span",
+        ),
+        (
+            with("/steps/1/until/at", json!("6pm")),
+            "steps[1].until.at",
+            "local time of day",
+        ),
+        (
+            with("/steps/1/until/timezone", json!("Mars/Base")),
+            "steps[1].until.timezone",
+            "`Mars/Base` is not a time zone",
+        ),
+        (
+            with("/steps/2/if/all/0/op", json!("~")),
+            "steps[2].if.all[0].op",
+            "unknown operator `~`",
+        ),
+        (
+            with("/steps/2/if/all/0/value", Json::Null),
+            "steps[2].if.all[0].value",
+            "by `is null`",
+        ),
+        (
+            with("/steps/2/if/all/3/value", json!(100)),
+            "steps[2].if.all[3].value",
+            "`in` takes a list",
+        ),
+        (
+            with("/steps/2/if/all/1/value", json!({"now": "soon"})),
+            "steps[2].if.all[1].value",
+            "`soon` is not a span",
+        ),
+        (
+            with("/steps/2/if", json!({"every": []})),
+            "steps[2].if",
+            "unknown condition with keys every",
+        ),
+        (
+            with("/steps/2/then/0/type", json!("nope")),
+            "steps[2].then[0].type",
+            "unknown step type",
+        ),
+        (
+            with("/steps/3/on_error", json!("ignore")),
+            "steps[3].on_error",
+            "\"stop\", \"continue\"",
+        ),
+        (
+            with("/steps/4/on_error/retry/times", json!(50)),
+            "steps[4].on_error.retry.times",
+            "from 1 to 10",
+        ),
+        (
+            with("/steps/4/url", json!("http://hooks.example.com")),
+            "steps[4].url",
+            "https://",
+        ),
+        (with("/steps/5/set", json!({})), "steps[5].set", "at least one column"),
+        (
+            with("/steps/6/due", json!("-1 day")),
+            "steps[6].due",
+            "span after the step runs",
+        ),
+        (
+            with("/trigger/type", json!("cron")),
+            "trigger.type",
+            "unknown trigger type `cron`",
+        ),
+        (with("/timezone", json!("Mars/Base")), "timezone", "not a time zone"),
+        (with("/exit/0/reason", json!("")), "exit[0].reason", "is empty"),
+        (with("/admins", json!({})), "admins", "notify_admin steps need"),
+        (with("/colour", json!("red")), "colour", "unknown key"),
+        (with("/steps", json!("all of them")), "steps", "a list of steps"),
+    ];
+    for (doc, path, part) in cases {
+        let sql = sql_problems(&db, &doc).await;
+        assert!(
+            sql.iter().any(|(p, m)| p == path && m.contains(part)),
+            "SQL: want {path}: …{part}…, got {sql:?}"
+        );
+        assert_eq!(sql.len(), 1, "one mistake, one problem: {sql:?}");
+        assert_eq!(rust_paths(&doc), vec![path.to_owned()], "Herald's reader, for {path}");
+    }
+}
+
+#[tokio::test]
+async fn references_to_the_data_are_checked_against_the_table() {
+    let db = db().await;
+    let cases: Vec<(Json, &str, &str)> = vec![
+        (
+            with("/trigger/table", json!("public.bokings")),
+            "trigger.table",
+            "no table `public.bokings`",
+        ),
+        (
+            with("/trigger/column", json!("state")),
+            "trigger.column",
+            "has no column `state`",
+        ),
+        (
+            with("/exit/0/if/field", json!("statuss")),
+            "exit[0].if.field",
+            "the data has no column `statuss`",
+        ),
+        (
+            with("/steps/2/if/all/0/value", json!("yes")),
+            "steps[2].if.all[0].value",
+            "`vip` holds true/false, so it cannot be compared with text",
+        ),
+        (
+            with("/steps/2/if/all/3/value", json!(["a", "b"])),
+            "steps[2].if.all[3].value",
+            "`total` holds number, so it cannot be compared with text",
+        ),
+        (
+            with("/steps/2/if/all/1/value", json!(3)),
+            "steps[2].if.all[1].value",
+            "`starts_at` holds a time, so it cannot be compared with a number",
+        ),
+        (
+            with("/steps/2/if/all/2/field", json!("total")),
+            "steps[2].if.all[2].op",
+            "`total` holds number; `contains` looks in a list or in text",
+        ),
+        (
+            with("/steps/1/until/field", json!("vip")),
+            "steps[1].until.field",
+            "`vip` holds bool, not a time",
+        ),
+        (
+            with("/steps/1/until/field", json!("ends_at")),
+            "steps[1].until.field",
+            "the data has no column `ends_at`",
+        ),
+        (
+            with("/steps/5/table", json!("public.nowhere")),
+            "steps[5].table",
+            "no table `public.nowhere`",
+        ),
+    ];
+    for (doc, path, part) in cases {
+        let sql = sql_problems(&db, &doc).await;
+        assert!(
+            sql.iter().any(|(p, m)| p == path && m.contains(part)),
+            "want {path}: …{part}…, got {sql:?}"
+        );
+        assert_eq!(sql.len(), 1, "{sql:?}");
+    }
+    // Event fields, earlier steps' outputs and a manual start's payload are not columns.
+    let doc = with(
+        "/exit/0/if",
+        json!({"all": [{"field": "herald.new_status", "op": "=", "value": "x"},
+                       {"field": "steps.review.ticket", "op": "=", "value": 1},
+                       {"field": "payload.source", "op": "=", "value": "app"}]}),
+    );
+    assert_eq!(sql_problems(&db, &doc).await, vec![]);
+}
+
+#[tokio::test]
+async fn saving_refuses_a_definition_with_every_mistake_and_versions_a_sound_one() {
+    let db = db().await;
+    db.exec(
+        "INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
+         VALUES ('reminders', 'bookings', 'confirmed', '{{ email }}', 's', 't')",
+    )
+    .await;
+    let bad = json!({"trigger": {"type": "manual"}, "steps": [
+        {"id": "a", "type": "wait", "for": "forever"},
+        {"id": "a", "type": "send_sms", "to": "{{ phone }}"}
+    ]});
+    let err = db
+        .client
+        .query_one("SELECT herald_save_automation('reminders', $1)", &[&bad])
+        .await
+        .unwrap_err();
+    let db_err = err.as_db_error().expect("a database error");
+    assert_eq!(db_err.code().code(), "22023");
+    assert_eq!(
+        db_err.message(),
+        "automation reminders refused: 3 mistake(s) in its definition"
+    );
+    assert_eq!(
+        db_err.detail(),
+        Some(
+            "steps[0].for: `forever` is not a span such as \"2 hours\" or \"-1 day\"\n\
+             steps[1].body: is required\n\
+             steps[1].id: `a` is the id of an earlier step; step ids are unique"
+        )
+    );
+    let versions: i64 = db.scalar("SELECT count(*) FROM automation_versions").await;
+    assert_eq!(versions, 0, "nothing saved");
+
+    for want in [1, 2] {
+        let v: i32 = db
+            .client
+            .query_one("SELECT herald_save_automation('reminders', $1)", &[&flow()])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(v, want);
+    }
+    let row = db
+        .client
+        .query_one(
+            "SELECT a.version, v.definition, v.checksum FROM automations a
+             JOIN automation_versions v ON v.automation_id = a.id AND v.version = a.version WHERE a.name = 'reminders'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<i32>>(0), Some(2));
+    assert_eq!(row.get::<_, Json>(1), flow());
+    let checksum: String = row.get(2);
+    assert!(
+        checksum.starts_with("sha256:") && checksum.len() == 7 + 64,
+        "{checksum}"
+    );
+}
