@@ -517,3 +517,144 @@ BEGIN
   RETURN v;
 END
 $$;
+
+-- Instances: a ledger row that runs a version of a workflow definition keeps its place.
+ALTER TABLE automation_execution_logs
+  ADD COLUMN version      integer,                       -- NULL: a one-shot log of the column form
+  ADD COLUMN next_step    text,                          -- the step to run next (NULL: none left)
+  ADD COLUMN step_attempt integer NOT NULL DEFAULT 0,    -- attempts of next_step so far
+  ADD COLUMN steps_run    integer NOT NULL DEFAULT 0,    -- steps run, retries included
+  ADD COLUMN outputs      jsonb NOT NULL DEFAULT '{}',   -- each finished step's output, by id
+  ADD COLUMN exit_reason  text;
+ALTER TABLE ONLY automation_execution_logs
+  DROP CONSTRAINT automation_execution_logs_status_check,
+  ADD CONSTRAINT automation_execution_logs_status_check CHECK
+    (status IN ('pending', 'queued', 'running', 'waiting', 'sent', 'completed', 'failed', 'exited', 'dead', 'unknown',
+                'cancelled', 'suppressed')) NO INHERIT;
+
+-- A waiting instance is due at its wake-up time, as a pending log is at its run_at.
+DROP INDEX automation_execution_logs_due;
+CREATE INDEX automation_execution_logs_due ON automation_execution_logs (run_at, id)
+  WHERE status IN ('pending', 'waiting');
+
+-- Every step an instance ran: effects recorded as started before they are performed and
+-- as done or failed after; decisions made without an effect (an exit condition, a branch,
+-- a wait) recorded as decided, with what they saw.
+CREATE TABLE automation_step_runs (
+  id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  log_id      bigint NOT NULL REFERENCES automation_execution_logs (id) ON DELETE CASCADE,
+  step_id     text NOT NULL,
+  step_type   text NOT NULL,
+  attempt     integer NOT NULL,
+  lease_token bigint NOT NULL,
+  status      text NOT NULL CHECK (status IN ('started', 'done', 'failed', 'decided', 'unknown')),
+  started_at  timestamptz NOT NULL,
+  finished_at timestamptz,
+  effect      jsonb,   -- what it was about to do
+  output      jsonb,   -- what it did: a provider's message id, a webhook's answer, the values a condition saw
+  error       text,
+  error_kind  text CHECK (error_kind IN ('permanent', 'transient')),
+  error_code  text
+);
+CREATE INDEX automation_step_runs_by_log ON automation_step_runs (log_id, id);
+CREATE UNIQUE INDEX automation_step_runs_effect ON automation_step_runs (log_id, step_id, attempt)
+  WHERE status <> 'decided';
+
+-- Executor: claims each message's instance (p_ids, under the leases p_leases name) until
+-- p_until with one new token, opens its attempt, and loads the definition of its version,
+-- its place and its data. One row per message, in order; lease NULL when not claimable.
+CREATE FUNCTION herald_flow_start(p_ids bigint[], p_leases bigint[], p_now timestamptz, p_until timestamptz)
+RETURNS TABLE (lease bigint, attempt integer, status text, definition jsonb, next_step text, step_attempt integer,
+               steps_run integer, outputs jsonb, context jsonb)
+LANGUAGE sql AS $$
+  WITH msg AS (
+    SELECT m.log_id, m.lease, m.ord, row_number() OVER (PARTITION BY m.log_id ORDER BY m.ord) AS nth
+    FROM unnest(p_ids, p_leases) WITH ORDINALITY AS m(log_id, lease, ord)
+  ), claimed AS (
+    UPDATE ONLY automation_execution_logs l
+    SET status = 'running', attempts = l.attempts + 1, started_at = coalesce(l.started_at, p_now), updated_at = p_now,
+        lease_token = (SELECT nextval('herald_lease_tokens')), lease_expires_at = p_until
+    FROM msg m
+    WHERE m.nth = 1 AND l.id = m.log_id AND l.status = 'queued' AND l.lease_token = m.lease AND l.version IS NOT NULL
+    RETURNING l.id, l.attempts, l.lease_token
+  ), opened AS (
+    INSERT INTO automation_attempts (log_id, attempt, lease_token, started_at)
+    SELECT id, attempts, lease_token, p_now FROM claimed
+  ), ctx AS (
+    SELECT * FROM herald_contexts(ARRAY(SELECT id FROM claimed))
+  )
+  SELECT c.lease_token, c.attempts,
+         CASE WHEN m.nth > 1 THEN 'claimed by another message of this batch' ELSE l.status END,
+         v.definition, l.next_step, l.step_attempt, l.steps_run, l.outputs, x.context
+  FROM msg m
+  LEFT JOIN claimed c ON c.id = m.log_id AND m.nth = 1
+  LEFT JOIN ctx x ON x.log_id = c.id
+  LEFT JOIN ONLY automation_execution_logs l ON l.id = m.log_id
+  LEFT JOIN automation_versions v ON v.automation_id = l.automation_id AND v.version = l.version
+  ORDER BY m.ord
+$$;
+
+-- Executor: one write of a round. Every entry names its instance's lease and is applied only
+-- while that lease holds (the instance is running under it). Returns, per part, whether each
+-- entry was applied: {"ended": [...], "started": [...], "parked": [...]}.
+CREATE FUNCTION herald_flow_write(p_write jsonb, p_now timestamptz) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+  e       jsonb;
+  ok      boolean;
+  ended   jsonb := '[]';
+  started jsonb := '[]';
+  parked  jsonb := '[]';
+BEGIN
+  FOR e IN SELECT value FROM jsonb_array_elements(p_write -> 'ended') LOOP
+    UPDATE automation_step_runs r
+    SET status = CASE WHEN e ? 'error' THEN 'failed' ELSE 'done' END, finished_at = p_now,
+        output = e -> 'output', error = e ->> 'error', error_kind = e ->> 'error_kind', error_code = e ->> 'error_code'
+    FROM ONLY automation_execution_logs l
+    WHERE r.log_id = (e ->> 'log_id')::bigint AND r.step_id = e ->> 'step' AND r.attempt = (e ->> 'attempt')::int
+      AND r.status = 'started' AND l.id = r.log_id AND l.status = 'running' AND l.lease_token = (e ->> 'token')::bigint;
+    ok := FOUND;
+    IF NOT ok AND e ? 'error' THEN
+      -- A step that failed before its effect started (it could not be made ready).
+      INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, finished_at,
+                                        error, error_kind, error_code)
+      SELECT l.id, e ->> 'step', e ->> 'type', (e ->> 'attempt')::int, l.lease_token, 'failed', p_now, p_now,
+             e ->> 'error', e ->> 'error_kind', e ->> 'error_code'
+      FROM ONLY automation_execution_logs l
+      WHERE l.id = (e ->> 'log_id')::bigint AND l.status = 'running' AND l.lease_token = (e ->> 'token')::bigint
+      ON CONFLICT DO NOTHING;
+      ok := FOUND;
+    END IF;
+    ended := ended || to_jsonb(ok);
+  END LOOP;
+  INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, finished_at, output)
+  SELECT l.id, d ->> 'step', d ->> 'kind', l.step_attempt, l.lease_token, 'decided', p_now, p_now, d -> 'detail'
+  FROM jsonb_array_elements(p_write -> 'decided') d
+  JOIN ONLY automation_execution_logs l
+    ON l.id = (d ->> 'log_id')::bigint AND l.status = 'running' AND l.lease_token = (d ->> 'token')::bigint;
+  FOR e IN SELECT value FROM jsonb_array_elements(p_write -> 'started') LOOP
+    INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, effect)
+    SELECT l.id, e ->> 'step', e ->> 'type', (e ->> 'attempt')::int, l.lease_token, 'started', p_now, e -> 'effect'
+    FROM ONLY automation_execution_logs l
+    WHERE l.id = (e ->> 'log_id')::bigint AND l.status = 'running' AND l.lease_token = (e ->> 'token')::bigint
+    ON CONFLICT DO NOTHING;
+    started := started || to_jsonb(FOUND);
+  END LOOP;
+  FOR e IN SELECT value FROM jsonb_array_elements(p_write -> 'parked') LOOP
+    UPDATE ONLY automation_execution_logs l
+    SET status = e ->> 'status', next_step = e ->> 'next_step', step_attempt = (e ->> 'step_attempt')::int,
+        steps_run = (e ->> 'steps_run')::int, outputs = e -> 'outputs',
+        run_at = CASE WHEN e ->> 'status' = 'pending' THEN p_now ELSE coalesce((e ->> 'run_at')::timestamptz, l.run_at) END, error = e ->> 'error', exit_reason = e ->> 'exit_reason',
+        completed_at = CASE WHEN e ->> 'status' IN ('completed', 'failed', 'exited') THEN p_now END,
+        updated_at = p_now, lease_token = NULL, lease_expires_at = NULL
+    WHERE l.id = (e ->> 'log_id')::bigint AND l.status = 'running' AND l.lease_token = (e ->> 'token')::bigint;
+    ok := FOUND;
+    IF ok THEN
+      UPDATE automation_attempts SET finished_at = p_now
+      WHERE log_id = (e ->> 'log_id')::bigint AND lease_token = (e ->> 'token')::bigint AND finished_at IS NULL;
+    END IF;
+    parked := parked || to_jsonb(ok);
+  END LOOP;
+  RETURN jsonb_build_object('ended', ended, 'started', started, 'parked', parked);
+END
+$$;

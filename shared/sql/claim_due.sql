@@ -4,7 +4,7 @@
 WITH due AS (
   SELECT id
   FROM ONLY automation_execution_logs
-  WHERE status = 'pending' AND run_at <= $1::timestamptz
+  WHERE status IN ('pending', 'waiting') AND run_at <= $1::timestamptz
   ORDER BY run_at, id
   LIMIT $2::bigint
   FOR UPDATE SKIP LOCKED

@@ -56,6 +56,8 @@ pub enum FlowStarted {
 pub struct StepStart {
     pub lease: Lease,
     pub step: String,
+    /// The step's type, as definitions write it.
+    pub kind: &'static str,
     pub attempt: u32,
     pub effect: Effect,
 }
@@ -65,6 +67,7 @@ pub struct StepStart {
 pub struct StepEnd {
     pub lease: Lease,
     pub step: String,
+    pub kind: &'static str,
     pub attempt: u32,
     pub result: Result<Json, Failure>,
 }
@@ -305,6 +308,7 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                     let end = StepEnd {
                         lease: start.lease,
                         step: start.step,
+                        kind: start.kind,
                         attempt: start.attempt,
                         result,
                     };
@@ -379,13 +383,15 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                 Advance::Perform { step, attempt } => (step, attempt),
             };
             let vars = variables(&g.data, &g.instance);
-            let ready = find(&g.doc.steps, &step)
-                .and_then(|s| prepare(s, &vars, &g.doc.admins, self.default_from, at, &g.doc.timezone));
+            let found = find(&g.doc.steps, &step);
+            let kind = found.map_or("unknown", |s| s.action.type_name());
+            let ready = found.and_then(|s| prepare(s, &vars, &g.doc.admins, self.default_from, at, &g.doc.timezone));
             match ready {
                 Some(Ok(effect)) => {
                     write.started.push(StepStart {
                         lease: g.lease,
                         step,
+                        kind,
                         attempt,
                         effect,
                     });
@@ -396,6 +402,7 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                     write.ended.push(StepEnd {
                         lease: g.lease,
                         step,
+                        kind,
                         attempt,
                         result: Err(failure),
                     });
@@ -439,6 +446,49 @@ fn lost(lease: &Lease) -> FlowOutcome {
         "the lease of log {} (token {}) was taken over",
         lease.log_id, lease.token
     ))
+}
+
+/// Performs effects through the providers' senders. Step types whose adapters are not
+/// built yet fail permanently with that reason.
+pub struct Performers<'a, M, S> {
+    pub email: &'a M,
+    pub sms: &'a S,
+}
+
+impl<M: crate::model::EmailSender, S: crate::model::SmsSender> Effects for Performers<'_, M, S> {
+    async fn perform(&self, effect: &Effect, _key: &str) -> Result<Json, Failure> {
+        match effect {
+            Effect::Email(m) => self
+                .email
+                .send_email(m)
+                .await
+                .map(|id| serde_json::json!({"message_id": id})),
+            Effect::Sms(m) => self
+                .sms
+                .send_sms(m)
+                .await
+                .map(|id| serde_json::json!({"message_id": id})),
+            Effect::NotifyAdmin { emails, sms } => {
+                let mut ids = Vec::new();
+                for m in emails {
+                    ids.push(self.email.send_email(m).await?);
+                }
+                for m in sms {
+                    ids.push(self.sms.send_sms(m).await?);
+                }
+                Ok(serde_json::json!({"message_ids": ids}))
+            }
+            other => Err(Failure::permanent(format!(
+                "this step type cannot run yet: {}",
+                match other {
+                    Effect::Webhook { .. } => "webhook",
+                    Effect::UpdateField { .. } => "update_field",
+                    Effect::Label { .. } => "tags and segments",
+                    _ => "create_task",
+                }
+            ))),
+        }
+    }
 }
 
 #[cfg(test)]

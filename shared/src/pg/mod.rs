@@ -25,7 +25,12 @@ mod sql {
     pub const START_BATCH: &str = include_str!("../../sql/start_batch.sql");
     pub const WRITE_BACK: &str = include_str!("../../sql/write_back.sql");
     pub const APPLY_RECEIPTS: &str = include_str!("../../sql/apply_receipts.sql");
+    pub const FLOW_START: &str = include_str!("../../sql/flow_start.sql");
+    pub const FLOW_WRITE: &str = include_str!("../../sql/flow_write.sql");
+    pub const FLOW_CONTEXTS: &str = include_str!("../../sql/flow_contexts.sql");
 }
+
+mod flow;
 
 mod tls;
 pub use tls::{SslMode, Tls};
@@ -45,7 +50,7 @@ pub struct Database {
 /// single round trip).
 pub struct Conn {
     client: Client,
-    statements: [OnceCell<Statement>; 7],
+    statements: [OnceCell<Statement>; 10],
     /// Set when a statement found the session ended (closed, or a FATAL error such as a
     /// terminated backend): the next caller opens a new connection instead of waiting for
     /// the client to notice.
@@ -62,6 +67,9 @@ enum Sql {
     StartBatch,
     WriteBack,
     ApplyReceipts,
+    FlowStart,
+    FlowWrite,
+    FlowContexts,
 }
 
 impl Sql {
@@ -74,6 +82,9 @@ impl Sql {
             Sql::StartBatch => sql::START_BATCH,
             Sql::WriteBack => sql::WRITE_BACK,
             Sql::ApplyReceipts => sql::APPLY_RECEIPTS,
+            Sql::FlowStart => sql::FLOW_START,
+            Sql::FlowWrite => sql::FLOW_WRITE,
+            Sql::FlowContexts => sql::FLOW_CONTEXTS,
         }
     }
 }
@@ -511,7 +522,13 @@ fn started(log_id: LogId, r: &tokio_postgres::Row) -> Started {
             delivered: delivered.iter().filter_map(|c| Channel::parse(c)).collect(),
         })
     });
-    let context = match r.get::<_, Option<serde_json::Value>>("context") {
+    let context = context_of(r.get("context"));
+    Started::Claimed { lease, log, context }
+}
+
+/// A context as `herald_try_context` answers it: the data, or why it could not be read.
+fn context_of(answer: Option<serde_json::Value>) -> Result<serde_json::Value, ContextError> {
+    match answer {
         Some(serde_json::Value::Object(mut answer)) => match answer.remove("context") {
             Some(c) => Ok(c),
             None => {
@@ -525,8 +542,7 @@ fn started(log_id: LogId, r: &tokio_postgres::Row) -> Started {
             }
         },
         _ => Err(ContextError::Permanent("no template variables".into())),
-    };
-    Started::Claimed { lease, log, context }
+    }
 }
 
 /// SQLSTATE classes worth retrying: connection trouble (08), rollbacks such as
