@@ -513,7 +513,22 @@ BEGIN
   SELECT coalesce(max(version), 0) + 1 INTO v FROM automation_versions WHERE automation_id = auto_id;
   INSERT INTO automation_versions (automation_id, version, definition, checksum)
   VALUES (auto_id, v, p_definition, 'sha256:' || encode(sha256(convert_to(p_definition::text, 'UTF8')), 'hex'));
-  UPDATE automations SET version = v, updated_at = now() WHERE id = auto_id;
+  -- Status-change and insert triggers are captured as the column form's are.
+  UPDATE automations
+  SET version = v, updated_at = now(),
+      source_schema = coalesce((SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                WHERE c.oid = herald_relation(p_definition #>> '{trigger,table}')), source_schema),
+      source_table = coalesce((SELECT c.relname FROM pg_class c
+                               WHERE c.oid = herald_relation(p_definition #>> '{trigger,table}')), source_table),
+      trigger_event = CASE WHEN p_definition #>> '{trigger,type}' IN ('status_change', 'insert')
+                           THEN p_definition #>> '{trigger,type}' ELSE trigger_event END,
+      to_status = CASE jsonb_typeof(p_definition #> '{trigger,to}')
+                    WHEN 'string' THEN p_definition #>> '{trigger,to}'
+                    WHEN 'array' THEN p_definition #>> '{trigger,to,0}' END,
+      from_status = CASE jsonb_typeof(p_definition #> '{trigger,from}')
+                      WHEN 'string' THEN p_definition #>> '{trigger,from}'
+                      WHEN 'array' THEN p_definition #>> '{trigger,from,0}' END
+  WHERE id = auto_id;
   RETURN v;
 END
 $$;
@@ -571,12 +586,17 @@ LANGUAGE sql AS $$
     SELECT m.log_id, m.lease, m.ord, row_number() OVER (PARTITION BY m.log_id ORDER BY m.ord) AS nth
     FROM unnest(p_ids, p_leases) WITH ORDINALITY AS m(log_id, lease, ord)
   ), claimed AS (
+    -- An instance takes its automation's current version at its first claim, and keeps it.
     UPDATE ONLY automation_execution_logs l
     SET status = 'running', attempts = l.attempts + 1, started_at = coalesce(l.started_at, p_now), updated_at = p_now,
-        lease_token = (SELECT nextval('herald_lease_tokens')), lease_expires_at = p_until
-    FROM msg m
-    WHERE m.nth = 1 AND l.id = m.log_id AND l.status = 'queued' AND l.lease_token = m.lease AND l.version IS NOT NULL
-    RETURNING l.id, l.attempts, l.lease_token
+        lease_token = (SELECT nextval('herald_lease_tokens')), lease_expires_at = p_until,
+        version = coalesce(l.version, a.version),
+        next_step = CASE WHEN l.version IS NULL THEN v.definition #>> '{steps,0,id}' ELSE l.next_step END
+    FROM msg m, automations a
+    LEFT JOIN automation_versions v ON v.automation_id = a.id AND v.version = a.version
+    WHERE m.nth = 1 AND l.id = m.log_id AND l.status = 'queued' AND l.lease_token = m.lease
+      AND a.id = l.automation_id AND (l.version IS NOT NULL OR a.version IS NOT NULL)
+    RETURNING l.id, l.attempts, l.lease_token, l.automation_id, l.version, l.next_step, l.step_attempt, l.steps_run, l.outputs
   ), opened AS (
     INSERT INTO automation_attempts (log_id, attempt, lease_token, started_at)
     SELECT id, attempts, lease_token, p_now FROM claimed
@@ -585,12 +605,12 @@ LANGUAGE sql AS $$
   )
   SELECT c.lease_token, c.attempts,
          CASE WHEN m.nth > 1 THEN 'claimed by another message of this batch' ELSE l.status END,
-         v.definition, l.next_step, l.step_attempt, l.steps_run, l.outputs, x.context
+         v.definition, c.next_step, c.step_attempt, c.steps_run, c.outputs, x.context
   FROM msg m
   LEFT JOIN claimed c ON c.id = m.log_id AND m.nth = 1
   LEFT JOIN ctx x ON x.log_id = c.id
   LEFT JOIN ONLY automation_execution_logs l ON l.id = m.log_id
-  LEFT JOIN automation_versions v ON v.automation_id = l.automation_id AND v.version = l.version
+  LEFT JOIN automation_versions v ON v.automation_id = c.automation_id AND v.version = c.version
   ORDER BY m.ord
 $$;
 

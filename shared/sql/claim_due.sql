@@ -14,4 +14,6 @@ SET status = 'queued', queued_at = $1::timestamptz, updated_at = $1::timestamptz
     lease_token = (SELECT nextval('herald_lease_tokens')), lease_expires_at = $3::timestamptz
 FROM due
 WHERE l.id = due.id
-RETURNING l.id, l.lease_token
+RETURNING l.id, l.lease_token,
+  -- A workflow instance: of an automation saved as a definition.
+  l.version IS NOT NULL OR EXISTS (SELECT 1 FROM automations a WHERE a.id = l.automation_id AND a.version IS NOT NULL)

@@ -109,3 +109,52 @@ async fn a_three_step_flow_sends_sleeps_and_finishes_with_its_history_in_the_led
     let status: String = h.db.scalar("SELECT status FROM automation_execution_logs").await;
     assert_eq!(status, "completed");
 }
+
+#[tokio::test]
+async fn through_the_functions_a_status_change_starts_an_instance_that_waits_and_wakes() {
+    let mut h = Herald::with_jobs_example().await;
+    let clock = h.manual_clock();
+    let doc = json!({
+        "trigger": {"type": "status_change", "table": "public.jobs", "to": "completed"},
+        "steps": [
+            {"id": "thanks", "type": "send_email", "to": "{{ client_email }}", "subject": "Done: {{ job_title }}", "text": "Thanks, {{ client_name }}"},
+            {"id": "later", "type": "wait", "for": "1 hour"},
+            {"id": "review", "type": "send_sms", "to": "{{ client_phone }}", "body": "How did we do, {{ client_name }}?"}
+        ]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('job-completed', $1)", &[&doc])
+        .await
+        .unwrap();
+
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    // The functions' clock started before the change was captured.
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    let (status, next): (String, Option<String>) = {
+        let r =
+            h.db.client
+                .query_one("SELECT status, next_step FROM automation_execution_logs", &[])
+                .await
+                .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((status.as_str(), next.as_deref()), ("waiting", Some("review")));
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
+    assert!(h.moto.sms_to(&h.phone_of(1)).await.is_empty());
+
+    // Not due yet: the scheduler claims nothing.
+    assert_eq!(h.tick().await.claimed, 0);
+    clock.advance(Duration::from_secs(3601));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(h.db.statuses().await, ["completed"]);
+    let sms = h.moto.sms_to(&h.phone_of(1)).await;
+    assert_eq!(sms.len(), 1, "{sms:?}");
+    assert_eq!(sms[0].message, "How did we do, Ann Lee?");
+    let history: Vec<String> =
+        h.db.column("SELECT step_id || ':' || status FROM automation_step_runs ORDER BY id")
+            .await;
+    assert_eq!(history, ["thanks:done", "later:decided", "review:done"]);
+}

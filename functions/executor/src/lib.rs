@@ -9,10 +9,15 @@ use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
 use herald_shared::deliver::{Deliverer, Outcome};
 use herald_shared::drain::time_left;
+use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
+use herald_shared::model::QueueMessage;
 use herald_shared::pg::Database;
 use herald_shared::recipient::redact;
 use lambda_runtime::{Error, LambdaEvent};
 use tracing::{error, info, warn};
+
+/// An SQS message: its id and body.
+type Message = (String, String);
 
 /// What the function keeps between invocations.
 pub struct Executor {
@@ -76,15 +81,46 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
         // The invocation's end, on the function's clock.
         ends_at: time_left(event.context.deadline, SystemTime::now()).map(|left| e.clock.now() + left),
     };
-    let messages = event
+    let ends_at = deliverer.ends_at;
+    // Workflow instances go to the flow runner; one-shot logs (and malformed messages, which
+    // the deliverer rejects) to the deliverer.
+    let (flows, messages): (Vec<Message>, Vec<Message>) = event
         .payload
         .records
         .into_iter()
         .map(|r| (r.message_id.unwrap_or_default(), r.body.unwrap_or_default()))
-        .collect();
+        .partition(|(_, body)| QueueMessage::parse(body).is_ok_and(|m| m.flow));
     let outcomes = deliverer.handle_batch(messages, e.settings.concurrency).await;
 
     let mut response = SqsBatchResponse::default();
+    if !flows.is_empty() {
+        let performers = Performers {
+            email: &e.email,
+            sms: &e.sms,
+        };
+        let runner = FlowRunner {
+            ledger: &store,
+            effects: &performers,
+            clock: e.clock.as_ref(),
+            default_from: &e.settings.default_from,
+            lease: e.settings.lease,
+            ends_at,
+            step_limit: herald_shared::workflow::plan::DEFAULT_STEP_LIMIT,
+        };
+        let bodies: Vec<String> = flows.iter().map(|(_, b)| b.clone()).collect();
+        for ((id, _), outcome) in flows.iter().zip(runner.run(&bodies, e.settings.concurrency).await) {
+            match &outcome {
+                FlowOutcome::Stopped(Stop::Later) => info!(message_id = %id, "instance continues later"),
+                FlowOutcome::Stopped(Stop::Park(park)) => info!(message_id = %id, ?park, "instance parked"),
+                FlowOutcome::Skipped(why) => info!(message_id = %id, why = %redact(why), "skipped"),
+                FlowOutcome::StoreFailed(why) => error!(message_id = %id, why = %redact(why), "ledger unreachable"),
+                FlowOutcome::Rejected(why) => error!(message_id = %id, why = %redact(why), "rejected"),
+            }
+            if matches!(outcome, FlowOutcome::StoreFailed(_) | FlowOutcome::Rejected(_)) {
+                response.add_failure(id.clone());
+            }
+        }
+    }
     for (id, outcome) in outcomes {
         // Reasons can quote provider messages, which can quote addresses: mask them.
         match &outcome {

@@ -333,6 +333,7 @@ impl DueLogs for PgStore {
             .map(|r| QueueMessage {
                 log_id: r.get(0),
                 lease: r.get(1),
+                flow: r.get(2),
             })
             .collect())
     }
