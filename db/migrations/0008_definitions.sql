@@ -580,7 +580,7 @@ CREATE UNIQUE INDEX automation_step_runs_effect ON automation_step_runs (log_id,
 -- its place and its data. One row per message, in order; lease NULL when not claimable.
 CREATE FUNCTION herald_flow_start(p_ids bigint[], p_leases bigint[], p_now timestamptz, p_until timestamptz)
 RETURNS TABLE (lease bigint, attempt integer, status text, definition jsonb, next_step text, step_attempt integer,
-               steps_run integer, outputs jsonb, context jsonb)
+               steps_run integer, outputs jsonb, context jsonb, run_status text, run_output jsonb, run_error text)
 LANGUAGE sql AS $$
   WITH msg AS (
     SELECT m.log_id, m.lease, m.ord, row_number() OVER (PARTITION BY m.log_id ORDER BY m.ord) AS nth
@@ -605,12 +605,16 @@ LANGUAGE sql AS $$
   )
   SELECT c.lease_token, c.attempts,
          CASE WHEN m.nth > 1 THEN 'claimed by another message of this batch' ELSE l.status END,
-         v.definition, c.next_step, c.step_attempt, c.steps_run, c.outputs, x.context
+         v.definition, c.next_step, c.step_attempt, c.steps_run, c.outputs, x.context,
+         r.status, r.output, r.error
   FROM msg m
   LEFT JOIN claimed c ON c.id = m.log_id AND m.nth = 1
   LEFT JOIN ctx x ON x.log_id = c.id
   LEFT JOIN ONLY automation_execution_logs l ON l.id = m.log_id
   LEFT JOIN automation_versions v ON v.automation_id = c.automation_id AND v.version = c.version
+  -- The effect of the step the instance is at, if an earlier invocation started it.
+  LEFT JOIN automation_step_runs r
+    ON r.log_id = c.id AND r.step_id = c.next_step AND r.attempt = c.step_attempt AND r.status <> 'decided'
   ORDER BY m.ord
 $$;
 
@@ -658,7 +662,15 @@ BEGIN
     FROM ONLY automation_execution_logs l
     WHERE l.id = (e ->> 'log_id')::bigint AND l.status = 'running' AND l.lease_token = (e ->> 'token')::bigint
     ON CONFLICT DO NOTHING;
-    started := started || to_jsonb(FOUND);
+    ok := FOUND;
+    IF ok THEN
+      -- The instance's place as the effect starts: where a later invocation resumes.
+      UPDATE ONLY automation_execution_logs
+      SET next_step = e ->> 'next_step', step_attempt = (e ->> 'step_attempt')::int,
+          steps_run = (e ->> 'steps_run')::int, outputs = e -> 'outputs', updated_at = p_now
+      WHERE id = (e ->> 'log_id')::bigint;
+    END IF;
+    started := started || to_jsonb(ok);
   END LOOP;
   FOR e IN SELECT value FROM jsonb_array_elements(p_write -> 'parked') LOOP
     UPDATE ONLY automation_execution_logs l

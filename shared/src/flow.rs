@@ -36,6 +36,21 @@ pub struct LoadedFlow {
     pub data: Result<Json, ContextError>,
     /// The automation or the instance is paused: it stops before its next step.
     pub paused: bool,
+    /// What the ledger knows of the step the instance is at, from an earlier invocation.
+    pub resumed: Resumed,
+}
+
+/// The step an instance is at, as an earlier invocation left it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Resumed {
+    /// Not started: run it.
+    #[default]
+    Fresh,
+    /// Its effect ended and was recorded, but the instance did not move on: go on from
+    /// that result without performing it again.
+    Ended(Performed),
+    /// Its effect started and no end was recorded: it may or may not have happened.
+    InDoubt,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +75,9 @@ pub struct StepStart {
     pub kind: &'static str,
     pub attempt: u32,
     pub effect: Effect,
+    /// The instance's place as the effect starts, kept with it: the checkpoint an instance
+    /// resumes from.
+    pub place: Instance,
 }
 
 /// How a performed effect ended: its output, or the failure.
@@ -76,6 +94,9 @@ pub struct StepEnd {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stop {
     Park(Park),
+    /// A step's effect started in an earlier invocation that ended before recording how it
+    /// went, and resending it could repeat it: an operator decides.
+    Unknown(String),
     /// Out of time, or paused: the instance waits for the scheduler, at its next step.
     Later,
 }
@@ -227,6 +248,7 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                         instance,
                         data,
                         paused,
+                        resumed,
                     } = *flow;
                     match (definition, data) {
                         (_, Err(ContextError::Transient(m))) => {
@@ -242,15 +264,36 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                             instance,
                             stop: Stop::Park(Park::Failed(format!("the data: {m}"))),
                         }),
-                        (Ok(doc), Ok(data)) => going.push(Going {
-                            index,
-                            lease,
-                            doc,
-                            instance,
-                            data,
-                            paused,
-                            last: None,
-                        }),
+                        (Ok(doc), Ok(data)) => {
+                            let at = instance.next.clone().unwrap_or_default();
+                            let kind = find(&doc.steps, &at).map_or("unknown", |s| s.action.type_name());
+                            let last = match resumed {
+                                Resumed::Fresh => None,
+                                Resumed::Ended(p) => Some(p),
+                                // A webhook carries the same id when sent again: the receiver
+                                // drops a repeat. Messages to people are not sent twice blind.
+                                Resumed::InDoubt if kind == "webhook" => None,
+                                Resumed::InDoubt => {
+                                    write.parked.push(Parked {
+                                        lease,
+                                        instance,
+                                        stop: Stop::Unknown(format!(
+                                            "step `{at}` ({kind}) started but its outcome was never recorded"
+                                        )),
+                                    });
+                                    continue;
+                                }
+                            };
+                            going.push(Going {
+                                index,
+                                lease,
+                                doc,
+                                instance,
+                                data,
+                                paused,
+                                last,
+                            })
+                        }
                     }
                 }
             }
@@ -394,6 +437,7 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                         kind,
                         attempt,
                         effect,
+                        place: g.instance.clone(),
                     });
                     return Some(g);
                 }
@@ -556,6 +600,7 @@ mod tests {
                             instance: Instance::new(doc),
                             data: Ok(data.clone()),
                             paused: false,
+                            resumed: Resumed::Fresh,
                         }),
                     },
                 })

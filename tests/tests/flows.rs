@@ -158,3 +158,126 @@ async fn through_the_functions_a_status_change_starts_an_instance_that_waits_and
             .await;
     assert_eq!(history, ["thanks:done", "later:decided", "review:done"]);
 }
+
+/// The real ledger, except that one write (counted from 1) fails as if the database went
+/// away before it.
+struct FailingWrite<'a> {
+    inner: &'a herald_shared::pg::PgStore,
+    fail_at: usize,
+    writes: std::sync::atomic::AtomicUsize,
+}
+
+impl herald_shared::flow::FlowLedger for FailingWrite<'_> {
+    async fn start(
+        &self,
+        messages: &[herald_shared::model::QueueMessage],
+        now: SystemTime,
+        until: SystemTime,
+    ) -> Result<Vec<herald_shared::flow::FlowStarted>, herald_shared::model::StoreError> {
+        self.inner.start(messages, now, until).await
+    }
+
+    async fn write(
+        &self,
+        write: &herald_shared::flow::FlowWrite,
+        fresh_for: &[herald_shared::model::Lease],
+        now: SystemTime,
+    ) -> Result<herald_shared::flow::FlowWritten, herald_shared::model::StoreError> {
+        let n = self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n == self.fail_at {
+            return Err(herald_shared::model::StoreError::new(
+                "writing",
+                std::io::Error::other("connection lost"),
+            ));
+        }
+        self.inner.write(write, fresh_for, now).await
+    }
+}
+
+#[tokio::test]
+async fn an_invocation_that_stops_mid_flow_is_resumed_without_sending_twice() {
+    let h = Herald::new().await;
+    h.db.exec(&format!(
+        "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, email text, phone text, name text);
+         INSERT INTO members VALUES (1, 'active', 'm1-{tag}@example.com', '+1555{tag:07}', 'Ana'),
+                                    (2, 'active', 'm2-{tag}@example.com', '+1556{tag:07}', 'Bo');
+         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
+         VALUES ('welcome', 'members', 'active', 'x', 'x', 'x');",
+        tag = h.tag
+    ))
+    .await;
+    let doc = json!({
+        "trigger": {"type": "status_change", "table": "public.members", "to": "active"},
+        "steps": [
+            {"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": "Welcome", "text": "Hi {{ name }}"},
+            {"id": "soon", "type": "wait", "for": "1 day"}
+        ]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('welcome', $1)", &[&doc])
+        .await
+        .unwrap();
+    h.db.exec(
+        "INSERT INTO automation_execution_logs
+           (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
+            run_at, created_at, updated_at, lease_token, lease_expires_at)
+         SELECT a.id, 'public', 'members', 'id', g::text, 'status_change', '{}', 'queued', now(), now(), now(), 7,
+                now() + interval '1 hour'
+         FROM automations a, generate_series(1, 2) g",
+    )
+    .await;
+    let ids: Vec<i64> =
+        h.db.column("SELECT id FROM automation_execution_logs ORDER BY id")
+            .await;
+    let store = Database::new(h.db.config()).store().await.unwrap();
+    let clock = ManualClock::new(SystemTime::now());
+    let performers = Performers {
+        email: &h.executor.email,
+        sms: &h.executor.sms,
+    };
+    let run = |ledger_fail_at: usize, id: i64, lease: i64| {
+        let (store, clock, performers, from) = (&store, &clock, &performers, h.from.clone());
+        async move {
+            let ledger = FailingWrite {
+                inner: store,
+                fail_at: ledger_fail_at,
+                writes: Default::default(),
+            };
+            let runner = FlowRunner {
+                ledger: &ledger,
+                effects: performers,
+                clock,
+                default_from: &from,
+                lease: Duration::from_secs(120),
+                ends_at: None,
+                step_limit: 100,
+            };
+            runner
+                .run(&[json!({"log_id": id, "lease": lease}).to_string()], 4)
+                .await
+        }
+    };
+    // Member 1: the email is sent, and the write of its end is lost.
+    // Member 2: the email's end is written, and the write that follows is lost.
+    for (id, fail_at) in [(ids[0], 2), (ids[1], 3)] {
+        let out = run(fail_at, id, 7).await;
+        assert!(matches!(&out[0], FlowOutcome::StoreFailed(_)), "{out:?}");
+    }
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 2);
+    // The leases expire and the instances are claimed again (as the rescue and the next
+    // scheduler run do).
+    h.db.exec("UPDATE automation_execution_logs SET status = 'queued', lease_token = 8")
+        .await;
+    let first = run(0, ids[0], 8).await;
+    let second = run(0, ids[1], 8).await;
+    assert!(
+        matches!(&first[0], FlowOutcome::Stopped(Stop::Unknown(why)) if why.contains("step `hello`")),
+        "{first:?}"
+    );
+    assert!(
+        matches!(&second[0], FlowOutcome::Stopped(Stop::Park(Park::Sleeping { .. }))),
+        "{second:?}"
+    );
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 2, "no email was sent twice");
+    assert_eq!(h.db.statuses().await, ["unknown", "waiting"]);
+}

@@ -112,6 +112,7 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
             match &outcome {
                 FlowOutcome::Stopped(Stop::Later) => info!(message_id = %id, "instance continues later"),
                 FlowOutcome::Stopped(Stop::Park(park)) => info!(message_id = %id, ?park, "instance parked"),
+                FlowOutcome::Stopped(Stop::Unknown(why)) => warn!(message_id = %id, why, "outcome unknown: held"),
                 FlowOutcome::Skipped(why) => info!(message_id = %id, why = %redact(why), "skipped"),
                 FlowOutcome::StoreFailed(why) => error!(message_id = %id, why = %redact(why), "ledger unreachable"),
                 FlowOutcome::Rejected(why) => error!(message_id = %id, why = %redact(why), "rejected"),

@@ -7,11 +7,11 @@ use std::time::SystemTime;
 use serde_json::{json, Value as Json};
 
 use super::{context_of, PgStore, Sql};
-use crate::flow::{FlowLedger, FlowStarted, FlowWrite, FlowWritten, LoadedFlow, Stop};
+use crate::flow::{FlowLedger, FlowStarted, FlowWrite, FlowWritten, LoadedFlow, Resumed, Stop};
 use crate::model::{Lease, LogId, QueueMessage, StoreError};
 use crate::steps::Effect;
 use crate::workflow::definition;
-use crate::workflow::machine::{Instance, Park};
+use crate::workflow::machine::{Instance, Park, Performed};
 
 impl FlowLedger for PgStore {
     async fn start(
@@ -68,6 +68,16 @@ impl FlowLedger for PgStore {
                         instance,
                         data: context_of(r.get("context")),
                         paused: false,
+                        resumed: match r.get::<_, Option<String>>("run_status").as_deref() {
+                            None => Resumed::Fresh,
+                            Some("done") => Resumed::Ended(Performed::Done(
+                                r.get::<_, Option<Json>>("run_output").unwrap_or(Json::Null),
+                            )),
+                            Some("failed") => Resumed::Ended(Performed::Failed(
+                                r.get::<_, Option<String>>("run_error").unwrap_or_default(),
+                            )),
+                            Some(_) => Resumed::InDoubt,
+                        },
                     }),
                 }
             })
@@ -128,6 +138,8 @@ fn write_json(w: &FlowWrite) -> Json {
         }))).collect::<Vec<_>>(),
         "started": w.started.iter().map(|s| with(lease(&s.lease), json!({
             "step": s.step, "attempt": s.attempt, "type": s.kind, "effect": effect_json(&s.effect),
+            "next_step": s.place.next, "step_attempt": s.place.attempt, "steps_run": s.place.steps_run,
+            "outputs": s.place.outputs,
         }))).collect::<Vec<_>>(),
         "parked": w.parked.iter().map(|p| with(lease(&p.lease), parked_json(&p.instance, &p.stop))).collect::<Vec<_>>(),
     })
@@ -138,6 +150,7 @@ fn parked_json(i: &Instance, stop: &Stop) -> Json {
         // The write's own time: due at once.
         Stop::Later => ("pending", i.next.clone(), None, None, None),
         Stop::Park(Park::Completed) => ("completed", None, None, None, None),
+        Stop::Unknown(why) => ("unknown", i.next.clone(), None, Some(why.clone()), None),
         Stop::Park(Park::Failed(why)) => ("failed", i.next.clone(), None, Some(why.clone()), None),
         Stop::Park(Park::Exited(reason)) => ("exited", i.next.clone(), None, None, Some(reason.clone())),
         Stop::Park(Park::Sleeping { next, until }) => ("waiting", next.clone(), Some(until.to_string()), None, None),
