@@ -264,8 +264,13 @@ async fn an_invocation_that_stops_mid_flow_is_resumed_without_sending_twice() {
         assert!(matches!(&out[0], FlowOutcome::StoreFailed(_)), "{out:?}");
     }
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 2);
-    // The leases expire and the instances are claimed again (as the rescue and the next
-    // scheduler run do).
+    // The leases expire: the rescue puts both back to pending, and the scheduler queues them.
+    assert_eq!(h.db.statuses().await, ["running", "running"]);
+    h.db.exec("UPDATE automation_execution_logs SET lease_expires_at = now() - interval '1 second'")
+        .await;
+    let retried: i32 = h.db.scalar("SELECT retried FROM herald_rescue(now())").await;
+    assert_eq!(retried, 2);
+    assert_eq!(h.db.statuses().await, ["pending", "pending"]);
     h.db.exec("UPDATE automation_execution_logs SET status = 'queued', lease_token = 8")
         .await;
     let first = run(0, ids[0], 8).await;
