@@ -501,7 +501,17 @@ DECLARE
   v        integer;
 BEGIN
   SELECT string_agg(path || ': ' || message, E'\n'), count(*) INTO mistakes, n
-  FROM herald_definition_problems(p_definition);
+  FROM (
+    SELECT * FROM herald_definition_problems(p_definition)
+    UNION ALL
+    -- What the language has but this version of Herald cannot run yet.
+    SELECT 'trigger.type', format('`%s` triggers cannot be used yet; status_change and insert can', p_definition #>> '{trigger,type}')
+    WHERE p_definition #>> '{trigger,type}' NOT IN ('status_change', 'insert')
+    UNION ALL
+    SELECT 'steps', format('`%s` steps cannot run yet', t)
+    FROM (SELECT DISTINCT t #>> '{}' AS t FROM jsonb_path_query(p_definition, 'lax $.steps.**.type') t) types
+    WHERE t IN ('webhook', 'update_field', 'add_tag', 'remove_tag', 'add_to_segment', 'remove_from_segment', 'create_task')
+  ) p;
   IF n > 0 THEN
     RAISE EXCEPTION 'automation % refused: % mistake(s) in its definition', p_name, n
       USING ERRCODE = '22023', DETAIL = mistakes;
