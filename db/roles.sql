@@ -43,3 +43,18 @@ GRANT SELECT, INSERT, UPDATE ON automation_attempts TO herald_executor;
 GRANT USAGE ON SEQUENCE herald_lease_tokens TO herald_executor;
 GRANT EXECUTE ON FUNCTION herald_write_back(bigint[], bigint[], text[], text[], text[], text[], bigint[], bigint[],
   text[], text[], bigint[], bigint[], text[], text[], text[], text[], timestamptz) TO herald_executor;
+
+-- Workflow instances. The scheduler learns only whether a log is an instance (to tell the
+-- executor); the executor loads the version an instance runs, keeps its place and records
+-- its steps.
+GRANT SELECT (version, automation_id) ON automation_execution_logs TO herald_scheduler;
+GRANT SELECT (id, version) ON automations TO herald_scheduler;
+GRANT SELECT (version, next_step, step_attempt, steps_run, outputs, started_at) ON automation_execution_logs
+  TO herald_executor;
+GRANT UPDATE (version, next_step, step_attempt, steps_run, outputs, exit_reason) ON automation_execution_logs
+  TO herald_executor;
+GRANT SELECT ON automation_versions TO herald_executor;
+GRANT SELECT, INSERT, UPDATE ON automation_step_runs TO herald_executor;
+GRANT USAGE ON SEQUENCE automation_step_runs_id_seq TO herald_executor;
+GRANT EXECUTE ON FUNCTION herald_flow_start(bigint[], bigint[], timestamptz, timestamptz) TO herald_executor;
+GRANT EXECUTE ON FUNCTION herald_flow_write(jsonb, timestamptz) TO herald_executor;

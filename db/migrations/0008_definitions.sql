@@ -543,6 +543,9 @@ BEGIN
 END
 $$;
 
+-- Saving is for the owner of Herald's tables (and whom they grant it), not the functions.
+REVOKE EXECUTE ON FUNCTION herald_save_automation(text, jsonb) FROM PUBLIC;
+
 -- Instances: a ledger row that runs a version of a workflow definition keeps its place.
 ALTER TABLE automation_execution_logs
   ADD COLUMN version      integer,                       -- NULL: a one-shot log of the column form
@@ -624,7 +627,8 @@ LANGUAGE sql AS $$
   LEFT JOIN automation_versions v ON v.automation_id = c.automation_id AND v.version = c.version
   -- The effect of the step the instance is at, if an earlier invocation started it.
   LEFT JOIN automation_step_runs r
-    ON r.log_id = c.id AND r.step_id = c.next_step AND r.attempt = c.step_attempt AND r.status <> 'decided'
+    ON r.log_id = c.id AND r.step_id = c.next_step AND r.attempt = c.step_attempt
+   AND r.status IN ('started', 'done', 'failed')
   ORDER BY m.ord
 $$;
 
@@ -786,5 +790,40 @@ BEGIN
     END IF;
   END LOOP;
   RETURN NEXT;
+END
+$$;
+
+-- Operator: run a dead, failed or unknown log again. An instance runs the step it stopped
+-- at again, as a new attempt (an effect whose outcome was unknown is marked so, and sent
+-- again: the operator decided).
+CREATE OR REPLACE FUNCTION herald_retry(p_log_id bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE automation_step_runs r SET status = 'unknown', finished_at = herald_now()
+  FROM ONLY automation_execution_logs l
+  WHERE r.log_id = p_log_id AND r.status = 'started' AND l.id = r.log_id AND l.status IN ('dead', 'failed', 'unknown');
+  UPDATE ONLY automation_execution_logs
+  SET status = 'pending', run_at = herald_now(), updated_at = herald_now(), completed_at = NULL,
+      lease_token = NULL, lease_expires_at = NULL,
+      step_attempt = CASE WHEN version IS NOT NULL THEN step_attempt + 1 ELSE step_attempt END
+  WHERE id = p_log_id AND status IN ('dead', 'failed', 'unknown');
+  RETURN FOUND;
+END
+$$;
+
+-- Operator: cancel a log that has not been sent, or an instance that has not finished:
+-- pending (in the ledger or still in the inbox), queued (its message will be skipped),
+-- waiting, or unknown. Returns whether it did.
+CREATE OR REPLACE FUNCTION herald_cancel(p_log_id bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM herald_inbox WHERE id = p_log_id) THEN
+    PERFORM herald_ingest();
+  END IF;
+  UPDATE ONLY automation_execution_logs
+  SET status = 'cancelled', updated_at = herald_now(), completed_at = herald_now(),
+      lease_token = NULL, lease_expires_at = NULL
+  WHERE id = p_log_id AND status IN ('pending', 'queued', 'waiting', 'unknown');
+  RETURN FOUND;
 END
 $$;

@@ -285,4 +285,32 @@ async fn an_invocation_that_stops_mid_flow_is_resumed_without_sending_twice() {
     );
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 2, "no email was sent twice");
     assert_eq!(h.db.statuses().await, ["unknown", "waiting"]);
+
+    // An operator decides: the unknown email is sent again; the waiting one is cancelled.
+    let (retried, cancelled): (bool, bool) = {
+        let r =
+            h.db.client
+                .query_one("SELECT herald_retry($1), herald_cancel($2)", &[&ids[0], &ids[1]])
+                .await
+                .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(retried && cancelled);
+    h.db.exec("UPDATE automation_execution_logs SET status = 'queued', lease_token = 9 WHERE status = 'pending'")
+        .await;
+    let again = run(0, ids[0], 9).await;
+    assert!(
+        matches!(&again[0], FlowOutcome::Stopped(Stop::Park(Park::Sleeping { .. }))),
+        "{again:?}"
+    );
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 3);
+    assert_eq!(h.db.statuses().await, ["waiting", "cancelled"]);
+    let runs: Vec<String> =
+        h.db.column(&format!(
+            "SELECT step_id || ' ' || attempt || ' ' || status FROM automation_step_runs
+             WHERE log_id = {} AND status <> 'decided' ORDER BY id",
+            ids[0]
+        ))
+        .await;
+    assert_eq!(runs, ["hello 1 unknown", "hello 3 done"]);
 }

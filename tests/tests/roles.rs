@@ -75,3 +75,56 @@ async fn the_functions_run_as_least_privilege_roles() {
         assert_eq!(code.as_deref(), Some("42501"), "{role}: {sql}: {err:?}");
     }
 }
+
+#[tokio::test]
+async fn workflow_instances_run_as_the_same_roles() {
+    let mut h = Herald::with_jobs_example().await;
+    h.db.exec(&repo_file("db/roles.sql")).await;
+    h.db.exec("GRANT SELECT ON public.job_context TO herald_executor").await;
+    let as_role = |role: &str| {
+        let mut c = h.db.config();
+        c.user(role);
+        c
+    };
+    let (scheduler, executor) = (as_role("herald_scheduler"), as_role("herald_executor"));
+    h.scheduler.db = Database::new(scheduler.clone());
+    h.executor.db = Database::new(executor.clone());
+    let doc = serde_json::json!({
+        "trigger": {"type": "status_change", "table": "public.jobs", "to": "completed"},
+        "steps": [
+            {"id": "thanks", "type": "send_email", "to": "{{ client_email }}", "subject": "Done", "text": "Thanks"},
+            {"id": "later", "type": "wait", "for": "1 hour"},
+            {"id": "review", "type": "send_sms", "to": "{{ client_phone }}", "body": "How did we do?"}
+        ]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('job-completed', $1)", &[&doc])
+        .await
+        .unwrap();
+    let clock = h.manual_clock();
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    clock.advance(Duration::from_secs(3601));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(h.db.statuses().await, ["completed"]);
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
+    assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
+
+    for (config, sql) in [
+        (&scheduler, "SELECT definition FROM automation_versions"),
+        (&scheduler, "SELECT * FROM automation_step_runs"),
+        (&executor, "UPDATE automation_versions SET definition = '{}'"),
+        (&executor, "SELECT herald_save_automation('job-completed', '{}')"),
+    ] {
+        let c = Database::new(config.clone()).client().await.unwrap();
+        let err = c.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            err.code().map(|c| c.code().to_owned()).as_deref(),
+            Some("42501"),
+            "{sql}: {err:?}"
+        );
+    }
+}
