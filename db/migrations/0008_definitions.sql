@@ -511,6 +511,20 @@ BEGIN
     SELECT 'steps', format('`%s` steps cannot run yet', t)
     FROM (SELECT DISTINCT t #>> '{}' AS t FROM jsonb_path_query(p_definition, 'lax $.steps.**.type') t) types
     WHERE t IN ('webhook', 'update_field', 'add_tag', 'remove_tag', 'add_to_segment', 'remove_from_segment', 'create_task')
+    UNION ALL
+    SELECT 'trigger.' || k, format('one status for now, not %s', p_definition #> ARRAY['trigger', k])
+    FROM unnest(ARRAY['from', 'to']) k
+    WHERE jsonb_typeof(p_definition #> ARRAY['trigger', k]) = 'array' AND jsonb_array_length(p_definition #> ARRAY['trigger', k]) > 1
+    UNION ALL
+    -- The capture trigger watches the status column the table was attached with.
+    SELECT 'trigger.column', format('%s is attached with status column `%s`', att.table_schema || '.' || att.table_name,
+                                    att.status_column)
+    FROM herald_attachments att
+    JOIN pg_class c ON c.relname = att.table_name
+    JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = att.table_schema
+    WHERE p_definition #>> '{trigger,type}' = 'status_change'
+      AND c.oid = herald_relation(p_definition #>> '{trigger,table}')
+      AND att.status_column <> coalesce(p_definition #>> '{trigger,column}', 'status')
   ) p;
   IF n > 0 THEN
     RAISE EXCEPTION 'automation % refused: % mistake(s) in its definition', p_name, n
@@ -593,7 +607,8 @@ CREATE UNIQUE INDEX automation_step_runs_effect ON automation_step_runs (log_id,
 -- its place and its data. One row per message, in order; lease NULL when not claimable.
 CREATE FUNCTION herald_flow_start(p_ids bigint[], p_leases bigint[], p_now timestamptz, p_until timestamptz)
 RETURNS TABLE (lease bigint, attempt integer, status text, definition jsonb, next_step text, step_attempt integer,
-               steps_run integer, outputs jsonb, context jsonb, run_status text, run_output jsonb, run_error text)
+               steps_run integer, outputs jsonb, context jsonb, run_status text, run_output jsonb, run_error text,
+               event text, old_status text, new_status text, subject_table text, subject_id text)
 LANGUAGE sql AS $$
   WITH msg AS (
     SELECT m.log_id, m.lease, m.ord, row_number() OVER (PARTITION BY m.log_id ORDER BY m.ord) AS nth
@@ -619,7 +634,8 @@ LANGUAGE sql AS $$
   SELECT c.lease_token, c.attempts,
          CASE WHEN m.nth > 1 THEN 'claimed by another message of this batch' ELSE l.status END,
          v.definition, c.next_step, c.step_attempt, c.steps_run, c.outputs, x.context,
-         r.status, r.output, r.error
+         r.status, r.output, r.error,
+         l.event, l.old_status, l.new_status, format('%I.%I', l.subject_schema, l.subject_table), l.subject_id
   FROM msg m
   LEFT JOIN claimed c ON c.id = m.log_id AND m.nth = 1
   LEFT JOIN ctx x ON x.log_id = c.id

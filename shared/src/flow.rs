@@ -34,6 +34,8 @@ pub struct LoadedFlow {
     pub instance: Instance,
     /// The subject's data as templates and conditions see it, read fresh.
     pub data: Result<Json, ContextError>,
+    /// The event that started the instance, which templates and conditions see as `herald`.
+    pub event: Json,
     /// The automation or the instance is paused: it stops before its next step.
     pub paused: bool,
     /// What the ledger knows of the step the instance is at, from an earlier invocation.
@@ -189,6 +191,7 @@ struct Going {
     doc: Document,
     instance: Instance,
     data: Json,
+    event: Json,
     paused: bool,
     /// The result of the effect performed this round, for the step machine.
     last: Option<Performed>,
@@ -247,9 +250,11 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                         definition,
                         instance,
                         data,
+                        event,
                         paused,
                         resumed,
                     } = *flow;
+                    let data = data.map(|d| with_event(d, &event));
                     match (definition, data) {
                         (_, Err(ContextError::Transient(m))) => {
                             outcomes[index] = Some(FlowOutcome::StoreFailed(format!("loading the data: {m}")))
@@ -290,6 +295,7 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                                 doc,
                                 instance,
                                 data,
+                                event,
                                 paused,
                                 last,
                             })
@@ -378,7 +384,7 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                 }
                 match written.data.get(&g.lease.log_id) {
                     Some(Ok(data)) => {
-                        g.data = data.clone();
+                        g.data = with_event(data.clone(), &g.event);
                         g.last = Some(match end.result {
                             Ok(output) => Performed::Done(output),
                             Err(f) => Performed::Failed(f.message),
@@ -461,6 +467,17 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                 }
             }
         }
+    }
+}
+
+/// The data with the event under `herald`, as one-shot templates see it.
+fn with_event(data: Json, event: &Json) -> Json {
+    match data {
+        Json::Object(mut map) => {
+            map.insert("herald".into(), event.clone());
+            Json::Object(map)
+        }
+        other => other,
     }
 }
 
@@ -599,6 +616,7 @@ mod tests {
                             definition: Ok(doc.clone()),
                             instance: Instance::new(doc),
                             data: Ok(data.clone()),
+                            event: Json::Null,
                             paused: false,
                             resumed: Resumed::Fresh,
                         }),

@@ -345,3 +345,31 @@ async fn saving_refuses_a_definition_with_every_mistake_and_versions_a_sound_one
         "{checksum}"
     );
 }
+
+#[tokio::test]
+async fn saving_refuses_triggers_capture_cannot_follow_yet() {
+    let db = db().await;
+    db.exec(
+        "SELECT herald_attach('public.bookings', 'status', 'id');
+         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
+         VALUES ('reminders', 'bookings', 'confirmed', '{{ email }}', 's', 't')",
+    )
+    .await;
+    let mut doc = runnable();
+    doc["trigger"] = json!({"type": "status_change", "table": "bookings", "column": "vip", "to": ["a", "b"]});
+    let err = db
+        .client
+        .query_one("SELECT herald_save_automation('reminders', $1)", &[&doc])
+        .await
+        .unwrap_err();
+    let detail = err
+        .as_db_error()
+        .and_then(|e| e.detail())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("trigger.to: one status for now"), "{detail}");
+    assert!(
+        detail.contains("trigger.column: public.bookings is attached with status column `status`"),
+        "{detail}"
+    );
+}

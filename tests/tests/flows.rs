@@ -119,7 +119,7 @@ async fn through_the_functions_a_status_change_starts_an_instance_that_waits_and
         "steps": [
             {"id": "thanks", "type": "send_email", "to": "{{ client_email }}", "subject": "Done: {{ job_title }}", "text": "Thanks, {{ client_name }}"},
             {"id": "later", "type": "wait", "for": "1 hour"},
-            {"id": "review", "type": "send_sms", "to": "{{ client_phone }}", "body": "How did we do, {{ client_name }}?"}
+            {"id": "review", "type": "send_sms", "to": "{{ client_phone }}", "body": "Job {{ herald.new_status }}: how did we do, {{ client_name }}?"}
         ]
     });
     h.db.client
@@ -152,7 +152,7 @@ async fn through_the_functions_a_status_change_starts_an_instance_that_waits_and
     assert_eq!(h.db.statuses().await, ["completed"]);
     let sms = h.moto.sms_to(&h.phone_of(1)).await;
     assert_eq!(sms.len(), 1, "{sms:?}");
-    assert_eq!(sms[0].message, "How did we do, Ann Lee?");
+    assert_eq!(sms[0].message, "Job completed: how did we do, Ann Lee?");
     let history: Vec<String> =
         h.db.column("SELECT step_id || ':' || status FROM automation_step_runs ORDER BY id")
             .await;

@@ -8,7 +8,7 @@ use serde_json::{json, Value as Json};
 
 use super::{context_of, PgStore, Sql};
 use crate::flow::{FlowLedger, FlowStarted, FlowWrite, FlowWritten, LoadedFlow, Resumed, Stop};
-use crate::model::{Lease, LogId, QueueMessage, StoreError};
+use crate::model::{EventInfo, Lease, LogId, QueueMessage, StoreError};
 use crate::steps::Effect;
 use crate::workflow::definition;
 use crate::workflow::machine::{Instance, Park, Performed};
@@ -67,6 +67,15 @@ impl FlowLedger for PgStore {
                         definition,
                         instance,
                         data: context_of(r.get("context")),
+                        event: serde_json::to_value(EventInfo {
+                            log_id: m.log_id,
+                            event: r.get::<_, Option<String>>("event").unwrap_or_default(),
+                            old_status: r.get("old_status"),
+                            new_status: r.get("new_status"),
+                            subject_table: r.get::<_, Option<String>>("subject_table").unwrap_or_default(),
+                            subject_id: r.get::<_, Option<String>>("subject_id").unwrap_or_default(),
+                        })
+                        .unwrap_or(Json::Null),
                         paused: false,
                         resumed: match r.get::<_, Option<String>>("run_status").as_deref() {
                             None => Resumed::Fresh,
