@@ -7,13 +7,16 @@
 --   GRANT SELECT ON public.job_context TO herald_executor;
 
 DO $$
+DECLARE
+  r text;
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'herald_scheduler') THEN
-    CREATE ROLE herald_scheduler LOGIN;
-  END IF;
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'herald_executor') THEN
-    CREATE ROLE herald_executor LOGIN;
-  END IF;
+  FOREACH r IN ARRAY ARRAY['herald_scheduler', 'herald_executor'] LOOP
+    BEGIN
+      EXECUTE format('CREATE ROLE %I LOGIN', r);
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN
+      NULL;  -- it exists (roles belong to the cluster: another database may have made it)
+    END;
+  END LOOP;
 END
 $$;
 

@@ -514,7 +514,8 @@ BEGIN
     UNION ALL
     SELECT 'trigger.' || k, format('one status for now, not %s', p_definition #> ARRAY['trigger', k])
     FROM unnest(ARRAY['from', 'to']) k
-    WHERE jsonb_typeof(p_definition #> ARRAY['trigger', k]) = 'array' AND jsonb_array_length(p_definition #> ARRAY['trigger', k]) > 1
+    WHERE CASE WHEN jsonb_typeof(p_definition #> ARRAY['trigger', k]) = 'array'
+               THEN jsonb_array_length(p_definition #> ARRAY['trigger', k]) > 1 ELSE false END
     UNION ALL
     -- The capture trigger watches the status column the table was attached with.
     SELECT 'trigger.column', format('%s is attached with status column `%s`', att.table_schema || '.' || att.table_name,
