@@ -113,7 +113,7 @@ pub async fn add_members(db: &Db, n: i64) -> Result<(), String> {
 /// Empties the ledger and makes `n` due pending logs.
 pub async fn refill(db: &Db, n: i64) -> Result<(), String> {
     db.exec(
-        "TRUNCATE ONLY automation_execution_logs, automation_deliveries, automation_attempts, automation_receipts, automation_suppression_windows",
+        "TRUNCATE ONLY automation_execution_logs, automation_deliveries, automation_attempts, automation_receipts, automation_step_runs, automation_suppression_windows",
     )
     .await?;
     add_pending(db, n).await?;
@@ -211,7 +211,7 @@ pub async fn bare_drain(db: &Db, n: i64) -> Result<f64, String> {
 /// Moving `n` captured events from the inbox to the ledger: events per second.
 pub async fn ingest(db: &Db, n: i64) -> Result<f64, String> {
     db.exec(
-        "TRUNCATE ONLY automation_execution_logs, automation_deliveries, automation_attempts, automation_receipts, automation_suppression_windows",
+        "TRUNCATE ONLY automation_execution_logs, automation_deliveries, automation_attempts, automation_receipts, automation_step_runs, automation_suppression_windows",
     )
     .await?;
     db.exec(&format!(
