@@ -1,8 +1,10 @@
--- Scheduler: take up to $2 due pending logs, oldest first, mark them queued and give each
--- a lease until $3. SKIP LOCKED lets concurrent schedulers take disjoint sets. One fencing
--- token serves the whole claim: a token only has to be new for each claim of a log.
+-- Scheduler: take up to $2 due logs (pending, or waiting instances whose time has come),
+-- oldest first, mark them queued and give each a lease until $3. SKIP LOCKED lets
+-- concurrent schedulers take disjoint sets. One fencing token serves the whole claim: a
+-- token only has to be new for each claim of a log. Also says whether each log is a
+-- workflow instance (of an automation saved as a definition), for the executor.
 WITH due AS (
-  SELECT id
+  SELECT id, automation_id
   FROM ONLY automation_execution_logs
   WHERE status IN ('pending', 'waiting') AND run_at <= $1::timestamptz
   ORDER BY run_at, id
@@ -12,8 +14,6 @@ WITH due AS (
 UPDATE ONLY automation_execution_logs l
 SET status = 'queued', queued_at = $1::timestamptz, updated_at = $1::timestamptz,
     lease_token = (SELECT nextval('herald_lease_tokens')), lease_expires_at = $3::timestamptz
-FROM due
+FROM due LEFT JOIN automations a ON a.id = due.automation_id
 WHERE l.id = due.id
-RETURNING l.id, l.lease_token,
-  -- A workflow instance: of an automation saved as a definition.
-  l.version IS NOT NULL OR EXISTS (SELECT 1 FROM automations a WHERE a.id = l.automation_id AND a.version IS NOT NULL)
+RETURNING l.id, l.lease_token, l.version IS NOT NULL OR a.version IS NOT NULL
