@@ -384,8 +384,10 @@ BEGIN
 END
 $$;
 
--- Every mistake in a definition, each with its path in the document.
-CREATE FUNCTION herald_definition_problems(p_definition jsonb)
+-- Every mistake in a definition, each with its path in the document. p_data: the relation
+-- the templates' data comes from when it is not the trigger's table (an automation's
+-- context relation); conditions and waits are checked against its columns.
+CREATE FUNCTION herald_definition_problems(p_definition jsonb, p_data regclass DEFAULT NULL)
 RETURNS TABLE (path text, message text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -393,6 +395,7 @@ DECLARE
   trig     jsonb := p_definition -> 'trigger';
   rel      regclass;
   kinds    jsonb;
+  tkinds   jsonb;
   k        text;
   steps_r  jsonb;
   item     jsonb;
@@ -419,19 +422,19 @@ BEGIN
       IF rel IS NULL THEN
         problems := problems || jsonb_build_array(jsonb_build_array('trigger.table', format('no table `%s`', trig ->> 'table')));
       ELSE
-        kinds := herald_column_kinds(rel);
+        tkinds := herald_column_kinds(rel);
       END IF;
     END IF;
-    IF kinds IS NOT NULL AND trig ->> 'type' = 'status_change' AND NOT kinds ? coalesce(trig ->> 'column', 'status') THEN
+    IF tkinds IS NOT NULL AND trig ->> 'type' = 'status_change' AND NOT tkinds ? coalesce(trig ->> 'column', 'status') THEN
       problems := problems || jsonb_build_array(jsonb_build_array('trigger.column',
         format('`%s` has no column `%s`', trig ->> 'table', coalesce(trig ->> 'column', 'status'))));
     END IF;
     IF trig ->> 'type' = 'update' THEN
       IF jsonb_typeof(trig -> 'columns') IS DISTINCT FROM 'array' OR jsonb_array_length(trig -> 'columns') = 0 THEN
         problems := problems || jsonb_build_array(jsonb_build_array('trigger.columns', 'names the columns whose change starts a flow'));
-      ELSIF kinds IS NOT NULL THEN
+      ELSIF tkinds IS NOT NULL THEN
         FOR col IN SELECT jsonb_array_elements_text(trig -> 'columns') LOOP
-          IF NOT kinds ? col THEN
+          IF NOT tkinds ? col THEN
             problems := problems || jsonb_build_array(jsonb_build_array('trigger.columns',
               format('`%s` has no column `%s`', trig ->> 'table', col)));
           END IF;
@@ -445,6 +448,8 @@ BEGIN
       'unknown trigger type `%s`; expected one of status_change, insert, update, delete, tag_added, tag_removed, '
       'segment_joined, segment_left, manual', coalesce(trig ->> 'type', ''))));
   END IF;
+  -- What conditions and waits read: the data's relation, else the trigger's table.
+  kinds := CASE WHEN p_data IS NOT NULL THEN herald_column_kinds(p_data) ELSE tkinds END;
   IF p_definition ? 'conditions' THEN
     problems := problems || herald_condition_problems(p_definition -> 'conditions', 'conditions', 1, kinds);
   END IF;
@@ -502,7 +507,8 @@ DECLARE
 BEGIN
   SELECT string_agg(path || ': ' || message, E'\n'), count(*) INTO mistakes, n
   FROM (
-    SELECT * FROM herald_definition_problems(p_definition)
+    SELECT * FROM herald_definition_problems(p_definition,
+                                             (SELECT to_regclass(context_relation) FROM automations WHERE name = p_name))
     UNION ALL
     -- What the language has but this version of Herald cannot run yet.
     SELECT 'trigger.type', format('`%s` triggers cannot be used yet; status_change and insert can', p_definition #>> '{trigger,type}')

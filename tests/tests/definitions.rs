@@ -373,3 +373,43 @@ async fn saving_refuses_triggers_capture_cannot_follow_yet() {
         "{detail}"
     );
 }
+
+#[tokio::test]
+async fn conditions_are_checked_against_the_automations_context_relation() {
+    let db = db().await;
+    db.exec(
+        "CREATE VIEW booking_details AS SELECT id AS booking_id, status, starts_at, 'gold'::text AS tier FROM bookings;
+         INSERT INTO automations (name, source_table, to_status, context_relation, context_key_column,
+                                  email_to, email_subject, email_text)
+         VALUES ('details', 'bookings', 'confirmed', 'public.booking_details', 'booking_id', '{{ email }}', 's', 't')",
+    )
+    .await;
+    let mut doc = json!({
+        "trigger": {"type": "status_change", "table": "public.bookings", "to": "confirmed"},
+        "exit": [{"if": {"field": "tier", "op": "=", "value": "lead"}, "reason": "downgraded"}],
+        "steps": [{"id": "hi", "type": "send_email", "to": "{{ email }}", "subject": "s", "text": "t"}]
+    });
+    // `tier` is a column of the view the templates read, not of the trigger's table.
+    let v: i32 = db
+        .client
+        .query_one("SELECT herald_save_automation('details', $1)", &[&doc])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 1);
+    doc["exit"][0]["if"]["field"] = json!("teir");
+    let err = db
+        .client
+        .query_one("SELECT herald_save_automation('details', $1)", &[&doc])
+        .await
+        .unwrap_err();
+    let detail = err
+        .as_db_error()
+        .and_then(|e| e.detail())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        detail.contains("exit[0].if.field: the data has no column `teir`"),
+        "{detail}"
+    );
+}
