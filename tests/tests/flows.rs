@@ -314,3 +314,46 @@ async fn an_invocation_that_stops_mid_flow_is_resumed_without_sending_twice() {
         .await;
     assert_eq!(runs, ["hello 1 unknown", "hello 3 done"]);
 }
+
+#[tokio::test]
+async fn notify_admin_reaches_every_admin_by_email_and_sms_and_a_branch_chooses_it() {
+    let mut h = Herald::with_jobs_example().await;
+    let clock = h.manual_clock();
+    let owner_email = format!("owner+{}@example.com", h.tag);
+    let owner_phone = format!("+1666{:07}", h.tag % 10_000_000);
+    let doc = json!({
+        "trigger": {"type": "status_change", "table": "public.jobs", "to": "completed"},
+        "admins": {"emails": [owner_email], "phones": [owner_phone]},
+        "steps": [
+            {"id": "big", "type": "branch", "if": {"field": "job_title", "op": "contains", "value": "boiler"},
+             "then": [{"id": "tell", "type": "notify_admin", "subject": "Boiler done", "text": "{{ client_name }}: {{ job_title }}"}],
+             "else": [{"id": "thanks", "type": "send_email", "to": "{{ client_email }}", "subject": "Done", "text": "Thanks"}]}
+        ]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('job-completed', $1)", &[&doc])
+        .await
+        .unwrap();
+    h.db.exec("UPDATE jobs SET status = 'completed'").await;
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 2);
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(h.db.statuses().await, ["completed", "completed"]);
+    let emails = h.moto.emails_from(&h.from).await;
+    let mut to: Vec<String> = emails.iter().flat_map(|e| e.destinations.to.clone()).collect();
+    to.sort();
+    let mut want = vec![owner_email.clone(), h.email_of(1)];
+    want.sort();
+    assert_eq!(to, want, "job 1 thanks its client; job 2 (the boiler) tells the owner");
+    let sms = h.moto.sms_to(&owner_phone).await;
+    assert_eq!(sms.len(), 1, "{sms:?}");
+    assert_eq!(sms[0].message, "Boiler done: Bo Chen: Service the boiler");
+    let decided: Vec<String> =
+        h.db.column("SELECT output::text FROM automation_step_runs WHERE status = 'decided' ORDER BY log_id")
+            .await;
+    assert_eq!(decided.len(), 2);
+    assert!(
+        decided[1].contains("\"holds\": true") && decided[1].contains("Service the boiler"),
+        "{decided:?}"
+    );
+}
