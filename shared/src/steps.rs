@@ -64,9 +64,10 @@ pub fn prepare(
     let fail = |e: String| Failure::permanent(format!("step `{}`: {e}", step.id));
     let text = |name, source: &str, line| render_text(name, source, vars, line).map_err(|e| fail(e.to_string()));
     let optional = |name, source: &Option<String>, line| source.as_deref().map(|s| text(name, s, line)).transpose();
-    let effect = || -> Result<Effect, Failure> {
-        Ok(match &step.action {
-            Action::Wait(_) | Action::Branch { .. } => unreachable!("filtered out below"),
+    let effect = || -> Result<Option<Effect>, Failure> {
+        Ok(Some(match &step.action {
+            // Decided by the step machine, without an effect.
+            Action::Wait(_) | Action::Branch { .. } => return Ok(None),
             Action::SendEmail(t) => {
                 let email = render_email(t, vars, default_from).map_err(|e| fail(e.to_string()))?;
                 check_email(&email.to).map_err(fail)?;
@@ -159,12 +160,9 @@ pub fn prepare(
                     .collect::<Result<_, Failure>>()?;
                 Effect::NotifyAdmin { emails, sms }
             }
-        })
+        }))
     };
-    match step.action {
-        Action::Wait(_) | Action::Branch { .. } => None,
-        _ => Some(effect()),
-    }
+    effect().transpose()
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ pub fn variables(data: &Json, instance: &Instance) -> Json {
 
 /// Moves `instance` on. `last` is how the step of the previous `Perform` ended (`None`
 /// when the instance starts or wakes). `data` is fresh: exit conditions are checked against
-/// it before every step. `tz` is the automation's zone.
+/// it before every step. Calendar arithmetic uses the definition's zone.
 pub fn advance(
     doc: &Document,
     instance: &mut Instance,
