@@ -61,3 +61,8 @@ GRANT SELECT, INSERT, UPDATE ON automation_step_runs TO herald_executor;
 GRANT USAGE ON SEQUENCE automation_step_runs_id_seq TO herald_executor;
 GRANT EXECUTE ON FUNCTION herald_flow_start(bigint[], bigint[], timestamptz, timestamptz) TO herald_executor;
 GRANT EXECUTE ON FUNCTION herald_flow_write(jsonb, timestamptz) TO herald_executor;
+
+-- Holds: the executor reads whether an instance is paused or to be cancelled at each step,
+-- and parks it so.
+GRANT SELECT (hold, held_from) ON automation_execution_logs TO herald_executor;
+GRANT UPDATE (hold, held_from) ON automation_execution_logs TO herald_executor;

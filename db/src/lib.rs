@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_definitions.sql",
         sql: include_str!("../migrations/0008_definitions.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_control.sql",
+        sql: include_str!("../migrations/0009_control.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).

@@ -36,8 +36,6 @@ pub struct LoadedFlow {
     pub data: Result<Json, ContextError>,
     /// The event that started the instance, which templates and conditions see as `herald`.
     pub event: Json,
-    /// The automation or the instance is paused: it stops before its next step.
-    pub paused: bool,
     /// What the ledger knows of the step the instance is at, from an earlier invocation.
     pub resumed: Resumed,
 }
@@ -99,8 +97,11 @@ pub enum Stop {
     /// A step's effect started in an earlier invocation that ended before recording how it
     /// went, and resending it could repeat it: an operator decides.
     Unknown(String),
-    /// Out of time, or paused: the instance waits for the scheduler, at its next step.
+    /// Out of time: the instance waits for the scheduler, at its next step.
     Later,
+    /// Paused or cancelled by an operator (the instance or its automation): the ledger
+    /// parked it in this status at its step boundary.
+    Held(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,13 +126,24 @@ impl FlowWrite {
     }
 }
 
-/// What the ledger took, entry by entry (false: the lease was no longer the instance's), and
-/// the fresh data of the instances asked for, read after the write.
+/// How the ledger took an effect about to start, or a stop.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Taken {
+    Yes,
+    /// The lease was no longer the instance's.
+    Lost,
+    /// The instance is paused or to be cancelled: the ledger parked it in this status
+    /// instead (an effect about to start did not start).
+    Held(String),
+}
+
+/// What the ledger took, entry by entry (ended: false when the lease was no longer the
+/// instance's), and the fresh data of the instances asked for, read after the write.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FlowWritten {
     pub ended: Vec<bool>,
-    pub started: Vec<bool>,
-    pub parked: Vec<bool>,
+    pub started: Vec<Taken>,
+    pub parked: Vec<Taken>,
     pub data: HashMap<LogId, Result<Json, ContextError>>,
 }
 
@@ -192,7 +204,6 @@ struct Going {
     instance: Instance,
     data: Json,
     event: Json,
-    paused: bool,
     /// The result of the effect performed this round, for the step machine.
     last: Option<Performed>,
 }
@@ -251,7 +262,6 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                         instance,
                         data,
                         event,
-                        paused,
                         resumed,
                     } = *flow;
                     let data = data.map(|d| with_event(d, &event));
@@ -296,7 +306,6 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                                 instance,
                                 data,
                                 event,
-                                paused,
                                 last,
                             })
                         }
@@ -324,11 +333,11 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                 Ok(w) => w,
                 Err(e) => return store_failed(&write, &[], &index_of, outcomes, &e),
             };
-            for (p, ok) in write.parked.iter().zip(&written.parked) {
-                outcomes[index_of[&p.lease.log_id]] = Some(if *ok {
-                    FlowOutcome::Stopped(p.stop.clone())
-                } else {
-                    lost(&p.lease)
+            for (p, taken) in write.parked.iter().zip(&written.parked) {
+                outcomes[index_of[&p.lease.log_id]] = Some(match taken {
+                    Taken::Yes => FlowOutcome::Stopped(p.stop.clone()),
+                    Taken::Lost => lost(&p.lease),
+                    Taken::Held(status) => FlowOutcome::Stopped(Stop::Held(status.clone())),
                 });
             }
             for (e, ok) in write.ended.iter().zip(&written.ended) {
@@ -339,11 +348,14 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
             let starts = std::mem::take(&mut write.started);
             write = FlowWrite::default();
             let mut sending = Vec::new();
-            for ((g, start), ok) in performing.into_iter().zip(starts).zip(&written.started) {
-                match outcomes[g.index] {
-                    Some(_) => {}
-                    None if !ok => outcomes[g.index] = Some(lost(&g.lease)),
-                    None => sending.push((g, start)),
+            for ((g, start), taken) in performing.into_iter().zip(starts).zip(&written.started) {
+                match (&outcomes[g.index], taken) {
+                    (Some(_), _) => {}
+                    (None, Taken::Yes) => sending.push((g, start)),
+                    (None, Taken::Lost) => outcomes[g.index] = Some(lost(&g.lease)),
+                    (None, Taken::Held(status)) => {
+                        outcomes[g.index] = Some(FlowOutcome::Stopped(Stop::Held(status.clone())))
+                    }
                 }
             }
             if sending.is_empty() {
@@ -410,7 +422,7 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                 stop,
             })
         };
-        if g.paused || (out_of_time && g.last.is_none()) {
+        if out_of_time && g.last.is_none() {
             park(g, Stop::Later, write);
             return None;
         }
@@ -589,6 +601,8 @@ mod tests {
         flows: Mutex<HashMap<LogId, (Document, Json)>>,
         writes: Mutex<Vec<FlowWrite>>,
         lost: Mutex<Vec<LogId>>,
+        /// Instances an operator holds, with the status the ledger parks them in.
+        held: Mutex<HashMap<LogId, String>>,
         /// Applied to the data after each write: (log id, field, value).
         changes: Mutex<Vec<(LogId, &'static str, Json)>>,
         fail_writes: bool,
@@ -617,7 +631,6 @@ mod tests {
                             instance: Instance::new(doc),
                             data: Ok(data.clone()),
                             event: Json::Null,
-                            paused: false,
                             resumed: Resumed::Fresh,
                         }),
                     },
@@ -639,15 +652,21 @@ mod tests {
             }
             self.writes.lock().unwrap().push(write.clone());
             let lost = self.lost.lock().unwrap().clone();
+            let held = self.held.lock().unwrap().clone();
             let ok = |l: &Lease| !lost.contains(&l.log_id);
+            let taken = |l: &Lease| match held.get(&l.log_id) {
+                _ if !ok(l) => Taken::Lost,
+                Some(status) => Taken::Held(status.clone()),
+                None => Taken::Yes,
+            };
             let mut flows = self.flows.lock().unwrap();
             for (id, field, value) in self.changes.lock().unwrap().drain(..) {
                 flows.get_mut(&id).unwrap().1[field] = value;
             }
             Ok(FlowWritten {
                 ended: write.ended.iter().map(|e| ok(&e.lease)).collect(),
-                started: write.started.iter().map(|s| ok(&s.lease)).collect(),
-                parked: write.parked.iter().map(|p| ok(&p.lease)).collect(),
+                started: write.started.iter().map(|s| taken(&s.lease)).collect(),
+                parked: write.parked.iter().map(|p| taken(&p.lease)).collect(),
                 data: fresh_for
                     .iter()
                     .map(|l| (l.log_id, Ok(flows[&l.log_id].1.clone())))
@@ -832,6 +851,24 @@ mod tests {
         };
         let out = run(&broken, &effects, &[1], None).await;
         assert!(matches!(&out[0], FlowOutcome::StoreFailed(_)), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn a_held_instance_starts_no_effect_and_stops_as_the_ledger_parked_it() {
+        let ledger = ledger_of(vec![(1, three_steps(), data(1)), (2, three_steps(), data(2))]);
+        ledger.held.lock().unwrap().insert(2, "paused".into());
+        let effects = FakeEffects::default();
+        let out = run(&ledger, &effects, &[1, 2], None).await;
+        assert_eq!(out[0], FlowOutcome::Stopped(Stop::Park(Park::Completed)));
+        assert_eq!(out[1], FlowOutcome::Stopped(Stop::Held("paused".into())));
+        assert!(effects.0.lock().unwrap().iter().all(|(k, _)| k.starts_with("1-")));
+        let writes = ledger.writes.lock().unwrap();
+        assert!(
+            writes[1..]
+                .iter()
+                .all(|w| w.started.iter().all(|s| s.lease.log_id == 1)),
+            "nothing more is asked of the held instance"
+        );
     }
 
     #[tokio::test]

@@ -204,6 +204,30 @@ async fn the_monitoring_queries_work_verbatim() {
             .await
             .unwrap();
     assert_eq!(rows.len(), 2);
+
+    // Every query of the README's monitoring section runs as written.
+    let readme = herald_tests::repo_file("README.md");
+    let section = readme
+        .split("## Monitoring SQL")
+        .nth(1)
+        .and_then(|s| s.split("```sql").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("the README has a monitoring SQL block");
+    let queries: Vec<&str> = section
+        .split(';')
+        .map(str::trim)
+        .filter(|q| {
+            q.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
+        })
+        .collect();
+    assert!(queries.len() >= 10, "{queries:?}");
+    for q in queries {
+        h.db.client
+            .query(q, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}\nin:\n{q}"));
+    }
 }
 
 #[tokio::test]

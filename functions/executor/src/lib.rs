@@ -111,6 +111,7 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
         for ((id, _), outcome) in flows.iter().zip(runner.run(&bodies, e.settings.concurrency).await) {
             match &outcome {
                 FlowOutcome::Stopped(Stop::Later) => info!(message_id = %id, "instance continues later"),
+                FlowOutcome::Stopped(Stop::Held(status)) => info!(message_id = %id, status, "instance held"),
                 FlowOutcome::Stopped(Stop::Park(park)) => info!(message_id = %id, ?park, "instance parked"),
                 FlowOutcome::Stopped(Stop::Unknown(why)) => warn!(message_id = %id, why, "outcome unknown: held"),
                 FlowOutcome::Skipped(why) => info!(message_id = %id, why = %redact(why), "skipped"),

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use serde_json::{json, Value as Json};
 
 use super::{context_of, PgStore, Sql};
-use crate::flow::{FlowLedger, FlowStarted, FlowWrite, FlowWritten, LoadedFlow, Resumed, Stop};
+use crate::flow::{FlowLedger, FlowStarted, FlowWrite, FlowWritten, LoadedFlow, Resumed, Stop, Taken};
 use crate::model::{EventInfo, Lease, LogId, QueueMessage, StoreError};
 use crate::steps::Effect;
 use crate::workflow::definition;
@@ -76,7 +76,6 @@ impl FlowLedger for PgStore {
                             subject_id: r.get::<_, Option<String>>("subject_id").unwrap_or_default(),
                         })
                         .unwrap_or(Json::Null),
-                        paused: false,
                         resumed: match r.get::<_, Option<String>>("run_status").as_deref() {
                             None => Resumed::Fresh,
                             Some("done") => Resumed::Ended(Performed::Done(
@@ -108,10 +107,18 @@ impl FlowLedger for PgStore {
         .await;
         let written: Json = written.map_err(conn.fail(context))?.get(0);
         let fresh = fresh.map_err(conn.fail(context))?;
-        let flags = |part: &str| -> Vec<bool> {
+        let entries = |part: &str| -> Vec<Taken> {
             written[part]
                 .as_array()
-                .map(|a| a.iter().map(|v| v.as_bool().unwrap_or(false)).collect())
+                .map(|a| {
+                    a.iter()
+                        .map(|v| match v {
+                            Json::Bool(true) => Taken::Yes,
+                            Json::String(status) => Taken::Held(status.clone()),
+                            _ => Taken::Lost,
+                        })
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let data: HashMap<LogId, _> = fresh
@@ -119,9 +126,9 @@ impl FlowLedger for PgStore {
             .map(|r| (r.get::<_, i64>(0), context_of(r.get(1))))
             .collect();
         Ok(FlowWritten {
-            ended: flags("ended"),
-            started: flags("started"),
-            parked: flags("parked"),
+            ended: entries("ended").into_iter().map(|t| t == Taken::Yes).collect(),
+            started: entries("started"),
+            parked: entries("parked"),
             data,
         })
     }
@@ -157,7 +164,8 @@ fn write_json(w: &FlowWrite) -> Json {
 fn parked_json(i: &Instance, stop: &Stop) -> Json {
     let (status, next, run_at, error, exit) = match stop {
         // The write's own time: due at once.
-        Stop::Later => ("pending", i.next.clone(), None, None, None),
+        // Held: only the ledger parks an instance so. Asked as pending, it decides again.
+        Stop::Later | Stop::Held(_) => ("pending", i.next.clone(), None, None, None),
         Stop::Park(Park::Completed) => ("completed", None, None, None, None),
         Stop::Unknown(why) => ("unknown", i.next.clone(), None, Some(why.clone()), None),
         Stop::Park(Park::Failed(why)) => ("failed", i.next.clone(), None, Some(why.clone()), None),
