@@ -3,8 +3,10 @@
 --   psql "$DATABASE_URL" -f db/roles.sql
 -- then give each role a password and put it in that function's secret:
 --   ALTER ROLE herald_scheduler PASSWORD '...';  ALTER ROLE herald_executor PASSWORD '...';
--- and let the executor read the relations your automations use for template variables:
+-- and let the executor read the relations your automations use for template variables,
+-- and change the columns their update_field steps set:
 --   GRANT SELECT ON public.job_context TO herald_executor;
+--   GRANT SELECT (id), UPDATE (status) ON public.jobs TO herald_executor;
 
 DO $$
 DECLARE
@@ -64,5 +66,19 @@ GRANT EXECUTE ON FUNCTION herald_flow_write(jsonb, timestamptz) TO herald_execut
 
 -- Holds: the executor reads whether an instance is paused or to be cancelled at each step,
 -- and parks it so.
-GRANT SELECT (hold, held_from) ON automation_execution_logs TO herald_executor;
+GRANT SELECT (hold, held_from, cascade_depth) ON automation_execution_logs TO herald_executor;
 GRANT UPDATE (hold, held_from) ON automation_execution_logs TO herald_executor;
+
+-- Steps that change this database: labels and tasks are Herald's own; update_field needs
+-- UPDATE on what it sets, granted by you (`GRANT UPDATE (status) ON public.jobs TO
+-- herald_executor`). A change it makes is captured like any other, as the executor, so the
+-- executor may append to the inbox.
+GRANT SELECT, INSERT, DELETE ON herald_labels TO herald_executor;
+GRANT SELECT, INSERT ON herald_tasks TO herald_executor;
+GRANT INSERT ON herald_inbox TO herald_executor;
+DO $$
+BEGIN
+  EXECUTE format('GRANT USAGE ON SEQUENCE %s TO herald_executor',
+                 pg_get_serial_sequence('automation_execution_logs', 'id'));
+END
+$$;

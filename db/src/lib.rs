@@ -55,8 +55,8 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 9,
-        name: "0009_control.sql",
-        sql: include_str!("../migrations/0009_control.sql"),
+        name: "0009_control_and_steps.sql",
+        sql: include_str!("../migrations/0009_control_and_steps.sql"),
     },
 ];
 

@@ -130,6 +130,9 @@ impl FlowWrite {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Taken {
     Yes,
+    /// A change to this database (`Effect::is_local`), made by the write itself in the
+    /// transaction that recorded it: how it went.
+    Performed(Result<Json, Failure>),
     /// The lease was no longer the instance's.
     Lost,
     /// The instance is paused or to be cancelled: the ledger parked it in this status
@@ -335,7 +338,8 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
             };
             for (p, taken) in write.parked.iter().zip(&written.parked) {
                 outcomes[index_of[&p.lease.log_id]] = Some(match taken {
-                    Taken::Yes => FlowOutcome::Stopped(p.stop.clone()),
+                    // A park performs nothing.
+                    Taken::Yes | Taken::Performed(_) => FlowOutcome::Stopped(p.stop.clone()),
                     Taken::Lost => lost(&p.lease),
                     Taken::Held(status) => FlowOutcome::Stopped(Stop::Held(status.clone())),
                 });
@@ -348,17 +352,29 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
             let starts = std::mem::take(&mut write.started);
             write = FlowWrite::default();
             let mut sending = Vec::new();
+            // Effects the write performed itself: already recorded as ended.
+            let mut recorded: Vec<(Going, StepEnd)> = Vec::new();
             for ((g, start), taken) in performing.into_iter().zip(starts).zip(&written.started) {
                 match (&outcomes[g.index], taken) {
                     (Some(_), _) => {}
                     (None, Taken::Yes) => sending.push((g, start)),
+                    (None, Taken::Performed(result)) => {
+                        let end = StepEnd {
+                            lease: start.lease,
+                            step: start.step,
+                            kind: start.kind,
+                            attempt: start.attempt,
+                            result: result.clone(),
+                        };
+                        recorded.push((g, end))
+                    }
                     (None, Taken::Lost) => outcomes[g.index] = Some(lost(&g.lease)),
                     (None, Taken::Held(status)) => {
                         outcomes[g.index] = Some(FlowOutcome::Stopped(Stop::Held(status.clone())))
                     }
                 }
             }
-            if sending.is_empty() {
+            if sending.is_empty() && recorded.is_empty() {
                 break;
             }
             // 3. Perform them.
@@ -380,7 +396,11 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                 .await;
             // 4. Record how they ended, and read the data the next round decides with.
             let (gs, ended): (Vec<Going>, Vec<StepEnd>) = results.into_iter().unzip();
-            let fresh_for: Vec<Lease> = gs.iter().map(|g| g.lease).collect();
+            let fresh_for: Vec<Lease> = gs
+                .iter()
+                .chain(recorded.iter().map(|(g, _)| g))
+                .map(|g| g.lease)
+                .collect();
             let ends = FlowWrite {
                 ended,
                 ..Default::default()
@@ -389,7 +409,8 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                 Ok(w) => w,
                 Err(e) => return store_failed(&ends, &fresh_for, &index_of, outcomes, &e),
             };
-            for ((mut g, end), ok) in gs.into_iter().zip(ends.ended).zip(&written.ended) {
+            let taken = written.ended.iter().copied().chain(std::iter::repeat(true));
+            for ((mut g, end), ok) in gs.into_iter().zip(ends.ended).chain(recorded).zip(taken) {
                 if !ok {
                     outcomes[g.index] = Some(lost(&g.lease));
                     continue;
@@ -521,8 +542,8 @@ fn lost(lease: &Lease) -> FlowOutcome {
     ))
 }
 
-/// Performs effects through the providers' senders. Step types whose adapters are not
-/// built yet fail permanently with that reason.
+/// Performs effects through the providers' senders. Webhooks fail permanently: their
+/// adapter is not built yet.
 pub struct Performers<'a, M, S> {
     pub email: &'a M,
     pub sms: &'a S,
@@ -551,15 +572,11 @@ impl<M: crate::model::EmailSender, S: crate::model::SmsSender> Effects for Perfo
                 }
                 Ok(serde_json::json!({"message_ids": ids}))
             }
-            other => Err(Failure::permanent(format!(
-                "this step type cannot run yet: {}",
-                match other {
-                    Effect::Webhook { .. } => "webhook",
-                    Effect::UpdateField { .. } => "update_field",
-                    Effect::Label { .. } => "tags and segments",
-                    _ => "create_task",
-                }
-            ))),
+            Effect::Webhook { .. } => Err(Failure::permanent("webhook steps cannot run yet")),
+            // Changes to this database are performed by the ledger's write (`Taken::Performed`).
+            _ => Err(Failure::permanent(
+                "a change to this database is performed by the ledger's write, not by a provider",
+            )),
         }
     }
 }
@@ -665,7 +682,15 @@ mod tests {
             }
             Ok(FlowWritten {
                 ended: write.ended.iter().map(|e| ok(&e.lease)).collect(),
-                started: write.started.iter().map(|s| taken(&s.lease)).collect(),
+                started: write
+                    .started
+                    .iter()
+                    .map(|s| match taken(&s.lease) {
+                        // The ledger performs changes to its own database as it records them.
+                        Taken::Yes if s.effect.is_local() => Taken::Performed(Ok(json!({"rows": 1}))),
+                        other => other,
+                    })
+                    .collect(),
                 parked: write.parked.iter().map(|p| taken(&p.lease)).collect(),
                 data: fresh_for
                     .iter()
@@ -851,6 +876,27 @@ mod tests {
         };
         let out = run(&broken, &effects, &[1], None).await;
         assert!(matches!(&out[0], FlowOutcome::StoreFailed(_)), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn changes_to_the_database_are_performed_by_the_write_and_feed_later_steps() {
+        let flow = doc(json!([
+            {"id": "mark", "type": "update_field", "set": {"status": "welcomed"}},
+            {"id": "text", "type": "send_sms", "to": "{{ phone }}", "body": "{{ steps.mark.rows }} row changed"}
+        ]));
+        let ledger = ledger_of(vec![(1, flow, data(1))]);
+        let effects = FakeEffects::default();
+        let out = run(&ledger, &effects, &[1], None).await;
+        assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Park(Park::Completed))]);
+        let performed = effects.0.lock().unwrap();
+        assert_eq!(performed.len(), 1, "only the SMS reaches a provider: {performed:?}");
+        assert!(matches!(&performed[0].1, Effect::Sms(s) if s.body == "1 row changed"));
+        let writes = ledger.writes.lock().unwrap();
+        assert!(writes[0].started[0].effect.is_local());
+        assert!(
+            writes.iter().all(|w| w.ended.iter().all(|e| e.step != "mark")),
+            "its end was recorded by the write that performed it"
+        );
     }
 
     #[tokio::test]

@@ -51,6 +51,17 @@ pub enum Effect {
     },
 }
 
+impl Effect {
+    /// Performed by the ledger itself, in the transaction that records it (changes to this
+    /// database: fields, labels, tasks), rather than by a provider.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            Effect::UpdateField { .. } | Effect::Label { .. } | Effect::Task { .. }
+        )
+    }
+}
+
 /// Makes `step` ready against `vars`; `None` for steps without an effect (waits, branches).
 /// `now` and `tz` place a task's due time.
 pub fn prepare(

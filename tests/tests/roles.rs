@@ -80,7 +80,14 @@ async fn the_functions_run_as_least_privilege_roles() {
 async fn workflow_instances_run_as_the_same_roles() {
     let mut h = Herald::with_jobs_example().await;
     h.db.exec(&repo_file("db/roles.sql")).await;
-    h.db.exec("GRANT SELECT ON public.job_context TO herald_executor").await;
+    h.db.exec(
+        "GRANT SELECT ON public.job_context TO herald_executor;
+         GRANT SELECT (id), UPDATE (status) ON public.jobs TO herald_executor;
+         INSERT INTO automations (name, source_table, to_status, context_relation, context_key_column,
+                                  email_to, email_subject, email_text)
+         VALUES ('job-closed', 'jobs', 'closed', 'public.job_context', 'job_id', '{{ client_email }}', 'Closed', 'Closed');",
+    )
+    .await;
     let as_role = |role: &str| {
         let mut c = h.db.config();
         c.user(role);
@@ -94,7 +101,10 @@ async fn workflow_instances_run_as_the_same_roles() {
         "steps": [
             {"id": "thanks", "type": "send_email", "to": "{{ client_email }}", "subject": "Done", "text": "Thanks"},
             {"id": "later", "type": "wait", "for": "1 hour"},
-            {"id": "review", "type": "send_sms", "to": "{{ client_phone }}", "body": "How did we do?"}
+            {"id": "review", "type": "send_sms", "to": "{{ client_phone }}", "body": "How did we do?"},
+            {"id": "close", "type": "update_field", "set": {"status": "closed"}},
+            {"id": "tag", "type": "add_tag", "tag": "reviewed"},
+            {"id": "call", "type": "create_task", "title": "Call {{ client_name }}"}
         ]
     });
     h.db.client
@@ -109,15 +119,29 @@ async fn workflow_instances_run_as_the_same_roles() {
     clock.advance(Duration::from_secs(3601));
     assert_eq!(h.tick().await.claimed, 1);
     assert!(h.deliver_all().await.is_empty());
-    assert_eq!(h.db.statuses().await, ["completed"]);
+    assert_eq!(h.db.statuses().await, ["completed", "pending"]);
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
+    // The executor changed the job, tagged it and made a task: the grants above and those of
+    // db/roles.sql are enough.
+    let status: String = h.db.scalar("SELECT status FROM jobs WHERE id = 1").await;
+    assert_eq!(status, "closed");
+    // Its change was captured, as the executor, and fired the automation on closed jobs.
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 2);
+    let made: Vec<String> =
+        h.db.column("SELECT name FROM herald_labels UNION ALL SELECT title FROM herald_tasks")
+            .await;
+    assert_eq!(made, ["reviewed", "Call Ann Lee"]);
 
     for (config, sql) in [
         (&scheduler, "SELECT definition FROM automation_versions"),
         (&scheduler, "SELECT * FROM automation_step_runs"),
         (&executor, "UPDATE automation_versions SET definition = '{}'"),
         (&executor, "SELECT herald_save_automation('job-completed', '{}')"),
+        (&executor, "UPDATE jobs SET title = 'x'"),
     ] {
         let c = Database::new(config.clone()).client().await.unwrap();
         let err = c.batch_execute(sql).await.expect_err(sql);

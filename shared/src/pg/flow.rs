@@ -8,7 +8,7 @@ use serde_json::{json, Value as Json};
 
 use super::{context_of, PgStore, Sql};
 use crate::flow::{FlowLedger, FlowStarted, FlowWrite, FlowWritten, LoadedFlow, Resumed, Stop, Taken};
-use crate::model::{EventInfo, Lease, LogId, QueueMessage, StoreError};
+use crate::model::{EventInfo, Failure, Lease, LogId, QueueMessage, StoreError};
 use crate::steps::Effect;
 use crate::workflow::definition;
 use crate::workflow::machine::{Instance, Park, Performed};
@@ -110,15 +110,7 @@ impl FlowLedger for PgStore {
         let entries = |part: &str| -> Vec<Taken> {
             written[part]
                 .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|v| match v {
-                            Json::Bool(true) => Taken::Yes,
-                            Json::String(status) => Taken::Held(status.clone()),
-                            _ => Taken::Lost,
-                        })
-                        .collect()
-                })
+                .map(|a| a.iter().map(taken).collect())
                 .unwrap_or_default()
         };
         let data: HashMap<LogId, _> = fresh
@@ -131,6 +123,25 @@ impl FlowLedger for PgStore {
             parked: entries("parked"),
             data,
         })
+    }
+}
+
+/// One answer of `herald_flow_write`: true, false, the status a held instance parked in, or
+/// how an effect the write performed itself went.
+fn taken(answer: &Json) -> Taken {
+    match answer {
+        Json::Bool(true) => Taken::Yes,
+        Json::String(status) => Taken::Held(status.clone()),
+        Json::Object(o) if o.contains_key("output") => Taken::Performed(Ok(o["output"].clone())),
+        Json::Object(o) => {
+            let text = |k: &str| o.get(k).and_then(Json::as_str).unwrap_or_default().to_owned();
+            let failure = match text("error_kind").as_str() {
+                "transient" => Failure::transient(text("error")),
+                _ => Failure::permanent(text("error")),
+            };
+            Taken::Performed(Err(failure.with_code(text("error_code"))))
+        }
+        _ => Taken::Lost,
     }
 }
 
@@ -154,6 +165,7 @@ fn write_json(w: &FlowWrite) -> Json {
         }))).collect::<Vec<_>>(),
         "started": w.started.iter().map(|s| with(lease(&s.lease), json!({
             "step": s.step, "attempt": s.attempt, "type": s.kind, "effect": effect_json(&s.effect),
+            "local": s.effect.is_local(),
             "next_step": s.place.next, "step_attempt": s.place.attempt, "steps_run": s.place.steps_run,
             "outputs": s.place.outputs,
         }))).collect::<Vec<_>>(),
@@ -185,13 +197,18 @@ fn effect_json(e: &Effect) -> Json {
         Effect::Email(m) => json!({"from": m.from, "to": m.to, "subject": m.subject}),
         Effect::Sms(m) => json!({"to": m.to}),
         Effect::Webhook { url, .. } => json!({"url": url}),
-        Effect::UpdateField { table, set, .. } => {
-            json!({"table": table.as_ref().map(|t| format!("{}.{}", t.schema, t.table)), "set": set})
-        }
+        Effect::UpdateField { table, key, set } => json!({
+            "table": table.as_ref().map(|t| format!("{}.{}", t.schema, t.table)), "key": key, "set": set,
+        }),
         Effect::Label { kind, add, name } => {
             json!({"kind": format!("{kind:?}").to_lowercase(), "add": add, "name": name})
         }
-        Effect::Task { title, due, .. } => json!({"title": title, "due": due.map(|d| d.to_string())}),
+        Effect::Task {
+            title,
+            assignee,
+            due,
+            notes,
+        } => json!({"title": title, "assignee": assignee, "due": due.map(|d| d.to_string()), "notes": notes}),
         Effect::NotifyAdmin { emails, sms } => json!({
             "emails": emails.iter().map(|m| &m.to).collect::<Vec<_>>(),
             "phones": sms.iter().map(|m| &m.to).collect::<Vec<_>>(),

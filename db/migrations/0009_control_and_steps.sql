@@ -1,0 +1,680 @@
+-- Herald schema 9: pause, resume and cancel, for automations and for single instances; the
+-- workflow steps that change data in this database (update_field, tags and segments,
+-- create_task), and the cascade guard for the changes they make.
+--
+-- Pause, resume and cancel.
+-- A paused log waits in the ledger with status `paused`; `held_from` keeps the status it
+-- goes back to (pending, or waiting with its wake-up time in run_at), so the claim, which
+-- reads pending and waiting logs only, passes it by at no cost. Who holds it: the
+-- automation (hold NULL, automations.paused_at set) or an operator (hold 'instance').
+-- A running instance is not interrupted: its hold ('instance' or 'cancel') or its
+-- automation's pause is read by the executor's next write, at the instance's next step
+-- boundary, and the instance parks there as paused or cancelled.
+
+ALTER TABLE automations ADD COLUMN paused_at timestamptz;
+
+ALTER TABLE automation_execution_logs
+  ADD COLUMN held_from text,  -- a paused log: the status it is released to
+  ADD COLUMN hold      text;  -- 'instance': paused by an operator; 'cancel': cancel at the next step
+ALTER TABLE ONLY automation_execution_logs
+  DROP CONSTRAINT automation_execution_logs_status_check,
+  ADD CONSTRAINT automation_execution_logs_status_check CHECK
+    (status IN ('pending', 'queued', 'running', 'waiting', 'paused', 'sent', 'completed', 'failed', 'exited', 'dead',
+                'unknown', 'cancelled', 'suppressed')) NO INHERIT,
+  ADD CONSTRAINT logs_hold_check CHECK (hold IN ('instance', 'cancel')) NO INHERIT,
+  ADD CONSTRAINT logs_held_from_check CHECK (held_from IN ('pending', 'waiting')) NO INHERIT,
+  ADD CONSTRAINT logs_paused_has_release CHECK ((status = 'paused') = (held_from IS NOT NULL)) NO INHERIT;
+
+-- A change made by a step of an instance (update_field) is captured with the instance's
+-- cascade depth plus one and the instance's id, read from two settings the executor sets
+-- around the change (column defaults of the inbox: the capture functions stay as they
+-- are). An event deeper than the limit is recorded as suppressed by that instance.
+ALTER TABLE automation_execution_logs
+  ADD COLUMN cascade_depth integer NOT NULL DEFAULT 0,
+  ADD COLUMN caused_by     bigint;
+ALTER TABLE herald_inbox
+  ALTER COLUMN cascade_depth SET DEFAULT coalesce(nullif(current_setting('herald.cascade_depth', true), '')::integer, 0),
+  ALTER COLUMN caused_by SET DEFAULT nullif(current_setting('herald.caused_by', true), '')::bigint;
+ALTER TABLE herald_settings
+  ADD COLUMN cascade_limit integer NOT NULL DEFAULT 5 CHECK (cascade_limit >= 0);
+
+-- Paused logs of an automation, in the order they are released.
+CREATE INDEX automation_execution_logs_paused ON automation_execution_logs (automation_id, run_at, id)
+  WHERE status = 'paused';
+
+-- Moves captured events to the ledger as schema 3 did; an event of a paused automation is
+-- recorded as paused (held, never dropped) instead of pending.
+CREATE OR REPLACE FUNCTION herald_ingest(p_limit integer DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+  batch  herald_inbox[];
+  placed integer;
+  r      record;
+  holder bigint;
+  deepest integer := (SELECT cascade_limit FROM herald_settings);
+  moved   integer;
+BEGIN
+  -- The migration runner's key ("herald" in ASCII) plus one; pausing takes it too.
+  PERFORM pg_advisory_xact_lock(114784919972965);
+  WITH taken AS (
+    DELETE FROM herald_inbox
+    WHERE ctid = ANY (ARRAY(SELECT ctid FROM herald_inbox LIMIT p_limit))
+    RETURNING *
+  )
+  SELECT array_agg(taken) INTO batch FROM taken;
+  IF batch IS NULL THEN
+    RETURN 0;
+  END IF;
+  moved := cardinality(batch);
+
+  -- Past the cascade limit: recorded as suppressed by the instance whose step made the
+  -- change, with the reason; nothing fires and no window opens.
+  INSERT INTO automation_execution_logs
+    (id, automation_id, subject_schema, subject_table, subject_key_column, subject_id,
+     event, old_status, new_status, snapshot, status, suppressed_by, error, error_kind, error_code,
+     cascade_depth, caused_by, run_at, created_at, completed_at, updated_at)
+  SELECT b.id, b.automation_id, b.subject_schema, b.subject_table, b.subject_key_column, b.subject_id,
+         b.event, b.old_status, b.new_status, b.snapshot, 'suppressed', b.caused_by,
+         format('cascade depth %s is past the limit of %s: a step of log %s made this change', b.cascade_depth,
+                deepest, b.caused_by), 'permanent', 'CascadeLimit',
+         b.cascade_depth, b.caused_by, b.run_at, b.created_at, b.created_at, b.updated_at
+  FROM unnest(batch) b
+  WHERE b.cascade_depth > deepest AND b.caused_by IS NOT NULL;
+  IF FOUND THEN
+    batch := ARRAY(SELECT b FROM unnest(batch) b WHERE NOT (b.cascade_depth > deepest AND b.caused_by IS NOT NULL));
+  END IF;
+
+  -- The first event of each (automation, row) opens its window, unless one is open.
+  INSERT INTO automation_suppression_windows AS w
+    (automation_id, subject_schema, subject_table, subject_id, log_id, opened_at, closes_at)
+  SELECT DISTINCT ON (b.automation_id, b.subject_schema, b.subject_table, b.subject_id)
+         b.automation_id, b.subject_schema, b.subject_table, b.subject_id, b.id, b.created_at,
+         b.created_at + coalesce(a.suppression_window, interval '0')
+  FROM unnest(batch) b
+  LEFT JOIN automations a ON a.id = b.automation_id
+  ORDER BY b.automation_id, b.subject_schema, b.subject_table, b.subject_id, b.created_at, b.id
+  ON CONFLICT (automation_id, subject_schema, subject_table, subject_id) DO UPDATE
+    SET log_id = excluded.log_id, opened_at = excluded.opened_at, closes_at = excluded.closes_at
+    WHERE w.closes_at <= excluded.opened_at;
+
+  -- Every event that opened a window is pending (paused, when its automation is); every
+  -- event inside a window is suppressed.
+  INSERT INTO automation_execution_logs
+    (id, automation_id, subject_schema, subject_table, subject_key_column, subject_id,
+     event, old_status, new_status, snapshot, status, held_from, suppressed_by, cascade_depth, caused_by, run_at,
+     created_at, completed_at, updated_at)
+  SELECT b.id, b.automation_id, b.subject_schema, b.subject_table, b.subject_key_column, b.subject_id,
+         b.event, b.old_status, b.new_status, b.snapshot,
+         CASE WHEN w.log_id <> b.id THEN 'suppressed' WHEN a.paused_at IS NOT NULL THEN 'paused' ELSE 'pending' END,
+         CASE WHEN w.log_id = b.id AND a.paused_at IS NOT NULL THEN 'pending' END,
+         CASE WHEN w.log_id = b.id THEN NULL ELSE w.log_id END,
+         b.cascade_depth, b.caused_by, b.run_at, b.created_at,
+         CASE WHEN w.log_id = b.id THEN NULL ELSE b.created_at END,
+         b.updated_at
+  FROM unnest(batch) b
+  JOIN automation_suppression_windows w
+    ON w.automation_id = b.automation_id AND w.subject_schema = b.subject_schema
+   AND w.subject_table = b.subject_table AND w.subject_id = b.subject_id
+  LEFT JOIN automations a ON a.id = b.automation_id
+  WHERE w.log_id = b.id OR b.created_at < w.closes_at;
+  GET DIAGNOSTICS placed = ROW_COUNT;
+
+  -- The rest came after their row's window closed (a short window, or a long backlog):
+  -- decided one at a time, in order, each opening the next window or falling inside it.
+  IF placed < cardinality(batch) THEN
+    FOR r IN
+      SELECT b.*, coalesce(a.suppression_window, interval '0') AS win, a.paused_at IS NOT NULL AS paused
+      FROM unnest(batch) b
+      LEFT JOIN automations a ON a.id = b.automation_id
+      WHERE NOT EXISTS (SELECT 1 FROM ONLY automation_execution_logs l WHERE l.id = b.id)
+      ORDER BY b.created_at, b.id
+    LOOP
+      INSERT INTO automation_suppression_windows AS w
+        (automation_id, subject_schema, subject_table, subject_id, log_id, opened_at, closes_at)
+      VALUES (r.automation_id, r.subject_schema, r.subject_table, r.subject_id, r.id, r.created_at,
+              r.created_at + r.win)
+      ON CONFLICT (automation_id, subject_schema, subject_table, subject_id) DO UPDATE
+        SET log_id = excluded.log_id, opened_at = excluded.opened_at, closes_at = excluded.closes_at
+        WHERE w.closes_at <= excluded.opened_at
+      RETURNING w.log_id INTO holder;
+      IF holder IS NULL THEN
+        SELECT w.log_id INTO holder FROM automation_suppression_windows w
+        WHERE w.automation_id = r.automation_id AND w.subject_schema = r.subject_schema
+          AND w.subject_table = r.subject_table AND w.subject_id = r.subject_id;
+      ELSE
+        holder := NULL;  -- this event opened the window
+      END IF;
+      INSERT INTO automation_execution_logs
+        (id, automation_id, subject_schema, subject_table, subject_key_column, subject_id,
+         event, old_status, new_status, snapshot, status, held_from, suppressed_by, cascade_depth, caused_by, run_at,
+         created_at, completed_at, updated_at)
+      VALUES
+        (r.id, r.automation_id, r.subject_schema, r.subject_table, r.subject_key_column, r.subject_id,
+         r.event, r.old_status, r.new_status, r.snapshot,
+         CASE WHEN holder IS NOT NULL THEN 'suppressed' WHEN r.paused THEN 'paused' ELSE 'pending' END,
+         CASE WHEN holder IS NULL AND r.paused THEN 'pending' END,
+         holder, r.cascade_depth, r.caused_by, r.run_at, r.created_at, CASE WHEN holder IS NULL THEN NULL ELSE r.created_at END, r.updated_at);
+    END LOOP;
+  END IF;
+  RETURN moved;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION herald_ingest(integer) FROM PUBLIC;
+
+-- What a running instance's hold makes of a stop at a step boundary: NULL when it parks as
+-- it asked (`p_want`), else the status it parks in instead. An instance to be cancelled
+-- whose last effect's outcome is unknown is cancelled: nobody will resend it.
+CREATE FUNCTION herald_held_status(p_want text, p_hold text, p_paused boolean) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN p_hold = 'cancel' AND p_want IN ('pending', 'waiting', 'unknown') THEN 'cancelled'
+              WHEN p_want NOT IN ('pending', 'waiting') THEN NULL
+              WHEN p_hold = 'instance' OR p_paused THEN 'paused' END
+$$;
+
+-- Operator: pause an automation. Its events are still recorded, as paused logs; its pending,
+-- queued and waiting logs are held (a queued log's message is skipped); its running
+-- instances stop at their next step. Returns how many logs it held now.
+CREATE FUNCTION herald_pause(p_automation text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  auto_id bigint;
+  n       integer;
+BEGIN
+  -- Serialized with herald_ingest: no event lands as pending after the pause.
+  PERFORM pg_advisory_xact_lock(114784919972965);
+  UPDATE automations SET paused_at = coalesce(paused_at, herald_now()), updated_at = herald_now()
+  WHERE name = p_automation RETURNING id INTO auto_id;
+  IF auto_id IS NULL THEN
+    RAISE EXCEPTION 'herald: no automation is named %', quote_literal(p_automation) USING ERRCODE = '42704';
+  END IF;
+  UPDATE ONLY automation_execution_logs
+  SET status = 'paused', held_from = CASE status WHEN 'waiting' THEN 'waiting' ELSE 'pending' END,
+      run_at = CASE status WHEN 'queued' THEN queued_at ELSE run_at END,
+      queued_at = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = herald_now()
+  WHERE automation_id = auto_id AND status IN ('pending', 'queued', 'waiting');
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN n;
+END
+$$;
+
+-- Operator: resume a paused automation. Its held logs go back to pending or waiting with
+-- their times, so the scheduler takes them in the order they came; logs an operator paused
+-- one by one stay paused. Returns how many it released.
+CREATE FUNCTION herald_resume(p_automation text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  auto_id bigint;
+  n       integer;
+BEGIN
+  PERFORM pg_advisory_xact_lock(114784919972965);
+  UPDATE automations SET paused_at = NULL, updated_at = herald_now()
+  WHERE name = p_automation RETURNING id INTO auto_id;
+  IF auto_id IS NULL THEN
+    RAISE EXCEPTION 'herald: no automation is named %', quote_literal(p_automation) USING ERRCODE = '42704';
+  END IF;
+  UPDATE ONLY automation_execution_logs
+  SET status = held_from, held_from = NULL, updated_at = herald_now()
+  WHERE automation_id = auto_id AND status = 'paused' AND hold IS NULL;
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN n;
+END
+$$;
+
+-- Operator: pause one log or instance. Pending, queued and waiting ones are held now; a
+-- running instance stops at its next step. Returns whether it did.
+CREATE FUNCTION herald_pause_instance(p_log_id bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM herald_inbox WHERE id = p_log_id) THEN
+    PERFORM herald_ingest();
+  END IF;
+  UPDATE ONLY automation_execution_logs
+  SET held_from = CASE WHEN status = 'paused' THEN held_from WHEN status = 'waiting' THEN 'waiting'
+                       WHEN status IN ('pending', 'queued') THEN 'pending' END,
+      run_at = CASE status WHEN 'queued' THEN queued_at ELSE run_at END,
+      queued_at = CASE WHEN status = 'running' THEN queued_at END,
+      lease_token = CASE WHEN status = 'running' THEN lease_token END,
+      lease_expires_at = CASE WHEN status = 'running' THEN lease_expires_at END,
+      status = CASE WHEN status = 'running' THEN status ELSE 'paused' END,
+      hold = 'instance', updated_at = herald_now()
+  WHERE id = p_log_id AND hold IS DISTINCT FROM 'cancel'
+    AND (status IN ('pending', 'queued', 'waiting', 'paused') OR (status = 'running' AND version IS NOT NULL));
+  RETURN FOUND;
+END
+$$;
+
+-- Operator: resume one paused log or instance; it stays held while its automation is paused.
+CREATE FUNCTION herald_resume_instance(p_log_id bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_advisory_xact_lock(114784919972965);
+  UPDATE ONLY automation_execution_logs l
+  SET hold = NULL,
+      status = CASE WHEN l.status = 'paused' AND NOT held THEN l.held_from ELSE l.status END,
+      held_from = CASE WHEN l.status = 'paused' AND NOT held THEN NULL ELSE l.held_from END,
+      updated_at = herald_now()
+  FROM (SELECT EXISTS (SELECT 1 FROM ONLY automation_execution_logs g JOIN automations a ON a.id = g.automation_id
+                       WHERE g.id = p_log_id AND a.paused_at IS NOT NULL) AS held) h
+  WHERE l.id = p_log_id AND l.hold = 'instance';
+  RETURN FOUND;
+END
+$$;
+
+-- Operator: cancel a log that has not been sent, or an instance that has not finished:
+-- pending (in the ledger or still in the inbox), queued (its message will be skipped),
+-- waiting, paused or unknown now; a running instance at its next step. Returns whether it did.
+CREATE OR REPLACE FUNCTION herald_cancel(p_log_id bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM herald_inbox WHERE id = p_log_id) THEN
+    PERFORM herald_ingest();
+  END IF;
+  UPDATE ONLY automation_execution_logs
+  SET completed_at = CASE WHEN status = 'running' THEN completed_at ELSE herald_now() END,
+      lease_token = CASE WHEN status = 'running' THEN lease_token END,
+      lease_expires_at = CASE WHEN status = 'running' THEN lease_expires_at END,
+      hold = CASE WHEN status = 'running' THEN 'cancel' END,
+      held_from = NULL,
+      status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
+      updated_at = herald_now()
+  WHERE id = p_log_id
+    AND (status IN ('pending', 'queued', 'waiting', 'paused', 'unknown') OR (status = 'running' AND version IS NOT NULL));
+  RETURN FOUND;
+END
+$$;
+
+-- Operator: cancel every open log and instance of one subject row, as herald_cancel does
+-- each: herald_cancel_for('public.bookings', '42'). Returns how many.
+CREATE FUNCTION herald_cancel_for(p_table regclass, p_subject_id text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  s text;
+  t text;
+  n integer;
+BEGIN
+  SELECT ns.nspname, c.relname INTO s, t
+  FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE c.oid = p_table;
+  IF EXISTS (SELECT 1 FROM herald_inbox WHERE subject_schema = s AND subject_table = t AND subject_id = p_subject_id) THEN
+    PERFORM herald_ingest();
+  END IF;
+  UPDATE ONLY automation_execution_logs
+  SET completed_at = CASE WHEN status = 'running' THEN completed_at ELSE herald_now() END,
+      lease_token = CASE WHEN status = 'running' THEN lease_token END,
+      lease_expires_at = CASE WHEN status = 'running' THEN lease_expires_at END,
+      hold = CASE WHEN status = 'running' THEN 'cancel' END,
+      held_from = NULL,
+      status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
+      updated_at = herald_now()
+  WHERE subject_schema = s AND subject_table = t AND subject_id = p_subject_id
+    AND (status IN ('pending', 'queued', 'waiting', 'paused', 'unknown') OR (status = 'running' AND version IS NOT NULL));
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN n;
+END
+$$;
+
+-- Steps that change data in this database. Each is performed by the executor's write that
+-- records it, in the same transaction: it happens exactly once, or not at all.
+
+-- Herald's labels: tags and segments of any subject row, for users to join in SQL.
+CREATE TABLE herald_labels (
+  subject_schema text NOT NULL,
+  subject_table  text NOT NULL,
+  subject_id     text NOT NULL,
+  kind           text NOT NULL CHECK (kind IN ('tag', 'segment')),
+  name           text NOT NULL,
+  added_at       timestamptz NOT NULL DEFAULT herald_now(),
+  added_by       bigint,  -- the instance whose step added it; NULL when added otherwise
+  PRIMARY KEY (subject_schema, subject_table, subject_id, kind, name)
+);
+CREATE INDEX herald_labels_by_name ON herald_labels (kind, name);
+
+-- Tasks for staff, made by create_task steps.
+CREATE TABLE herald_tasks (
+  id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  subject_schema text NOT NULL,
+  subject_table  text NOT NULL,
+  subject_id     text NOT NULL,
+  title          text NOT NULL,
+  assignee       text,
+  notes          text,
+  due_at         timestamptz,
+  status         text NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'done', 'cancelled')),
+  created_at     timestamptz NOT NULL DEFAULT herald_now(),
+  done_at        timestamptz,
+  log_id         bigint,  -- the instance and step that made it
+  step_id        text
+);
+CREATE INDEX herald_tasks_open ON herald_tasks (assignee, due_at) WHERE status = 'open';
+CREATE INDEX herald_tasks_by_subject ON herald_tasks (subject_schema, subject_table, subject_id);
+
+-- Performs one step of the subject (p_schema.p_table, key column p_key_column = p_subject)
+-- and returns its output; raises when it cannot. Runs as the executor: an update_field
+-- needs UPDATE on the columns it sets (see db/roles.sql).
+CREATE FUNCTION herald_perform_local(p_type text, p_effect jsonb, p_log_id bigint, p_step text, p_schema text,
+                                     p_table text, p_key_column text, p_subject text, p_now timestamptz)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+  target  regclass;
+  keycol  text;
+  keytype text;
+  cols    text;
+  vals    text;
+  n       bigint;
+  made    bigint;
+BEGIN
+  CASE p_type
+    WHEN 'update_field' THEN
+      target := CASE WHEN p_effect ? 'table' AND p_effect ->> 'table' IS NOT NULL
+                     THEN herald_relation(p_effect ->> 'table')
+                     ELSE to_regclass(format('%I.%I', p_schema, p_table)) END;
+      IF target IS NULL THEN
+        RAISE EXCEPTION 'no table %', coalesce(p_effect ->> 'table', format('%I.%I', p_schema, p_table))
+          USING ERRCODE = '42P01';
+      END IF;
+      keycol := coalesce(p_effect ->> 'key', p_key_column);
+      SELECT format_type(a.atttypid, a.atttypmod) INTO keytype
+      FROM pg_attribute a WHERE a.attrelid = target AND a.attname = keycol AND a.attnum > 0 AND NOT a.attisdropped;
+      IF keytype IS NULL THEN
+        RAISE EXCEPTION '% has no column %', target, quote_ident(keycol) USING ERRCODE = '42703';
+      END IF;
+      SELECT string_agg(format('%I', k), ', ' ORDER BY k), string_agg(format('r.%I', k), ', ' ORDER BY k)
+      INTO cols, vals FROM jsonb_object_keys(p_effect -> 'set') k;
+      -- Values are bound, and read as their columns' types; identifiers are quoted.
+      EXECUTE format('UPDATE %s t SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1) r) WHERE t.%I = $2::%s',
+                     target, cols, vals, target, keycol, keytype)
+        USING p_effect -> 'set', p_subject;
+      GET DIAGNOSTICS n = ROW_COUNT;
+      RETURN jsonb_build_object('rows', n);
+    WHEN 'add_tag', 'add_to_segment' THEN
+      INSERT INTO herald_labels (subject_schema, subject_table, subject_id, kind, name, added_at, added_by)
+      VALUES (p_schema, p_table, p_subject, p_effect ->> 'kind', p_effect ->> 'name', p_now, p_log_id)
+      ON CONFLICT DO NOTHING;
+      GET DIAGNOSTICS n = ROW_COUNT;
+      RETURN jsonb_build_object('changed', n > 0);
+    WHEN 'remove_tag', 'remove_from_segment' THEN
+      DELETE FROM herald_labels
+      WHERE subject_schema = p_schema AND subject_table = p_table AND subject_id = p_subject
+        AND kind = p_effect ->> 'kind' AND name = p_effect ->> 'name';
+      GET DIAGNOSTICS n = ROW_COUNT;
+      RETURN jsonb_build_object('changed', n > 0);
+    WHEN 'create_task' THEN
+      INSERT INTO herald_tasks (subject_schema, subject_table, subject_id, title, assignee, notes, due_at, created_at,
+                                log_id, step_id)
+      VALUES (p_schema, p_table, p_subject, p_effect ->> 'title', p_effect ->> 'assignee', p_effect ->> 'notes',
+              (p_effect ->> 'due')::timestamptz, p_now, p_log_id, p_step)
+      RETURNING id INTO made;
+      RETURN jsonb_build_object('task_id', made);
+    ELSE
+      RAISE EXCEPTION 'step type % is not performed in the database', quote_literal(p_type) USING ERRCODE = '22023';
+  END CASE;
+END
+$$;
+
+-- Executor: one write of a round, as schema 8 wrote it, with two additions.
+-- Holds are read at each step boundary: an effect about to start on an instance that is
+-- paused (by itself or by its automation) or to be cancelled does not start; the instance
+-- parks at that step as paused or cancelled. A park as pending or waiting becomes paused or
+-- cancelled the same way. Such entries answer with the status they parked in ("paused",
+-- "cancelled") instead of true.
+-- Steps that change this database are performed here: an entry of `started` marked
+-- "local" is recorded as started, performed, and recorded as done or failed, in this
+-- transaction; it answers {"output": ...} or {"error", "error_kind", "error_code"}. The
+-- change is made with the cascade settings that the capture of its events reads.
+CREATE OR REPLACE FUNCTION herald_flow_write(p_write jsonb, p_now timestamptz) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+  e       jsonb;
+  ok      boolean;
+  held    text;
+  want    text;
+  l       record;
+  run_id  bigint;
+  answer  jsonb;
+  msg     text;
+  code    text;
+  ended   jsonb := '[]';
+  started jsonb := '[]';
+  parked  jsonb := '[]';
+BEGIN
+  FOR e IN SELECT value FROM jsonb_array_elements(p_write -> 'ended') LOOP
+    UPDATE automation_step_runs r
+    SET status = CASE WHEN e ? 'error' THEN 'failed' ELSE 'done' END, finished_at = p_now,
+        output = e -> 'output', error = e ->> 'error', error_kind = e ->> 'error_kind', error_code = e ->> 'error_code'
+    FROM ONLY automation_execution_logs g
+    WHERE r.log_id = (e ->> 'log_id')::bigint AND r.step_id = e ->> 'step' AND r.attempt = (e ->> 'attempt')::int
+      AND r.status = 'started' AND g.id = r.log_id AND g.status = 'running' AND g.lease_token = (e ->> 'token')::bigint;
+    ok := FOUND;
+    IF NOT ok AND e ? 'error' THEN
+      -- A step that failed before its effect started (it could not be made ready).
+      INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, finished_at,
+                                        error, error_kind, error_code)
+      SELECT g.id, e ->> 'step', e ->> 'type', (e ->> 'attempt')::int, g.lease_token, 'failed', p_now, p_now,
+             e ->> 'error', e ->> 'error_kind', e ->> 'error_code'
+      FROM ONLY automation_execution_logs g
+      WHERE g.id = (e ->> 'log_id')::bigint AND g.status = 'running' AND g.lease_token = (e ->> 'token')::bigint
+      ON CONFLICT DO NOTHING;
+      ok := FOUND;
+    END IF;
+    ended := ended || to_jsonb(ok);
+  END LOOP;
+  INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, finished_at, output)
+  SELECT g.id, d ->> 'step', d ->> 'kind', g.step_attempt, g.lease_token, 'decided', p_now, p_now, d -> 'detail'
+  FROM jsonb_array_elements(p_write -> 'decided') d
+  JOIN ONLY automation_execution_logs g
+    ON g.id = (d ->> 'log_id')::bigint AND g.status = 'running' AND g.lease_token = (d ->> 'token')::bigint;
+  FOR e IN SELECT value FROM jsonb_array_elements(p_write -> 'started') LOOP
+    -- The row lock orders this write with a pause or cancel of the instance.
+    SELECT g.id, g.lease_token, g.cascade_depth, g.subject_schema, g.subject_table, g.subject_key_column,
+           g.subject_id, herald_held_status('pending', g.hold, a.paused_at IS NOT NULL) AS held
+    INTO l
+    FROM ONLY automation_execution_logs g
+    LEFT JOIN automations a ON a.id = g.automation_id
+    WHERE g.id = (e ->> 'log_id')::bigint AND g.status = 'running' AND g.lease_token = (e ->> 'token')::bigint
+    FOR UPDATE OF g;
+    IF NOT FOUND THEN
+      started := started || to_jsonb(false);
+      CONTINUE;
+    END IF;
+    IF l.held IS NOT NULL THEN
+      -- Stopped before the effect: it runs when the instance is resumed.
+      UPDATE ONLY automation_execution_logs
+      SET status = l.held, held_from = CASE l.held WHEN 'paused' THEN 'pending' END,
+          hold = CASE l.held WHEN 'paused' THEN hold END,
+          next_step = e ->> 'next_step', step_attempt = (e ->> 'step_attempt')::int - 1,
+          steps_run = (e ->> 'steps_run')::int - 1, outputs = e -> 'outputs', run_at = p_now,
+          completed_at = CASE l.held WHEN 'cancelled' THEN p_now END,
+          updated_at = p_now, lease_token = NULL, lease_expires_at = NULL
+      WHERE id = l.id;
+      UPDATE automation_attempts SET finished_at = p_now
+      WHERE log_id = l.id AND lease_token = l.lease_token AND finished_at IS NULL;
+      started := started || to_jsonb(l.held);
+      CONTINUE;
+    END IF;
+    run_id := NULL;
+    INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, effect)
+    VALUES (l.id, e ->> 'step', e ->> 'type', (e ->> 'attempt')::int, l.lease_token, 'started', p_now, e -> 'effect')
+    ON CONFLICT DO NOTHING
+    RETURNING id INTO run_id;
+    IF run_id IS NULL THEN
+      started := started || to_jsonb(false);
+      CONTINUE;
+    END IF;
+    -- The instance's place as the effect starts: where a later invocation resumes.
+    UPDATE ONLY automation_execution_logs
+    SET next_step = e ->> 'next_step', step_attempt = (e ->> 'step_attempt')::int,
+        steps_run = (e ->> 'steps_run')::int, outputs = e -> 'outputs', updated_at = p_now
+    WHERE id = l.id;
+    IF NOT coalesce((e ->> 'local')::boolean, false) THEN
+      started := started || to_jsonb(true);
+      CONTINUE;
+    END IF;
+    BEGIN
+      PERFORM set_config('herald.cascade_depth', (l.cascade_depth + 1)::text, true),
+              set_config('herald.caused_by', l.id::text, true);
+      answer := herald_perform_local(e ->> 'type', e -> 'effect', l.id, e ->> 'step', l.subject_schema,
+                                     l.subject_table, l.subject_key_column, l.subject_id, p_now);
+      UPDATE automation_step_runs SET status = 'done', finished_at = p_now, output = answer WHERE id = run_id;
+      answer := jsonb_build_object('output', answer);
+    EXCEPTION WHEN OTHERS THEN
+      -- Undone with everything it changed; the step failed, and its instance's on_error decides.
+      GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
+      answer := jsonb_build_object('error', format('step `%s`: %s', e ->> 'step', msg), 'error_code', code,
+        'error_kind', CASE WHEN code IN ('40001', '40P01', '55P03', '57014') THEN 'transient' ELSE 'permanent' END);
+      UPDATE automation_step_runs
+      SET status = 'failed', finished_at = p_now, error = answer ->> 'error', error_kind = answer ->> 'error_kind',
+          error_code = code
+      WHERE id = run_id;
+    END;
+    PERFORM set_config('herald.cascade_depth', '', true), set_config('herald.caused_by', '', true);
+    started := started || answer;
+  END LOOP;
+  FOR e IN SELECT value FROM jsonb_array_elements(p_write -> 'parked') LOOP
+    want := e ->> 'status';
+    SELECT herald_held_status(want, g.hold, a.paused_at IS NOT NULL) INTO held
+    FROM ONLY automation_execution_logs g
+    LEFT JOIN automations a ON a.id = g.automation_id
+    WHERE g.id = (e ->> 'log_id')::bigint AND g.status = 'running' AND g.lease_token = (e ->> 'token')::bigint
+    FOR UPDATE OF g;
+    IF NOT FOUND THEN
+      parked := parked || to_jsonb(false);
+      CONTINUE;
+    END IF;
+    UPDATE ONLY automation_execution_logs g
+    SET status = coalesce(held, want), held_from = CASE held WHEN 'paused' THEN want END,
+        hold = CASE held WHEN 'paused' THEN g.hold END,
+        next_step = e ->> 'next_step', step_attempt = (e ->> 'step_attempt')::int,
+        steps_run = (e ->> 'steps_run')::int, outputs = e -> 'outputs',
+        run_at = CASE WHEN want = 'pending' THEN p_now ELSE coalesce((e ->> 'run_at')::timestamptz, g.run_at) END,
+        error = e ->> 'error', exit_reason = e ->> 'exit_reason',
+        completed_at = CASE WHEN coalesce(held, want) IN ('completed', 'failed', 'exited', 'cancelled') THEN p_now END,
+        updated_at = p_now, lease_token = NULL, lease_expires_at = NULL
+    WHERE g.id = (e ->> 'log_id')::bigint;
+    UPDATE automation_attempts SET finished_at = p_now
+    WHERE log_id = (e ->> 'log_id')::bigint AND lease_token = (e ->> 'token')::bigint AND finished_at IS NULL;
+    parked := parked || coalesce(to_jsonb(held), to_jsonb(true));
+  END LOOP;
+  RETURN jsonb_build_object('ended', ended, 'started', started, 'parked', parked);
+END
+$$;
+
+-- The columns update_field steps name, checked against the catalog: each column of `set`
+-- and the key column exist in the table the step changes (its `table`, else the subject's,
+-- p_subject). p_key: the subject's key column, the key of a named table when it names none.
+CREATE FUNCTION herald_update_field_problems(p_steps jsonb, p_path text, p_subject regclass, p_key text)
+RETURNS TABLE (path text, message text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  i      integer;
+  step   jsonb;
+  p      text;
+  target regclass;
+  cols   jsonb;
+  keycol text;
+BEGIN
+  IF jsonb_typeof(p_steps) IS DISTINCT FROM 'array' THEN
+    RETURN;
+  END IF;
+  FOR i IN 0 .. jsonb_array_length(p_steps) - 1 LOOP
+    step := p_steps -> i;
+    p := format('%s[%s]', p_path, i);
+    IF step ->> 'type' = 'branch' THEN
+      RETURN QUERY SELECT * FROM herald_update_field_problems(step -> 'then', p || '.then', p_subject, p_key);
+      RETURN QUERY SELECT * FROM herald_update_field_problems(step -> 'else', p || '.else', p_subject, p_key);
+    ELSIF step ->> 'type' = 'update_field' AND jsonb_typeof(step -> 'set') = 'object' THEN
+      target := CASE WHEN step ? 'table' THEN herald_relation(step ->> 'table') ELSE p_subject END;
+      CONTINUE WHEN target IS NULL;  -- a table that does not exist is reported by the shape check
+      cols := herald_column_kinds(target);
+      RETURN QUERY SELECT p || '.set.' || k, format('%s has no column `%s`', target, k)
+                   FROM jsonb_object_keys(step -> 'set') k WHERE NOT cols ? k ORDER BY k;
+      keycol := coalesce(step ->> 'key', p_key);
+      IF keycol IS NOT NULL AND NOT cols ? keycol THEN
+        RETURN QUERY SELECT p || CASE WHEN step ? 'key' THEN '.key' ELSE '.table' END,
+          format('%s has no column `%s` to find the subject''s row by%s', target, keycol,
+                 CASE WHEN step ? 'key' THEN '' ELSE ' (name it with `key`)' END);
+      END IF;
+    END IF;
+  END LOOP;
+END
+$$;
+
+-- What the language has but this version of Herald cannot run yet, and what the capture
+-- trigger cannot watch. Replaced as more of the language runs.
+CREATE FUNCTION herald_unrunnable_problems(p_definition jsonb) RETURNS TABLE (path text, message text)
+LANGUAGE sql STABLE AS $$
+  SELECT 'trigger.type', format('`%s` triggers cannot be used yet; status_change and insert can', p_definition #>> '{trigger,type}')
+  WHERE p_definition #>> '{trigger,type}' NOT IN ('status_change', 'insert')
+  UNION ALL
+  SELECT 'steps', format('`%s` steps cannot run yet', t)
+  FROM (SELECT DISTINCT t #>> '{}' AS t FROM jsonb_path_query(p_definition, 'lax $.steps.**.type') t) types
+  WHERE t IN ('webhook')
+  UNION ALL
+  SELECT 'trigger.' || k, format('one status for now, not %s', p_definition #> ARRAY['trigger', k])
+  FROM unnest(ARRAY['from', 'to']) k
+  WHERE CASE WHEN jsonb_typeof(p_definition #> ARRAY['trigger', k]) = 'array'
+             THEN jsonb_array_length(p_definition #> ARRAY['trigger', k]) > 1 ELSE false END
+  UNION ALL
+  -- The capture trigger watches the status column the table was attached with.
+  SELECT 'trigger.column', format('%s is attached with status column `%s`', att.table_schema || '.' || att.table_name,
+                                  att.status_column)
+  FROM herald_attachments att
+  JOIN pg_class c ON c.relname = att.table_name
+  JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = att.table_schema
+  WHERE p_definition #>> '{trigger,type}' = 'status_change'
+    AND c.oid = herald_relation(p_definition #>> '{trigger,table}')
+    AND att.status_column <> coalesce(p_definition #>> '{trigger,column}', 'status')
+$$;
+
+-- Saves an automation's definition as its next version, or refuses it with every mistake,
+-- as schema 8 did; the checks are now three functions.
+CREATE OR REPLACE FUNCTION herald_save_automation(p_name text, p_definition jsonb) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  mistakes text;
+  n        integer;
+  auto_id  bigint;
+  v        integer;
+  subject  regclass := herald_relation(p_definition #>> '{trigger,table}');
+BEGIN
+  SELECT string_agg(path || ': ' || message, E'\n'), count(*) INTO mistakes, n
+  FROM (
+    SELECT * FROM herald_definition_problems(p_definition,
+                                             (SELECT to_regclass(context_relation) FROM automations WHERE name = p_name))
+    UNION ALL
+    SELECT * FROM herald_update_field_problems(p_definition -> 'steps', 'steps', subject,
+      (SELECT att.key_column FROM herald_attachments att
+       JOIN pg_class c ON c.relname = att.table_name
+       JOIN pg_namespace ns ON ns.oid = c.relnamespace AND ns.nspname = att.table_schema
+       WHERE c.oid = subject))
+    UNION ALL
+    SELECT * FROM herald_unrunnable_problems(p_definition)
+  ) p;
+  IF n > 0 THEN
+    RAISE EXCEPTION 'automation % refused: % mistake(s) in its definition', p_name, n
+      USING ERRCODE = '22023', DETAIL = mistakes;
+  END IF;
+  SELECT id INTO auto_id FROM automations WHERE name = p_name FOR UPDATE;
+  IF auto_id IS NULL THEN
+    RAISE EXCEPTION 'no automation named %', p_name USING ERRCODE = '22023';
+  END IF;
+  SELECT coalesce(max(version), 0) + 1 INTO v FROM automation_versions WHERE automation_id = auto_id;
+  INSERT INTO automation_versions (automation_id, version, definition, checksum)
+  VALUES (auto_id, v, p_definition, 'sha256:' || encode(sha256(convert_to(p_definition::text, 'UTF8')), 'hex'));
+  -- Status-change and insert triggers are captured as the column form's are.
+  UPDATE automations
+  SET version = v, updated_at = now(),
+      source_schema = coalesce((SELECT ns.nspname FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+                                WHERE c.oid = subject), source_schema),
+      source_table = coalesce((SELECT c.relname FROM pg_class c WHERE c.oid = subject), source_table),
+      trigger_event = CASE WHEN p_definition #>> '{trigger,type}' IN ('status_change', 'insert')
+                           THEN p_definition #>> '{trigger,type}' ELSE trigger_event END,
+      to_status = CASE jsonb_typeof(p_definition #> '{trigger,to}')
+                    WHEN 'string' THEN p_definition #>> '{trigger,to}'
+                    WHEN 'array' THEN p_definition #>> '{trigger,to,0}' END,
+      from_status = CASE jsonb_typeof(p_definition #> '{trigger,from}')
+                      WHEN 'string' THEN p_definition #>> '{trigger,from}'
+                      WHEN 'array' THEN p_definition #>> '{trigger,from,0}' END
+  WHERE id = auto_id;
+  RETURN v;
+END
+$$;
