@@ -6,6 +6,7 @@
 mod capture;
 mod cycle;
 mod db;
+mod flows;
 mod history;
 mod latency;
 mod peers;
@@ -30,7 +31,8 @@ struct Args {
     #[arg(long)]
     runs: Option<usize>,
     /// Only these cases (comma-separated): capture, queue (drain, ingest, round trips), cycle
-    /// (the full cycle and the peer queues), latency, history, size.
+    /// (the full cycle and the peer queues), flows (workflow instances), latency, history,
+    /// size.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the results as JSON.
@@ -107,6 +109,9 @@ async fn run(args: Args) -> Result<(), String> {
     }
     if wanted("cycle") {
         rows.extend(cycle::run(&server, &settings).await?);
+    }
+    if wanted("flows") {
+        rows.extend(flows::run(&server, &settings).await?);
     }
     if wanted("latency") {
         rows.extend(latency::run(&server, &settings).await?);

@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use herald_shared::clock::SystemClock;
 use herald_shared::deliver::{Deliverer, Outcome};
 use herald_shared::drain::{drain, DrainOptions};
+use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
 use herald_shared::model::{
     DueLogs, Email, EmailSender, Failure, LogId, Queue, QueueMessage, ReceiptSink, ReceiptSource, Sms, SmsSender,
 };
 use herald_shared::pg::{Database, PgStore};
 use herald_shared::receipt::Receipt;
+use herald_shared::webhook::{WebhookSender, WebhookStep};
+use herald_shared::workflow::machine::Park;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::db::{Db, Server};
@@ -240,10 +243,82 @@ pub async fn ingest(db: &Db, n: i64) -> Result<f64, String> {
     Ok(n as f64 / secs)
 }
 
-/// Pending → queued → running → sent for every due log, through the real drain and the
-/// real executor core, `workers` executors taking `batch` messages at a time. Returns logs
-/// per second and rows written per log.
-pub async fn full_cycle(db: &Db, n: i64, batch: usize, workers: usize) -> Result<(f64, f64), String> {
+/// What the executors run: one-shot logs through the deliverer, or workflow instances
+/// through the flow runner.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Work {
+    OneShot,
+    Flows,
+}
+
+impl Work {
+    /// The status every log ends in.
+    fn done(self) -> &'static str {
+        match self {
+            Work::OneShot => "sent",
+            Work::Flows => "completed",
+        }
+    }
+}
+
+/// No webhooks: the benchmark's flows send none.
+struct NoWebhooks;
+
+impl WebhookSender for NoWebhooks {
+    async fn send(&self, _step: &WebhookStep<'_>) -> Result<serde_json::Value, Failure> {
+        Err(Failure::permanent("the benchmark sends no webhooks"))
+    }
+}
+
+/// One batch through the executor's core for `work`: how many of its messages finished.
+async fn execute(ledger: &PgStore, senders: &NullSenders, work: Work, bodies: Vec<String>) -> Result<u64, String> {
+    match work {
+        Work::OneShot => {
+            let messages = bodies
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| (i.to_string(), b))
+                .collect();
+            let mut done = 0;
+            for (_, outcome) in null_deliverer(ledger, senders).handle_batch(messages, 4).await {
+                if outcome != Outcome::Sent {
+                    return Err(format!("a log was not sent: {outcome:?}"));
+                }
+                done += 1;
+            }
+            Ok(done)
+        }
+        Work::Flows => {
+            let performers = Performers {
+                email: senders,
+                sms: senders,
+                webhooks: &NoWebhooks,
+            };
+            let runner = FlowRunner {
+                ledger,
+                effects: &performers,
+                clock: &SystemClock,
+                default_from: "club@example.com",
+                lease: Duration::from_secs(120),
+                ends_at: None,
+                step_limit: 100,
+            };
+            let mut done = 0;
+            for outcome in runner.run(&bodies, 4).await {
+                if outcome != FlowOutcome::Stopped(Stop::Park(Park::Completed)) {
+                    return Err(format!("an instance did not complete: {outcome:?}"));
+                }
+                done += 1;
+            }
+            Ok(done)
+        }
+    }
+}
+
+/// Pending → queued → running → sent (or completed, for workflow instances) for every due
+/// log, through the real drain and the real executor core, `workers` executors taking
+/// `batch` messages at a time. Returns logs per second and rows written per log.
+pub async fn full_cycle(db: &Db, n: i64, batch: usize, workers: usize, work: Work) -> Result<(f64, f64), String> {
     let written_before = db.rows_written().await?;
     let (tx, rx) = mpsc::unbounded_channel::<QueueMessage>();
     let rx = Arc::new(Mutex::new(rx));
@@ -256,24 +331,14 @@ pub async fn full_cycle(db: &Db, n: i64, batch: usize, workers: usize) -> Result
             let database = store_of(&url)?.index_scans_only();
             let ledger = database.store().await.map_err(|e| e.to_string())?;
             let senders = NullSenders::default();
-            let deliverer = null_deliverer(&ledger, &senders);
             let mut buf = Vec::with_capacity(batch);
             loop {
                 buf.clear();
                 if rx.lock().await.recv_many(&mut buf, batch).await == 0 {
                     return Ok::<_, String>(());
                 }
-                let messages = buf
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| (i.to_string(), m.to_body()))
-                    .collect();
-                for (_, outcome) in deliverer.handle_batch(messages, 4).await {
-                    if outcome != Outcome::Sent {
-                        return Err(format!("a log was not sent: {outcome:?}"));
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
+                let bodies = buf.iter().map(|m| m.to_body()).collect();
+                done.fetch_add(execute(&ledger, &senders, work, bodies).await?, Ordering::Relaxed);
             }
         }));
     }
@@ -292,11 +357,18 @@ pub async fn full_cycle(db: &Db, n: i64, batch: usize, workers: usize) -> Result
         e.await.map_err(|e| e.to_string())??;
     }
     let secs = start.elapsed().as_secs_f64();
-    let sent = db
-        .count("SELECT count(*) FROM ONLY automation_execution_logs WHERE status = 'sent'")
+    let finished = db
+        .count(&format!(
+            "SELECT count(*) FROM ONLY automation_execution_logs WHERE status = '{}'",
+            work.done()
+        ))
         .await?;
-    if summary.claimed != n as u64 || sent != n || done.load(Ordering::Relaxed) != n as u64 {
-        return Err(format!("full cycle: claimed {}, sent {sent}, not {n}", summary.claimed));
+    if summary.claimed != n as u64 || finished != n || done.load(Ordering::Relaxed) != n as u64 {
+        return Err(format!(
+            "full cycle: claimed {}, {} {finished}, not {n}",
+            summary.claimed,
+            work.done()
+        ));
     }
     let written = db.rows_written().await? - written_before;
     Ok((n as f64 / secs, written as f64 / n as f64))

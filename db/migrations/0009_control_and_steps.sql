@@ -411,6 +411,62 @@ BEGIN
 END
 $$;
 
+-- An invocation that parks an instance says so in its attempt: `parked`.
+ALTER TABLE automation_attempts
+  DROP CONSTRAINT automation_attempts_outcome_check,
+  ADD CONSTRAINT automation_attempts_outcome_check
+    CHECK (outcome IN ('sent', 'failed', 'retry', 'dead', 'lease_expired', 'unknown', 'parked'));
+
+-- Executor: claims and loads instances as schema 8 did. The step run it resumes from is one
+-- whose invocation stopped without parking the instance (it vanished between the run's end
+-- and the next write): a run the instance already moved on from, such as a failure whose
+-- retry it parked to wait for, is not resumed again.
+CREATE OR REPLACE FUNCTION herald_flow_start(p_ids bigint[], p_leases bigint[], p_now timestamptz, p_until timestamptz)
+RETURNS TABLE (lease bigint, attempt integer, status text, definition jsonb, next_step text, step_attempt integer,
+               steps_run integer, outputs jsonb, context jsonb, run_status text, run_output jsonb, run_error text,
+               event text, old_status text, new_status text, subject_table text, subject_id text)
+LANGUAGE sql AS $$
+  WITH msg AS (
+    SELECT m.log_id, m.lease, m.ord, row_number() OVER (PARTITION BY m.log_id ORDER BY m.ord) AS nth
+    FROM unnest(p_ids, p_leases) WITH ORDINALITY AS m(log_id, lease, ord)
+  ), claimed AS (
+    -- An instance takes its automation's current version at its first claim, and keeps it.
+    UPDATE ONLY automation_execution_logs l
+    SET status = 'running', attempts = l.attempts + 1, started_at = coalesce(l.started_at, p_now), updated_at = p_now,
+        lease_token = (SELECT nextval('herald_lease_tokens')), lease_expires_at = p_until,
+        version = coalesce(l.version, a.version),
+        next_step = CASE WHEN l.version IS NULL THEN v.definition #>> '{steps,0,id}' ELSE l.next_step END
+    FROM msg m, automations a
+    LEFT JOIN automation_versions v ON v.automation_id = a.id AND v.version = a.version
+    WHERE m.nth = 1 AND l.id = m.log_id AND l.status = 'queued' AND l.lease_token = m.lease
+      AND a.id = l.automation_id AND (l.version IS NOT NULL OR a.version IS NOT NULL)
+    RETURNING l.id, l.attempts, l.lease_token, l.automation_id, l.version, l.next_step, l.step_attempt, l.steps_run, l.outputs
+  ), opened AS (
+    INSERT INTO automation_attempts (log_id, attempt, lease_token, started_at)
+    SELECT id, attempts, lease_token, p_now FROM claimed
+  ), ctx AS (
+    SELECT * FROM herald_contexts(ARRAY(SELECT id FROM claimed))
+  )
+  SELECT c.lease_token, c.attempts,
+         CASE WHEN m.nth > 1 THEN 'claimed by another message of this batch' ELSE l.status END,
+         v.definition, c.next_step, c.step_attempt, c.steps_run, c.outputs, x.context,
+         r.status, r.output, r.error,
+         l.event, l.old_status, l.new_status, format('%I.%I', l.subject_schema, l.subject_table), l.subject_id
+  FROM msg m
+  LEFT JOIN claimed c ON c.id = m.log_id AND m.nth = 1
+  LEFT JOIN ctx x ON x.log_id = c.id
+  LEFT JOIN ONLY automation_execution_logs l ON l.id = m.log_id
+  LEFT JOIN automation_versions v ON v.automation_id = c.automation_id AND v.version = c.version
+  -- The effect of the step the instance is at, if an earlier invocation started it and did
+  -- not park the instance after it.
+  LEFT JOIN automation_step_runs r
+    ON r.log_id = c.id AND r.step_id = c.next_step AND r.attempt = c.step_attempt
+   AND r.status IN ('started', 'done', 'failed')
+   AND NOT EXISTS (SELECT 1 FROM automation_attempts t
+                   WHERE t.log_id = r.log_id AND t.lease_token = r.lease_token AND t.outcome = 'parked')
+  ORDER BY m.ord
+$$;
+
 -- Executor: one write of a round, as schema 8 wrote it, with two additions.
 -- Holds are read at each step boundary: an effect about to start on an instance that is
 -- paused (by itself or by its automation) or to be cancelled does not start; the instance
@@ -486,7 +542,7 @@ BEGIN
           completed_at = CASE l.held WHEN 'cancelled' THEN p_now END,
           updated_at = p_now, lease_token = NULL, lease_expires_at = NULL
       WHERE id = l.id;
-      UPDATE automation_attempts SET finished_at = p_now
+      UPDATE automation_attempts SET finished_at = p_now, outcome = 'parked'
       WHERE log_id = l.id AND lease_token = l.lease_token AND finished_at IS NULL;
       started := started || to_jsonb(l.held);
       CONTINUE;
@@ -550,7 +606,7 @@ BEGIN
         completed_at = CASE WHEN coalesce(held, want) IN ('completed', 'failed', 'exited', 'cancelled') THEN p_now END,
         updated_at = p_now, lease_token = NULL, lease_expires_at = NULL
     WHERE g.id = (e ->> 'log_id')::bigint;
-    UPDATE automation_attempts SET finished_at = p_now
+    UPDATE automation_attempts SET finished_at = p_now, outcome = 'parked'
     WHERE log_id = (e ->> 'log_id')::bigint AND lease_token = (e ->> 'token')::bigint AND finished_at IS NULL;
     parked := parked || coalesce(to_jsonb(held), to_jsonb(true));
   END LOOP;
@@ -558,10 +614,11 @@ BEGIN
 END
 $$;
 
--- The columns update_field steps name, checked against the catalog: each column of `set`
--- and the key column exist in the table the step changes (its `table`, else the subject's,
--- p_subject). p_key: the subject's key column, the key of a named table when it names none.
-CREATE FUNCTION herald_update_field_problems(p_steps jsonb, p_path text, p_subject regclass, p_key text)
+-- What schema 8's checks of steps left out: the columns update_field steps name, checked
+-- against the catalog (each column of `set` and the key column exist in the table the step
+-- changes: its `table`, else the subject's, p_subject; p_key is the subject's key column,
+-- the key of a named table when it names none); and the bounds of a webhook's timeout.
+CREATE FUNCTION herald_step_detail_problems(p_steps jsonb, p_path text, p_subject regclass, p_key text)
 RETURNS TABLE (path text, message text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -571,6 +628,7 @@ DECLARE
   target regclass;
   cols   jsonb;
   keycol text;
+  secs   numeric;
 BEGIN
   IF jsonb_typeof(p_steps) IS DISTINCT FROM 'array' THEN
     RETURN;
@@ -579,8 +637,18 @@ BEGIN
     step := p_steps -> i;
     p := format('%s[%s]', p_path, i);
     IF step ->> 'type' = 'branch' THEN
-      RETURN QUERY SELECT * FROM herald_update_field_problems(step -> 'then', p || '.then', p_subject, p_key);
-      RETURN QUERY SELECT * FROM herald_update_field_problems(step -> 'else', p || '.else', p_subject, p_key);
+      RETURN QUERY SELECT * FROM herald_step_detail_problems(step -> 'then', p || '.then', p_subject, p_key);
+      RETURN QUERY SELECT * FROM herald_step_detail_problems(step -> 'else', p || '.else', p_subject, p_key);
+    ELSIF step ->> 'type' = 'webhook' AND jsonb_typeof(step -> 'timeout') = 'string'
+          AND herald_span_problem(step -> 'timeout', 'a timeout') IS NULL THEN
+      BEGIN
+        secs := extract(epoch FROM (step ->> 'timeout')::interval);
+      EXCEPTION WHEN OTHERS THEN
+        secs := NULL;  -- a form Postgres does not read; Herald reads it when it runs
+      END;
+      IF secs < 1 OR secs > 15 THEN
+        RETURN QUERY SELECT p || '.timeout', 'is from 1 to 15 seconds';
+      END IF;
     ELSIF step ->> 'type' = 'update_field' AND jsonb_typeof(step -> 'set') = 'object' THEN
       target := CASE WHEN step ? 'table' THEN herald_relation(step ->> 'table') ELSE p_subject END;
       CONTINUE WHEN target IS NULL;  -- a table that does not exist is reported by the shape check
@@ -598,16 +666,11 @@ BEGIN
 END
 $$;
 
--- What the language has but this version of Herald cannot run yet, and what the capture
--- trigger cannot watch. Replaced as more of the language runs.
+-- The triggers this version of Herald cannot capture yet. Replaced as more of them run.
 CREATE FUNCTION herald_unrunnable_problems(p_definition jsonb) RETURNS TABLE (path text, message text)
 LANGUAGE sql STABLE AS $$
   SELECT 'trigger.type', format('`%s` triggers cannot be used yet; status_change and insert can', p_definition #>> '{trigger,type}')
   WHERE p_definition #>> '{trigger,type}' NOT IN ('status_change', 'insert')
-  UNION ALL
-  SELECT 'steps', format('`%s` steps cannot run yet', t)
-  FROM (SELECT DISTINCT t #>> '{}' AS t FROM jsonb_path_query(p_definition, 'lax $.steps.**.type') t) types
-  WHERE t IN ('webhook')
   UNION ALL
   SELECT 'trigger.' || k, format('one status for now, not %s', p_definition #> ARRAY['trigger', k])
   FROM unnest(ARRAY['from', 'to']) k
@@ -641,7 +704,7 @@ BEGIN
     SELECT * FROM herald_definition_problems(p_definition,
                                              (SELECT to_regclass(context_relation) FROM automations WHERE name = p_name))
     UNION ALL
-    SELECT * FROM herald_update_field_problems(p_definition -> 'steps', 'steps', subject,
+    SELECT * FROM herald_step_detail_problems(p_definition -> 'steps', 'steps', subject,
       (SELECT att.key_column FROM herald_attachments att
        JOIN pg_class c ON c.relname = att.table_name
        JOIN pg_namespace ns ON ns.oid = c.relnamespace AND ns.nspname = att.table_schema

@@ -317,6 +317,52 @@ impl ReceiptSource for SqsReceipts {
     }
 }
 
+/// Webhook signing secrets from Secrets Manager, each kept for five minutes (a rotated
+/// secret is in use within that time).
+pub struct SecretsManager {
+    client: aws_sdk_secretsmanager::Client,
+    cache: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+}
+
+impl SecretsManager {
+    const KEEP: std::time::Duration = std::time::Duration::from_secs(300);
+
+    pub fn new(config: &SdkConfig) -> Self {
+        Self {
+            client: aws_sdk_secretsmanager::Client::new(config),
+            cache: Default::default(),
+        }
+    }
+}
+
+impl crate::webhook::SecretSource for SecretsManager {
+    async fn secret(&self, id: &str) -> Result<String, Failure> {
+        let kept = self.cache.lock().ok().and_then(|c| {
+            c.get(id)
+                .filter(|(_, at)| at.elapsed() < Self::KEEP)
+                .map(|(v, _)| v.clone())
+        });
+        if let Some(value) = kept {
+            return Ok(value);
+        }
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(id)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        let value = out
+            .secret_string()
+            .map(str::to_owned)
+            .ok_or_else(|| Failure::permanent(format!("secret {id} has no string value")))?;
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(id.to_owned(), (value.clone(), std::time::Instant::now()));
+        }
+        Ok(value)
+    }
+}
+
 /// The string value of a Secrets Manager secret.
 pub async fn read_secret(config: &SdkConfig, id: &str) -> Result<String, Failure> {
     let out = aws_sdk_secretsmanager::Client::new(config)

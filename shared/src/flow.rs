@@ -19,6 +19,7 @@ use serde_json::Value as Json;
 use crate::clock::Clock;
 use crate::model::{ContextError, Failure, Lease, LogId, QueueMessage, StoreError};
 use crate::steps::{prepare, Effect};
+use crate::webhook::{WebhookSender, WebhookStep};
 use crate::workflow::definition::Document;
 use crate::workflow::machine::{advance, variables, Advance, Decided, Instance, Park, Performed};
 use crate::workflow::plan::find;
@@ -321,10 +322,11 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
             // 1. Each instance's next effect, decided with its data as it is now.
             let now = self.clock.now();
             let at = Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH);
-            let out_of_time = self.ends_at.is_some_and(|end| now + EFFECT_MARGIN >= end);
+            // Time left to start effects in, and to write how they went.
+            let left = self.ends_at.map(|end| end.duration_since(now).unwrap_or_default());
             let mut performing: Vec<Going> = Vec::new();
             for g in std::mem::take(&mut going) {
-                if let Some(g) = self.next_effect(g, out_of_time, at, &mut write) {
+                if let Some(g) = self.next_effect(g, left, at, &mut write) {
                     performing.push(g);
                 }
             }
@@ -435,7 +437,11 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
 
     /// Moves `g` on to its next effect, or parks it in `write`. A step that cannot be made
     /// ready fails there and then (recorded as ended), and the machine decides what follows.
-    fn next_effect(&self, mut g: Going, out_of_time: bool, at: Timestamp, write: &mut FlowWrite) -> Option<Going> {
+    /// An effect that may not end in the time `left` (with [`EFFECT_MARGIN`] kept for the
+    /// writes) is not started: the instance goes on in a later invocation.
+    fn next_effect(&self, mut g: Going, left: Option<Duration>, at: Timestamp, write: &mut FlowWrite) -> Option<Going> {
+        let fits = |budget: Duration| left.is_none_or(|left| EFFECT_MARGIN + budget < left);
+        let out_of_time = !fits(Duration::ZERO);
         let park = |g: Going, stop: Stop, write: &mut FlowWrite| {
             write.parked.push(Parked {
                 lease: g.lease,
@@ -469,6 +475,12 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
             let kind = found.map_or("unknown", |s| s.action.type_name());
             let ready = found.and_then(|s| prepare(s, &vars, &g.doc.admins, self.default_from, at, &g.doc.timezone));
             match ready {
+                Some(Ok(effect)) if !fits(effect.budget()) => {
+                    g.instance.steps_run -= 1;
+                    g.instance.attempt -= 1;
+                    park(g, Stop::Later, write);
+                    return None;
+                }
                 Some(Ok(effect)) => {
                     write.started.push(StepStart {
                         lease: g.lease,
@@ -542,15 +554,15 @@ fn lost(lease: &Lease) -> FlowOutcome {
     ))
 }
 
-/// Performs effects through the providers' senders. Webhooks fail permanently: their
-/// adapter is not built yet.
-pub struct Performers<'a, M, S> {
+/// Performs effects through the providers' senders and the webhook client.
+pub struct Performers<'a, M, S, H> {
     pub email: &'a M,
     pub sms: &'a S,
+    pub webhooks: &'a H,
 }
 
-impl<M: crate::model::EmailSender, S: crate::model::SmsSender> Effects for Performers<'_, M, S> {
-    async fn perform(&self, effect: &Effect, _key: &str) -> Result<Json, Failure> {
+impl<M: crate::model::EmailSender, S: crate::model::SmsSender, H: WebhookSender> Effects for Performers<'_, M, S, H> {
+    async fn perform(&self, effect: &Effect, key: &str) -> Result<Json, Failure> {
         match effect {
             Effect::Email(m) => self
                 .email
@@ -572,7 +584,22 @@ impl<M: crate::model::EmailSender, S: crate::model::SmsSender> Effects for Perfo
                 }
                 Ok(serde_json::json!({"message_ids": ids}))
             }
-            Effect::Webhook { .. } => Err(Failure::permanent("webhook steps cannot run yet")),
+            Effect::Webhook {
+                url,
+                body,
+                secret,
+                timeout,
+            } => {
+                self.webhooks
+                    .send(&WebhookStep {
+                        url,
+                        body,
+                        secret_id: secret,
+                        timeout: *timeout,
+                        id: key,
+                    })
+                    .await
+            }
             // Changes to this database are performed by the ledger's write (`Taken::Performed`).
             _ => Err(Failure::permanent(
                 "a change to this database is performed by the ledger's write, not by a provider",
@@ -781,11 +808,12 @@ mod tests {
             .map(|(k, e)| (k.to_owned(), e))
         );
         let writes = ledger.writes.lock().unwrap();
-        // Emails started; emails ended; waits decided and SMS started; SMS ended; completed.
+        // Exits checked and emails started; emails ended; exits checked, waits decided and
+        // SMS started; SMS ended; exits checked and completed.
         assert_eq!(writes.len(), 5, "{writes:#?}");
-        assert_eq!(writes[0].started.len(), 3);
+        assert_eq!((writes[0].decided.len(), writes[0].started.len()), (3, 3));
         assert_eq!(writes[1].ended.len(), 3);
-        assert_eq!((writes[2].decided.len(), writes[2].started.len()), (3, 3));
+        assert_eq!((writes[2].decided.len(), writes[2].started.len()), (9, 3));
         assert_eq!(writes[3].ended.len(), 3);
         assert_eq!(writes[4].parked.len(), 3);
         let outputs = &writes[4].parked[0].instance.outputs;
@@ -897,6 +925,32 @@ mod tests {
             writes.iter().all(|w| w.ended.iter().all(|e| e.step != "mark")),
             "its end was recorded by the write that performed it"
         );
+    }
+
+    #[tokio::test]
+    async fn a_webhook_that_may_not_answer_before_the_invocation_ends_waits_for_the_next() {
+        let flow = || {
+            doc(
+                json!([{"id": "hook", "type": "webhook", "url": "https://hooks.example.com/x", "body": "{}",
+                        "secret": "herald/webhooks/x", "timeout": "15 seconds"}]),
+            )
+        };
+        // 20 s left: the 15 s timeout and the 10 s kept for the writes do not fit.
+        let ledger = ledger_of(vec![(1, flow(), data(1))]);
+        let effects = FakeEffects::default();
+        let out = run(&ledger, &effects, &[1], Some(at() + Duration::from_secs(20))).await;
+        assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Later)]);
+        assert!(effects.0.lock().unwrap().is_empty());
+        let parked = ledger.writes.lock().unwrap()[0].parked[0].instance.clone();
+        assert_eq!(
+            (parked.next.as_deref(), parked.steps_run, parked.attempt),
+            (Some("hook"), 0, 0)
+        );
+        // 30 s left: it is sent.
+        let ledger = ledger_of(vec![(1, flow(), data(1))]);
+        let out = run(&ledger, &effects, &[1], Some(at() + Duration::from_secs(30))).await;
+        assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Park(Park::Completed))]);
+        assert_eq!(effects.0.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]

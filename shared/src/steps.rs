@@ -60,6 +60,15 @@ impl Effect {
             Effect::UpdateField { .. } | Effect::Label { .. } | Effect::Task { .. }
         )
     }
+
+    /// The longest it may take: a webhook's timeout; providers' calls and the ledger's own
+    /// changes are short.
+    pub fn budget(&self) -> Duration {
+        match self {
+            Effect::Webhook { timeout, .. } => *timeout,
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 /// Makes `step` ready against `vars`; `None` for steps without an effect (waits, branches).

@@ -14,6 +14,7 @@
 //! to a private address is refused however it is spelt. An allow-list of networks opens
 //! chosen ones (private endpoints, tests). No proxy is used and redirects are not followed.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use ipnet::IpNet;
 use serde_json::Value as Json;
 use sha2::Sha256;
 
+use crate::clock::Clock;
 use crate::model::{ErrorKind, Failure};
 
 /// How much of a response is read; a longer body is cut here (and is then not read as JSON).
@@ -317,6 +319,62 @@ impl WebhookClient {
         } else {
             Err(WebhookError::Status(answer))
         }
+    }
+}
+
+/// Where signing secrets come from: Secrets Manager in the functions.
+pub trait SecretSource: Sync {
+    /// The secret's text, by name or ARN.
+    fn secret(&self, id: &str) -> impl Future<Output = Result<String, Failure>> + Send;
+}
+
+/// Sends a workflow's webhook steps.
+pub trait WebhookSender: Sync {
+    /// POSTs `body` to `url`, signed with the secret `secret_id` names, under the repeat id
+    /// `id`; the output is `{"status": n, "json": answer}` for a JSON answer, else
+    /// `{"status": n, "body": "the start of the answer"}`.
+    fn send(&self, step: &WebhookStep<'_>) -> impl Future<Output = Result<Json, Failure>> + Send;
+}
+
+/// One webhook step, made ready.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookStep<'a> {
+    pub url: &'a str,
+    pub body: &'a str,
+    pub secret_id: &'a str,
+    pub timeout: Duration,
+    /// Stable for an instance's step.
+    pub id: &'a str,
+}
+
+/// The client, its secrets and the clock that dates signatures.
+pub struct Webhooks<'a, S> {
+    pub client: &'a WebhookClient,
+    pub secrets: &'a S,
+    pub clock: &'a dyn Clock,
+}
+
+impl<S: SecretSource> WebhookSender for Webhooks<'_, S> {
+    async fn send(&self, step: &WebhookStep<'_>) -> Result<Json, Failure> {
+        let text = self.secrets.secret(step.secret_id).await?;
+        let secret = WebhookSecret::parse(&text)
+            .map_err(|e| Failure::permanent(format!("the signing secret {}: {e}", step.secret_id)))?;
+        let call = Call {
+            url: step.url.to_owned(),
+            id: step.id.to_owned(),
+            body: step.body.to_owned(),
+            timeout: step.timeout,
+        };
+        let at = self
+            .clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let answer = self.client.post(&call, &secret, at).await.map_err(|e| e.failure())?;
+        Ok(match answer.json {
+            Some(json) => serde_json::json!({"status": answer.status, "json": json}),
+            None => serde_json::json!({"status": answer.status, "body": answer.body}),
+        })
     }
 }
 

@@ -8,10 +8,11 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use herald_executor::Executor;
 use herald_scheduler::Scheduler;
-use herald_shared::aws::{SesEmail, SnsSms, SqsQueue, SqsReceipts};
+use herald_shared::aws::{SecretsManager, SesEmail, SnsSms, SqsQueue, SqsReceipts};
 use herald_shared::clock::{ManualClock, SystemClock};
 use herald_shared::drain::DrainSummary;
 use herald_shared::pg::Database;
+use herald_shared::webhook::{Guard, WebhookClient, Webhooks};
 use lambda_runtime::LambdaEvent;
 
 use crate::{lambda_context, repo_file, Moto, TestDb};
@@ -59,6 +60,9 @@ impl Herald {
             email: SesEmail::new(&moto.sdk, None),
             sms: SnsSms::new(&moto.sdk, Some("Herald".into())),
             receipts: SqsReceipts::new(&moto.sdk, receipts_url.clone()),
+            // Webhooks reach the public internet only, as deployed.
+            webhooks: WebhookClient::new(Guard::parse("").unwrap(), &[]).unwrap(),
+            secrets: SecretsManager::new(&moto.sdk),
             clock: Arc::new(SystemClock),
             settings: herald_executor::Settings {
                 default_from: from.clone(),
@@ -79,6 +83,15 @@ impl Herald {
     }
 
     /// Gives both functions one clock that only moves when the test says, starting now.
+    /// The executor's webhook steps, as its handler wires them.
+    pub fn webhooks(&self) -> Webhooks<'_, SecretsManager> {
+        Webhooks {
+            client: &self.executor.webhooks,
+            secrets: &self.executor.secrets,
+            clock: self.executor.clock.as_ref(),
+        }
+    }
+
     pub fn manual_clock(&mut self) -> Arc<ManualClock> {
         let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
         self.scheduler.clock = clock.clone();

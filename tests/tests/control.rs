@@ -172,9 +172,11 @@ async fn a_running_instance_stops_at_its_next_step_when_paused_or_cancelled() {
             .await;
     let store = Database::new(h.db.config()).store().await.unwrap();
     let clock = ManualClock::new(SystemTime::now());
+    let hooks = h.webhooks();
     let performers = Performers {
         email: &h.executor.email,
         sms: &h.executor.sms,
+        webhooks: &hooks,
     };
     let run = |id: i64, lease: i64, sql: String| {
         let (store, clock, performers, db, from) = (&store, &clock, &performers, &h.db, h.from.clone());

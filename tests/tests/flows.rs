@@ -50,9 +50,11 @@ async fn a_three_step_flow_sends_sleeps_and_finishes_with_its_history_in_the_led
     let store = Database::new(h.db.config()).store().await.unwrap();
     let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000); // 2030-01-01T00:00:00Z
     let clock = ManualClock::new(start);
+    let hooks = h.webhooks();
     let performers = Performers {
         email: &h.executor.email,
         sms: &h.executor.sms,
+        webhooks: &hooks,
     };
     let runner = FlowRunner {
         ledger: &store,
@@ -99,8 +101,11 @@ async fn a_three_step_flow_sends_sleeps_and_finishes_with_its_history_in_the_led
     assert_eq!(
         history,
         [
+            "confirm:exit:decided",
             "confirm:send_email:done",
+            "night-before:exit:decided",
             "night-before:wait:decided",
+            "remind:exit:decided",
             "remind:send_sms:done"
         ]
     );
@@ -231,9 +236,11 @@ async fn an_invocation_that_stops_mid_flow_is_resumed_without_sending_twice() {
             .await;
     let store = Database::new(h.db.config()).store().await.unwrap();
     let clock = ManualClock::new(SystemTime::now());
+    let hooks = h.webhooks();
     let performers = Performers {
         email: &h.executor.email,
         sms: &h.executor.sms,
+        webhooks: &hooks,
     };
     let run = |ledger_fail_at: usize, id: i64, lease: i64| {
         let (store, clock, performers, from) = (&store, &clock, &performers, h.from.clone());
@@ -356,4 +363,103 @@ async fn notify_admin_reaches_every_admin_by_email_and_sms_and_a_branch_chooses_
         decided[1].contains("\"holds\": true") && decided[1].contains("Service the boiler"),
         "{decided:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_instances_started_at_once_each_run_exactly_once() {
+    // GIVEN a thousand members and a three-step flow on activation
+    let mut h = Herald::new().await;
+    let clock = h.manual_clock();
+    h.db.exec(&format!(
+        "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, email text, phone text);
+         INSERT INTO members SELECT g, 'new', 'm' || g || '-{tag}@example.com', '+1557' || lpad(g::text, 7, '0')
+         FROM generate_series(1, 1000) g;
+         SELECT herald_attach('public.members', 'status', 'id');
+         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
+         VALUES ('welcome', 'members', 'active', 'x', 'x', 'x');",
+        tag = h.tag
+    ))
+    .await;
+    let doc = json!({
+        "trigger": {"type": "status_change", "table": "public.members", "to": "active"},
+        "steps": [
+            {"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": "Welcome", "text": "Hi {{ id }}"},
+            {"id": "pause", "type": "wait", "for": "0 seconds"},
+            {"id": "text", "type": "send_sms", "to": "{{ phone }}", "body": "Hi {{ id }}"}
+        ]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('welcome', $1)", &[&doc])
+        .await
+        .unwrap();
+
+    // WHEN twenty connections activate them all at once
+    let mut writers = Vec::new();
+    for conn in 0..20i64 {
+        let c = h.db.connect().await;
+        writers.push(tokio::spawn(async move {
+            c.execute("UPDATE members SET status = 'active' WHERE id % 20 = $1", &[&conn])
+                .await
+                .unwrap();
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    // and the scheduler and two executors drain them together
+    clock.advance(Duration::from_secs(1));
+    let scheduled = std::sync::atomic::AtomicBool::new(false);
+    let scheduling = async {
+        let mut claimed = 0;
+        loop {
+            let n = h.tick().await.claimed;
+            claimed += n;
+            if n == 0 {
+                scheduled.store(true, std::sync::atomic::Ordering::SeqCst);
+                return claimed;
+            }
+        }
+    };
+    let executing = || async {
+        let mut failed = Vec::new();
+        loop {
+            let done = scheduled.load(std::sync::atomic::Ordering::SeqCst);
+            let event = h.moto.receive(&h.queue_url, 10).await;
+            if event.records.is_empty() {
+                if done {
+                    return failed;
+                }
+                continue;
+            }
+            let response = h.execute(event.clone()).await;
+            let f = herald_tests::failed_ids(&response);
+            h.moto.delete_done(&h.queue_url, &event, &f).await;
+            failed.extend(f);
+        }
+    };
+    let (claimed, a, b) = futures::join!(scheduling, executing(), executing());
+    assert!(a.is_empty() && b.is_empty(), "{a:?} {b:?}");
+    assert_eq!(claimed, 1000);
+
+    // THEN each instance completed, each of its steps ran once, and each member got one of each
+    assert_eq!(
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE status = 'completed'")
+            .await,
+        1000
+    );
+    let runs: Vec<String> =
+        h.db.column(
+            "SELECT step_id || ' ' || status || ' ' || count(*) FROM automation_step_runs
+             GROUP BY step_id, status ORDER BY 1",
+        )
+        .await;
+    assert_eq!(runs, ["hello done 1000", "pause decided 1000", "text done 1000"]);
+    let once: bool =
+        h.db.scalar("SELECT count(DISTINCT (log_id, step_id)) = 3000 FROM automation_step_runs")
+            .await;
+    assert!(once);
+    let emails = h.moto.emails_from(&h.from).await;
+    assert_eq!(emails.len(), 1000);
+    let recipients: std::collections::HashSet<_> = emails.iter().map(|e| e.destinations.to.clone()).collect();
+    assert_eq!(recipients.len(), 1000);
 }

@@ -165,3 +165,139 @@ async fn a_request_without_an_answer_may_have_arrived_and_one_never_sent_did_not
     assert!(matches!(err, WebhookError::Connect(_)), "{err:?}");
     assert!(!err.may_have_arrived());
 }
+
+/// The signing secret of this test's webhooks, in Secrets Manager; returns its name.
+async fn signing_secret(h: &herald_tests::Herald) -> String {
+    let name = format!("herald/webhooks/jobs-{}", h.tag);
+    aws_sdk_secretsmanager::Client::new(&h.moto.sdk)
+        .create_secret()
+        .name(&name)
+        .secret_string(SECRET)
+        .send()
+        .await
+        .unwrap();
+    name
+}
+
+/// Saves a job flow whose first step is `hook`, signed with `secret`, then an SMS.
+async fn webhook_flow(h: &herald_tests::Herald, hook: serde_json::Value, name: &str, sms: &str) {
+    let mut hook = hook;
+    hook["secret"] = json!(name);
+    let doc = json!({
+        "trigger": {"type": "status_change", "table": "public.jobs", "to": "completed"},
+        "steps": [
+            hook,
+            {"id": "text", "type": "send_sms", "to": "{{ client_phone }}", "body": sms}
+        ]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('job-completed', $1)", &[&doc])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_webhook_step_posts_signed_json_retries_under_the_same_id_and_its_answer_feeds_later_steps() {
+    let mut h = herald_tests::Herald::with_jobs_example().await;
+    let clock = h.manual_clock();
+    let server = WebhookServer::start().await;
+    h.executor.webhooks = client("127.0.0.1", &server);
+    webhook_flow(
+        &h,
+        json!({"id": "hook", "type": "webhook", "url": format!("https://localhost:{}/jobs/done", server.port),
+               "body": "{\"job\": {{ job_id }}, \"title\": {{ job_title | tojson }}}",
+               "on_error": {"retry": {"times": 2, "backoff": "1 minute"}}}),
+        &signing_secret(&h).await,
+        "Ticket {{ steps.hook.json.ticket }}",
+    )
+    .await;
+    server.reply(Reply::With(503, "text/plain", "busy".into()));
+    server.reply(Reply::With(200, "application/json", r#"{"ticket": 42}"#.into()));
+
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(
+        h.db.statuses().await,
+        ["waiting"],
+        "the 503 is retried after its backoff"
+    );
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(h.db.statuses().await, ["completed"]);
+
+    let log_id: i64 = h.db.scalar("SELECT id FROM automation_execution_logs").await;
+    let secret = WebhookSecret::parse(SECRET).unwrap();
+    let got = server.received();
+    assert_eq!(got.len(), 2);
+    for request in &got {
+        assert_eq!(request.path, "/jobs/done");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&request.body).unwrap(),
+            json!({"job": 1, "title": "Fix the kitchen sink"})
+        );
+        // One id for the step, however often it is sent: the receiver can drop repeats.
+        let id = format!("{log_id}-hook");
+        assert_eq!(request.header("webhook-id"), Some(id.as_str()));
+        let at: i64 = request.header("webhook-timestamp").unwrap().parse().unwrap();
+        let want = signature(&secret, &id, at, &request.body);
+        assert_eq!(request.header("webhook-signature"), Some(want.as_str()));
+    }
+    let runs: Vec<String> =
+        h.db.column(
+            "SELECT concat_ws(' ', step_id, attempt, status, error_code, output) FROM automation_step_runs
+             WHERE status <> 'decided' ORDER BY id",
+        )
+        .await;
+    assert_eq!(runs[0], "hook 1 failed 503");
+    assert_eq!(runs[1], "hook 2 done {\"json\": {\"ticket\": 42}, \"status\": 200}");
+    let sms = h.moto.sms_to(&h.phone_of(1)).await;
+    assert_eq!(sms.len(), 1);
+    assert_eq!(sms[0].message, "Ticket 42");
+}
+
+#[tokio::test]
+async fn a_webhook_step_to_loopback_or_the_metadata_service_fails_without_being_sent() {
+    // The executor as deployed: no networks allowed beyond the public internet.
+    let mut h = herald_tests::Herald::with_jobs_example().await;
+    let server = WebhookServer::start().await;
+    let secret = signing_secret(&h).await;
+    for (job, url) in [
+        (1, format!("https://127.0.0.1:{}/jobs/done", server.port)),
+        (2, "https://169.254.169.254/latest/meta-data/".to_owned()),
+    ] {
+        // Each job's instance takes the version saved just before it.
+        webhook_flow(
+            &h,
+            json!({"id": "hook", "type": "webhook", "url": url, "body": "{}", "on_error": "continue"}),
+            &secret,
+            "Job {{ job_id }} done",
+        )
+        .await;
+        // The functions' clock, from just before the change.
+        let clock = h.manual_clock();
+        h.db.exec(&format!("UPDATE jobs SET status = 'completed' WHERE id = {job}"))
+            .await;
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(h.tick().await.claimed, 1);
+        assert!(h.deliver_all().await.is_empty());
+    }
+    assert!(server.received().is_empty(), "nothing was sent");
+    let runs: Vec<String> =
+        h.db.column(
+            "SELECT concat_ws(' ', step_id, status, error_kind, error) FROM automation_step_runs
+             WHERE step_id = 'hook' ORDER BY id",
+        )
+        .await;
+    assert_eq!(runs.len(), 2);
+    assert!(
+        runs[0].starts_with("hook failed permanent webhook refused") && runs[0].contains("loopback"),
+        "{runs:?}"
+    );
+    assert!(runs[1].contains("the cloud metadata service"), "{runs:?}");
+    // `continue`: the SMS still went.
+    assert_eq!(h.moto.sms_to(&h.phone_of(1)).await[0].message, "Job 1 done");
+    assert_eq!(h.db.statuses().await, ["completed", "completed"]);
+}

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use herald_shared::aws::{load_config, SesEmail, SnsSms, SqsReceipts};
+use herald_shared::aws::{load_config, SecretsManager, SesEmail, SnsSms, SqsReceipts};
 use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
 use herald_shared::deliver::{Deliverer, Outcome};
@@ -13,6 +13,7 @@ use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
 use herald_shared::model::QueueMessage;
 use herald_shared::pg::Database;
 use herald_shared::recipient::redact;
+use herald_shared::webhook::{Guard, WebhookClient, Webhooks};
 use lambda_runtime::{Error, LambdaEvent};
 use tracing::{error, info, warn};
 
@@ -26,6 +27,9 @@ pub struct Executor {
     pub sms: SnsSms,
     /// Where write-backs go that the database could not take in time.
     pub receipts: SqsReceipts,
+    /// Workflows' webhook steps, and the signing secrets they name.
+    pub webhooks: WebhookClient,
+    pub secrets: SecretsManager,
     pub clock: Arc<dyn Clock>,
     pub settings: Settings,
 }
@@ -55,7 +59,26 @@ impl Executor {
     /// Built once per container, from the environment.
     pub async fn from_env() -> Result<Self, Error> {
         let aws = load_config().await;
+        // Networks webhooks may reach besides the public internet (`HERALD_WEBHOOK_ALLOW`:
+        // comma-separated, such as `10.1.0.0/16`), and extra authorities to trust, as PEM
+        // (`HERALD_WEBHOOK_ROOTS`), for private endpoints.
+        let guard = Guard::parse(&config::var("HERALD_WEBHOOK_ALLOW").unwrap_or_default()).map_err(|why| {
+            ConfigError::Invalid {
+                name: "HERALD_WEBHOOK_ALLOW",
+                why,
+            }
+        })?;
+        let roots: Vec<Vec<u8>> = config::var("HERALD_WEBHOOK_ROOTS")
+            .map(String::into_bytes)
+            .into_iter()
+            .collect();
+        let webhooks = WebhookClient::new(guard, &roots).map_err(|why| ConfigError::Invalid {
+            name: "HERALD_WEBHOOK_ROOTS",
+            why,
+        })?;
         Ok(Self {
+            webhooks,
+            secrets: SecretsManager::new(&aws),
             db: config::database_handle(&aws).await?.index_scans_only(),
             email: SesEmail::new(&aws, config::var("HERALD_SES_CONFIGURATION_SET")),
             sms: SnsSms::new(&aws, config::var("HERALD_SMS_SENDER_ID")),
@@ -94,9 +117,15 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
 
     let mut response = SqsBatchResponse::default();
     if !flows.is_empty() {
+        let webhooks = Webhooks {
+            client: &e.webhooks,
+            secrets: &e.secrets,
+            clock: e.clock.as_ref(),
+        };
         let performers = Performers {
             email: &e.email,
             sms: &e.sms,
+            webhooks: &webhooks,
         };
         let runner = FlowRunner {
             ledger: &store,

@@ -180,19 +180,22 @@ pub fn advance(
 }
 
 /// The first exit condition that holds, as a park; a condition that cannot be decided
-/// fails the instance (it guards the flow, so going on blind is not safe).
+/// fails the instance (it guards the flow, so going on blind is not safe). Each condition
+/// checked is recorded, held or not.
 fn exit_check(doc: &Document, vars: &Json, now: Timestamp, at: &str, decided: &mut Vec<Decided>) -> Option<Park> {
     for (i, exit) in doc.exit.iter().enumerate() {
         match evaluate(&exit.when, vars, now, &doc.timezone) {
-            Ok(e) if e.holds => {
+            // Every evaluation is recorded, with what it saw.
+            Ok(e) => {
                 decided.push(Decided {
                     step: Some(at.to_owned()),
                     kind: "exit",
-                    detail: json!({"exit": i, "holds": true, "reason": exit.reason, "seen": e.seen}),
+                    detail: json!({"exit": i, "holds": e.holds, "reason": exit.reason, "seen": e.seen}),
                 });
-                return Some(Park::Exited(exit.reason.clone()));
+                if e.holds {
+                    return Some(Park::Exited(exit.reason.clone()));
+                }
             }
-            Ok(_) => {}
             Err(err) => return Some(Park::Failed(format!("exit[{i}]: {err}"))),
         }
     }
@@ -280,8 +283,16 @@ mod tests {
         let now = t("2026-11-23T12:00:00Z");
         let d = data("confirmed", true);
 
+        // The exit condition is checked, and recorded with what it saw, before every step.
         let (a, decided) = advance(&doc, &mut i, &d, None, 100, now);
-        assert_eq!((a, decided.len()), (perform("confirm", 1), 0));
+        assert_eq!(a, perform("confirm", 1));
+        assert_eq!(
+            (decided[0].kind, &decided[0].detail),
+            (
+                "exit",
+                &json!({"exit": 0, "holds": false, "reason": "booking cancelled", "seen": {"status": "confirmed"}})
+            )
+        );
 
         let (a, decided) = advance(
             &doc,
@@ -299,14 +310,14 @@ mod tests {
                 until
             })
         );
-        assert_eq!(decided[0].kind, "wait");
+        assert_eq!(decided.iter().map(|d| d.kind).collect::<Vec<_>>(), ["exit", "wait"]);
         assert_eq!(i.outputs["confirm"], json!({"id": "ses-1"}));
         assert_eq!(i.next.as_deref(), Some("vip"));
 
         // Woken: the branch is decided in memory, and `then` has a step to perform.
         let (a, decided) = advance(&doc, &mut i, &d, None, 100, until);
         assert_eq!(a, perform("owner", 1));
-        assert_eq!(decided[0].detail, json!({"holds": true, "seen": {"vip": true}}));
+        assert_eq!(decided[1].detail, json!({"holds": true, "seen": {"vip": true}}));
         let (a, _) = advance(&doc, &mut i, &d, Some(Performed::Done(Json::Null)), 100, until);
         assert_eq!(a, perform("remind", 1));
         // `continue`: a failed SMS does not stop the flow.
@@ -347,7 +358,7 @@ mod tests {
         let (a, decided) = advance(&doc, &mut i, &d, Some(Performed::Done(Json::Null)), 100, late);
         assert_eq!(a, perform("remind", 1));
         let kinds: Vec<&str> = decided.iter().map(|d| d.kind).collect();
-        assert_eq!(kinds, ["wait", "branch"]);
+        assert_eq!(kinds, ["exit", "wait", "exit", "branch", "exit"]);
     }
 
     #[test]
