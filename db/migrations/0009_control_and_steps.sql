@@ -35,6 +35,9 @@ ALTER TABLE automation_execution_logs
 ALTER TABLE herald_inbox
   ALTER COLUMN cascade_depth SET DEFAULT coalesce(nullif(current_setting('herald.cascade_depth', true), '')::integer, 0),
   ALTER COLUMN caused_by SET DEFAULT nullif(current_setting('herald.caused_by', true), '')::bigint;
+-- What a manual start (herald_start) gave its instance, for templates and conditions.
+ALTER TABLE automation_execution_logs ADD COLUMN payload jsonb;
+
 ALTER TABLE herald_settings
   ADD COLUMN cascade_limit integer NOT NULL DEFAULT 5 CHECK (cascade_limit >= 0);
 
@@ -71,10 +74,10 @@ BEGIN
   -- change, with the reason; nothing fires and no window opens.
   INSERT INTO automation_execution_logs
     (id, automation_id, subject_schema, subject_table, subject_key_column, subject_id,
-     event, old_status, new_status, snapshot, status, suppressed_by, error, error_kind, error_code,
+     event, old_status, new_status, snapshot, payload, status, suppressed_by, error, error_kind, error_code,
      cascade_depth, caused_by, run_at, created_at, completed_at, updated_at)
   SELECT b.id, b.automation_id, b.subject_schema, b.subject_table, b.subject_key_column, b.subject_id,
-         b.event, b.old_status, b.new_status, b.snapshot, 'suppressed', b.caused_by,
+         b.event, b.old_status, b.new_status, b.snapshot, b.payload, 'suppressed', b.caused_by,
          format('cascade depth %s is past the limit of %s: a step of log %s made this change', b.cascade_depth,
                 deepest, b.caused_by), 'permanent', 'CascadeLimit',
          b.cascade_depth, b.caused_by, b.run_at, b.created_at, b.created_at, b.updated_at
@@ -101,10 +104,10 @@ BEGIN
   -- event inside a window is suppressed.
   INSERT INTO automation_execution_logs
     (id, automation_id, subject_schema, subject_table, subject_key_column, subject_id,
-     event, old_status, new_status, snapshot, status, held_from, suppressed_by, cascade_depth, caused_by, run_at,
+     event, old_status, new_status, snapshot, payload, status, held_from, suppressed_by, cascade_depth, caused_by, run_at,
      created_at, completed_at, updated_at)
   SELECT b.id, b.automation_id, b.subject_schema, b.subject_table, b.subject_key_column, b.subject_id,
-         b.event, b.old_status, b.new_status, b.snapshot,
+         b.event, b.old_status, b.new_status, b.snapshot, b.payload,
          CASE WHEN w.log_id <> b.id THEN 'suppressed' WHEN a.paused_at IS NOT NULL THEN 'paused' ELSE 'pending' END,
          CASE WHEN w.log_id = b.id AND a.paused_at IS NOT NULL THEN 'pending' END,
          CASE WHEN w.log_id = b.id THEN NULL ELSE w.log_id END,
@@ -146,11 +149,11 @@ BEGIN
       END IF;
       INSERT INTO automation_execution_logs
         (id, automation_id, subject_schema, subject_table, subject_key_column, subject_id,
-         event, old_status, new_status, snapshot, status, held_from, suppressed_by, cascade_depth, caused_by, run_at,
+         event, old_status, new_status, snapshot, payload, status, held_from, suppressed_by, cascade_depth, caused_by, run_at,
          created_at, completed_at, updated_at)
       VALUES
         (r.id, r.automation_id, r.subject_schema, r.subject_table, r.subject_key_column, r.subject_id,
-         r.event, r.old_status, r.new_status, r.snapshot,
+         r.event, r.old_status, r.new_status, r.snapshot, r.payload,
          CASE WHEN holder IS NOT NULL THEN 'suppressed' WHEN r.paused THEN 'paused' ELSE 'pending' END,
          CASE WHEN holder IS NULL AND r.paused THEN 'pending' END,
          holder, r.cascade_depth, r.caused_by, r.run_at, r.created_at, CASE WHEN holder IS NULL THEN NULL ELSE r.created_at END, r.updated_at);
@@ -421,10 +424,11 @@ ALTER TABLE automation_attempts
 -- whose invocation stopped without parking the instance (it vanished between the run's end
 -- and the next write): a run the instance already moved on from, such as a failure whose
 -- retry it parked to wait for, is not resumed again.
-CREATE OR REPLACE FUNCTION herald_flow_start(p_ids bigint[], p_leases bigint[], p_now timestamptz, p_until timestamptz)
+DROP FUNCTION herald_flow_start(bigint[], bigint[], timestamptz, timestamptz);
+CREATE FUNCTION herald_flow_start(p_ids bigint[], p_leases bigint[], p_now timestamptz, p_until timestamptz)
 RETURNS TABLE (lease bigint, attempt integer, status text, definition jsonb, next_step text, step_attempt integer,
                steps_run integer, outputs jsonb, context jsonb, run_status text, run_output jsonb, run_error text,
-               event text, old_status text, new_status text, subject_table text, subject_id text)
+               event text, old_status text, new_status text, subject_table text, subject_id text, payload jsonb)
 LANGUAGE sql AS $$
   WITH msg AS (
     SELECT m.log_id, m.lease, m.ord, row_number() OVER (PARTITION BY m.log_id ORDER BY m.ord) AS nth
@@ -451,7 +455,8 @@ LANGUAGE sql AS $$
          CASE WHEN m.nth > 1 THEN 'claimed by another message of this batch' ELSE l.status END,
          v.definition, c.next_step, c.step_attempt, c.steps_run, c.outputs, x.context,
          r.status, r.output, r.error,
-         l.event, l.old_status, l.new_status, format('%I.%I', l.subject_schema, l.subject_table), l.subject_id
+         l.event, l.old_status, l.new_status, format('%I.%I', l.subject_schema, l.subject_table), l.subject_id,
+         l.payload
   FROM msg m
   LEFT JOIN claimed c ON c.id = m.log_id AND m.nth = 1
   LEFT JOIN ctx x ON x.log_id = c.id
@@ -465,6 +470,14 @@ LANGUAGE sql AS $$
    AND NOT EXISTS (SELECT 1 FROM automation_attempts t
                    WHERE t.log_id = r.log_id AND t.lease_token = r.lease_token AND t.outcome = 'parked')
   ORDER BY m.ord
+$$;
+-- The executor keeps its right to it (db/roles.sql grants it too).
+DO $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'herald_executor') THEN
+    GRANT EXECUTE ON FUNCTION herald_flow_start(bigint[], bigint[], timestamptz, timestamptz) TO herald_executor;
+  END IF;
+END
 $$;
 
 -- Executor: one write of a round, as schema 8 wrote it, with two additions.
@@ -669,8 +682,9 @@ $$;
 -- The triggers this version of Herald cannot capture yet. Replaced as more of them run.
 CREATE FUNCTION herald_unrunnable_problems(p_definition jsonb) RETURNS TABLE (path text, message text)
 LANGUAGE sql STABLE AS $$
-  SELECT 'trigger.type', format('`%s` triggers cannot be used yet; status_change and insert can', p_definition #>> '{trigger,type}')
-  WHERE p_definition #>> '{trigger,type}' NOT IN ('status_change', 'insert')
+  SELECT 'trigger.type', format('`%s` triggers cannot be used yet; status_change, insert and manual can',
+                                p_definition #>> '{trigger,type}')
+  WHERE p_definition #>> '{trigger,type}' NOT IN ('status_change', 'insert', 'manual')
   UNION ALL
   SELECT 'trigger.' || k, format('one status for now, not %s', p_definition #> ARRAY['trigger', k])
   FROM unnest(ARRAY['from', 'to']) k
@@ -729,7 +743,7 @@ BEGIN
       source_schema = coalesce((SELECT ns.nspname FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
                                 WHERE c.oid = subject), source_schema),
       source_table = coalesce((SELECT c.relname FROM pg_class c WHERE c.oid = subject), source_table),
-      trigger_event = CASE WHEN p_definition #>> '{trigger,type}' IN ('status_change', 'insert')
+      trigger_event = CASE WHEN p_definition #>> '{trigger,type}' IN ('status_change', 'insert', 'manual')
                            THEN p_definition #>> '{trigger,type}' ELSE trigger_event END,
       to_status = CASE jsonb_typeof(p_definition #> '{trigger,to}')
                     WHEN 'string' THEN p_definition #>> '{trigger,to}'
@@ -739,5 +753,71 @@ BEGIN
                       WHEN 'array' THEN p_definition #>> '{trigger,from,0}' END
   WHERE id = auto_id;
   RETURN v;
+END
+$$;
+
+-- Automations started by hand capture nothing.
+ALTER TABLE automations
+  DROP CONSTRAINT automations_trigger_event_check,
+  ADD CONSTRAINT automations_trigger_event_check CHECK (trigger_event IN ('status_change', 'insert', 'manual'));
+
+-- Starts an instance of an automation whose trigger is `manual`, for one row:
+--   SELECT herald_start('welcome-series', 'public.members', '42', '{"source": "signup form"}');
+-- The row is found by the table's attached key column, else its one-column primary key;
+-- templates and conditions see the payload (a JSON object) as `payload`. The start is an event
+-- like a captured one: recorded now, in this transaction, and subject to the automation's
+-- suppression window. Returns the instance's log id.
+CREATE FUNCTION herald_start(p_automation text, p_table regclass, p_key text, p_payload jsonb DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+  auto    automations;
+  kind    text;
+  s       text;
+  t       text;
+  keycol  text;
+  keytype text;
+  found_row boolean;
+  made    bigint;
+BEGIN
+  SELECT * INTO auto FROM automations WHERE name = p_automation;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'herald: no automation is named %', quote_literal(p_automation) USING ERRCODE = '42704';
+  END IF;
+  SELECT v.definition #>> '{trigger,type}' INTO kind
+  FROM automation_versions v WHERE v.automation_id = auto.id AND v.version = auto.version;
+  IF kind IS DISTINCT FROM 'manual' THEN
+    RAISE EXCEPTION 'herald: automation % is not started by hand: its trigger is %', quote_literal(p_automation),
+      coalesce(kind, 'the columns of its row') USING ERRCODE = '22023';
+  END IF;
+  IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
+    RAISE EXCEPTION 'herald: a payload is a JSON object, not %', coalesce(jsonb_typeof(p_payload), 'NULL')
+      USING ERRCODE = '22023';
+  END IF;
+  SELECT ns.nspname, c.relname INTO s, t FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+  WHERE c.oid = p_table;
+  keycol := (SELECT key_column FROM herald_attachments WHERE table_schema = s AND table_name = t);
+  IF keycol IS NULL THEN
+    SELECT a.attname INTO keycol
+    FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+    WHERE i.indrelid = p_table AND i.indisprimary AND i.indnatts = 1;
+  END IF;
+  IF keycol IS NULL THEN
+    RAISE EXCEPTION 'herald: % is not attached and has no one-column primary key to find row % by', p_table,
+      quote_literal(p_key) USING ERRCODE = '22023';
+  END IF;
+  SELECT format_type(a.atttypid, a.atttypmod) INTO keytype
+  FROM pg_attribute a WHERE a.attrelid = p_table AND a.attname = keycol;
+  EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I = $1::%s)', p_table, keycol, keytype)
+    INTO found_row USING p_key;
+  IF NOT found_row THEN
+    RAISE EXCEPTION 'herald: % has no row whose % is %', p_table, quote_ident(keycol), quote_literal(p_key)
+      USING ERRCODE = '22023';
+  END IF;
+  INSERT INTO herald_inbox (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event,
+                            snapshot, payload, run_at, created_at, updated_at)
+  VALUES (auto.id, s, t, keycol, p_key, 'manual', '{}', p_payload, herald_now(), herald_now(), herald_now())
+  RETURNING id INTO made;
+  RETURN made;
 END
 $$;

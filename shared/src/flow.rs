@@ -37,6 +37,8 @@ pub struct LoadedFlow {
     pub data: Result<Json, ContextError>,
     /// The event that started the instance, which templates and conditions see as `herald`.
     pub event: Json,
+    /// What a manual start gave the instance, seen as `payload`.
+    pub payload: Option<Json>,
     /// What the ledger knows of the step the instance is at, from an earlier invocation.
     pub resumed: Resumed,
 }
@@ -207,7 +209,8 @@ struct Going {
     doc: Document,
     instance: Instance,
     data: Json,
-    event: Json,
+    /// The event and a manual start's payload, added to fresh data.
+    event: (Json, Option<Json>),
     /// The result of the effect performed this round, for the step machine.
     last: Option<Performed>,
 }
@@ -266,8 +269,10 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                         instance,
                         data,
                         event,
+                        payload,
                         resumed,
                     } = *flow;
+                    let event = (event, payload);
                     let data = data.map(|d| with_event(d, &event));
                     match (definition, data) {
                         (_, Err(ContextError::Transient(m))) => {
@@ -515,11 +520,15 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
     }
 }
 
-/// The data with the event under `herald`, as one-shot templates see it.
-fn with_event(data: Json, event: &Json) -> Json {
+/// The data with the event under `herald` (as one-shot templates see it) and a manual
+/// start's payload under `payload`.
+fn with_event(data: Json, event: &(Json, Option<Json>)) -> Json {
     match data {
         Json::Object(mut map) => {
-            map.insert("herald".into(), event.clone());
+            map.insert("herald".into(), event.0.clone());
+            if let Some(payload) = &event.1 {
+                map.insert("payload".into(), payload.clone());
+            }
             Json::Object(map)
         }
         other => other,
@@ -675,6 +684,7 @@ mod tests {
                             instance: Instance::new(doc),
                             data: Ok(data.clone()),
                             event: Json::Null,
+                            payload: None,
                             resumed: Resumed::Fresh,
                         }),
                     },

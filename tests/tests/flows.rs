@@ -463,3 +463,95 @@ async fn a_thousand_instances_started_at_once_each_run_exactly_once() {
     let recipients: std::collections::HashSet<_> = emails.iter().map(|e| e.destinations.to.clone()).collect();
     assert_eq!(recipients.len(), 1000);
 }
+
+#[tokio::test]
+async fn a_manual_start_runs_a_flow_for_one_row_with_its_payload_and_the_triggers_conditions_decide() {
+    let mut h = Herald::new().await;
+    let clock = h.manual_clock();
+    h.db.exec(&format!(
+        "CREATE TABLE members (id bigint PRIMARY KEY, email text, name text);
+         INSERT INTO members VALUES (1, 'm1-{tag}@example.com', 'Ana'), (2, 'm2-{tag}@example.com', 'Bo');
+         CREATE TABLE notes (body text);
+         INSERT INTO automations (name, source_table, email_to, email_subject, email_text, suppression_window)
+         VALUES ('welcome-series', 'members', 'x', 'x', 'x', '0'), ('on-status', 'members', 'x', 'x', 'x', '0');",
+        tag = h.tag
+    ))
+    .await;
+    let doc = json!({
+        "trigger": {"type": "manual"},
+        "conditions": {"field": "payload.source", "op": "in", "value": ["signup form", "import"]},
+        "steps": [
+            {"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": "Welcome",
+             "text": "Hi {{ name }}, from the {{ payload.source }} ({{ herald.event }})"}
+        ]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('welcome-series', $1)", &[&doc])
+        .await
+        .unwrap();
+
+    let started: i64 =
+        h.db.scalar("SELECT herald_start('welcome-series', 'public.members', '1', '{\"source\": \"signup form\"}')")
+            .await;
+    let other: i64 =
+        h.db.scalar("SELECT herald_start('welcome-series', 'members', '2', '{\"source\": \"web\"}')")
+            .await;
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 2);
+    assert!(h.deliver_all().await.is_empty());
+
+    let emails = h.moto.emails_from(&h.from).await;
+    assert_eq!(emails.len(), 1);
+    assert_eq!(emails[0].body, "Hi Ana, from the signup form (manual)");
+    let outcome = |id: i64| {
+        let db = &h.db;
+        async move {
+            db.scalar::<String>(&format!(
+                "SELECT concat_ws(' ', status, exit_reason) FROM automation_execution_logs WHERE id = {id}"
+            ))
+            .await
+        }
+    };
+    assert_eq!(outcome(started).await, "completed");
+    assert_eq!(outcome(other).await, "exited the trigger's conditions do not hold");
+    let seen: serde_json::Value =
+        h.db.scalar(&format!(
+            "SELECT output FROM automation_step_runs WHERE log_id = {other} AND step_type = 'conditions'"
+        ))
+        .await;
+    assert_eq!(seen, json!({"holds": false, "seen": {"payload.source": "web"}}));
+
+    // Each mistake is its own clear error.
+    let status_doc = json!({"trigger": {"type": "insert", "table": "public.members"},
+                            "steps": [{"id": "a", "type": "send_email", "to": "{{ email }}", "subject": "s", "text": "t"}]});
+    h.db.client
+        .query_one("SELECT herald_save_automation('on-status', $1)", &[&status_doc])
+        .await
+        .unwrap();
+    for (sql, want) in [
+        (
+            "SELECT herald_start('nope', 'members', '1')",
+            "no automation is named 'nope'",
+        ),
+        (
+            "SELECT herald_start('on-status', 'members', '1')",
+            "is not started by hand: its trigger is insert",
+        ),
+        (
+            "SELECT herald_start('welcome-series', 'members', '9')",
+            "has no row whose id is '9'",
+        ),
+        (
+            "SELECT herald_start('welcome-series', 'members', '1', '[1]')",
+            "a payload is a JSON object, not array",
+        ),
+        (
+            "SELECT herald_start('welcome-series', 'notes', '1')",
+            "has no one-column primary key",
+        ),
+    ] {
+        let err = h.db.client.query_one(sql, &[]).await.unwrap_err();
+        let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+        assert!(message.contains(want), "{sql}: {message}");
+    }
+}

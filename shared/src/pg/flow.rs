@@ -76,6 +76,7 @@ impl FlowLedger for PgStore {
                             subject_id: r.get::<_, Option<String>>("subject_id").unwrap_or_default(),
                         })
                         .unwrap_or(Json::Null),
+                        payload: r.get("payload"),
                         resumed: match r.get::<_, Option<String>>("run_status").as_deref() {
                             None => Resumed::Fresh,
                             Some("done") => Resumed::Ended(Performed::Done(

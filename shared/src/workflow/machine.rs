@@ -104,6 +104,12 @@ pub fn advance(
 ) -> (Advance, Vec<Decided>) {
     let mut decided = Vec::new();
     let vars = |i: &Instance| variables(data, i);
+    // The trigger's conditions, before anything of the instance has run.
+    if instance.steps_run == 0 && last.is_none() {
+        if let Some(park) = conditions_check(doc, &vars(instance), now, &mut decided) {
+            return (Advance::Park(park), decided);
+        }
+    }
     let mut result = last.map(|p| match p {
         Performed::Done(output) => {
             if let Some(id) = &instance.next {
@@ -176,6 +182,27 @@ pub fn advance(
                 }
             },
         );
+    }
+}
+
+/// Why an instance whose trigger's conditions do not hold ends: its `exit_reason`.
+pub const CONDITIONS_NOT_MET: &str = "the trigger's conditions do not hold";
+
+/// The trigger's conditions, checked (and recorded, with what they saw) against the data as
+/// the instance starts: a park when they do not hold, or cannot be decided.
+fn conditions_check(doc: &Document, vars: &Json, now: Timestamp, decided: &mut Vec<Decided>) -> Option<Park> {
+    let when = doc.conditions.as_ref()?;
+    match evaluate(when, vars, now, &doc.timezone) {
+        Ok(e) => {
+            decided.push(Decided {
+                // Not a step: no step id has brackets.
+                step: Some("(trigger)".to_owned()),
+                kind: "conditions",
+                detail: json!({"holds": e.holds, "seen": e.seen}),
+            });
+            (!e.holds).then(|| Park::Exited(CONDITIONS_NOT_MET.to_owned()))
+        }
+        Err(err) => Some(Park::Failed(format!("conditions: {err}"))),
     }
 }
 
@@ -359,6 +386,55 @@ mod tests {
         assert_eq!(a, perform("remind", 1));
         let kinds: Vec<&str> = decided.iter().map(|d| d.kind).collect();
         assert_eq!(kinds, ["exit", "wait", "exit", "branch", "exit"]);
+    }
+
+    #[test]
+    fn the_triggers_conditions_decide_whether_an_instance_starts() {
+        let doc = parse(&json!({
+            "trigger": {"type": "manual"},
+            "conditions": {"field": "vip", "op": "=", "value": true},
+            "steps": [{"id": "hi", "type": "send_sms", "to": "+15550100", "body": "Hi"}]
+        }))
+        .unwrap();
+        let now = t("2026-11-23T12:00:00Z");
+        let cases = [
+            (
+                json!({"vip": true}),
+                Advance::Perform {
+                    step: "hi".into(),
+                    attempt: 1,
+                },
+                true,
+            ),
+            (
+                json!({"vip": false}),
+                Advance::Park(Park::Exited(CONDITIONS_NOT_MET.into())),
+                false,
+            ),
+        ];
+        for (data, want, holds) in cases {
+            let mut i = Instance::new(&doc);
+            let (a, decided) = advance(&doc, &mut i, &data, None, 100, now);
+            assert_eq!(a, want, "{data}");
+            assert_eq!(decided[0].kind, "conditions");
+            assert_eq!(decided[0].detail, json!({"holds": holds, "seen": {"vip": holds}}));
+        }
+        // Data the conditions cannot read fails the instance rather than choosing for it.
+        let mut i = Instance::new(&doc);
+        let (a, _) = advance(&doc, &mut i, &json!({}), None, 100, now);
+        assert!(matches!(a, Advance::Park(Park::Failed(why)) if why.starts_with("conditions:")));
+        // Checked once: not again when the instance goes on after its first step.
+        let mut i = Instance::new(&doc);
+        advance(&doc, &mut i, &json!({"vip": true}), None, 100, now);
+        let (a, decided) = advance(
+            &doc,
+            &mut i,
+            &json!({"vip": false}),
+            Some(Performed::Done(Json::Null)),
+            100,
+            now,
+        );
+        assert_eq!((a, decided.len()), (Advance::Park(Park::Completed), 0));
     }
 
     #[test]
