@@ -65,8 +65,8 @@ GRANT EXECUTE ON FUNCTION herald_flow_start(bigint[], bigint[], timestamptz, tim
 GRANT EXECUTE ON FUNCTION herald_flow_write(jsonb, timestamptz) TO herald_executor;
 
 -- Holds: the executor reads whether an instance is paused or to be cancelled at each step,
--- and parks it so.
-GRANT SELECT (hold, held_from, cascade_depth) ON automation_execution_logs TO herald_executor;
+-- and parks it so; it reads an instance's cascade depth and a manual start's payload.
+GRANT SELECT (hold, held_from, cascade_depth, payload) ON automation_execution_logs TO herald_executor;
 GRANT UPDATE (hold, held_from) ON automation_execution_logs TO herald_executor;
 
 -- Steps that change this database: labels and tasks are Herald's own; update_field needs

@@ -682,9 +682,10 @@ $$;
 -- The triggers this version of Herald cannot capture yet. Replaced as more of them run.
 CREATE FUNCTION herald_unrunnable_problems(p_definition jsonb) RETURNS TABLE (path text, message text)
 LANGUAGE sql STABLE AS $$
-  SELECT 'trigger.type', format('`%s` triggers cannot be used yet; status_change, insert and manual can',
+  SELECT 'trigger.type', format('`%s` triggers cannot be used yet; status_change, insert, manual and label changes can',
                                 p_definition #>> '{trigger,type}')
-  WHERE p_definition #>> '{trigger,type}' NOT IN ('status_change', 'insert', 'manual')
+  WHERE p_definition #>> '{trigger,type}' NOT IN ('status_change', 'insert', 'manual', 'tag_added', 'tag_removed',
+                                                  'segment_joined', 'segment_left')
   UNION ALL
   SELECT 'trigger.' || k, format('one status for now, not %s', p_definition #> ARRAY['trigger', k])
   FROM unnest(ARRAY['from', 'to']) k
@@ -743,7 +744,8 @@ BEGIN
       source_schema = coalesce((SELECT ns.nspname FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
                                 WHERE c.oid = subject), source_schema),
       source_table = coalesce((SELECT c.relname FROM pg_class c WHERE c.oid = subject), source_table),
-      trigger_event = CASE WHEN p_definition #>> '{trigger,type}' IN ('status_change', 'insert', 'manual')
+      trigger_event = CASE WHEN p_definition #>> '{trigger,type}' IN ('status_change', 'insert', 'manual', 'tag_added',
+                                                                     'tag_removed', 'segment_joined', 'segment_left')
                            THEN p_definition #>> '{trigger,type}' ELSE trigger_event END,
       to_status = CASE jsonb_typeof(p_definition #> '{trigger,to}')
                     WHEN 'string' THEN p_definition #>> '{trigger,to}'
@@ -756,10 +758,56 @@ BEGIN
 END
 $$;
 
--- Automations started by hand capture nothing.
+-- Automations started by hand, or by a label's change, capture nothing from their table.
 ALTER TABLE automations
   DROP CONSTRAINT automations_trigger_event_check,
-  ADD CONSTRAINT automations_trigger_event_check CHECK (trigger_event IN ('status_change', 'insert', 'manual'));
+  ADD CONSTRAINT automations_trigger_event_check CHECK (trigger_event IN
+    ('status_change', 'insert', 'manual', 'tag_added', 'tag_removed', 'segment_joined', 'segment_left'));
+
+-- The column a table's rows are found by: its attached key column, else its one-column
+-- primary key; NULL when it has neither.
+CREATE FUNCTION herald_key_column(p_table regclass) RETURNS text
+LANGUAGE sql STABLE AS $$
+  SELECT coalesce(
+    (SELECT att.key_column FROM herald_attachments att
+     JOIN pg_class c ON c.relname = att.table_name AND c.oid = p_table
+     JOIN pg_namespace ns ON ns.oid = c.relnamespace AND ns.nspname = att.table_schema),
+    (SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+     WHERE i.indrelid = p_table AND i.indisprimary AND i.indnatts = 1))
+$$;
+
+-- A label added or removed is an event of its subject row for every active automation whose
+-- trigger is that change of that label (tag_added, tag_removed, segment_joined,
+-- segment_left), recorded in the same transaction. A label changed by a step carries the
+-- step's cascade depth, as an update_field's change does. Runs as Herald's owner: whoever
+-- may change labels may record their events.
+CREATE FUNCTION herald_label_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+  r      herald_labels;
+  change text;
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    r := NEW;
+    change := CASE r.kind WHEN 'tag' THEN 'tag_added' ELSE 'segment_joined' END;
+  ELSE
+    r := OLD;
+    change := CASE r.kind WHEN 'tag' THEN 'tag_removed' ELSE 'segment_left' END;
+  END IF;
+  INSERT INTO herald_inbox (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event,
+                            snapshot, run_at, created_at, updated_at)
+  SELECT a.id, r.subject_schema, r.subject_table,
+         coalesce(herald_key_column(to_regclass(format('%I.%I', r.subject_schema, r.subject_table))), 'id'),
+         r.subject_id, change, to_jsonb(r), herald_now(), herald_now(), herald_now()
+  FROM automations a
+  JOIN automation_versions v ON v.automation_id = a.id AND v.version = a.version
+  WHERE a.is_active AND a.trigger_event = change
+    AND v.definition #>> ARRAY['trigger', r.kind] = r.name;
+  RETURN NULL;
+END
+$$;
+CREATE TRIGGER herald_label_changed AFTER INSERT OR DELETE ON herald_labels
+  FOR EACH ROW EXECUTE FUNCTION herald_label_changed();
 
 -- Starts an instance of an automation whose trigger is `manual`, for one row:
 --   SELECT herald_start('welcome-series', 'public.members', '42', '{"source": "signup form"}');
@@ -796,12 +844,7 @@ BEGIN
   END IF;
   SELECT ns.nspname, c.relname INTO s, t FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
   WHERE c.oid = p_table;
-  keycol := (SELECT key_column FROM herald_attachments WHERE table_schema = s AND table_name = t);
-  IF keycol IS NULL THEN
-    SELECT a.attname INTO keycol
-    FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-    WHERE i.indrelid = p_table AND i.indisprimary AND i.indnatts = 1;
-  END IF;
+  keycol := herald_key_column(p_table);
   IF keycol IS NULL THEN
     RAISE EXCEPTION 'herald: % is not attached and has no one-column primary key to find row % by', p_table,
       quote_literal(p_key) USING ERRCODE = '22023';

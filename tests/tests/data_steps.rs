@@ -209,3 +209,88 @@ async fn update_field_steps_naming_columns_that_do_not_exist_are_refused_when_sa
         "{detail}"
     );
 }
+
+#[tokio::test]
+async fn label_changes_start_the_automations_that_listen_to_them() {
+    let mut h = Herald::new().await;
+    let clock = h.manual_clock();
+    h.db.exec(&format!(
+        "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, email text, phone text, name text);
+         INSERT INTO members VALUES (1, 'new', 'm1-{tag}@example.com', '+1555{tag:07}', 'Ana'),
+                                    (2, 'new', 'm2-{tag}@example.com', '+1556{tag:07}', 'Bo');
+         SELECT herald_attach('public.members', 'status', 'id');
+         INSERT INTO automations (name, source_table, email_to, email_subject, email_text, suppression_window)
+         SELECT n, 'members', 'x', 'x', 'x', '0' FROM unnest(ARRAY['promote', 'vip-welcome', 'vip-goodbye']) n;",
+        tag = h.tag
+    ))
+    .await;
+    let save = |name: &'static str, doc: serde_json::Value| {
+        let db = &h.db;
+        async move {
+            db.client
+                .query_one("SELECT herald_save_automation($1, $2)", &[&name, &doc])
+                .await
+                .unwrap();
+        }
+    };
+    save(
+        "promote",
+        json!({"trigger": {"type": "status_change", "table": "public.members", "to": "gold"},
+               "steps": [{"id": "tag", "type": "add_tag", "tag": "vip"}]}),
+    )
+    .await;
+    save(
+        "vip-welcome",
+        json!({"trigger": {"type": "tag_added", "tag": "vip"},
+               "steps": [{"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": "VIP",
+                          "text": "Welcome, {{ name }} ({{ herald.event }})"},
+                         {"id": "untag", "type": "remove_tag", "tag": "vip"}]}),
+    )
+    .await;
+    save(
+        "vip-goodbye",
+        json!({"trigger": {"type": "tag_removed", "tag": "vip"},
+               "steps": [{"id": "bye", "type": "send_sms", "to": "{{ phone }}", "body": "Bye, {{ name }}"}]}),
+    )
+    .await;
+
+    // A step tags member 1; a person tags member 2 in SQL; another label starts nothing.
+    h.db.exec(
+        "UPDATE members SET status = 'gold' WHERE id = 1;
+         INSERT INTO herald_labels (subject_schema, subject_table, subject_id, kind, name)
+         VALUES ('public', 'members', '2', 'tag', 'vip'), ('public', 'members', '2', 'segment', 'vip');",
+    )
+    .await;
+    for _ in 0..5 {
+        clock.advance(Duration::from_secs(1));
+        if h.tick().await.claimed == 0 {
+            break;
+        }
+        assert!(h.deliver_all().await.is_empty());
+    }
+    let logs: Vec<String> =
+        h.db.column(
+            "SELECT concat_ws(' ', a.name, l.subject_id, l.event, l.status, l.cascade_depth)
+             FROM automation_execution_logs l JOIN automations a ON a.id = l.automation_id ORDER BY l.id",
+        )
+        .await;
+    assert_eq!(
+        logs,
+        [
+            "promote 1 status_change completed 0",
+            "vip-welcome 2 tag_added completed 0",
+            "vip-welcome 1 tag_added completed 1",
+            "vip-goodbye 2 tag_removed completed 1",
+            "vip-goodbye 1 tag_removed completed 2",
+        ]
+    );
+    let emails = h.moto.emails_from(&h.from).await;
+    let mut bodies: Vec<&str> = emails.iter().map(|e| e.body.as_str()).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["Welcome, Ana (tag_added)", "Welcome, Bo (tag_added)"]);
+    assert_eq!(h.moto.sms_to(&format!("+1555{:07}", h.tag)).await.len(), 1);
+    let left: Vec<String> =
+        h.db.column("SELECT kind || ' ' || name FROM herald_labels ORDER BY 1")
+            .await;
+    assert_eq!(left, ["segment vip"]);
+}
