@@ -453,10 +453,12 @@ LANGUAGE sql AS $$
   )
   SELECT c.lease_token, c.attempts,
          CASE WHEN m.nth > 1 THEN 'claimed by another message of this batch' ELSE l.status END,
-         v.definition, c.next_step, c.step_attempt, c.steps_run, c.outputs, x.context,
+         v.definition, c.next_step, c.step_attempt, c.steps_run, c.outputs,
+         -- A deleted row is gone: its instance's data is the row as it was deleted.
+         CASE WHEN l.event = 'delete' THEN jsonb_build_object('context', l.payload) ELSE x.context END,
          r.status, r.output, r.error,
          l.event, l.old_status, l.new_status, format('%I.%I', l.subject_schema, l.subject_table), l.subject_id,
-         l.payload
+         CASE WHEN l.event = 'delete' THEN NULL ELSE l.payload END
   FROM msg m
   LEFT JOIN claimed c ON c.id = m.log_id AND m.nth = 1
   LEFT JOIN ctx x ON x.log_id = c.id
@@ -679,20 +681,10 @@ BEGIN
 END
 $$;
 
--- The triggers this version of Herald cannot capture yet. Replaced as more of them run.
-CREATE FUNCTION herald_unrunnable_problems(p_definition jsonb) RETURNS TABLE (path text, message text)
+-- What the capture trigger cannot watch: a status column other than the one the table was
+-- attached with.
+CREATE FUNCTION herald_capture_problems(p_definition jsonb) RETURNS TABLE (path text, message text)
 LANGUAGE sql STABLE AS $$
-  SELECT 'trigger.type', format('`%s` triggers cannot be used yet; status_change, insert, manual and label changes can',
-                                p_definition #>> '{trigger,type}')
-  WHERE p_definition #>> '{trigger,type}' NOT IN ('status_change', 'insert', 'manual', 'tag_added', 'tag_removed',
-                                                  'segment_joined', 'segment_left')
-  UNION ALL
-  SELECT 'trigger.' || k, format('one status for now, not %s', p_definition #> ARRAY['trigger', k])
-  FROM unnest(ARRAY['from', 'to']) k
-  WHERE CASE WHEN jsonb_typeof(p_definition #> ARRAY['trigger', k]) = 'array'
-             THEN jsonb_array_length(p_definition #> ARRAY['trigger', k]) > 1 ELSE false END
-  UNION ALL
-  -- The capture trigger watches the status column the table was attached with.
   SELECT 'trigger.column', format('%s is attached with status column `%s`', att.table_schema || '.' || att.table_name,
                                   att.status_column)
   FROM herald_attachments att
@@ -725,7 +717,7 @@ BEGIN
        JOIN pg_namespace ns ON ns.oid = c.relnamespace AND ns.nspname = att.table_schema
        WHERE c.oid = subject))
     UNION ALL
-    SELECT * FROM herald_unrunnable_problems(p_definition)
+    SELECT * FROM herald_capture_problems(p_definition)
   ) p;
   IF n > 0 THEN
     RAISE EXCEPTION 'automation % refused: % mistake(s) in its definition', p_name, n
@@ -744,9 +736,7 @@ BEGIN
       source_schema = coalesce((SELECT ns.nspname FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
                                 WHERE c.oid = subject), source_schema),
       source_table = coalesce((SELECT c.relname FROM pg_class c WHERE c.oid = subject), source_table),
-      trigger_event = CASE WHEN p_definition #>> '{trigger,type}' IN ('status_change', 'insert', 'manual', 'tag_added',
-                                                                     'tag_removed', 'segment_joined', 'segment_left')
-                           THEN p_definition #>> '{trigger,type}' ELSE trigger_event END,
+      trigger_event = p_definition #>> '{trigger,type}',
       to_status = CASE jsonb_typeof(p_definition #> '{trigger,to}')
                     WHEN 'string' THEN p_definition #>> '{trigger,to}'
                     WHEN 'array' THEN p_definition #>> '{trigger,to,0}' END,
@@ -754,15 +744,11 @@ BEGIN
                       WHEN 'string' THEN p_definition #>> '{trigger,from}'
                       WHEN 'array' THEN p_definition #>> '{trigger,from,0}' END
   WHERE id = auto_id;
+  -- What the capture listens to comes from the version's trigger (lists of statuses, columns).
+  PERFORM herald_compile(source_schema, source_table) FROM automations WHERE id = auto_id;
   RETURN v;
 END
 $$;
-
--- Automations started by hand, or by a label's change, capture nothing from their table.
-ALTER TABLE automations
-  DROP CONSTRAINT automations_trigger_event_check,
-  ADD CONSTRAINT automations_trigger_event_check CHECK (trigger_event IN
-    ('status_change', 'insert', 'manual', 'tag_added', 'tag_removed', 'segment_joined', 'segment_left'));
 
 -- The column a table's rows are found by: its attached key column, else its one-column
 -- primary key; NULL when it has neither.
@@ -864,3 +850,163 @@ BEGIN
   RETURN made;
 END
 $$;
+
+-- Capture of the other row triggers: `update` of any of a named set of columns, `delete`,
+-- and several `from` / `to` statuses in one trigger. The capture functions are generated as
+-- schema 3 made them; a definition's trigger (its version's document) now decides what its
+-- automation listens to, and the automation's columns do for the column form.
+
+-- A trigger's list: NULL (absent), one string, or an array of strings.
+CREATE FUNCTION herald_trigger_list(p_value jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE jsonb_typeof(p_value)
+           WHEN 'string' THEN ARRAY[p_value #>> '{}']
+           WHEN 'array' THEN ARRAY(SELECT jsonb_array_elements_text(p_value)) END
+$$;
+
+-- `expr = 'a'`, or `expr IN ('a', 'b')`, with the values quoted.
+CREATE FUNCTION herald_in_list(p_expr text, p_values text[]) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN cardinality(p_values) = 1 THEN format('%s = %L', p_expr, p_values[1])
+              ELSE format('%s IN (%s)', p_expr, (SELECT string_agg(format('%L', v), ', ') FROM unnest(p_values) v)) END
+$$;
+
+-- (Re)creates the capture triggers of one attached table from its active automations: after
+-- insert, after update (the status changed as a status_change automation listens for, or a
+-- column an update automation names changed) and after delete, each calling a function
+-- generated for the table, and each with a WHEN clause so that other changes never call
+-- plpgsql. Identifiers are quoted with %I, values with %L. A deleted row's snapshot is also
+-- its event's payload: the instance's data, as the row is gone. Returns how many automations
+-- it compiled in.
+CREATE OR REPLACE FUNCTION herald_compile(p_schema text, p_table text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  att       herald_attachments;
+  tbl       regclass := to_regclass(format('%I.%I', p_schema, p_table));
+  -- Herald's own schema: the generated functions live there and name it.
+  hs        text := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.oid = 'herald_inbox'::regclass);
+  inbox     text := format('%I.herald_inbox', hs);
+  nowfn     text := 'herald_now()'::regprocedure::text;
+  op        text;
+  a         record;
+  status_w  text[];  -- WHEN parts of status_change automations (the status changed, implied)
+  other_w   text[];  -- WHEN parts of the others
+  blocks    text;
+  cond      text;
+  w         text;
+  fn        text;
+  rec       text;
+  by_column boolean;
+  wake      text := CASE WHEN (SELECT notify FROM herald_settings) THEN '
+  PERFORM pg_notify(''herald_inbox'', '''');' ELSE '' END;
+  made      integer := 0;
+BEGIN
+  IF tbl IS NULL THEN
+    RETURN 0;  -- the table is gone; nothing to compile
+  END IF;
+  PERFORM herald_uncompile(tbl);
+  SELECT * INTO att FROM herald_attachments WHERE table_schema = p_schema AND table_name = p_table;
+  IF NOT FOUND THEN
+    RETURN 0;
+  END IF;
+  FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+    status_w := '{}';
+    other_w := '{}';
+    blocks := '';
+    rec := CASE op WHEN 'delete' THEN 'OLD' ELSE 'NEW' END;
+    -- Whether status_change blocks must test the change themselves (an update automation
+    -- shares their trigger, whose WHEN then does not imply it).
+    by_column := op = 'update' AND EXISTS (
+      SELECT 1 FROM automations WHERE is_active AND source_schema = p_schema AND source_table = p_table
+        AND trigger_event = 'update');
+    FOR a IN
+      SELECT au.id, au.trigger_event AS ev,
+             herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,from}'
+                                      ELSE to_jsonb(au.from_status) END) AS froms,
+             herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,to}'
+                                      ELSE to_jsonb(au.to_status) END) AS tos,
+             herald_trigger_list(v.definition #> '{trigger,columns}') AS cols
+      FROM automations au
+      LEFT JOIN automation_versions v ON v.automation_id = au.id AND v.version = au.version
+      WHERE au.is_active AND au.source_schema = p_schema AND au.source_table = p_table
+        AND au.trigger_event = ANY (CASE op WHEN 'insert' THEN ARRAY['insert']
+                                            WHEN 'update' THEN ARRAY['status_change', 'update']
+                                            ELSE ARRAY['delete'] END)
+      ORDER BY au.id
+    LOOP
+      -- The WHEN clause tests the row; the function tests its variables.
+      IF a.ev = 'update' THEN
+        w := '(' || (SELECT string_agg(format('OLD.%I IS DISTINCT FROM NEW.%I', c, c), ' OR ') FROM unnest(a.cols) c) || ')';
+        cond := w;
+        other_w := other_w || w;
+      ELSE
+        w := concat_ws(' AND ',
+          CASE WHEN a.froms IS NOT NULL THEN herald_in_list(format('OLD.%I::text', att.status_column), a.froms) END,
+          CASE WHEN a.tos IS NOT NULL THEN herald_in_list(format('NEW.%I::text', att.status_column), a.tos) END);
+        cond := concat_ws(' AND ',
+          CASE WHEN by_column AND a.ev = 'status_change' THEN 'old_s IS DISTINCT FROM new_s' END,
+          CASE WHEN a.froms IS NOT NULL THEN herald_in_list('old_s', a.froms) END,
+          CASE WHEN a.tos IS NOT NULL THEN herald_in_list('new_s', a.tos) END);
+        IF a.ev = 'status_change' THEN
+          status_w := status_w || coalesce(nullif(w, ''), 'true');
+        ELSE
+          other_w := other_w || coalesce(nullif(w, ''), 'true');
+        END IF;
+      END IF;
+      blocks := blocks || format('
+  IF %s THEN
+    INSERT INTO %s (automation_id, subject_schema, subject_table, subject_key_column, subject_id,
+      event, old_status, new_status, snapshot, payload, run_at, created_at, updated_at)
+    VALUES (%s, TG_TABLE_SCHEMA, TG_TABLE_NAME, %L, subject, %L, old_s, new_s, snap, %s, ts, ts, ts);
+  END IF;',
+        coalesce(nullif(cond, ''), 'true'), inbox, a.id, att.key_column, a.ev,
+        CASE op WHEN 'delete' THEN 'snap' ELSE 'NULL' END);
+      made := made + 1;
+    END LOOP;
+    CONTINUE WHEN cardinality(status_w) + cardinality(other_w) = 0;
+    fn := format('%I.%I', hs, format('herald_cap_%s_%s', tbl::oid, op));
+    EXECUTE format('CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $f$
+DECLARE
+  ts timestamptz := %s;
+  snap jsonb := to_jsonb(%s);
+  subject text := %s.%I::text;
+  new_s text := %s;
+  old_s text := %s;
+BEGIN
+  IF subject IS NULL THEN
+    RAISE EXCEPTION ''herald: key column "%%" of %%.%% is NULL'', %L, TG_TABLE_SCHEMA, TG_TABLE_NAME;
+  END IF;%s%s
+  RETURN NULL;
+END
+$f$',
+      fn, nowfn, rec, rec, att.key_column,
+      CASE op WHEN 'delete' THEN 'NULL' ELSE format('NEW.%I::text', att.status_column) END,
+      CASE op WHEN 'insert' THEN 'NULL' ELSE format('OLD.%I::text', att.status_column) END,
+      att.key_column, blocks, wake);
+    -- The WHEN clause: any automation's test (status_change ones under the status changing).
+    IF cardinality(status_w) > 0 THEN
+      w := format('OLD.%I IS DISTINCT FROM NEW.%I', att.status_column, att.status_column);
+      IF NOT 'true' = ANY (status_w) THEN
+        w := w || format(' AND (%s)', array_to_string(status_w, ' OR '));
+      END IF;
+      other_w := ('(' || w || ')') || other_w;
+    END IF;
+    w := CASE WHEN 'true' = ANY (other_w) THEN 'true' ELSE array_to_string(other_w, ' OR ') END;
+    EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s FOR EACH ROW WHEN (%s) EXECUTE FUNCTION %s()',
+                   'herald_capture_' || op, upper(op), tbl, w, fn);
+  END LOOP;
+  RETURN made;
+END
+$$;
+
+-- Every trigger type of a definition; automations started by hand or by a label's change
+-- capture nothing from their table.
+ALTER TABLE automations
+  DROP CONSTRAINT automations_trigger_event_check,
+  ADD CONSTRAINT automations_trigger_event_check CHECK (trigger_event IN
+    ('status_change', 'insert', 'update', 'delete', 'manual', 'tag_added', 'tag_removed', 'segment_joined',
+     'segment_left'));
+
+-- Every attached table gets its triggers from the function above.
+SELECT herald_compile(table_schema, table_name) FROM herald_attachments;

@@ -1,0 +1,97 @@
+//! Row triggers beyond a single status: updates of named columns, deletes, and several
+//! `from` / `to` statuses, captured by the generated functions and run as workflows.
+
+use std::time::Duration;
+
+use herald_tests::Herald;
+use serde_json::json;
+
+#[tokio::test]
+async fn updates_of_named_columns_deletes_and_lists_of_statuses_start_their_flows_and_nothing_else() {
+    let mut h = Herald::new().await;
+    h.db.exec(&format!(
+        "CREATE TABLE bookings (id bigint PRIMARY KEY, status text NOT NULL, starts_at timestamptz, notes text, email text);
+         INSERT INTO bookings SELECT g, CASE g WHEN 2 THEN 'held' ELSE 'new' END, '2030-01-01T09:00:00Z', '',
+                                     'b' || g || '-{tag}@example.com' FROM generate_series(1, 3) g;
+         SELECT herald_attach('public.bookings', 'status', 'id');
+         INSERT INTO automations (name, source_table, email_to, email_subject, email_text, suppression_window)
+         SELECT n, 'bookings', 'x', 'x', 'x', '0' FROM unnest(ARRAY['moved', 'gone', 'settled']) n;",
+        tag = h.tag
+    ))
+    .await;
+    let email = |subject: &str| {
+        json!([{"id": "tell", "type": "send_email", "to": "{{ email }}", "subject": subject,
+                "text": "Booking {{ id }}: {{ status }} at {{ starts_at }} ({{ herald.event }})"}])
+    };
+    for (name, trigger, subject) in [
+        (
+            "moved",
+            json!({"type": "update", "table": "public.bookings", "columns": ["starts_at"]}),
+            "Moved",
+        ),
+        ("gone", json!({"type": "delete", "table": "public.bookings"}), "Deleted"),
+        (
+            "settled",
+            json!({"type": "status_change", "table": "public.bookings", "from": ["new", "held"], "to": ["confirmed", "paid"]}),
+            "Settled",
+        ),
+    ] {
+        h.db.client
+            .query_one(
+                "SELECT herald_save_automation($1, $2)",
+                &[&name, &json!({"trigger": trigger, "steps": email(subject)})],
+            )
+            .await
+            .unwrap();
+    }
+
+    let clock = h.manual_clock();
+    h.db.exec(
+        "UPDATE bookings SET notes = 'call first' WHERE id = 1;                 -- nothing listens
+         UPDATE bookings SET starts_at = '2030-01-02T09:00:00Z' WHERE id = 1;   -- moved
+         UPDATE bookings SET status = 'confirmed' WHERE id = 1;                 -- settled: new -> confirmed
+         UPDATE bookings SET status = 'paid' WHERE id = 1;                      -- confirmed is not a `from`
+         UPDATE bookings SET status = 'paid' WHERE id = 2;                      -- settled: held -> paid
+         UPDATE bookings SET status = 'cancelled' WHERE id = 3;                 -- not a `to`
+         DELETE FROM bookings WHERE id = 3;                                     -- gone",
+    )
+    .await;
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 4);
+    assert!(h.deliver_all().await.is_empty());
+
+    let logs: Vec<String> =
+        h.db.column(
+            "SELECT concat_ws(' ', a.name, l.subject_id, l.event, l.old_status, l.new_status, l.status)
+             FROM automation_execution_logs l JOIN automations a ON a.id = l.automation_id ORDER BY l.id",
+        )
+        .await;
+    assert_eq!(
+        logs,
+        [
+            "moved 1 update new new completed",
+            "settled 1 status_change new confirmed completed",
+            "settled 2 status_change held paid completed",
+            "gone 3 delete cancelled completed",
+        ]
+    );
+    let mut bodies: Vec<String> = h
+        .moto
+        .emails_from(&h.from)
+        .await
+        .into_iter()
+        .map(|e| format!("{}: {}", e.subject, e.body))
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [
+            // The deleted row, as it was deleted.
+            "Deleted: Booking 3: cancelled at 2030-01-01T09:00:00+00:00 (delete)",
+            // The others, as they are now.
+            "Moved: Booking 1: paid at 2030-01-02T09:00:00+00:00 (update)",
+            "Settled: Booking 1: paid at 2030-01-02T09:00:00+00:00 (status_change)",
+            "Settled: Booking 2: paid at 2030-01-01T09:00:00+00:00 (status_change)",
+        ]
+    );
+}
