@@ -37,11 +37,6 @@ pub enum Decision {
     Fail(String),
 }
 
-/// The step a new instance starts with, or `None` for a definition without steps.
-pub fn first_step(steps: &[Step]) -> Option<&Step> {
-    steps.first()
-}
-
 /// Finds a step by id, anywhere in the tree.
 pub fn find<'a>(steps: &'a [Step], id: &str) -> Option<&'a Step> {
     trail(steps, id).and_then(|t| t.last().map(|(list, i)| &list[*i]))
@@ -265,6 +260,5 @@ mod tests {
             Ok(Decision::Complete)
         );
         assert_eq!(find(&steps, "c1").map(|s| s.id.as_str()), Some("c1"));
-        assert_eq!(first_step(&steps).map(|s| s.id.as_str()), Some("a"));
     }
 }
