@@ -296,6 +296,8 @@ async fn two_executors_racing_on_the_same_messages_send_each_log_once() {
         email: herald_shared::aws::SesEmail::new(&h.moto.sdk, None),
         sms: SnsSms::new(&h.moto.sdk, None),
         receipts: herald_shared::aws::SqsReceipts::new(&h.moto.sdk, h.receipts_url.clone()),
+        webhooks: h.executor.webhooks.clone(),
+        secrets: herald_shared::aws::SecretsManager::new(&h.moto.sdk),
         clock: std::sync::Arc::new(herald_shared::clock::SystemClock),
         settings: h.executor.settings.clone(),
     };
