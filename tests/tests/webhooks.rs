@@ -199,7 +199,6 @@ async fn webhook_flow(h: &herald_tests::Herald, hook: serde_json::Value, name: &
 #[tokio::test]
 async fn a_webhook_step_posts_signed_json_retries_under_the_same_id_and_its_answer_feeds_later_steps() {
     let mut h = herald_tests::Herald::with_jobs_example().await;
-    let clock = h.manual_clock();
     let server = WebhookServer::start().await;
     h.executor.webhooks = client("127.0.0.1", &server);
     webhook_flow(
@@ -215,6 +214,8 @@ async fn a_webhook_step_posts_signed_json_retries_under_the_same_id_and_its_answ
     server.reply(Reply::With(200, "application/json", r#"{"ticket": 42}"#.into()));
 
     h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    // The functions' clock, from just after the change (the setup above may take seconds).
+    let clock = h.manual_clock();
     clock.advance(Duration::from_secs(1));
     assert_eq!(h.tick().await.claimed, 1);
     assert!(h.deliver_all().await.is_empty());
