@@ -32,6 +32,7 @@ GRANT EXECUTE ON FUNCTION herald_ingest(integer) TO herald_scheduler;
 -- Receipts are applied by a function of the owner's: the scheduler still reads no
 -- deliveries, attempts or definitions.
 GRANT EXECUTE ON FUNCTION herald_apply_receipts(jsonb, timestamptz) TO herald_scheduler;
+GRANT EXECUTE ON FUNCTION herald_apply_step_receipts(jsonb, timestamptz) TO herald_scheduler;
 
 -- The executor: claims one log, reads its definition and template variables, records
 -- deliveries and attempts, writes the result. It cannot change definitions, and it does not

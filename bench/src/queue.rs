@@ -297,6 +297,7 @@ async fn execute(ledger: &PgStore, senders: &NullSenders, work: Work, bodies: Ve
             let runner = FlowRunner {
                 ledger,
                 effects: &performers,
+                receipts: &NoReceipts,
                 clock: &SystemClock,
                 default_from: "club@example.com",
                 lease: Duration::from_secs(120),

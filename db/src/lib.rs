@@ -58,6 +58,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_control_and_steps.sql",
         sql: include_str!("../migrations/0009_control_and_steps.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_set_based_flow_write.sql",
+        sql: include_str!("../migrations/0010_set_based_flow_write.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "0011_flow_receipts.sql",
+        sql: include_str!("../migrations/0011_flow_receipts.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).

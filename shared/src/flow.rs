@@ -15,9 +15,12 @@ use std::time::{Duration, SystemTime};
 use futures::stream::{self, StreamExt};
 use jiff::Timestamp;
 use serde_json::Value as Json;
+use tracing::{error, warn};
 
 use crate::clock::Clock;
-use crate::model::{ContextError, Failure, Lease, LogId, QueueMessage, StoreError};
+use crate::deliver::RECEIPT_MARGIN;
+use crate::model::{ContextError, Failure, Lease, LogId, QueueMessage, ReceiptSink, StoreError};
+use crate::receipt::{micros, next_try, Receipt, ReceiptStep};
 use crate::steps::{prepare, Effect};
 use crate::webhook::{WebhookSender, WebhookStep};
 use crate::workflow::definition::Document;
@@ -187,14 +190,27 @@ pub enum FlowOutcome {
     Skipped(String),
     /// The ledger could not be written: the message goes back to the queue.
     StoreFailed(String),
+    /// The ledger could not be written in time, but how the instance's effects ended is
+    /// safe on the receipts queue: the scheduler records it, and the instance goes on from
+    /// there once its lease expires. The message is done.
+    Deferred(String),
     /// The message is unusable.
     Rejected(String),
 }
 
+impl FlowOutcome {
+    /// Whether the message must be reported as a batch item failure.
+    pub fn is_batch_failure(&self) -> bool {
+        matches!(self, FlowOutcome::StoreFailed(_) | FlowOutcome::Rejected(_))
+    }
+}
+
 /// Everything a batch needs.
-pub struct FlowRunner<'a, L, E> {
+pub struct FlowRunner<'a, L, E, R> {
     pub ledger: &'a L,
     pub effects: &'a E,
+    /// Where the ends of effects go that could not be written in time.
+    pub receipts: &'a R,
     pub clock: &'a dyn Clock,
     pub default_from: &'a str,
     pub lease: Duration,
@@ -215,7 +231,7 @@ struct Going {
     last: Option<Performed>,
 }
 
-impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
+impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
     /// Runs one queue batch; each message gets its own outcome, in order.
     pub async fn run(&self, bodies: &[String], concurrency: usize) -> Vec<FlowOutcome> {
         let mut outcomes: Vec<Option<FlowOutcome>> = vec![None; bodies.len()];
@@ -242,8 +258,15 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
         concurrency: usize,
     ) {
         let now = self.clock.now();
+        let lease_until = now + self.lease;
+        // Writes of effects' ends are retried until then, leaving time to keep them as receipts.
+        let give_up_at = self
+            .ends_at
+            .map_or(lease_until, |end| end.min(lease_until))
+            .checked_sub(RECEIPT_MARGIN)
+            .unwrap_or(now);
         let msgs: Vec<QueueMessage> = valid.iter().map(|(_, m)| *m).collect();
-        let started = match self.ledger.start(&msgs, now, now + self.lease).await {
+        let started = match self.ledger.start(&msgs, now, lease_until).await {
             Ok(s) => s,
             Err(e) => {
                 for (i, _) in valid {
@@ -412,9 +435,16 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                 ended,
                 ..Default::default()
             };
-            let written = match self.ledger.write(&ends, &fresh_for, self.clock.now()).await {
+            let written = match self.write_ends(&ends, &fresh_for, give_up_at).await {
                 Ok(w) => w,
-                Err(e) => return store_failed(&ends, &fresh_for, &index_of, outcomes, &e),
+                Err((e, at)) => {
+                    // Every instance of this write stays running until its lease expires.
+                    let outcome = self.keep(&ends.ended, at, &e).await;
+                    for lease in ends.ended.iter().map(|e| &e.lease).chain(&fresh_for) {
+                        outcomes[index_of[&lease.log_id]] = Some(outcome.clone());
+                    }
+                    return;
+                }
             };
             let taken = written.ended.iter().copied().chain(std::iter::repeat(true));
             for ((mut g, end), ok) in gs.into_iter().zip(ends.ended).chain(recorded).zip(taken) {
@@ -436,6 +466,51 @@ impl<L: FlowLedger, E: Effects> FlowRunner<'_, L, E> {
                     }
                     None => outcomes[g.index] = Some(FlowOutcome::StoreFailed("the data was not read".into())),
                 }
+            }
+        }
+    }
+
+    /// Writes how effects ended (and reads the data of `fresh_for`), retrying on a fresh
+    /// connection with backoff until `give_up_at`. Every try records the same time, so a
+    /// try whose commit landed but whose answer was lost is recognized by the next. On
+    /// failure, returns the last error and that time.
+    async fn write_ends(
+        &self,
+        ends: &FlowWrite,
+        fresh_for: &[Lease],
+        give_up_at: SystemTime,
+    ) -> Result<FlowWritten, (StoreError, SystemTime)> {
+        let at = self.clock.now();
+        let mut failures = 0;
+        loop {
+            let e = match self.ledger.write(ends, fresh_for, at).await {
+                Ok(w) => return Ok(w),
+                Err(e) => e,
+            };
+            failures += 1;
+            let Some(wait) = next_try(failures, self.clock.now(), give_up_at) else {
+                return Err((e, at));
+            };
+            warn!(error = %e, failures, wait_ms = wait.as_millis() as u64, "writing steps' ends failed; retrying");
+            self.clock.sleep(wait).await;
+        }
+    }
+
+    /// Ends that could not be written go to the receipts queue, one receipt per instance.
+    /// What became of their instances' messages.
+    async fn keep(&self, ended: &[StepEnd], at: SystemTime, e: &StoreError) -> FlowOutcome {
+        let receipts = step_receipts(ended, at);
+        if receipts.is_empty() {
+            return FlowOutcome::StoreFailed(e.to_string());
+        }
+        match self.receipts.put(&receipts).await {
+            Ok(()) => {
+                warn!(error = %e, receipts = receipts.len(), "ledger unreachable; steps' ends kept as receipts");
+                FlowOutcome::Deferred(format!("{e}; the steps' ends are kept on the receipts queue"))
+            }
+            Err(f) => {
+                error!(error = %e, receipts_error = %f, "ledger unreachable and receipts not kept");
+                FlowOutcome::StoreFailed(format!("{e}; receipts not kept either: {f}"))
             }
         }
     }
@@ -533,6 +608,39 @@ fn with_event(data: Json, event: &(Json, Option<Json>)) -> Json {
         }
         other => other,
     }
+}
+
+/// The receipts of ends that could not be written at `at`: one per instance, its steps in
+/// the order they ended.
+fn step_receipts(ended: &[StepEnd], at: SystemTime) -> Vec<Receipt> {
+    let mut out: Vec<Receipt> = Vec::new();
+    for end in ended {
+        let step = ReceiptStep {
+            step: end.step.clone(),
+            kind: end.kind.to_owned(),
+            attempt: end.attempt,
+            output: end.result.as_ref().ok().cloned(),
+            error: end.result.as_ref().err().map(|f| f.message.clone()),
+            error_kind: end.result.as_ref().err().map(|f| f.kind.as_str().to_owned()),
+            error_code: end.result.as_ref().err().and_then(|f| f.code.clone()),
+        };
+        match out
+            .iter_mut()
+            .find(|r| r.log_id == end.lease.log_id && r.lease == end.lease.token)
+        {
+            Some(r) => r.steps.push(step),
+            None => out.push(Receipt {
+                log_id: end.lease.log_id,
+                lease: end.lease.token,
+                attempt: end.lease.attempt,
+                at_us: micros(at),
+                deliveries: Vec::new(),
+                result: None,
+                steps: vec![step],
+            }),
+        }
+    }
+    out
 }
 
 /// A write that could not be made: every instance it concerned goes back to the queue.
@@ -659,6 +767,9 @@ mod tests {
         /// Applied to the data after each write: (log id, field, value).
         changes: Mutex<Vec<(LogId, &'static str, Json)>>,
         fail_writes: bool,
+        /// Calls of `write` (counted from 1, retries included) that fail.
+        failing: Vec<usize>,
+        calls: Mutex<usize>,
     }
 
     impl FlowLedger for FakeLedger {
@@ -698,7 +809,12 @@ mod tests {
             fresh_for: &[Lease],
             _now: SystemTime,
         ) -> Result<FlowWritten, StoreError> {
-            if self.fail_writes {
+            let call = {
+                let mut calls = self.calls.lock().unwrap();
+                *calls += 1;
+                *calls
+            };
+            if self.fail_writes || self.failing.contains(&call) {
                 return Err(StoreError::new(
                     "writing",
                     std::io::Error::other("the database went away"),
@@ -759,11 +875,32 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000)
     }
 
+    /// Receipts kept in memory.
+    #[derive(Default)]
+    struct KeptReceipts(Mutex<Vec<Receipt>>);
+
+    impl ReceiptSink for KeptReceipts {
+        async fn put(&self, receipts: &[Receipt]) -> Result<(), Failure> {
+            self.0.lock().unwrap().extend_from_slice(receipts);
+            Ok(())
+        }
+    }
+
     async fn run(
         ledger: &FakeLedger,
         effects: &FakeEffects,
         ids: &[i64],
         ends_at: Option<SystemTime>,
+    ) -> Vec<FlowOutcome> {
+        run_keeping(ledger, effects, ids, ends_at, &KeptReceipts::default()).await
+    }
+
+    async fn run_keeping(
+        ledger: &FakeLedger,
+        effects: &FakeEffects,
+        ids: &[i64],
+        ends_at: Option<SystemTime>,
+        receipts: &KeptReceipts,
     ) -> Vec<FlowOutcome> {
         let clock = effects
             .1
@@ -772,6 +909,7 @@ mod tests {
         let runner = FlowRunner {
             ledger,
             effects,
+            receipts,
             clock: clock.as_ref(),
             default_from: "club@example.com",
             lease: Duration::from_secs(120),
@@ -914,6 +1052,68 @@ mod tests {
         };
         let out = run(&broken, &effects, &[1], None).await;
         assert!(matches!(&out[0], FlowOutcome::StoreFailed(_)), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn ends_that_cannot_be_written_are_retried_then_kept_as_receipts() {
+        // Write 1 starts the emails; writes 2 and 3 (their ends) fail, the third try lands.
+        let ledger = FakeLedger {
+            failing: vec![2, 3],
+            ..ledger_of(vec![(1, three_steps(), data(1)), (2, three_steps(), data(2))])
+        };
+        let effects = FakeEffects(
+            Default::default(),
+            Some((Arc::new(ManualClock::new(at())), Duration::ZERO)),
+        );
+        let kept = KeptReceipts::default();
+        let out = run_keeping(&ledger, &effects, &[1, 2], None, &kept).await;
+        assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Park(Park::Completed)); 2]);
+        assert!(kept.0.lock().unwrap().is_empty());
+        let clock = &effects.1.as_ref().unwrap().0;
+        assert_eq!(
+            clock.now(),
+            at() + Duration::from_millis(600),
+            "waited 200 ms, then 400 ms"
+        );
+        {
+            // Every try wrote the same ends at the same time.
+            let writes = ledger.writes.lock().unwrap();
+            assert_eq!(writes[1].ended.len(), 2);
+            assert_eq!(effects.0.lock().unwrap().len(), 4, "each email and SMS once");
+        }
+
+        // The database stays away: the ends go to the receipts queue before the lease ends.
+        let ledger = FakeLedger {
+            failing: (2..1_000).collect(),
+            ..ledger_of(vec![(1, three_steps(), data(1)), (2, three_steps(), data(2))])
+        };
+        let effects = FakeEffects(
+            Default::default(),
+            Some((Arc::new(ManualClock::new(at())), Duration::ZERO)),
+        );
+        let kept = KeptReceipts::default();
+        let ends_at = Some(at() + Duration::from_secs(30));
+        let out = run_keeping(&ledger, &effects, &[1, 2], ends_at, &kept).await;
+        assert!(out.iter().all(|o| matches!(o, FlowOutcome::Deferred(_))), "{out:?}");
+        assert!(out.iter().all(|o| !o.is_batch_failure()));
+        let clock = &effects.1.as_ref().unwrap().0;
+        assert!(
+            clock.now() <= at() + Duration::from_secs(24),
+            "gave up 6 s before the end"
+        );
+        let kept = kept.0.lock().unwrap();
+        assert_eq!(kept.len(), 2);
+        for (r, id) in kept.iter().zip([1, 2]) {
+            assert_eq!((r.log_id, r.lease, r.attempt, r.at_us), (id, 9, 1, micros(at())));
+            assert_eq!(r.steps.len(), 1);
+            assert_eq!(
+                (r.steps[0].step.as_str(), r.steps[0].kind.as_str()),
+                ("email", "send_email")
+            );
+            assert_eq!(r.steps[0].output, Some(json!({"message_id": format!("id-{id}-email")})));
+            assert_eq!(Receipt::parse(&r.to_body()).as_ref(), Ok(r));
+        }
+        assert_eq!(effects.0.lock().unwrap().len(), 2, "no SMS started");
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
 
 use crate::model::{Channel, DeliveryEnd, Failure, Lease, LogId, LogResult, WriteBack};
 
@@ -32,9 +33,33 @@ pub struct Receipt {
     /// When the write-back was first tried, in microseconds since the Unix epoch: the time
     /// the ledger records for it (and how a repeat of it is recognized).
     pub at_us: i64,
+    #[serde(default)]
     pub deliveries: Vec<ReceiptDelivery>,
     /// The attempt's result, when the log was done.
+    #[serde(default)]
     pub result: Option<ReceiptResult>,
+    /// For a workflow instance: the steps whose effects ended (a receipt has steps, or
+    /// deliveries and a result, never both).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<ReceiptStep>,
+}
+
+/// How one step's effect ended, as the ledger's write of an ended step reads it: its
+/// output, or its error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptStep {
+    pub step: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Json>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +114,7 @@ fn entry<'a>(out: &'a mut Vec<Receipt>, lease: &Lease, at: SystemTime) -> &'a mu
                 at_us: micros(at),
                 deliveries: Vec::new(),
                 result: None,
+                steps: Vec::new(),
             });
             out.len() - 1
         }
@@ -131,8 +157,20 @@ impl Receipt {
         if r.log_id <= 0 || r.lease <= 0 || r.attempt <= 0 || r.at_us <= 0 {
             return Err(bad("log_id, lease, attempt and at_us must be positive".into()));
         }
-        if r.deliveries.is_empty() && r.result.is_none() {
-            return Err(bad("no deliveries and no result".into()));
+        let one_shot = !r.deliveries.is_empty() || r.result.is_some();
+        match (one_shot, r.steps.is_empty()) {
+            (false, true) => return Err(bad("no deliveries, no result and no steps".into())),
+            (true, false) => return Err(bad("steps together with deliveries or a result".into())),
+            _ => {}
+        }
+        for s in &r.steps {
+            if s.step.is_empty() || s.attempt == 0 {
+                return Err(bad("a step needs an id and an attempt from 1".into()));
+            }
+            match (&s.error, s.error_kind.as_deref()) {
+                (None, None) | (Some(_), Some("transient" | "permanent")) => {}
+                (e, k) => return Err(bad(format!("step `{}`: error {e:?} with kind {k:?}", s.step))),
+            }
         }
         for d in &r.deliveries {
             match (d.status.as_str(), &d.message_id) {
@@ -236,6 +274,7 @@ mod tests {
                     error: None,
                 }],
                 result: None,
+                steps: vec![],
             },
             Receipt {
                 log_id: 2,
@@ -254,6 +293,7 @@ mod tests {
                     kind: Some("permanent".into()),
                     code: None,
                 }),
+                steps: vec![],
             },
             Receipt {
                 log_id: 3,
@@ -267,6 +307,7 @@ mod tests {
                     kind: None,
                     code: None,
                 }),
+                steps: vec![],
             },
         ];
         assert_eq!(got, want);
@@ -279,6 +320,14 @@ mod tests {
     fn a_malformed_receipt_is_refused_with_the_reason() {
         let ok = r#"{"log_id":1,"lease":2,"attempt":1,"at_us":5,"deliveries":[{"channel":"sms","status":"sent","message_id":"m","error":null}],"result":null}"#;
         assert!(Receipt::parse(ok).is_ok());
+        // A workflow instance's receipt: steps, and neither deliveries nor a result.
+        let step = r#"{"log_id":1,"lease":2,"attempt":1,"at_us":5,"steps":[{"step":"hook","type":"webhook","#;
+        let done = format!("{step}{}", r#""attempt":1,"output":{"status":200}}]}"#);
+        let failed = format!("{step}{}", r#""attempt":2,"error":"503","error_kind":"transient"}]}"#);
+        for body in [&done, &failed] {
+            let r = Receipt::parse(body).unwrap();
+            assert_eq!(Receipt::parse(&r.to_body()), Ok(r));
+        }
         let table = [
             ("not json", "malformed receipt"),
             (r#"{"log_id":1}"#, "missing field"),
@@ -293,7 +342,19 @@ mod tests {
                     "[{\"channel\":\"sms\",\"status\":\"sent\",\"message_id\":\"m\",\"error\":null}]",
                     "[]",
                 ),
-                "no deliveries and no result",
+                "no deliveries, no result and no steps",
+            ),
+            (
+                &ok.replace(
+                    "\"result\":null",
+                    r#""result":null,"steps":[{"step":"a","type":"send_sms","attempt":1}]"#,
+                ),
+                "steps together with deliveries",
+            ),
+            (&format!("{step}{}", r#""attempt":0}]}"#), "an attempt from 1"),
+            (
+                &format!("{step}{}", r#""attempt":1,"error":"503"}]}"#),
+                "error Some(\"503\") with kind None",
             ),
             (
                 &ok.replace(

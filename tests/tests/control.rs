@@ -180,6 +180,7 @@ async fn a_running_instance_stops_at_its_next_step_when_paused_or_cancelled() {
     };
     let run = |id: i64, lease: i64, sql: String| {
         let (store, clock, performers, db, from) = (&store, &clock, &performers, &h.db, h.from.clone());
+        let receipts = &h.executor.receipts;
         async move {
             // Write 1 starts the email, write 2 ends it; write 3 would start the SMS.
             let ledger = Interrupted {
@@ -192,6 +193,7 @@ async fn a_running_instance_stops_at_its_next_step_when_paused_or_cancelled() {
             let runner = FlowRunner {
                 ledger: &ledger,
                 effects: performers,
+                receipts,
                 clock,
                 default_from: &from,
                 lease: Duration::from_secs(120),

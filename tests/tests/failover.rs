@@ -11,11 +11,13 @@ use herald_shared::aws::{SesEmail, SnsSms, SqsQueue};
 use herald_shared::clock::{Clock, ManualClock, Sleep};
 use herald_shared::deliver::{Deliverer, Outcome};
 use herald_shared::drain::{drain, DrainOptions};
+use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
 use herald_shared::model::{
     Channel, DueLogs, Email, EmailSender, Failure, LogId, Queue, QueueMessage, Rescued, Sms, SmsSender, StoreError,
 };
 use herald_shared::pg::{Database, PgStore};
 use herald_shared::receipt::Receipt;
+use herald_shared::workflow::machine::Park;
 use herald_tests::fault::{figures, report, settle, tasks_sql, Figures};
 use herald_tests::{Herald, Proxy};
 
@@ -502,4 +504,207 @@ async fn a_failed_send_whose_release_is_lost_is_sent_once_after_its_queue_lease(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_whose_reply_is_lost_is_delivered_once() {
     scheduler_cut(SchedulerCut::SendReplyLost).await;
+}
+
+/// The tasks' automation as a workflow: an email, then an SMS (to the addresses `figures`
+/// counts).
+async fn as_flow(h: &Herald) {
+    let doc = serde_json::json!({
+        "trigger": {"type": "status_change", "table": "public.tasks", "to": "go"},
+        "steps": [
+            {"id": "mail", "type": "send_email", "to": format!("log{{{{ herald.log_id }}}}@t{}.example.com", h.tag),
+             "subject": "Task {{ id }}", "text": "Task {{ id }} is go"},
+            {"id": "text", "type": "send_sms", "to": "{{ phone }}", "body": "Task {{ id }} is go"}
+        ]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('task-go', $1)", &[&doc])
+        .await
+        .unwrap();
+}
+
+/// Ten instances of the flow, queued by the scheduler.
+async fn ten_queued_instances() -> (Herald, Arc<ManualClock>, Arc<Proxy>) {
+    let (h, clock, proxy) = ten_due().await;
+    as_flow(&h).await;
+    assert_eq!(h.tick().await.sent, 10);
+    (h, clock, proxy)
+}
+
+/// One SQS batch of the ten instances through the flow runner, its database behind the
+/// proxy, cutting as told, within a 30 s invocation. Returns each message's outcome.
+async fn run_flows_with_outage(
+    h: &Herald,
+    manual: &Arc<ManualClock>,
+    proxy: &Arc<Proxy>,
+    cut: Cut,
+    cut_on: Vec<Channel>,
+    outage: Option<Duration>,
+) -> Vec<FlowOutcome> {
+    let store = via(h, proxy).store().await.unwrap();
+    let clock = Arc::new(OutageClock {
+        manual: manual.clone(),
+        proxy: proxy.clone(),
+        back_at: Mutex::new(None),
+    });
+    let senders = CuttingSenders {
+        email: SesEmail::new(&h.moto.sdk, None),
+        sms: SnsSms::new(&h.moto.sdk, Some("Herald".into())),
+        clock: clock.clone(),
+        cut,
+        cut_on,
+        outage,
+        done: Default::default(),
+    };
+    let hooks = h.webhooks();
+    let performers = Performers {
+        email: &senders,
+        sms: &senders,
+        webhooks: &hooks,
+    };
+    let runner = FlowRunner {
+        ledger: &store,
+        effects: &performers,
+        receipts: &h.executor.receipts,
+        clock: clock.as_ref(),
+        default_from: &h.from,
+        lease: Duration::from_secs(120),
+        ends_at: Some(clock.now() + Duration::from_secs(30)),
+        step_limit: 100,
+    };
+    let event = h.moto.receive(&h.queue_url, 10).await;
+    assert_eq!(event.records.len(), 10);
+    let bodies: Vec<String> = event.records.iter().map(|r| r.body.clone().unwrap()).collect();
+    let outcomes = runner.run(&bodies, 4).await;
+    let failed: Vec<String> = event
+        .records
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| o.is_batch_failure())
+        .map(|(r, _)| r.message_id.clone().unwrap())
+        .collect();
+    h.moto.delete_done(&h.queue_url, &event, &failed).await;
+    proxy.set_up(true);
+    outcomes
+}
+
+/// The instances' steps as the ledger has them (`step status attempt`, one line per run that
+/// reached a provider), and how many emails and SMS moto got per task.
+async fn flow_record(h: &Herald) -> (Vec<String>, Vec<(usize, usize)>) {
+    let runs: Vec<String> =
+        h.db.column(
+            "SELECT string_agg(step_id || ' ' || status || ' ' || attempt
+                               || CASE WHEN output ? 'message_id' THEN ' id' ELSE '' END, ', ' ORDER BY id)
+             FROM automation_step_runs WHERE status <> 'decided' GROUP BY log_id ORDER BY log_id",
+        )
+        .await;
+    let ids: Vec<i64> =
+        h.db.column("SELECT id FROM automation_execution_logs ORDER BY id")
+            .await;
+    let emails = h.moto.emails_from(&h.from).await;
+    let sms = h.moto.all_sms().await;
+    let phones: Vec<String> = h.db.column("SELECT phone FROM tasks ORDER BY id").await;
+    let counts = ids
+        .iter()
+        .zip(&phones)
+        .map(|(id, phone)| {
+            let to = format!("log{id}@t{}.example.com", h.tag);
+            (
+                emails.iter().filter(|m| m.destinations.to[0] == to).count(),
+                sms.iter().filter(|m| &m.phone_number == phone).count(),
+            )
+        })
+        .collect();
+    (runs, counts)
+}
+
+fn once_each() -> (Vec<String>, Vec<(usize, usize)>) {
+    (vec!["mail done 1 id, text done 1 id".to_owned(); 10], vec![(1, 1); 10])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_waits_out_a_short_outage_and_a_lost_reply_and_sends_each_step_once() {
+    for (cut, scenario) in [
+        (Cut::Down, "flow: Postgres away 2 s after the answers"),
+        (Cut::AfterCommit, "flow: writes committed, replies lost"),
+    ] {
+        // GIVEN ten queued instances of email → SMS
+        let (h, clock, proxy) = ten_queued_instances().await;
+
+        // WHEN Postgres goes away (or a committed write's reply is lost) right after the
+        // first email answer and the first SMS answer, for 2 s
+        let out = run_flows_with_outage(
+            &h,
+            &clock,
+            &proxy,
+            cut,
+            vec![Channel::Email, Channel::Sms],
+            Some(Duration::from_secs(2)),
+        )
+        .await;
+
+        // THEN the writes of the steps' ends were retried until they landed: every instance
+        // completed in this invocation, each step ran once, nothing went to the receipts queue
+        println!("{scenario}: {out:?}");
+        assert!(
+            out.iter()
+                .all(|o| *o == FlowOutcome::Stopped(Stop::Park(Park::Completed))),
+            "{scenario}: {out:?}"
+        );
+        assert_eq!(flow_record(&h).await, once_each(), "{scenario}");
+        assert_eq!(h.db.statuses().await, vec!["completed"; 10]);
+        assert_eq!(h.moto.queue_depth(&h.receipts_url).await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_keeps_its_steps_ends_as_receipts_through_a_long_outage_and_goes_on_from_them() {
+    // GIVEN ten queued instances of email → SMS
+    let (h, clock, proxy) = ten_queued_instances().await;
+
+    // WHEN Postgres goes away after the first email answer for longer than the invocation
+    let out = run_flows_with_outage(&h, &clock, &proxy, Cut::Down, vec![Channel::Email], None).await;
+
+    // THEN the executor gave up in time and kept each email's end as a receipt
+    assert!(out.iter().all(|o| matches!(o, FlowOutcome::Deferred(_))), "{out:?}");
+    assert_eq!(h.moto.queue_depth(&h.receipts_url).await, 10);
+
+    // WHEN Postgres is back: the scheduler applies the receipts, then (past the leases)
+    // rescues the instances, and the executor runs on
+    clock.advance(Duration::from_secs(30));
+    let first = h.tick().await;
+    assert_eq!((first.receipts, first.receipts_applied), (10, 10), "{first:?}");
+    let mails: Vec<String> =
+        h.db.column("SELECT status FROM automation_step_runs WHERE step_id = 'mail' ORDER BY log_id")
+            .await;
+    assert_eq!(mails, vec!["done"; 10], "the receipts recorded the emails");
+    settle(&h, &clock).await;
+
+    // THEN every instance completed, each email and SMS was sent once, none is unknown, and
+    // applying the receipts again changes nothing
+    assert_eq!(h.db.statuses().await, vec!["completed"; 10]);
+    let (runs, counts) = flow_record(&h).await;
+    assert_eq!((runs.clone(), counts), once_each());
+    assert_eq!(
+        h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE attempts = 2")
+            .await,
+        10,
+        "the SMS went in the invocation after the rescue"
+    );
+    let kept: serde_json::Value =
+        h.db.scalar("SELECT jsonb_agg(receipt ORDER BY log_id) FROM automation_receipts WHERE applied")
+            .await;
+    assert_eq!(kept.as_array().map(Vec::len), Some(10));
+    let again: i64 =
+        h.db.client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE applied) FROM herald_apply_step_receipts($1, now())",
+                &[&kept],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(again, 10, "a repeat counts as applied");
+    assert_eq!(flow_record(&h).await.0, runs);
+    assert_eq!(h.moto.queue_depth(&h.receipts_url).await, 0);
 }

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use herald_shared::aws::SqsReceipts;
 use herald_shared::clock::ManualClock;
 use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
 use herald_shared::pg::Database;
@@ -59,6 +60,7 @@ async fn a_three_step_flow_sends_sleeps_and_finishes_with_its_history_in_the_led
     let runner = FlowRunner {
         ledger: &store,
         effects: &performers,
+        receipts: &h.executor.receipts,
         clock: &clock,
         default_from: &h.from,
         lease: Duration::from_secs(120),
@@ -164,8 +166,8 @@ async fn through_the_functions_a_status_change_starts_an_instance_that_waits_and
     assert_eq!(history, ["thanks:done", "later:decided", "review:done"]);
 }
 
-/// The real ledger, except that one write (counted from 1) fails as if the database went
-/// away before it.
+/// The real ledger, except that its writes fail from the `fail_at`-th on (counted from 1; 0:
+/// never), as if the database went away before it.
 struct FailingWrite<'a> {
     inner: &'a herald_shared::pg::PgStore,
     fail_at: usize,
@@ -189,7 +191,7 @@ impl herald_shared::flow::FlowLedger for FailingWrite<'_> {
         now: SystemTime,
     ) -> Result<herald_shared::flow::FlowWritten, herald_shared::model::StoreError> {
         let n = self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        if n == self.fail_at {
+        if self.fail_at > 0 && n >= self.fail_at {
             return Err(herald_shared::model::StoreError::new(
                 "writing",
                 std::io::Error::other("connection lost"),
@@ -242,8 +244,11 @@ async fn an_invocation_that_stops_mid_flow_is_resumed_without_sending_twice() {
         sms: &h.executor.sms,
         webhooks: &hooks,
     };
+    // The receipts queue is gone too: the ends of effects that could not be written are lost.
+    let no_receipts = SqsReceipts::new(&h.moto.sdk, format!("{}-deleted", h.receipts_url));
     let run = |ledger_fail_at: usize, id: i64, lease: i64| {
         let (store, clock, performers, from) = (&store, &clock, &performers, h.from.clone());
+        let receipts = &no_receipts;
         async move {
             let ledger = FailingWrite {
                 inner: store,
@@ -253,6 +258,7 @@ async fn an_invocation_that_stops_mid_flow_is_resumed_without_sending_twice() {
             let runner = FlowRunner {
                 ledger: &ledger,
                 effects: performers,
+                receipts,
                 clock,
                 default_from: &from,
                 lease: Duration::from_secs(120),
@@ -264,8 +270,8 @@ async fn an_invocation_that_stops_mid_flow_is_resumed_without_sending_twice() {
                 .await
         }
     };
-    // Member 1: the email is sent, and the write of its end is lost.
-    // Member 2: the email's end is written, and the write that follows is lost.
+    // Member 1: the email is sent, and the writes of its end fail until the executor gives up.
+    // Member 2: the email's end is written, and the write that follows fails.
     for (id, fail_at) in [(ids[0], 2), (ids[1], 3)] {
         let out = run(fail_at, id, 7).await;
         assert!(matches!(&out[0], FlowOutcome::StoreFailed(_)), "{out:?}");

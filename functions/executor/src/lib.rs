@@ -130,6 +130,7 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
         let runner = FlowRunner {
             ledger: &store,
             effects: &performers,
+            receipts: &e.receipts,
             clock: e.clock.as_ref(),
             default_from: &e.settings.default_from,
             lease: e.settings.lease,
@@ -144,10 +145,13 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
                 FlowOutcome::Stopped(Stop::Park(park)) => info!(message_id = %id, ?park, "instance parked"),
                 FlowOutcome::Stopped(Stop::Unknown(why)) => warn!(message_id = %id, why, "outcome unknown: held"),
                 FlowOutcome::Skipped(why) => info!(message_id = %id, why = %redact(why), "skipped"),
+                FlowOutcome::Deferred(why) => {
+                    warn!(message_id = %id, why = %redact(why), "deferred to the receipts queue")
+                }
                 FlowOutcome::StoreFailed(why) => error!(message_id = %id, why = %redact(why), "ledger unreachable"),
                 FlowOutcome::Rejected(why) => error!(message_id = %id, why = %redact(why), "rejected"),
             }
-            if matches!(outcome, FlowOutcome::StoreFailed(_) | FlowOutcome::Rejected(_)) {
+            if outcome.is_batch_failure() {
                 response.add_failure(id.clone());
             }
         }
