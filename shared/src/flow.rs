@@ -692,14 +692,14 @@ impl<M: crate::model::EmailSender, S: crate::model::SmsSender, H: WebhookSender>
                 .await
                 .map(|id| serde_json::json!({"message_id": id})),
             Effect::NotifyAdmin { emails, sms } => {
-                let mut ids = Vec::new();
+                let mut sent = Vec::new();
                 for m in emails {
-                    ids.push(self.email.send_email(m).await?);
+                    sent.push((m.to.clone(), self.email.send_email(m).await));
                 }
                 for m in sms {
-                    ids.push(self.sms.send_sms(m).await?);
+                    sent.push((m.to.clone(), self.sms.send_sms(m).await));
                 }
-                Ok(serde_json::json!({"message_ids": ids}))
+                notified(sent)
             }
             Effect::Webhook {
                 url,
@@ -723,6 +723,35 @@ impl<M: crate::model::EmailSender, S: crate::model::SmsSender, H: WebhookSender>
             )),
         }
     }
+}
+
+/// How a `notify_admin` step went, from each admin's answer: done when at least one admin
+/// was reached (the output lists the provider ids, and the admins who were not reached with
+/// why), so that no admin is notified twice by a retry; failed when none was (transient if
+/// any failure was, so that `on_error` may retry).
+fn notified(sent: Vec<(String, Result<String, Failure>)>) -> Result<Json, Failure> {
+    let (ok, failed): (Vec<_>, Vec<_>) = sent.into_iter().partition(|(_, r)| r.is_ok());
+    let ids: Vec<String> = ok.into_iter().filter_map(|(_, r)| r.ok()).collect();
+    let failures: Vec<(String, Failure)> = failed.into_iter().filter_map(|(to, r)| r.err().map(|f| (to, f))).collect();
+    if ids.is_empty() {
+        let message = failures
+            .iter()
+            .map(|(to, f)| format!("{to}: {}", f.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(match failures.iter().any(|(_, f)| f.kind == crate::model::ErrorKind::Transient) {
+            true => Failure::transient(format!("no admin was reached: {message}")),
+            false => Failure::permanent(format!("no admin was reached: {message}")),
+        });
+    }
+    let mut output = serde_json::json!({"message_ids": ids});
+    if !failures.is_empty() {
+        output["not_reached"] = failures
+            .iter()
+            .map(|(to, f)| serde_json::json!({"to": to, "error": f.message}))
+            .collect();
+    }
+    Ok(output)
 }
 
 #[cfg(test)]
@@ -1052,6 +1081,33 @@ mod tests {
         };
         let out = run(&broken, &effects, &[1], None).await;
         assert!(matches!(&out[0], FlowOutcome::StoreFailed(_)), "{out:?}");
+    }
+
+    #[test]
+    fn notify_admin_is_done_when_any_admin_was_reached_and_never_reaches_one_twice() {
+        let sent = |to: &str| (to.to_owned(), Ok(format!("id-{to}")));
+        let lost = |to: &str, f: Failure| (to.to_owned(), Err(f));
+        let table = [
+            // answers, output or (failure kind, message)
+            (vec![sent("a@x"), sent("+1555")], Ok(json!({"message_ids": ["id-a@x", "id-+1555"]}))),
+            (
+                vec![sent("a@x"), lost("+1555", Failure::transient("throttled"))],
+                Ok(json!({"message_ids": ["id-a@x"], "not_reached": [{"to": "+1555", "error": "throttled"}]})),
+            ),
+            (
+                vec![lost("a@x", Failure::permanent("bad")), lost("+1555", Failure::transient("throttled"))],
+                Err((ErrorKind::Transient, "no admin was reached: a@x: bad; +1555: throttled")),
+            ),
+            (
+                vec![lost("a@x", Failure::permanent("bad"))],
+                Err((ErrorKind::Permanent, "no admin was reached: a@x: bad")),
+            ),
+        ];
+        for (answers, want) in table {
+            let got = notified(answers.clone()).map_err(|f| (f.kind, f.message));
+            let want = want.map_err(|(k, m)| (k, m.to_owned()));
+            assert_eq!(got, want, "{answers:?}");
+        }
     }
 
     #[tokio::test]
