@@ -30,18 +30,29 @@ BEGIN
     SELECT t.n, (t.v ->> 'log_id')::bigint AS log_id, (t.v ->> 'token')::bigint AS token, t.v ->> 'step' AS step,
            (t.v ->> 'attempt')::int AS attempt, t.v ? 'error' AS failed, t.v
     FROM jsonb_array_elements(p_write -> 'ended') WITH ORDINALITY AS t(v, n)
+  ), hit AS (
+    -- Each entry's run, found by its key (LIMIT keeps the lookup a probe of that index,
+    -- whatever the statistics say of the runs' statuses).
+    SELECT e.n, r.id, e.failed, e.v
+    FROM e
+    JOIN ONLY automation_execution_logs g ON g.id = e.log_id
+    CROSS JOIN LATERAL (
+      SELECT x.id FROM automation_step_runs x
+      WHERE x.log_id = e.log_id AND x.step_id = e.step AND x.attempt = e.attempt
+        AND ((x.status = 'started' AND g.status = 'running' AND g.lease_token = e.token)
+             -- This same write, made before (its commit landed, its answer was lost).
+             OR (x.finished_at = p_now AND x.lease_token = e.token
+                 AND x.status = CASE WHEN e.failed THEN 'failed' ELSE 'done' END))
+      LIMIT 1
+    ) r
   ), closed AS (
     UPDATE automation_step_runs r
-    SET status = CASE WHEN e.failed THEN 'failed' ELSE 'done' END, finished_at = p_now,
-        output = e.v -> 'output', error = e.v ->> 'error', error_kind = e.v ->> 'error_kind',
-        error_code = e.v ->> 'error_code'
-    FROM e, ONLY automation_execution_logs g
-    WHERE r.log_id = e.log_id AND r.step_id = e.step AND r.attempt = e.attempt AND g.id = e.log_id
-      AND ((r.status = 'started' AND g.status = 'running' AND g.lease_token = e.token)
-           -- This same write, made before (its commit landed, its answer was lost).
-           OR (r.finished_at = p_now AND r.lease_token = e.token
-               AND r.status = CASE WHEN e.failed THEN 'failed' ELSE 'done' END))
-    RETURNING e.n
+    SET status = CASE WHEN h.failed THEN 'failed' ELSE 'done' END, finished_at = p_now,
+        output = h.v -> 'output', error = h.v ->> 'error', error_kind = h.v ->> 'error_kind',
+        error_code = h.v ->> 'error_code'
+    FROM hit h
+    WHERE r.id = h.id
+    RETURNING h.n
   ), early AS (
     INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, finished_at,
                                       error, error_kind, error_code)

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use futures::stream::{self, StreamExt};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::clock::Clock;
 use crate::model::{
@@ -17,7 +17,7 @@ use crate::model::{
     LoadedLog, LogId, LogResult, QueueMessage, ReceiptSink, Sms, SmsSender, Started, StoreError, WriteBack,
     WrittenBack,
 };
-use crate::receipt::{next_try, receipts_of};
+use crate::receipt::{keep, receipts_of, write_retrying};
 use crate::recipient::{check_email, check_phone, mask_email, mask_phone, redact};
 use crate::render::{render, variables};
 
@@ -336,46 +336,24 @@ impl<L: Ledger, E: EmailSender, S: SmsSender, R: ReceiptSink> Deliverer<'_, L, E
         }
     }
 
-    /// Writes back, retrying on a fresh connection with backoff until `give_up_at`; every
-    /// try records the same time, so that a try whose commit landed but whose answer was
-    /// lost is recognized by the next. On failure, returns the last error and that time.
+    /// Writes back, retrying until `give_up_at` (see [`write_retrying`]).
     async fn write_back(
         &self,
         wb: &WriteBack,
         give_up_at: SystemTime,
     ) -> Result<WrittenBack, (StoreError, SystemTime)> {
-        let at = self.clock.now();
-        let mut failures = 0;
-        loop {
-            let e = match self.ledger.write_back(wb, at).await {
-                Ok(w) => return Ok(w),
-                Err(e) => e,
-            };
-            failures += 1;
-            let Some(wait) = next_try(failures, self.clock.now(), give_up_at) else {
-                return Err((e, at));
-            };
-            warn!(error = %e, failures, wait_ms = wait.as_millis() as u64, "write-back failed; retrying");
-            self.clock.sleep(wait).await;
-        }
+        write_retrying(self.clock, give_up_at, "write-back", |at| {
+            self.ledger.write_back(wb, at)
+        })
+        .await
     }
 
     /// A write-back that could not be made: its answers and results go to the receipts
     /// queue. What became of its logs' messages.
     async fn keep(&self, wb: &WriteBack, at: SystemTime, e: &StoreError) -> Outcome {
-        let receipts = receipts_of(wb, at);
-        if receipts.is_empty() {
-            return Outcome::StoreFailed(e.to_string());
-        }
-        match self.receipts.put(&receipts).await {
-            Ok(()) => {
-                warn!(error = %e, receipts = receipts.len(), "ledger unreachable; outcomes kept as receipts");
-                Outcome::Deferred(format!("{e}; outcome kept on the receipts queue"))
-            }
-            Err(f) => {
-                error!(error = %e, receipts_error = %f, "ledger unreachable and receipts not kept");
-                Outcome::StoreFailed(format!("{e}; receipts not kept either: {f}"))
-            }
+        match keep(self.receipts, &receipts_of(wb, at), e).await {
+            Ok(why) => Outcome::Deferred(why),
+            Err(why) => Outcome::StoreFailed(why),
         }
     }
 

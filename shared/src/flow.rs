@@ -15,12 +15,11 @@ use std::time::{Duration, SystemTime};
 use futures::stream::{self, StreamExt};
 use jiff::Timestamp;
 use serde_json::Value as Json;
-use tracing::{error, warn};
 
 use crate::clock::Clock;
 use crate::deliver::RECEIPT_MARGIN;
 use crate::model::{ContextError, Failure, Lease, LogId, QueueMessage, ReceiptSink, StoreError};
-use crate::receipt::{micros, next_try, Receipt, ReceiptStep};
+use crate::receipt::{keep, micros, write_retrying, Receipt, ReceiptStep};
 use crate::steps::{prepare, Effect};
 use crate::webhook::{WebhookSender, WebhookStep};
 use crate::workflow::definition::Document;
@@ -470,48 +469,26 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
         }
     }
 
-    /// Writes how effects ended (and reads the data of `fresh_for`), retrying on a fresh
-    /// connection with backoff until `give_up_at`. Every try records the same time, so a
-    /// try whose commit landed but whose answer was lost is recognized by the next. On
-    /// failure, returns the last error and that time.
+    /// Writes how effects ended (and reads the data of `fresh_for`), retrying until
+    /// `give_up_at` (see [`write_retrying`]).
     async fn write_ends(
         &self,
         ends: &FlowWrite,
         fresh_for: &[Lease],
         give_up_at: SystemTime,
     ) -> Result<FlowWritten, (StoreError, SystemTime)> {
-        let at = self.clock.now();
-        let mut failures = 0;
-        loop {
-            let e = match self.ledger.write(ends, fresh_for, at).await {
-                Ok(w) => return Ok(w),
-                Err(e) => e,
-            };
-            failures += 1;
-            let Some(wait) = next_try(failures, self.clock.now(), give_up_at) else {
-                return Err((e, at));
-            };
-            warn!(error = %e, failures, wait_ms = wait.as_millis() as u64, "writing steps' ends failed; retrying");
-            self.clock.sleep(wait).await;
-        }
+        write_retrying(self.clock, give_up_at, "writing steps' ends", |at| {
+            self.ledger.write(ends, fresh_for, at)
+        })
+        .await
     }
 
     /// Ends that could not be written go to the receipts queue, one receipt per instance.
     /// What became of their instances' messages.
     async fn keep(&self, ended: &[StepEnd], at: SystemTime, e: &StoreError) -> FlowOutcome {
-        let receipts = step_receipts(ended, at);
-        if receipts.is_empty() {
-            return FlowOutcome::StoreFailed(e.to_string());
-        }
-        match self.receipts.put(&receipts).await {
-            Ok(()) => {
-                warn!(error = %e, receipts = receipts.len(), "ledger unreachable; steps' ends kept as receipts");
-                FlowOutcome::Deferred(format!("{e}; the steps' ends are kept on the receipts queue"))
-            }
-            Err(f) => {
-                error!(error = %e, receipts_error = %f, "ledger unreachable and receipts not kept");
-                FlowOutcome::StoreFailed(format!("{e}; receipts not kept either: {f}"))
-            }
+        match keep(self.receipts, &step_receipts(ended, at), e).await {
+            Ok(why) => FlowOutcome::Deferred(why),
+            Err(why) => FlowOutcome::StoreFailed(why),
         }
     }
 
@@ -732,17 +709,25 @@ impl<M: crate::model::EmailSender, S: crate::model::SmsSender, H: WebhookSender>
 fn notified(sent: Vec<(String, Result<String, Failure>)>) -> Result<Json, Failure> {
     let (ok, failed): (Vec<_>, Vec<_>) = sent.into_iter().partition(|(_, r)| r.is_ok());
     let ids: Vec<String> = ok.into_iter().filter_map(|(_, r)| r.ok()).collect();
-    let failures: Vec<(String, Failure)> = failed.into_iter().filter_map(|(to, r)| r.err().map(|f| (to, f))).collect();
+    let failures: Vec<(String, Failure)> = failed
+        .into_iter()
+        .filter_map(|(to, r)| r.err().map(|f| (to, f)))
+        .collect();
     if ids.is_empty() {
         let message = failures
             .iter()
             .map(|(to, f)| format!("{to}: {}", f.message))
             .collect::<Vec<_>>()
             .join("; ");
-        return Err(match failures.iter().any(|(_, f)| f.kind == crate::model::ErrorKind::Transient) {
-            true => Failure::transient(format!("no admin was reached: {message}")),
-            false => Failure::permanent(format!("no admin was reached: {message}")),
-        });
+        return Err(
+            match failures
+                .iter()
+                .any(|(_, f)| f.kind == crate::model::ErrorKind::Transient)
+            {
+                true => Failure::transient(format!("no admin was reached: {message}")),
+                false => Failure::permanent(format!("no admin was reached: {message}")),
+            },
+        );
     }
     let mut output = serde_json::json!({"message_ids": ids});
     if !failures.is_empty() {
@@ -1089,13 +1074,19 @@ mod tests {
         let lost = |to: &str, f: Failure| (to.to_owned(), Err(f));
         let table = [
             // answers, output or (failure kind, message)
-            (vec![sent("a@x"), sent("+1555")], Ok(json!({"message_ids": ["id-a@x", "id-+1555"]}))),
+            (
+                vec![sent("a@x"), sent("+1555")],
+                Ok(json!({"message_ids": ["id-a@x", "id-+1555"]})),
+            ),
             (
                 vec![sent("a@x"), lost("+1555", Failure::transient("throttled"))],
                 Ok(json!({"message_ids": ["id-a@x"], "not_reached": [{"to": "+1555", "error": "throttled"}]})),
             ),
             (
-                vec![lost("a@x", Failure::permanent("bad")), lost("+1555", Failure::transient("throttled"))],
+                vec![
+                    lost("a@x", Failure::permanent("bad")),
+                    lost("+1555", Failure::transient("throttled")),
+                ],
                 Err((ErrorKind::Transient, "no admin was reached: a@x: bad; +1555: throttled")),
             ),
             (

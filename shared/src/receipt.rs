@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::model::{Channel, DeliveryEnd, Failure, Lease, LogId, LogResult, WriteBack};
+use crate::clock::Clock;
+use crate::model::{Channel, DeliveryEnd, Failure, Lease, LogId, LogResult, ReceiptSink, StoreError, WriteBack};
 
 /// The first wait before retrying a write-back; it doubles up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -20,6 +21,54 @@ pub fn next_try(failures: u32, now: SystemTime, give_up_at: SystemTime) -> Optio
     let doubled = FIRST_BACKOFF.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let wait = doubled.min(MAX_BACKOFF);
     (now + wait < give_up_at).then_some(wait)
+}
+
+/// Runs `write` until it succeeds, on a fresh connection each time (the store's), with
+/// backoff while a try can still start before `give_up_at`. Every try gets the same time,
+/// the first try's, so that a try whose commit landed but whose answer was lost is
+/// recognized by the next. On failure, the last error and that time.
+pub async fn write_retrying<T, F, Fut>(
+    clock: &dyn Clock,
+    give_up_at: SystemTime,
+    what: &str,
+    mut write: F,
+) -> Result<T, (StoreError, SystemTime)>
+where
+    F: FnMut(SystemTime) -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let at = clock.now();
+    let mut failures = 0;
+    loop {
+        let e = match write(at).await {
+            Ok(w) => return Ok(w),
+            Err(e) => e,
+        };
+        failures += 1;
+        let Some(wait) = next_try(failures, clock.now(), give_up_at) else {
+            return Err((e, at));
+        };
+        tracing::warn!(error = %e, failures, wait_ms = wait.as_millis() as u64, "{what} failed; retrying");
+        clock.sleep(wait).await;
+    }
+}
+
+/// Puts the receipts of a write that failed with `e` on the receipts queue. Ok: why the
+/// messages concerned are done; Err: why they are not (no receipts, or the queue refused).
+pub async fn keep<R: ReceiptSink>(sink: &R, receipts: &[Receipt], e: &StoreError) -> Result<String, String> {
+    if receipts.is_empty() {
+        return Err(e.to_string());
+    }
+    match sink.put(receipts).await {
+        Ok(()) => {
+            tracing::warn!(error = %e, receipts = receipts.len(), "ledger unreachable; outcomes kept as receipts");
+            Ok(format!("{e}; outcome kept on the receipts queue"))
+        }
+        Err(f) => {
+            tracing::error!(error = %e, receipts_error = %f, "ledger unreachable and receipts not kept");
+            Err(format!("{e}; receipts not kept either: {f}"))
+        }
+    }
 }
 
 /// One log's part of a write-back that could not be made: the providers' answers and the
