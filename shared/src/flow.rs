@@ -24,7 +24,7 @@ use crate::steps::{prepare, Effect};
 use crate::webhook::{WebhookSender, WebhookStep};
 use crate::workflow::definition::Document;
 use crate::workflow::machine::{advance, variables, Advance, Decided, Instance, Park, Performed};
-use crate::workflow::plan::find;
+use crate::workflow::plan::{find, is_last};
 
 /// No new effect starts later than this before the invocation ends.
 pub const EFFECT_MARGIN: Duration = Duration::from_secs(10);
@@ -425,10 +425,13 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                 .await;
             // 4. Record how they ended, and read the data the next round decides with.
             let (gs, ended): (Vec<Going>, Vec<StepEnd>) = results.into_iter().unzip();
+            // After an instance's last step nothing is decided with its data: not read.
             let fresh_for: Vec<Lease> = gs
                 .iter()
-                .chain(recorded.iter().map(|(g, _)| g))
-                .map(|g| g.lease)
+                .zip(&ended)
+                .chain(recorded.iter().map(|(g, end)| (g, end)))
+                .filter(|(g, end)| !is_last(&g.doc.steps, &end.step))
+                .map(|(g, _)| g.lease)
                 .collect();
             let ends = FlowWrite {
                 ended,
@@ -451,13 +454,15 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                     outcomes[g.index] = Some(lost(&g.lease));
                     continue;
                 }
+                let last = !fresh_for.contains(&g.lease);
                 match written.data.get(&g.lease.log_id) {
+                    _ if last => {
+                        g.last = Some(performed(end.result));
+                        going.push(g);
+                    }
                     Some(Ok(data)) => {
                         g.data = with_event(data.clone(), &g.event);
-                        g.last = Some(match end.result {
-                            Ok(output) => Performed::Done(output),
-                            Err(f) => Performed::Failed(f.message),
-                        });
+                        g.last = Some(performed(end.result));
                         going.push(g);
                     }
                     Some(Err(e)) => {
@@ -584,6 +589,13 @@ fn with_event(data: Json, event: &(Json, Option<Json>)) -> Json {
             Json::Object(map)
         }
         other => other,
+    }
+}
+
+fn performed(result: Result<Json, Failure>) -> Performed {
+    match result {
+        Ok(output) => Performed::Done(output),
+        Err(f) => Performed::Failed(f.message),
     }
 }
 
@@ -783,6 +795,8 @@ mod tests {
         fail_writes: bool,
         /// Calls of `write` (counted from 1, retries included) that fail.
         failing: Vec<usize>,
+        /// How many instances' data each write read.
+        reads: Mutex<Vec<usize>>,
         calls: Mutex<usize>,
     }
 
@@ -835,6 +849,7 @@ mod tests {
                 ));
             }
             self.writes.lock().unwrap().push(write.clone());
+            self.reads.lock().unwrap().push(fresh_for.len());
             let lost = self.lost.lock().unwrap().clone();
             let held = self.held.lock().unwrap().clone();
             let ok = |l: &Lease| !lost.contains(&l.log_id);
@@ -970,9 +985,11 @@ mod tests {
             .map(|(k, e)| (k.to_owned(), e))
         );
         let writes = ledger.writes.lock().unwrap();
-        // Exits checked and emails started; emails ended; exits checked, waits decided and
-        // SMS started; SMS ended; exits checked and completed.
+        // Exits checked and emails started; emails ended (fresh data read); exits checked,
+        // waits decided and SMS started; SMS ended (the last step: no data read); completed.
         assert_eq!(writes.len(), 5, "{writes:#?}");
+        assert_eq!(*ledger.reads.lock().unwrap(), [0, 3, 0, 0, 0]);
+        assert!(writes[4].decided.is_empty());
         assert_eq!((writes[0].decided.len(), writes[0].started.len()), (3, 3));
         assert_eq!(writes[1].ended.len(), 3);
         assert_eq!((writes[2].decided.len(), writes[2].started.len()), (9, 3));

@@ -42,6 +42,12 @@ pub fn find<'a>(steps: &'a [Step], id: &str) -> Option<&'a Step> {
     trail(steps, id).and_then(|t| t.last().map(|(list, i)| &list[*i]))
 }
 
+/// Whether no step follows `at`, whatever its result: what comes after it (completing,
+/// failing, or a retry of it) is decided without the instance's data.
+pub fn is_last(steps: &[Step], at: &str) -> bool {
+    trail(steps, at).is_some_and(|mut t| after(&mut t).is_none())
+}
+
 /// What follows `result` of step `at`, for an instance that has run `steps_run` steps.
 pub fn plan_next_step(
     steps: &[Step],
@@ -167,6 +173,32 @@ mod tests {
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn only_the_end_of_the_tree_is_last() {
+        let table = [
+            ("a", false),
+            ("b1", false),
+            ("c1", false),
+            ("r", false),
+            ("z", true),
+            ("nope", false),
+        ];
+        for (at, want) in table {
+            assert_eq!(is_last(&steps(), at), want, "{at}");
+        }
+        let branch_at_end = parse(&json!({
+            "trigger": {"type": "manual"},
+            "steps": [{"id": "b", "type": "branch", "if": {"field": "x", "op": "is null"},
+                       "then": [{"id": "t1", "type": "add_tag", "tag": "t"}],
+                       "else": [{"id": "e1", "type": "add_tag", "tag": "t"}, {"id": "e2", "type": "add_tag", "tag": "t"}]}]
+        }))
+        .unwrap()
+        .steps;
+        for (at, want) in [("t1", true), ("e1", false), ("e2", true)] {
+            assert_eq!(is_last(&branch_at_end, at), want, "{at}");
+        }
     }
 
     #[test]
