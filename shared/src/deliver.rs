@@ -17,7 +17,7 @@ use crate::model::{
     LoadedLog, LogId, LogResult, QueueMessage, ReceiptSink, Sms, SmsSender, Started, StoreError, WriteBack,
     WrittenBack,
 };
-use crate::receipt::{keep, receipts_of, write_retrying};
+use crate::receipt::{give_up_at, keep, receipts_of, write_retrying};
 use crate::recipient::{check_email, check_phone, mask_email, mask_phone, redact};
 use crate::render::{render, variables};
 
@@ -111,10 +111,6 @@ pub fn plan_sends(log: &LoadedLog, context: &serde_json::Value, default_from: &s
     Ok(sends)
 }
 
-/// How long before the end of the lease or of the invocation a failing write-back stops
-/// being retried, to leave time for sending its receipts.
-pub const RECEIPT_MARGIN: Duration = Duration::from_secs(6);
-
 /// Everything one batch needs, borrowed from the function's state.
 pub struct Deliverer<'a, L, E, S, R> {
     pub ledger: &'a L,
@@ -172,11 +168,7 @@ impl<L: Ledger, E: EmailSender, S: SmsSender, R: ReceiptSink> Deliverer<'_, L, E
         let msgs: Vec<QueueMessage> = valid.iter().map(|(_, m)| *m).collect();
         let now = self.clock.now();
         let lease_until = now + self.lease;
-        let give_up_at = self
-            .ends_at
-            .map_or(lease_until, |end| end.min(lease_until))
-            .checked_sub(RECEIPT_MARGIN)
-            .unwrap_or(now);
+        let give_up_at = give_up_at(now, lease_until, self.ends_at);
         let started = match self.ledger.start(&msgs, now, lease_until).await {
             Ok(s) => s,
             Err(e) => {

@@ -17,9 +17,8 @@ use jiff::Timestamp;
 use serde_json::Value as Json;
 
 use crate::clock::Clock;
-use crate::deliver::RECEIPT_MARGIN;
 use crate::model::{ContextError, Failure, Lease, LogId, QueueMessage, ReceiptSink, StoreError};
-use crate::receipt::{keep, micros, write_retrying, Receipt, ReceiptStep};
+use crate::receipt::{give_up_at, keep, micros, write_retrying, Receipt, ReceiptStep};
 use crate::steps::{prepare, Effect};
 use crate::webhook::{WebhookSender, WebhookStep};
 use crate::workflow::definition::Document;
@@ -259,11 +258,7 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
         let now = self.clock.now();
         let lease_until = now + self.lease;
         // Writes of effects' ends are retried until then, leaving time to keep them as receipts.
-        let give_up_at = self
-            .ends_at
-            .map_or(lease_until, |end| end.min(lease_until))
-            .checked_sub(RECEIPT_MARGIN)
-            .unwrap_or(now);
+        let give_up_at = give_up_at(now, lease_until, self.ends_at);
         let msgs: Vec<QueueMessage> = valid.iter().map(|(_, m)| *m).collect();
         let started = match self.ledger.start(&msgs, now, lease_until).await {
             Ok(s) => s,

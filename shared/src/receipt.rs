@@ -14,6 +14,10 @@ use crate::model::{Channel, DeliveryEnd, Failure, Lease, LogId, LogResult, Recei
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// How long before the end of the lease or of the invocation a failing write stops being
+/// retried, to leave time for sending its receipts.
+pub const RECEIPT_MARGIN: Duration = Duration::from_secs(6);
+
 /// How long to wait before the next try of a write-back that failed `failures` times in a
 /// row, or `None` when that try could not start before `give_up_at` (then the outcome goes
 /// out as receipts).
@@ -21,6 +25,15 @@ pub fn next_try(failures: u32, now: SystemTime, give_up_at: SystemTime) -> Optio
     let doubled = FIRST_BACKOFF.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let wait = doubled.min(MAX_BACKOFF);
     (now + wait < give_up_at).then_some(wait)
+}
+
+/// When retrying a write stops: [`RECEIPT_MARGIN`] before the earlier of the lease's end
+/// and the invocation's end (when known), leaving time to keep its receipts.
+pub fn give_up_at(now: SystemTime, lease_until: SystemTime, ends_at: Option<SystemTime>) -> SystemTime {
+    ends_at
+        .map_or(lease_until, |end| end.min(lease_until))
+        .checked_sub(RECEIPT_MARGIN)
+        .unwrap_or(now)
 }
 
 /// Runs `write` until it succeeds, on a fresh connection each time (the store's), with

@@ -129,17 +129,15 @@ fn via(h: &Herald, proxy: &Proxy) -> Database {
     Database::new(url.parse().unwrap())
 }
 
-/// One SQS batch of the ten through the executor's core, its database behind the proxy,
-/// cutting as told, within a 30 s invocation. Returns each message's outcome.
-async fn execute_with_outage(
+/// The functions' clock and the providers, cutting Postgres as told.
+fn cutting(
     h: &Herald,
     manual: &Arc<ManualClock>,
     proxy: &Arc<Proxy>,
     cut: Cut,
     cut_on: Vec<Channel>,
     outage: Option<Duration>,
-) -> Vec<Outcome> {
-    let store = via(h, proxy).index_scans_only().store().await.unwrap();
+) -> (Arc<OutageClock>, CuttingSenders) {
     let clock = Arc::new(OutageClock {
         manual: manual.clone(),
         proxy: proxy.clone(),
@@ -154,6 +152,21 @@ async fn execute_with_outage(
         outage,
         done: Default::default(),
     };
+    (clock, senders)
+}
+
+/// One SQS batch of the ten through the executor's core, its database behind the proxy,
+/// cutting as told, within a 30 s invocation. Returns each message's outcome.
+async fn execute_with_outage(
+    h: &Herald,
+    manual: &Arc<ManualClock>,
+    proxy: &Arc<Proxy>,
+    cut: Cut,
+    cut_on: Vec<Channel>,
+    outage: Option<Duration>,
+) -> Vec<Outcome> {
+    let store = via(h, proxy).index_scans_only().store().await.unwrap();
+    let (clock, senders) = cutting(h, manual, proxy, cut, cut_on, outage);
     let deliverer = Deliverer {
         ledger: &store,
         email: &senders,
@@ -542,20 +555,7 @@ async fn run_flows_with_outage(
     outage: Option<Duration>,
 ) -> Vec<FlowOutcome> {
     let store = via(h, proxy).store().await.unwrap();
-    let clock = Arc::new(OutageClock {
-        manual: manual.clone(),
-        proxy: proxy.clone(),
-        back_at: Mutex::new(None),
-    });
-    let senders = CuttingSenders {
-        email: SesEmail::new(&h.moto.sdk, None),
-        sms: SnsSms::new(&h.moto.sdk, Some("Herald".into())),
-        clock: clock.clone(),
-        cut,
-        cut_on,
-        outage,
-        done: Default::default(),
-    };
+    let (clock, senders) = cutting(h, manual, proxy, cut, cut_on, outage);
     let hooks = h.webhooks();
     let performers = Performers {
         email: &senders,
