@@ -263,14 +263,15 @@ BEGIN
 END
 $$;
 
--- Cancels the logs of p_ids that are still open: pending, queued (a message for it will be
--- skipped), waiting, paused or unknown now; a running instance at its next step (its hold).
--- Returns how many.
-CREATE FUNCTION herald_cancel_logs(p_ids bigint[]) RETURNS integer
+-- Operator: cancel a log that has not been sent, or an instance that has not finished:
+-- pending (in the ledger or still in the inbox), queued (its message will be skipped),
+-- waiting, paused or unknown now; a running instance at its next step. Returns whether it did.
+CREATE OR REPLACE FUNCTION herald_cancel(p_log_id bigint) RETURNS boolean
 LANGUAGE plpgsql AS $$
-DECLARE
-  n integer;
 BEGIN
+  IF EXISTS (SELECT 1 FROM herald_inbox WHERE id = p_log_id) THEN
+    PERFORM herald_ingest();
+  END IF;
   UPDATE ONLY automation_execution_logs
   SET completed_at = CASE WHEN status = 'running' THEN completed_at ELSE herald_now() END,
       lease_token = CASE WHEN status = 'running' THEN lease_token END,
@@ -279,22 +280,9 @@ BEGIN
       held_from = NULL,
       status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
       updated_at = herald_now()
-  WHERE id = ANY (p_ids)
+  WHERE id = p_log_id
     AND (status IN ('pending', 'queued', 'waiting', 'paused', 'unknown') OR (status = 'running' AND version IS NOT NULL));
-  GET DIAGNOSTICS n = ROW_COUNT;
-  RETURN n;
-END
-$$;
-
--- Operator: cancel a log that has not been sent, or an instance that has not finished (see
--- herald_cancel_logs), also while it is still in the inbox. Returns whether it did.
-CREATE OR REPLACE FUNCTION herald_cancel(p_log_id bigint) RETURNS boolean
-LANGUAGE plpgsql AS $$
-BEGIN
-  IF EXISTS (SELECT 1 FROM herald_inbox WHERE id = p_log_id) THEN
-    PERFORM herald_ingest();
-  END IF;
-  RETURN herald_cancel_logs(ARRAY[p_log_id]) > 0;
+  RETURN FOUND;
 END
 $$;
 
@@ -305,15 +293,25 @@ LANGUAGE plpgsql AS $$
 DECLARE
   s text;
   t text;
+  n integer;
 BEGIN
   SELECT ns.nspname, c.relname INTO s, t
   FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE c.oid = p_table;
   IF EXISTS (SELECT 1 FROM herald_inbox WHERE subject_schema = s AND subject_table = t AND subject_id = p_subject_id) THEN
     PERFORM herald_ingest();
   END IF;
-  RETURN herald_cancel_logs(ARRAY(
-    SELECT id FROM ONLY automation_execution_logs
-    WHERE subject_schema = s AND subject_table = t AND subject_id = p_subject_id));
+  UPDATE ONLY automation_execution_logs
+  SET completed_at = CASE WHEN status = 'running' THEN completed_at ELSE herald_now() END,
+      lease_token = CASE WHEN status = 'running' THEN lease_token END,
+      lease_expires_at = CASE WHEN status = 'running' THEN lease_expires_at END,
+      hold = CASE WHEN status = 'running' THEN 'cancel' END,
+      held_from = NULL,
+      status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
+      updated_at = herald_now()
+  WHERE subject_schema = s AND subject_table = t AND subject_id = p_subject_id
+    AND (status IN ('pending', 'queued', 'waiting', 'paused', 'unknown') OR (status = 'running' AND version IS NOT NULL));
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN n;
 END
 $$;
 
