@@ -32,6 +32,32 @@ async fn racing_cold_starts_apply_each_migration_once_and_a_rerun_is_a_no_op() {
     );
 }
 
+/// The checksums (md5 of the text, as `herald_migrations` keeps them) of the migrations that
+/// have shipped. A shipped migration is never edited: databases that applied it would refuse
+/// to start. A change goes into a new migration; add a line here when one ships.
+const SHIPPED: &[(i32, &str)] = &[
+    (1, "4199d266f895c81befed093aa7c44a07"),
+    (2, "e77a639bdae90339ee6e16ca177f743d"),
+    (3, "04794877d920f6015212aff2df89f287"),
+    (4, "5e09ec0a640f3886c3401bb4016bf711"),
+    (5, "c19f49121b98b0426914e373f94d8def"),
+    (6, "dd10345242f2ac8b615ca928fd6beebd"),
+    (7, "15ff805207e82df34ea2b693791af0ae"),
+    (8, "a593d85c13587e9ccf66f6975cf5bf63"),
+    (9, "ca23560fd87fa0553b84aebb0385562f"),
+];
+
+#[tokio::test]
+async fn shipped_migrations_are_unchanged() {
+    let db = TestDb::empty().await;
+    let c = db.connect().await;
+    for (version, want) in SHIPPED {
+        let m = MIGRATIONS.iter().find(|m| m.version == *version).unwrap();
+        let got: String = c.query_one("SELECT md5($1::text)", &[&m.sql]).await.unwrap().get(0);
+        assert_eq!(&got, want, "{} was edited after it shipped", m.name);
+    }
+}
+
 #[tokio::test]
 async fn an_edited_or_unknown_migration_is_refused() {
     let db = TestDb::empty().await;
