@@ -68,6 +68,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0011_flow_receipts.sql",
         sql: include_str!("../migrations/0011_flow_receipts.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_statement_capture.sql",
+        sql: include_str!("../migrations/0012_statement_capture.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).

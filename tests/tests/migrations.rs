@@ -45,6 +45,8 @@ const SHIPPED: &[(i32, &str)] = &[
     (7, "15ff805207e82df34ea2b693791af0ae"),
     (8, "a593d85c13587e9ccf66f6975cf5bf63"),
     (9, "ca23560fd87fa0553b84aebb0385562f"),
+    (10, "99d7cc966d12a6f45abcb917b3867438"),
+    (11, "23680106300b13d5f4941de53ef57b29"),
 ];
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! Row triggers beyond a single status: updates of named columns, deletes, and several
-//! `from` / `to` statuses, captured by the generated functions and run as workflows.
+//! Triggers beyond a single status: updates of named columns, deletes, and several `from` / `to`
+//! statuses, captured by the generated functions (by row and by statement) and run as workflows.
 
 use std::time::Duration;
 
@@ -8,12 +8,22 @@ use serde_json::json;
 
 #[tokio::test]
 async fn updates_of_named_columns_deletes_and_lists_of_statuses_start_their_flows_and_nothing_else() {
+    named_columns_deletes_and_lists("row").await;
+}
+
+#[tokio::test]
+async fn captured_by_statement_updates_of_named_columns_deletes_and_lists_of_statuses_start_the_same_flows() {
+    named_columns_deletes_and_lists("statement").await;
+}
+
+/// Each trigger once, and changes no trigger listens to, with the table captured by `mode`.
+async fn named_columns_deletes_and_lists(mode: &str) {
     let mut h = Herald::new().await;
     h.db.exec(&format!(
         "CREATE TABLE bookings (id bigint PRIMARY KEY, status text NOT NULL, starts_at timestamptz, notes text, email text);
          INSERT INTO bookings SELECT g, CASE g WHEN 2 THEN 'held' ELSE 'new' END, '2030-01-01T09:00:00Z', '',
                                      'b' || g || '-{tag}@example.com' FROM generate_series(1, 3) g;
-         SELECT herald_attach('public.bookings', 'status', 'id');
+         SELECT herald_attach('public.bookings', 'status', 'id', capture => '{mode}');
          INSERT INTO automations (name, source_table, email_to, email_subject, email_text, suppression_window)
          SELECT n, 'bookings', 'x', 'x', 'x', '0' FROM unnest(ARRAY['moved', 'gone', 'settled']) n;",
         tag = h.tag
