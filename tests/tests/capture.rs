@@ -229,3 +229,22 @@ async fn a_table_of_its_own_schema_with_quoted_names_and_uuid_keys_is_captured_e
         );
     }
 }
+
+#[tokio::test]
+async fn an_upsert_records_its_inserts_and_its_updates_as_each() {
+    for mode in MODES {
+        // GIVEN c1 new
+        let db = items(1, mode).await;
+        // WHEN one INSERT ... ON CONFLICT sets c1 done and adds c2 and c3 done
+        db.exec(
+            "CREATE UNIQUE INDEX items_code ON items (code);
+             INSERT INTO items SELECT g, 'c' || g, 'done', 'upserted' FROM generate_series(1, 3) g
+             ON CONFLICT (code) DO UPDATE SET status = excluded.status, note = excluded.note",
+        )
+        .await;
+        // THEN c1's update is a status change, c2 and c3 are inserts
+        let mut got = events(&db).await;
+        got.sort();
+        assert_eq!(got, ["done c1 new->done", "made c2 ->done", "made c3 ->done"], "{mode}");
+    }
+}
