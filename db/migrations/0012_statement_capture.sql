@@ -49,6 +49,13 @@ BEGIN
     RAISE EXCEPTION 'herald_attach: capture is ''row'' or ''statement'', not %', quote_literal(capture)
       USING ERRCODE = '22023';
   END IF;
+  -- Statement triggers on a partitioned table see only statements that name it, not those
+  -- that change a partition directly; its row triggers are cloned onto every partition.
+  IF capture = 'statement' AND (SELECT relkind FROM pg_class WHERE oid = tbl) = 'p' THEN
+    RAISE EXCEPTION 'herald_attach: % is partitioned; capture it by row', tbl
+      USING ERRCODE = '22023',
+            DETAIL = 'By statement, a change made to a partition directly would not be captured.';
+  END IF;
   SELECT n.nspname, c.relname INTO sch, rel
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
   INSERT INTO herald_attachments (table_schema, table_name, status_column, key_column, capture)

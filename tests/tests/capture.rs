@@ -248,3 +248,32 @@ async fn an_upsert_records_its_inserts_and_its_updates_as_each() {
         assert_eq!(got, ["done c1 new->done", "made c2 ->done", "made c3 ->done"], "{mode}");
     }
 }
+
+#[tokio::test]
+async fn a_partitioned_table_is_refused_capture_by_statement_and_captured_by_row_through_its_partitions() {
+    let db = TestDb::new().await;
+    db.exec(
+        "CREATE TABLE visits (id bigint, status text, PRIMARY KEY (id)) PARTITION BY RANGE (id);
+         CREATE TABLE visits_low PARTITION OF visits FOR VALUES FROM (0) TO (100);
+         INSERT INTO visits VALUES (1, 'new');
+         INSERT INTO automations (name, source_table, to_status, sms_to, sms_body)
+         VALUES ('done', 'visits', 'done', 'x', 'x');",
+    )
+    .await;
+    let err = db
+        .client
+        .batch_execute("SELECT herald_attach('public.visits', 'status', 'id', capture => 'statement')")
+        .await
+        .unwrap_err();
+    let err = err.as_db_error().unwrap();
+    assert_eq!(
+        (err.code().code(), err.message()),
+        ("22023", "herald_attach: visits is partitioned; capture it by row")
+    );
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM herald_attachments").await, 0);
+
+    // by row, a change made to the partition directly is captured
+    db.exec("SELECT herald_attach('public.visits', 'status', 'id'); UPDATE visits_low SET status = 'done'")
+        .await;
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM herald_inbox").await, 1);
+}
