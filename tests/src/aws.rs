@@ -11,6 +11,36 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::services;
 
+/// Whether this process's moto server has answered each service once.
+static WARM: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+async fn sdk_config(url: &str, timeouts: aws_config::timeout::TimeoutConfig) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(url)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "herald-tests"))
+        .timeout_config(timeouts)
+        .load()
+        .await
+}
+
+/// moto loads a service's backend on its first request, which can take longer than the
+/// functions' SDK timeouts on a loaded machine; so each service the tests use is asked once,
+/// with time to spare, before any test (or function under test) talks to it. An error here
+/// is the test's to meet later, with its own message.
+async fn warm_up(url: &str) {
+    let patient = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .operation_attempt_timeout(Duration::from_secs(120))
+        .operation_timeout(Duration::from_secs(120))
+        .build();
+    let sdk = sdk_config(url, patient).await;
+    let _ = aws_sdk_sqs::Client::new(&sdk).list_queues().send().await;
+    let _ = aws_sdk_sesv2::Client::new(&sdk).list_email_identities().send().await;
+    let _ = aws_sdk_sns::Client::new(&sdk).list_topics().send().await;
+    let _ = aws_sdk_secretsmanager::Client::new(&sdk).list_secrets().send().await;
+}
+
 #[derive(Clone)]
 pub struct Moto {
     pub url: String,
@@ -41,13 +71,8 @@ pub struct SentSms {
 impl Moto {
     pub async fn new() -> Self {
         let url = services().moto_url().to_owned();
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .endpoint_url(&url)
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "herald-tests"))
-            .timeout_config(herald_shared::aws::timeouts())
-            .load()
-            .await;
+        let sdk = sdk_config(&url, herald_shared::aws::timeouts()).await;
+        WARM.get_or_init(|| warm_up(&url)).await;
         Self { url, sdk }
     }
 
