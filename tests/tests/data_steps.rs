@@ -127,8 +127,11 @@ async fn a_step_that_changes_a_row_triggers_another_automation_and_the_cascade_l
     }
 
     h.db.exec("UPDATE tickets SET status = 'a' WHERE id = 1").await;
+    // The events that steps cause are stamped by the database's clock, which runs on while a
+    // tick and its deliveries take their (real) time: each tick moves the functions' clock a
+    // minute on, past any event made since. Nothing here waits or depends on the time.
     for _ in 0..20 {
-        clock.advance(Duration::from_secs(1));
+        clock.advance(Duration::from_secs(60));
         if h.tick().await.claimed == 0 {
             break;
         }
@@ -261,8 +264,10 @@ async fn label_changes_start_the_automations_that_listen_to_them() {
          VALUES ('public', 'members', '2', 'tag', 'vip'), ('public', 'members', '2', 'segment', 'vip');",
     )
     .await;
+    // A minute a tick, as in the cascade test above: label events are stamped by the
+    // database's clock.
     for _ in 0..5 {
-        clock.advance(Duration::from_secs(1));
+        clock.advance(Duration::from_secs(60));
         if h.tick().await.claimed == 0 {
             break;
         }
