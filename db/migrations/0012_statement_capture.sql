@@ -138,10 +138,11 @@ BEGIN
     changed := '{}';
     by_status := '{}';
     branches := '{}';
+    by_column := false;
     rec := CASE op WHEN 'delete' THEN 'o' ELSE 'n' END;
     st_new := CASE op WHEN 'delete' THEN 'NULL::text' ELSE 'n.s' END;
     st_old := CASE op WHEN 'insert' THEN 'NULL::text' ELSE 'o.s' END;
-    payload := CASE op WHEN 'delete' THEN 'e.snap' ELSE 'NULL::jsonb' END;
+    payload := CASE op WHEN 'delete' THEN 'x.snap' ELSE 'NULL::jsonb' END;
     FOR a IN
       SELECT au.id, au.trigger_event AS ev,
              herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,from}'
@@ -160,6 +161,7 @@ BEGIN
       made := made + 1;
       IF a.ev = 'update' THEN
         -- A named column changed: the test reads the rows themselves, kept in e.o and e.n.
+        by_column := true;
         w := '(' || (SELECT string_agg(format('(o.r).%I IS DISTINCT FROM (n.r).%I', c, c), ' OR ')
                      FROM unnest(a.cols) c) || ')';
         keep := keep || w;
@@ -208,7 +210,6 @@ BEGIN
     END IF;
     -- The rows, each with its status (s) and key (k) read once; an update's old and new rows
     -- paired by their places (i), the old row read whole only for tests of named columns.
-    by_column := op = 'update' AND EXISTS (SELECT 1 FROM unnest(branches) b WHERE b LIKE '%(e.o).%');
     src := format('(SELECT %s t AS r, t.%I::text AS s, t.%I::text AS k FROM %s t) %s',
                   CASE op WHEN 'update' THEN 'row_number() OVER () AS i,' ELSE '' END,
                   att.status_column, att.key_column,
@@ -246,7 +247,7 @@ $f$',
       -- read once for several branches; inlined into one
       CASE WHEN cardinality(branches) > 1 THEN 'MATERIALIZED' ELSE 'NOT MATERIALIZED' END,
       rec, rec, nullkey, att.key_column, st_new, st_old, cols, src,
-      array_to_string(keep, ' OR '), inbox, att.key_column, replace(payload, 'e.', 'x.'),
+      array_to_string(keep, ' OR '), inbox, att.key_column, payload,
       array_to_string(branches, '
     UNION ALL '), wake);
     EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
