@@ -73,6 +73,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0012_statement_capture.sql",
         sql: include_str!("../migrations/0012_statement_capture.sql"),
     },
+    Migration {
+        version: 13,
+        name: "0013_capture_conditions.sql",
+        sql: include_str!("../migrations/0013_capture_conditions.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).

@@ -47,6 +47,7 @@ const SHIPPED: &[(i32, &str)] = &[
     (9, "ca23560fd87fa0553b84aebb0385562f"),
     (10, "99d7cc966d12a6f45abcb917b3867438"),
     (11, "23680106300b13d5f4941de53ef57b29"),
+    (12, "3b5b9c40409ef0e4e4ab46b2f075cc4f"),
 ];
 
 #[tokio::test]

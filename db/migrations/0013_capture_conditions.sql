@@ -1,0 +1,467 @@
+-- Herald schema 13: a workflow trigger's conditions, checked when the change is captured.
+--
+-- A definition's `conditions` were checked only when an instance was first claimed: an
+-- event that failed them still cost an inbox row, a ledger row, a claim and an `exited`
+-- instance. Now the capture functions also test them against the row as the change left it
+-- (the snapshot they record), and an event that fails them is not recorded at all.
+--
+-- Only what the capture function can decide exactly as the executor's evaluator would is
+-- tested there: comparisons of the row's own columns (top-level fields, not `herald.*` or
+-- `payload`) with values written in the definition, `is null`, `in`, `contains`, and
+-- all / any / not over them, for automations whose data is the trigger's table (no context
+-- relation). A comparison with now, a time or another field, text that may be read as a time,
+-- a number of more than 15 digits, or a value of another kind than the definition's is left
+-- undecided, and so is every part after it in an `all` or `any` (the evaluator reads them in
+-- order and stops at the first error). An undecided condition records the event, and the
+-- executor decides as before, against fresh data at the first claim.
+
+-- The SQL test of a trigger condition over p_row (a jsonb expression: the row's snapshot):
+-- an expression that is true or false where the executor's evaluator would answer the same
+-- for that data, and NULL where it might answer otherwise or fail. NULL when nothing of the
+-- condition can be decided here. Values are written with %L, field names as literals: the
+-- result never reads anything but p_row, and never raises.
+CREATE FUNCTION herald_condition_sql(p_cond jsonb, p_row text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+  k     text;
+  parts text[] := '{}';
+  part  text;
+  acc   text;
+  name  text;
+  v     text;
+  op    text;
+  lit   jsonb;
+  cmp   text;
+  i     integer;
+BEGIN
+  IF jsonb_typeof(p_cond) IS DISTINCT FROM 'object' THEN
+    RETURN NULL;
+  END IF;
+  IF (SELECT count(*) FROM jsonb_object_keys(p_cond)) = 1 AND (p_cond ? 'all' OR p_cond ? 'any') THEN
+    k := CASE WHEN p_cond ? 'all' THEN 'all' ELSE 'any' END;
+    IF jsonb_typeof(p_cond -> k) IS DISTINCT FROM 'array' OR jsonb_array_length(p_cond -> k) = 0 THEN
+      RETURN NULL;
+    END IF;
+    -- The parts up to the first undecidable one: what comes after it is never reached here.
+    FOR part IN SELECT herald_condition_sql(x, p_row) FROM jsonb_array_elements(p_cond -> k) WITH ORDINALITY e(x, n)
+                ORDER BY n LOOP
+      parts := parts || part;
+      EXIT WHEN part IS NULL;
+    END LOOP;
+    acc := CASE WHEN parts[cardinality(parts)] IS NULL THEN 'NULL::boolean'
+                WHEN k = 'all' THEN 'true' ELSE 'false' END;
+    FOR i IN REVERSE cardinality(parts) .. 1 LOOP
+      CONTINUE WHEN parts[i] IS NULL;
+      -- A simple CASE reads its part once; NULL (undecided) matches neither branch.
+      acc := format(CASE k WHEN 'all' THEN 'CASE (%s) WHEN true THEN %s WHEN false THEN false END'
+                           ELSE 'CASE (%s) WHEN true THEN true WHEN false THEN %s END' END,
+                    parts[i], acc);
+    END LOOP;
+    RETURN CASE WHEN parts[1] IS NULL THEN NULL ELSE acc END;
+  END IF;
+  IF (SELECT count(*) FROM jsonb_object_keys(p_cond)) = 1 AND p_cond ? 'not' THEN
+    part := herald_condition_sql(p_cond -> 'not', p_row);
+    RETURN CASE WHEN part IS NOT NULL THEN format('(NOT (%s))', part) END;
+  END IF;
+  -- A comparison of one of the row's own columns.
+  IF EXISTS (SELECT 1 FROM jsonb_object_keys(p_cond) x WHERE x NOT IN ('field', 'op', 'value')) THEN
+    RETURN NULL;
+  END IF;
+  name := CASE jsonb_typeof(p_cond -> 'field')
+            WHEN 'string' THEN p_cond ->> 'field'
+            WHEN 'array' THEN CASE WHEN jsonb_array_length(p_cond -> 'field') = 1
+                                        AND jsonb_typeof(p_cond -> 'field' -> 0) = 'string'
+                                   THEN p_cond -> 'field' ->> 0 END
+          END;
+  IF name IS NULL OR name = '' OR position('.' IN name) > 0 AND jsonb_typeof(p_cond -> 'field') = 'string'
+     OR name IN ('herald', 'payload') THEN
+    RETURN NULL;
+  END IF;
+  op := p_cond ->> 'op';
+  v := format('(%s -> %L)', p_row, name);
+  IF op IN ('is null', 'is not null') AND NOT p_cond ? 'value' THEN
+    -- A field the data lacks is an error to the evaluator: undecided.
+    RETURN format('CASE WHEN %1$s IS NULL THEN NULL ELSE jsonb_typeof(%1$s) %2$s ''null'' END',
+                  v, CASE op WHEN 'is null' THEN '=' ELSE '<>' END);
+  END IF;
+  lit := p_cond -> 'value';
+  IF lit IS NULL THEN
+    RETURN NULL;
+  END IF;
+  op := CASE op WHEN '!=' THEN '<>' ELSE op END;
+  IF op IN ('=', '<>', '<', '<=', '>', '>=') THEN
+    -- Text that might be read as a time compares as a time when the field's is one too.
+    IF jsonb_typeof(lit) = 'string' AND (lit #>> '{}') ~ '^[[:space:][:digit:]+-]' THEN
+      RETURN NULL;
+    END IF;
+    cmp := herald_condition_compare(v, op, lit);
+  ELSIF op = 'in' AND jsonb_typeof(lit) = 'array' AND jsonb_array_length(lit) > 0 THEN
+    -- In order, as the evaluator reads the list: the first equal item answers, the first
+    -- item of another kind fails.
+    parts := '{}';
+    FOR part IN SELECT herald_condition_compare(v, '=', x) FROM jsonb_array_elements(lit) WITH ORDINALITY e(x, n)
+                ORDER BY n LOOP
+      parts := parts || part;
+      EXIT WHEN part IS NULL;
+    END LOOP;
+    acc := CASE WHEN parts[cardinality(parts)] IS NULL THEN 'NULL::boolean' ELSE 'false' END;
+    FOR i IN REVERSE cardinality(parts) .. 1 LOOP
+      CONTINUE WHEN parts[i] IS NULL;
+      acc := format('CASE (%s) WHEN true THEN true WHEN false THEN %s END', parts[i], acc);
+    END LOOP;
+    cmp := CASE WHEN parts[1] IS NOT NULL THEN acc END;
+  ELSIF op = 'contains' AND jsonb_typeof(lit) = 'string' THEN
+    cmp := format('CASE jsonb_typeof(%1$s) WHEN ''string'' THEN strpos((%1$s #>> ''{}'') COLLATE "C", %2$L) > 0 '
+                  'WHEN ''array'' THEN %1$s @> jsonb_build_array(%3$L::jsonb) END',
+                  v, lit #>> '{}', lit::text);
+  ELSIF op = 'contains' AND jsonb_typeof(lit) = 'boolean' THEN
+    cmp := format('CASE jsonb_typeof(%1$s) WHEN ''array'' THEN %1$s @> jsonb_build_array(%2$L::jsonb) END', v, lit::text);
+  END IF;
+  IF cmp IS NULL THEN
+    RETURN NULL;
+  END IF;
+  -- A null field holds for `is null` only; a missing one is an error (undecided).
+  RETURN format('CASE WHEN %1$s IS NULL THEN NULL WHEN jsonb_typeof(%1$s) = ''null'' THEN false ELSE %2$s END', v, cmp);
+END
+$$;
+
+-- One comparison of a field's value v (a jsonb expression, present and not null) with a
+-- value of the definition, as the evaluator orders values: text by its bytes, true/false,
+-- numbers (whole ones exactly, others as binary floating point: decided here only when both
+-- have at most 15 digits, where the two agree). NULL when it cannot be decided here; the
+-- expression is NULL when the field holds another kind of value (an error to the evaluator).
+CREATE FUNCTION herald_condition_compare(v text, op text, lit jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE jsonb_typeof(lit)
+    WHEN 'string' THEN
+      format('CASE jsonb_typeof(%1$s) WHEN ''string'' THEN (%1$s #>> ''{}'') COLLATE "C" %2$s %3$L COLLATE "C" END',
+             v, op, lit #>> '{}')
+    WHEN 'boolean' THEN
+      CASE WHEN op IN ('=', '<>') THEN
+        format('CASE jsonb_typeof(%1$s) WHEN ''boolean'' THEN %1$s %2$s %3$L::jsonb END', v, op, lit::text) END
+    WHEN 'number' THEN
+      CASE WHEN lit::text ~ '^-?[0-9]+(\.[0-9]+)?$' AND length(regexp_replace(lit::text, '\D', '', 'g')) <= 15 THEN
+        format('CASE WHEN jsonb_typeof(%1$s) = ''number'' AND (%1$s)::text ~ ''^-?[0-9]+(\.[0-9]+)?$'' '
+               'AND length(regexp_replace((%1$s)::text, ''\D'', '''', ''g'')) <= 15 '
+               'THEN (%1$s)::text::numeric %2$s %3$s END', v, op, lit::text) END
+  END
+$$;
+
+-- The row-level compiler of schema 9 (renamed in 12), with the trigger's conditions tested
+-- in each automation's block against the snapshot; the WHEN clause is as before.
+CREATE OR REPLACE FUNCTION herald_compile_by_row(p_schema text, p_table text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  att       herald_attachments;
+  tbl       regclass := to_regclass(format('%I.%I', p_schema, p_table));
+  -- Herald's own schema: the generated functions live there and name it.
+  hs        text := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.oid = 'herald_inbox'::regclass);
+  inbox     text := format('%I.herald_inbox', hs);
+  nowfn     text := 'herald_now()'::regprocedure::text;
+  op        text;
+  a         record;
+  status_w  text[];  -- WHEN parts of status_change automations (the status changed, implied)
+  other_w   text[];  -- WHEN parts of the others
+  blocks    text;
+  cond      text;
+  w         text;
+  fn        text;
+  rec       text;
+  by_column boolean;
+  pre       text;      -- the trigger's conditions, as far as they can be tested here
+  wake      text := CASE WHEN (SELECT notify FROM herald_settings) THEN '
+  PERFORM pg_notify(''herald_inbox'', '''');' ELSE '' END;
+  made      integer := 0;
+BEGIN
+  IF tbl IS NULL THEN
+    RETURN 0;  -- the table is gone; nothing to compile
+  END IF;
+  PERFORM herald_uncompile(tbl);
+  SELECT * INTO att FROM herald_attachments WHERE table_schema = p_schema AND table_name = p_table;
+  IF NOT FOUND THEN
+    RETURN 0;
+  END IF;
+  FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+    status_w := '{}';
+    other_w := '{}';
+    blocks := '';
+    rec := CASE op WHEN 'delete' THEN 'OLD' ELSE 'NEW' END;
+    -- Whether status_change blocks must test the change themselves (an update automation
+    -- shares their trigger, whose WHEN then does not imply it).
+    by_column := op = 'update' AND EXISTS (
+      SELECT 1 FROM automations WHERE is_active AND source_schema = p_schema AND source_table = p_table
+        AND trigger_event = 'update');
+    FOR a IN
+      SELECT au.id, au.trigger_event AS ev,
+             herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,from}'
+                                      ELSE to_jsonb(au.from_status) END) AS froms,
+             herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,to}'
+                                      ELSE to_jsonb(au.to_status) END) AS tos,
+             herald_trigger_list(v.definition #> '{trigger,columns}') AS cols,
+             CASE WHEN au.context_relation IS NULL THEN v.definition -> 'conditions' END AS conds
+      FROM automations au
+      LEFT JOIN automation_versions v ON v.automation_id = au.id AND v.version = au.version
+      WHERE au.is_active AND au.source_schema = p_schema AND au.source_table = p_table
+        AND au.trigger_event = ANY (CASE op WHEN 'insert' THEN ARRAY['insert']
+                                            WHEN 'update' THEN ARRAY['status_change', 'update']
+                                            ELSE ARRAY['delete'] END)
+      ORDER BY au.id
+    LOOP
+      -- The WHEN clause tests the row; the function tests its variables.
+      IF a.ev = 'update' THEN
+        w := '(' || (SELECT string_agg(format('OLD.%I IS DISTINCT FROM NEW.%I', c, c), ' OR ') FROM unnest(a.cols) c) || ')';
+        cond := w;
+        other_w := other_w || w;
+      ELSE
+        w := concat_ws(' AND ',
+          CASE WHEN a.froms IS NOT NULL THEN herald_in_list(format('OLD.%I::text', att.status_column), a.froms) END,
+          CASE WHEN a.tos IS NOT NULL THEN herald_in_list(format('NEW.%I::text', att.status_column), a.tos) END);
+        cond := concat_ws(' AND ',
+          CASE WHEN by_column AND a.ev = 'status_change' THEN 'old_s IS DISTINCT FROM new_s' END,
+          CASE WHEN a.froms IS NOT NULL THEN herald_in_list('old_s', a.froms) END,
+          CASE WHEN a.tos IS NOT NULL THEN herald_in_list('new_s', a.tos) END);
+        IF a.ev = 'status_change' THEN
+          status_w := status_w || coalesce(nullif(w, ''), 'true');
+        ELSE
+          other_w := other_w || coalesce(nullif(w, ''), 'true');
+        END IF;
+      END IF;
+      pre := herald_condition_sql(a.conds, 'snap');
+      IF pre IS NOT NULL THEN
+        cond := concat_ws(' AND ', nullif(cond, ''), format('coalesce(%s, true)', pre));
+      END IF;
+      blocks := blocks || format('
+  IF %s THEN
+    INSERT INTO %s (automation_id, subject_schema, subject_table, subject_key_column, subject_id,
+      event, old_status, new_status, snapshot, payload, run_at, created_at, updated_at)
+    VALUES (%s, TG_TABLE_SCHEMA, TG_TABLE_NAME, %L, subject, %L, old_s, new_s, snap, %s, ts, ts, ts);
+  END IF;',
+        coalesce(nullif(cond, ''), 'true'), inbox, a.id, att.key_column, a.ev,
+        CASE op WHEN 'delete' THEN 'snap' ELSE 'NULL' END);
+      made := made + 1;
+    END LOOP;
+    CONTINUE WHEN cardinality(status_w) + cardinality(other_w) = 0;
+    fn := format('%I.%I', hs, format('herald_cap_%s_%s', tbl::oid, op));
+    -- The body is passed as a quoted literal, so no name or value in it can end it early.
+    EXECUTE format('CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS %L', fn, format('
+DECLARE
+  ts timestamptz := %s;
+  snap jsonb := to_jsonb(%s);
+  subject text := %s.%I::text;
+  new_s text := %s;
+  old_s text := %s;
+BEGIN
+  IF subject IS NULL THEN
+    RAISE EXCEPTION ''herald: key column "%%" of %%.%% is NULL'', %L, TG_TABLE_SCHEMA, TG_TABLE_NAME;
+  END IF;%s%s
+  RETURN NULL;
+END
+',
+      nowfn, rec, rec, att.key_column,
+      CASE op WHEN 'delete' THEN 'NULL' ELSE format('NEW.%I::text', att.status_column) END,
+      CASE op WHEN 'insert' THEN 'NULL' ELSE format('OLD.%I::text', att.status_column) END,
+      att.key_column, blocks, wake));
+    -- The WHEN clause: any automation's test (status_change ones under the status changing).
+    IF cardinality(status_w) > 0 THEN
+      w := format('OLD.%I IS DISTINCT FROM NEW.%I', att.status_column, att.status_column);
+      IF NOT 'true' = ANY (status_w) THEN
+        w := w || format(' AND (%s)', array_to_string(status_w, ' OR '));
+      END IF;
+      other_w := ('(' || w || ')') || other_w;
+    END IF;
+    w := CASE WHEN 'true' = ANY (other_w) THEN 'true' ELSE array_to_string(other_w, ' OR ') END;
+    EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s FOR EACH ROW WHEN (%s) EXECUTE FUNCTION %s()',
+                   'herald_capture_' || op, upper(op), tbl, w, fn);
+  END LOOP;
+  RETURN made;
+END
+$$;
+
+-- The statement-level compiler of schema 12, with the trigger's conditions tested in a branch
+-- of each automation that has them, against the snapshot.
+CREATE OR REPLACE FUNCTION herald_compile(p_schema text, p_table text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  att       herald_attachments;
+  tbl       regclass := to_regclass(format('%I.%I', p_schema, p_table));
+  -- Herald's own schema: the generated functions live there and name it.
+  hs        text := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.oid = 'herald_inbox'::regclass);
+  inbox     text := format('%I.herald_inbox', hs);
+  nowfn     text := 'herald_now()'::regprocedure::text;
+  nullkey   text := 'herald_null_key(text, text, text)'::regprocedure::oid::regproc::text;
+  op        text;
+  a         record;
+  keep      text[];  -- the tests of every automation, over the transition rows: which rows to read
+  tos_only  text[];  -- the to statuses of status_change automations with no other test
+  changed   text[];  -- the other tests of status_change automations, under the status changing
+  by_column boolean; -- some automation tests named columns: the old row is read whole too
+  by_status text[];  -- VALUES rows (automation, event, to status, from statuses) of the hash join
+  branches  text[];  -- SELECTs of the automations matched by their own test
+  cond      text;
+  pre       text;    -- the trigger's conditions, as far as they can be tested here
+  w         text;
+  fn        text;
+  src       text;    -- the transition rows: n.r the new row (n.i its place), o.r the old one
+  rec       text;    -- the row an event describes
+  st_new    text;
+  st_old    text;
+  payload   text;
+  cols      text;
+  made      integer := 0;
+  wake      text := CASE WHEN (SELECT notify FROM herald_settings) THEN '
+  IF FOUND THEN
+    PERFORM pg_notify(''herald_inbox'', '''');
+  END IF;' ELSE '' END;
+BEGIN
+  IF tbl IS NULL THEN
+    RETURN 0;  -- the table is gone; nothing to compile
+  END IF;
+  PERFORM herald_uncompile(tbl);
+  SELECT * INTO att FROM herald_attachments WHERE table_schema = p_schema AND table_name = p_table;
+  IF NOT FOUND THEN
+    RETURN 0;
+  END IF;
+  IF att.capture = 'row' THEN
+    RETURN herald_compile_by_row(p_schema, p_table);
+  END IF;
+  FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+    keep := '{}';
+    tos_only := '{}';
+    changed := '{}';
+    by_status := '{}';
+    branches := '{}';
+    by_column := false;
+    rec := CASE op WHEN 'delete' THEN 'o' ELSE 'n' END;
+    st_new := CASE op WHEN 'delete' THEN 'NULL::text' ELSE 'n.s' END;
+    st_old := CASE op WHEN 'insert' THEN 'NULL::text' ELSE 'o.s' END;
+    payload := CASE op WHEN 'delete' THEN 'x.snap' ELSE 'NULL::jsonb' END;
+    FOR a IN
+      SELECT au.id, au.trigger_event AS ev,
+             herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,from}'
+                                      ELSE to_jsonb(au.from_status) END) AS froms,
+             herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,to}'
+                                      ELSE to_jsonb(au.to_status) END) AS tos,
+             herald_trigger_list(v.definition #> '{trigger,columns}') AS cols,
+             CASE WHEN au.context_relation IS NULL THEN v.definition -> 'conditions' END AS conds
+      FROM automations au
+      LEFT JOIN automation_versions v ON v.automation_id = au.id AND v.version = au.version
+      WHERE au.is_active AND au.source_schema = p_schema AND au.source_table = p_table
+        AND au.trigger_event = ANY (CASE op WHEN 'insert' THEN ARRAY['insert']
+                                            WHEN 'update' THEN ARRAY['status_change', 'update']
+                                            ELSE ARRAY['delete'] END)
+      ORDER BY au.id
+    LOOP
+      made := made + 1;
+      pre := herald_condition_sql(a.conds, 'e.snap');
+      IF a.ev = 'update' THEN
+        -- A named column changed: the test reads the rows themselves, kept in e.o and e.n.
+        by_column := true;
+        w := '(' || (SELECT string_agg(format('(o.r).%I IS DISTINCT FROM (n.r).%I', c, c), ' OR ')
+                     FROM unnest(a.cols) c) || ')';
+        keep := keep || w;
+        branches := branches || format(
+          'SELECT %s AS id, %L AS ev, e.* FROM e WHERE %s', a.id, a.ev,
+          concat_ws(' AND ', '(' || (SELECT string_agg(format('(e.o).%I IS DISTINCT FROM (e.n).%I', c, c), ' OR ')
+                                     FROM unnest(a.cols) c) || ')',
+                    CASE WHEN pre IS NOT NULL THEN format('coalesce(%s, true)', pre) END));
+        CONTINUE;
+      END IF;
+      -- A status test: the status changed (updates), and it is among the from and to lists.
+      w := concat_ws(' AND ',
+        CASE WHEN a.froms IS NOT NULL AND op <> 'insert' THEN herald_in_list(st_old, a.froms) END,
+        CASE WHEN a.tos IS NOT NULL AND op <> 'delete' THEN herald_in_list(st_new, a.tos) END);
+      -- An automation with conditions to test is matched by a branch of its own.
+      IF a.ev = 'status_change' AND a.tos IS NOT NULL AND a.froms IS NULL AND pre IS NULL THEN
+        tos_only := tos_only || a.tos;
+      ELSIF a.ev = 'status_change' THEN
+        changed := changed || ('(' || coalesce(nullif(w, ''), 'true') || ')');
+      ELSE
+        keep := keep || ('(' || coalesce(nullif(w, ''), 'true') || ')');
+      END IF;
+      IF a.tos IS NOT NULL AND op <> 'delete' AND pre IS NULL THEN
+        by_status := by_status || ARRAY(
+          SELECT format('(%s, %L, %L, %L::text[])', a.id, a.ev, t,
+                        CASE WHEN op <> 'insert' THEN a.froms END)
+          FROM unnest(a.tos) t);
+      ELSE
+        cond := concat_ws(' AND ',
+          CASE WHEN a.ev = 'status_change' THEN 'e.old_s IS DISTINCT FROM e.new_s' END,
+          CASE WHEN a.froms IS NOT NULL AND op <> 'insert' THEN herald_in_list('e.old_s', a.froms) END,
+          CASE WHEN a.tos IS NOT NULL AND op <> 'delete' THEN herald_in_list('e.new_s', a.tos) END,
+          CASE WHEN pre IS NOT NULL THEN format('coalesce(%s, true)', pre) END);
+        branches := branches || format('SELECT %s AS id, %L AS ev, e.* FROM e WHERE %s',
+                                       a.id, a.ev, coalesce(nullif(cond, ''), 'true'));
+      END IF;
+    END LOOP;
+    IF cardinality(tos_only) > 0 THEN
+      changed := changed || herald_in_list(st_new, ARRAY(SELECT DISTINCT t FROM unnest(tos_only) t ORDER BY t));
+    END IF;
+    IF cardinality(changed) > 0 THEN
+      keep := format('(%s IS DISTINCT FROM %s AND (%s))', st_old, st_new, array_to_string(changed, ' OR ')) || keep;
+    END IF;
+    CONTINUE WHEN cardinality(keep) = 0;
+    IF cardinality(by_status) > 0 THEN
+      branches := format(
+        'SELECT a.id, a.ev, e.* FROM e JOIN (VALUES %s) AS a (id, ev, s, f) ON a.s = e.new_s
+         WHERE (a.ev <> ''status_change'' OR e.old_s IS DISTINCT FROM e.new_s) AND (a.f IS NULL OR e.old_s = ANY (a.f))',
+        array_to_string(by_status, ', ')) || branches;
+    END IF;
+    -- The rows, each with its status (s) and key (k) read once; an update's old and new rows
+    -- paired by their places (i), the old row read whole only for tests of named columns.
+    src := format('(SELECT %s t AS r, t.%I::text AS s, t.%I::text AS k FROM %s t) %s',
+                  CASE op WHEN 'update' THEN 'row_number() OVER () AS i,' ELSE '' END,
+                  att.status_column, att.key_column,
+                  CASE op WHEN 'delete' THEN 'herald_old' ELSE 'herald_new' END, rec)
+        || CASE WHEN op = 'update' THEN format('
+    JOIN (SELECT row_number() OVER () AS i, %s t.%I::text AS s FROM herald_old t) o USING (i)',
+                  CASE WHEN by_column THEN 't AS r,' ELSE '' END, att.status_column) ELSE '' END;
+    cols := CASE WHEN by_column THEN ', o.r AS o, n.r AS n' ELSE '' END;
+    fn := format('%I.%I', hs, format('herald_cap_%s_%s', tbl::oid, op));
+    -- plpgsql keeps the plan it made for a table's first statements, and a plan made for
+    -- one changed row may pair rows by a nested loop: quadratic in the rows of a later bulk
+    -- statement. Without nested loops, pairing is a hash join whatever the sizes.
+    -- The body is passed as a quoted literal, so no name or value in it can end it early.
+    EXECUTE format('CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off AS %L',
+      fn, format('
+DECLARE
+  ts timestamptz := %s;
+  -- What the inbox column defaults would read for every row (see 0009), read once.
+  depth integer := coalesce(nullif(current_setting(''herald.cascade_depth'', true), '''')::integer, 0);
+  cause bigint := nullif(current_setting(''herald.caused_by'', true), '''')::bigint;
+BEGIN
+  WITH e AS %s (
+    SELECT to_jsonb(%s.r) AS snap, coalesce(%s.k, %s(%L, TG_TABLE_SCHEMA, TG_TABLE_NAME)) AS subject,
+           %s AS new_s, %s AS old_s%s
+    FROM %s
+    WHERE %s
+  )
+  INSERT INTO %s (automation_id, subject_schema, subject_table, subject_key_column, subject_id,
+    event, old_status, new_status, snapshot, payload, cascade_depth, caused_by, run_at, created_at, updated_at)
+  SELECT x.id, TG_TABLE_SCHEMA, TG_TABLE_NAME, %L, x.subject, x.ev, x.old_s, x.new_s, x.snap, %s, depth, cause,
+         ts, ts, ts
+  FROM (%s) AS x;%s
+  RETURN NULL;
+END
+',
+      nowfn,
+      -- read once for several branches; inlined into one
+      CASE WHEN cardinality(branches) > 1 THEN 'MATERIALIZED' ELSE 'NOT MATERIALIZED' END,
+      rec, rec, nullkey, att.key_column, st_new, st_old, cols, src,
+      array_to_string(keep, ' OR '), inbox, att.key_column, payload,
+      array_to_string(branches, '
+    UNION ALL '), wake));
+    EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                   'herald_capture_' || op, upper(op), tbl,
+                   CASE op WHEN 'insert' THEN 'NEW TABLE AS herald_new'
+                           WHEN 'delete' THEN 'OLD TABLE AS herald_old'
+                           ELSE 'OLD TABLE AS herald_old NEW TABLE AS herald_new' END,
+                   fn);
+  END LOOP;
+  RETURN made;
+END
+$$;
+
+-- Every attached table gets its functions from the compilers above.
+SELECT herald_compile(table_schema, table_name) FROM herald_attachments;
