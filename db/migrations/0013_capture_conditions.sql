@@ -147,6 +147,29 @@ LANGUAGE sql IMMUTABLE AS $$
   END
 $$;
 
+-- The active automations that capture on a table's `op` ('insert', 'update' or 'delete'), in
+-- id order, as both compilers read them: the event, the from and to status lists, the named
+-- columns of an update trigger, and the trigger's conditions where the capture functions may
+-- test them (the automation's data is the trigger's table).
+CREATE FUNCTION herald_automations_capturing(p_schema text, p_table text, p_op text)
+RETURNS TABLE (id bigint, ev text, froms text[], tos text[], cols text[], conds jsonb)
+LANGUAGE sql STABLE AS $$
+  SELECT au.id, au.trigger_event,
+         herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,from}'
+                                  ELSE to_jsonb(au.from_status) END),
+         herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,to}'
+                                  ELSE to_jsonb(au.to_status) END),
+         herald_trigger_list(v.definition #> '{trigger,columns}'),
+         CASE WHEN au.context_relation IS NULL THEN v.definition -> 'conditions' END
+  FROM automations au
+  LEFT JOIN automation_versions v ON v.automation_id = au.id AND v.version = au.version
+  WHERE au.is_active AND au.source_schema = p_schema AND au.source_table = p_table
+    AND au.trigger_event = ANY (CASE p_op WHEN 'insert' THEN ARRAY['insert']
+                                          WHEN 'update' THEN ARRAY['status_change', 'update']
+                                          ELSE ARRAY['delete'] END)
+  ORDER BY au.id
+$$;
+
 -- The row-level compiler of schema 9 (renamed in 12), with the trigger's conditions tested
 -- in each automation's block against the snapshot; the WHEN clause is as before.
 CREATE OR REPLACE FUNCTION herald_compile_by_row(p_schema text, p_table text) RETURNS integer
@@ -192,22 +215,7 @@ BEGIN
     by_column := op = 'update' AND EXISTS (
       SELECT 1 FROM automations WHERE is_active AND source_schema = p_schema AND source_table = p_table
         AND trigger_event = 'update');
-    FOR a IN
-      SELECT au.id, au.trigger_event AS ev,
-             herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,from}'
-                                      ELSE to_jsonb(au.from_status) END) AS froms,
-             herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,to}'
-                                      ELSE to_jsonb(au.to_status) END) AS tos,
-             herald_trigger_list(v.definition #> '{trigger,columns}') AS cols,
-             CASE WHEN au.context_relation IS NULL THEN v.definition -> 'conditions' END AS conds
-      FROM automations au
-      LEFT JOIN automation_versions v ON v.automation_id = au.id AND v.version = au.version
-      WHERE au.is_active AND au.source_schema = p_schema AND au.source_table = p_table
-        AND au.trigger_event = ANY (CASE op WHEN 'insert' THEN ARRAY['insert']
-                                            WHEN 'update' THEN ARRAY['status_change', 'update']
-                                            ELSE ARRAY['delete'] END)
-      ORDER BY au.id
-    LOOP
+    FOR a IN SELECT * FROM herald_automations_capturing(p_schema, p_table, op) LOOP
       -- The WHEN clause tests the row; the function tests its variables.
       IF a.ev = 'update' THEN
         w := '(' || (SELECT string_agg(format('OLD.%I IS DISTINCT FROM NEW.%I', c, c), ' OR ') FROM unnest(a.cols) c) || ')';
@@ -337,22 +345,7 @@ BEGIN
     st_new := CASE op WHEN 'delete' THEN 'NULL::text' ELSE 'n.s' END;
     st_old := CASE op WHEN 'insert' THEN 'NULL::text' ELSE 'o.s' END;
     payload := CASE op WHEN 'delete' THEN 'x.snap' ELSE 'NULL::jsonb' END;
-    FOR a IN
-      SELECT au.id, au.trigger_event AS ev,
-             herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,from}'
-                                      ELSE to_jsonb(au.from_status) END) AS froms,
-             herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,to}'
-                                      ELSE to_jsonb(au.to_status) END) AS tos,
-             herald_trigger_list(v.definition #> '{trigger,columns}') AS cols,
-             CASE WHEN au.context_relation IS NULL THEN v.definition -> 'conditions' END AS conds
-      FROM automations au
-      LEFT JOIN automation_versions v ON v.automation_id = au.id AND v.version = au.version
-      WHERE au.is_active AND au.source_schema = p_schema AND au.source_table = p_table
-        AND au.trigger_event = ANY (CASE op WHEN 'insert' THEN ARRAY['insert']
-                                            WHEN 'update' THEN ARRAY['status_change', 'update']
-                                            ELSE ARRAY['delete'] END)
-      ORDER BY au.id
-    LOOP
+    FOR a IN SELECT * FROM herald_automations_capturing(p_schema, p_table, op) LOOP
       made := made + 1;
       pre := herald_condition_sql(a.conds, 'e.snap');
       IF a.ev = 'update' THEN
