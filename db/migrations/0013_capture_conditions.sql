@@ -326,14 +326,13 @@ BEGIN
   IF tbl IS NULL THEN
     RETURN 0;  -- the table is gone; nothing to compile
   END IF;
-  PERFORM herald_uncompile(tbl);
   SELECT * INTO att FROM herald_attachments WHERE table_schema = p_schema AND table_name = p_table;
-  IF NOT FOUND THEN
-    RETURN 0;
-  END IF;
-  IF att.capture = 'row' THEN
+  IF NOT FOUND OR att.capture = 'row' THEN
+    -- The row compiler drops the table's triggers and reads its attachment itself; a table
+    -- that is no longer attached is left with no triggers.
     RETURN herald_compile_by_row(p_schema, p_table);
   END IF;
+  PERFORM herald_uncompile(tbl);
   FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
     keep := '{}';
     tos_only := '{}';
