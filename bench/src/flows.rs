@@ -1,7 +1,8 @@
-//! Workflow instances: a three-step flow (email, a wait of zero, SMS) through the real drain
-//! and the real flow runner, with null senders.
+//! Workflow instances through the real drain and the real flow runner, with null senders:
+//! a three-step flow (email, a wait of zero, SMS), the two-step flow (email, SMS) that sends
+//! what a one-shot log sends, and, in the same run, that one-shot log, for the ratio.
 
-use crate::db::Server;
+use crate::db::{Db, Server};
 use crate::queue::{self, Work};
 use crate::report::{median, Row};
 use crate::Settings;
@@ -11,48 +12,116 @@ const BATCHES: [usize; 2] = [10, 100];
 /// Executors working at once.
 const WORKERS: usize = 4;
 
+const THREE_STEPS: &str = r#"SELECT herald_save_automation('welcome', '{
+  "trigger": {"type": "status_change", "table": "public.members", "to": "active"},
+  "steps": [
+    {"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": "Welcome, {{ name }}",
+     "text": "Hi {{ name }}, welcome to the club."},
+    {"id": "pause", "type": "wait", "for": "0 seconds"},
+    {"id": "text", "type": "send_sms", "to": "{{ phone }}", "body": "Hi {{ name }}, welcome!"}
+  ]}')"#;
+
+const TWO_STEPS: &str = r#"SELECT herald_save_automation('welcome', '{
+  "trigger": {"type": "status_change", "table": "public.members", "to": "active"},
+  "steps": [
+    {"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": "Welcome, {{ name }}",
+     "text": "Hi {{ name }}, welcome to the club."},
+    {"id": "text", "type": "send_sms", "to": "{{ phone }}", "body": "Hi {{ name }}, welcome!"}
+  ]}')"#;
+
+struct Shape {
+    name: &'static str,
+    db: Db,
+    work: Work,
+    unit: &'static str,
+    /// Per batch size: each run's rate and rows written per log.
+    runs: Vec<(Vec<f64>, Vec<f64>)>,
+}
+
 pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, String> {
     let n = settings.size(20_000, 500);
-    let db = queue::prepare(server, "bench_flows", n).await?;
-    // The automation the pending logs belong to becomes a workflow: its logs are instances.
-    db.exec(
-        r#"SELECT herald_save_automation('welcome', '{
-             "trigger": {"type": "status_change", "table": "public.members", "to": "active"},
-             "steps": [
-               {"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": "Welcome, {{ name }}",
-                "text": "Hi {{ name }}, welcome to the club."},
-               {"id": "pause", "type": "wait", "for": "0 seconds"},
-               {"id": "text", "type": "send_sms", "to": "{{ phone }}", "body": "Hi {{ name }}, welcome!"}
-             ]}')"#,
-    )
-    .await?;
-    let mut series: Vec<(usize, Vec<f64>, Vec<f64>)> = BATCHES.iter().map(|b| (*b, Vec::new(), Vec::new())).collect();
+    let mut shapes = Vec::new();
+    for (name, db_name, definition, work, unit) in [
+        (
+            "email, wait 0, SMS",
+            "bench_flows",
+            Some(THREE_STEPS),
+            Work::Flows,
+            "instances/s",
+        ),
+        (
+            "email, SMS",
+            "bench_flows_two",
+            Some(TWO_STEPS),
+            Work::Flows,
+            "instances/s",
+        ),
+        (
+            "one-shot log, email + SMS",
+            "bench_flows_once",
+            None,
+            Work::OneShot,
+            "logs/s",
+        ),
+    ] {
+        let db = queue::prepare(server, db_name, n).await?;
+        // The automation the pending logs belong to becomes a workflow: its logs are instances.
+        if let Some(sql) = definition {
+            db.exec(sql).await?;
+        }
+        shapes.push(Shape {
+            name,
+            db,
+            work,
+            unit,
+            runs: BATCHES.iter().map(|_| (Vec::new(), Vec::new())).collect(),
+        });
+    }
     for run in 0..settings.runs {
-        for (batch, rates, writes) in series.iter_mut() {
-            queue::refill(&db, n).await?;
-            let (rate, per) = queue::full_cycle(&db, n, *batch, WORKERS, Work::Flows).await?;
-            crate::progress(&format!(
-                "workflow instances, run {}: batches of {batch}: {rate:.0} instances/s, {per:.1} rows written per instance",
-                run + 1
-            ));
-            rates.push(rate);
-            writes.push(per);
+        for (b, batch) in BATCHES.iter().enumerate() {
+            for shape in shapes.iter_mut() {
+                queue::refill(&shape.db, n).await?;
+                let (rate, per) = queue::full_cycle(&shape.db, n, *batch, WORKERS, shape.work).await?;
+                crate::progress(&format!(
+                    "workflow instances, run {}: {}, batches of {batch}: {rate:.0} {}, {per:.1} rows written each",
+                    run + 1,
+                    shape.name,
+                    shape.unit
+                ));
+                shape.runs[b].0.push(rate);
+                shape.runs[b].1.push(per);
+            }
         }
     }
-    Ok(series
-        .into_iter()
-        .map(|(batch, rates, writes)| {
+    let mut rows = Vec::new();
+    for (b, batch) in BATCHES.iter().enumerate() {
+        let once = shapes.iter().find(|s| s.work == Work::OneShot).map(|s| {
             Row::new(
                 "workflow instances",
-                format!("email, wait 0, SMS; executor batches of {batch}"),
-                rates,
-                "instances/s",
+                format!("{}; executor batches of {batch}", s.name),
+                s.runs[b].0.clone(),
+                s.unit,
             )
-            .bar("≥ 2,000 instances/s")
-            .note(format!(
-                "{n} instances, {WORKERS} executors × 4 at once, null senders; {:.1} rows written per instance",
-                median(&writes)
-            ))
-        })
-        .collect())
+        });
+        for shape in &shapes {
+            let (rates, writes) = &shape.runs[b];
+            let note = format!(
+                "{n} each, {WORKERS} executors × 4 at once, null senders; {:.1} rows written each",
+                median(writes)
+            );
+            let row = Row::new(
+                "workflow instances",
+                format!("{}; executor batches of {batch}", shape.name),
+                rates.clone(),
+                shape.unit,
+            )
+            .note(note);
+            rows.push(match (shape.work, &once) {
+                (Work::Flows, Some(once)) if shape.name == "email, SMS" => row.against(once),
+                (Work::Flows, _) => row.bar("≥ 2,000 instances/s"),
+                _ => row,
+            });
+        }
+    }
+    Ok(rows)
 }
