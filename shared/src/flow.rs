@@ -340,64 +340,37 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
             }
         }
         let index_of: HashMap<LogId, usize> = valid.iter().map(|(i, m)| (m.log_id, *i)).collect();
+        // Instances whose next effect the last write of effects' ends also started.
+        let mut carried = Took::default();
         loop {
             // 1. Each instance's next effect, decided with its data as it is now.
             let now = self.clock.now();
             let at = Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH);
-            // Time left to start effects in, and to write how they went.
-            let left = self.ends_at.map(|end| end.duration_since(now).unwrap_or_default());
+            let left = self.left(now);
             let mut performing: Vec<Going> = Vec::new();
             for g in std::mem::take(&mut going) {
                 if let Some(g) = self.next_effect(g, left, at, &mut write) {
                     performing.push(g);
                 }
             }
-            if write.is_empty() {
-                break;
-            }
+            let Took {
+                mut sending,
+                mut recorded,
+            } = std::mem::take(&mut carried);
             // 2. Record the decisions, the stops, and the effects about to start.
-            let written = match self.ledger.write(&write, &[], self.clock.now()).await {
-                Ok(w) => w,
-                Err(e) => return store_failed(&write, &[], &index_of, outcomes, &e),
-            };
-            for (p, taken) in write.parked.iter().zip(&written.parked) {
-                outcomes[index_of[&p.lease.log_id]] = Some(match taken {
-                    // A park performs nothing.
-                    Taken::Yes | Taken::Performed(_) => FlowOutcome::Stopped(p.stop.clone()),
-                    Taken::Lost => lost(&p.lease),
-                    Taken::Held(status) => FlowOutcome::Stopped(Stop::Held(status.clone())),
-                });
-            }
-            for (e, ok) in write.ended.iter().zip(&written.ended) {
-                if !ok {
-                    outcomes[index_of[&e.lease.log_id]] = Some(lost(&e.lease));
+            if !write.is_empty() {
+                match self.ledger.write(&write, &[], self.clock.now()).await {
+                    Ok(written) => {
+                        let took = take(&mut write, &written, performing, &index_of, outcomes);
+                        sending.extend(took.sending);
+                        recorded.extend(took.recorded);
+                    }
+                    // Its instances go back to the queue. Effects an earlier write started
+                    // (carried) are still performed, and their ends written.
+                    Err(e) => store_failed(&write, &index_of, outcomes, &e),
                 }
             }
-            let starts = std::mem::take(&mut write.started);
             write = FlowWrite::default();
-            let mut sending = Vec::new();
-            // Effects the write performed itself: already recorded as ended.
-            let mut recorded: Vec<(Going, StepEnd)> = Vec::new();
-            for ((g, start), taken) in performing.into_iter().zip(starts).zip(&written.started) {
-                match (&outcomes[g.index], taken) {
-                    (Some(_), _) => {}
-                    (None, Taken::Yes) => sending.push((g, start)),
-                    (None, Taken::Performed(result)) => {
-                        let end = StepEnd {
-                            lease: start.lease,
-                            step: start.step,
-                            kind: start.kind,
-                            attempt: start.attempt,
-                            result: result.clone(),
-                        };
-                        recorded.push((g, end))
-                    }
-                    (None, Taken::Lost) => outcomes[g.index] = Some(lost(&g.lease)),
-                    (None, Taken::Held(status)) => {
-                        outcomes[g.index] = Some(FlowOutcome::Stopped(Stop::Held(status.clone())))
-                    }
-                }
-            }
             if sending.is_empty() && recorded.is_empty() {
                 break;
             }
@@ -418,55 +391,81 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                 .buffer_unordered(concurrency)
                 .collect()
                 .await;
-            // 4. Record how they ended, and read the data the next round decides with.
+            // 4. Record how they ended. Where an instance goes next is decided now and
+            // written with it when that needs no fresh data (after its last step); the
+            // data of the instances whose next decision reads it again is read in the
+            // same round trip.
             let (gs, ended): (Vec<Going>, Vec<StepEnd>) = results.into_iter().unzip();
-            // After an instance's last step nothing is decided with its data: not read.
-            let fresh_for: Vec<Lease> = gs
-                .iter()
-                .zip(&ended)
-                .chain(recorded.iter().map(|(g, end)| (g, end)))
-                .filter(|(g, end)| !is_last(&g.doc.steps, &end.step))
-                .map(|(g, _)| g.lease)
-                .collect();
-            let ends = FlowWrite {
+            let mut ends = FlowWrite {
                 ended,
                 ..Default::default()
             };
+            let now = self.clock.now();
+            let at = Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH);
+            let left = self.left(now);
+            let ended_steps: Vec<StepEnd> = ends.ended.clone();
+            let mut fresh_for: Vec<Lease> = Vec::new();
+            // Instances moved on by this write (their next effect is in it), and the ones
+            // decided next round (with data read again, or kept).
+            let (mut moved, mut next): (Vec<Going>, Vec<(Going, bool)>) = (Vec::new(), Vec::new());
+            let both = gs
+                .into_iter()
+                .zip(ended_steps)
+                .map(|(g, end)| (g, end, false))
+                .chain(recorded.into_iter().map(|(g, end)| (g, end, true)));
+            for (mut g, end, local) in both {
+                g.last = Some(performed(end.result));
+                if is_last(&g.doc.steps, &end.step) {
+                    if let Some(g) = self.next_effect(g, left, at, &mut ends) {
+                        moved.push(g);
+                    }
+                } else {
+                    let fresh = needs_fresh_data(&g.doc, local);
+                    if fresh {
+                        fresh_for.push(g.lease);
+                    }
+                    next.push((g, fresh));
+                }
+            }
             let written = match self.write_ends(&ends, &fresh_for, give_up_at).await {
                 Ok(w) => w,
                 Err((e, at)) => {
                     // Every instance of this write stays running until its lease expires.
                     let outcome = self.keep(&ends.ended, at, &e).await;
-                    for lease in ends.ended.iter().map(|e| &e.lease).chain(&fresh_for) {
+                    let leases = leases_of(&ends)
+                        .chain(fresh_for.iter().copied())
+                        .chain(next.iter().map(|(g, _)| g.lease));
+                    for lease in leases {
                         outcomes[index_of[&lease.log_id]] = Some(outcome.clone());
                     }
                     return;
                 }
             };
-            let taken = written.ended.iter().copied().chain(std::iter::repeat(true));
-            for ((mut g, end), ok) in gs.into_iter().zip(ends.ended).chain(recorded).zip(taken) {
-                if !ok {
-                    outcomes[g.index] = Some(lost(&g.lease));
+            // A lost lease settles its instance's outcome here.
+            carried = take(&mut ends, &written, moved, &index_of, outcomes);
+            for (g, fresh) in next {
+                if outcomes[g.index].is_some() {
                     continue;
                 }
-                let last = !fresh_for.contains(&g.lease);
-                match written.data.get(&g.lease.log_id) {
-                    _ if last => {
-                        g.last = Some(performed(end.result));
-                        going.push(g);
-                    }
-                    Some(Ok(data)) => {
+                match (fresh, written.data.get(&g.lease.log_id)) {
+                    (false, _) => going.push(g),
+                    (true, Some(Ok(data))) => {
+                        let mut g = g;
                         g.data = with_event(data.clone(), &g.event);
-                        g.last = Some(performed(end.result));
                         going.push(g);
                     }
-                    Some(Err(e)) => {
+                    (true, Some(Err(e))) => {
                         outcomes[g.index] = Some(FlowOutcome::StoreFailed(format!("reading the data: {e}")))
                     }
-                    None => outcomes[g.index] = Some(FlowOutcome::StoreFailed("the data was not read".into())),
+                    (true, None) => outcomes[g.index] = Some(FlowOutcome::StoreFailed("the data was not read".into())),
                 }
             }
         }
+    }
+
+    /// Time left before the invocation ends, at `now`.
+    fn left(&self, now: SystemTime) -> Option<Duration> {
+        self.ends_at.map(|end| end.duration_since(now).unwrap_or_default())
     }
 
     /// Writes how effects ended (and reads the data of `fresh_for`), retrying until
@@ -627,23 +626,98 @@ fn step_receipts(ended: &[StepEnd], at: SystemTime) -> Vec<Receipt> {
     out
 }
 
+/// Whether an instance's next decision reads its data again: when its flow has exit
+/// conditions (checked against fresh data before every step), or when the step that just
+/// ended changed this database. Otherwise the data read when the invocation claimed it (or
+/// last read it) is still what a template or branch would read.
+fn needs_fresh_data(doc: &Document, changed_here: bool) -> bool {
+    changed_here || !doc.exit.is_empty()
+}
+
+/// Every lease `w` names.
+fn leases_of(w: &FlowWrite) -> impl Iterator<Item = Lease> + '_ {
+    w.started
+        .iter()
+        .map(|s| s.lease)
+        .chain(w.parked.iter().map(|p| p.lease))
+        .chain(w.ended.iter().map(|s| s.lease))
+        .chain(w.decided.iter().map(|(l, _)| *l))
+}
+
+/// Effects a write took: to perform, and the ones it performed itself (already ended).
+#[derive(Default)]
+struct Took {
+    sending: Vec<(Going, StepStart)>,
+    recorded: Vec<(Going, StepEnd)>,
+}
+
+/// The ledger's answers to `write`: parks and lost leases settle their instances' outcomes;
+/// the effects it took are returned, to perform, or as ended when the write performed them
+/// itself. `performing` are the instances whose starts `write` holds, in order.
+fn take(
+    write: &mut FlowWrite,
+    written: &FlowWritten,
+    performing: Vec<Going>,
+    index_of: &HashMap<LogId, usize>,
+    outcomes: &mut [Option<FlowOutcome>],
+) -> Took {
+    // A write is one transaction. So when it takes an instance's ended step as already
+    // written (this same write, made before: its commit landed, its answer was lost) but not
+    // the park that came with it, the park landed with that commit too.
+    let ended_before = |lease: &Lease| {
+        write
+            .ended
+            .iter()
+            .zip(&written.ended)
+            .any(|(e, ok)| *ok && e.lease == *lease)
+    };
+    for (p, taken) in write.parked.iter().zip(&written.parked) {
+        outcomes[index_of[&p.lease.log_id]] = Some(match taken {
+            // A park performs nothing.
+            Taken::Yes | Taken::Performed(_) => FlowOutcome::Stopped(p.stop.clone()),
+            Taken::Lost if ended_before(&p.lease) => FlowOutcome::Stopped(p.stop.clone()),
+            Taken::Lost => lost(&p.lease),
+            Taken::Held(status) => FlowOutcome::Stopped(Stop::Held(status.clone())),
+        });
+    }
+    for (e, ok) in write.ended.iter().zip(&written.ended) {
+        if !ok {
+            outcomes[index_of[&e.lease.log_id]] = Some(lost(&e.lease));
+        }
+    }
+    let starts = std::mem::take(&mut write.started);
+    let mut sending = Vec::new();
+    // Effects the write performed itself: already recorded as ended.
+    let mut recorded = Vec::new();
+    for ((g, start), taken) in performing.into_iter().zip(starts).zip(&written.started) {
+        match (&outcomes[g.index], taken) {
+            (Some(_), _) => {}
+            (None, Taken::Yes) => sending.push((g, start)),
+            (None, Taken::Performed(result)) => {
+                let end = StepEnd {
+                    lease: start.lease,
+                    step: start.step,
+                    kind: start.kind,
+                    attempt: start.attempt,
+                    result: result.clone(),
+                };
+                recorded.push((g, end))
+            }
+            (None, Taken::Lost) => outcomes[g.index] = Some(lost(&g.lease)),
+            (None, Taken::Held(status)) => outcomes[g.index] = Some(FlowOutcome::Stopped(Stop::Held(status.clone()))),
+        }
+    }
+    Took { sending, recorded }
+}
+
 /// A write that could not be made: every instance it concerned goes back to the queue.
 fn store_failed(
     write: &FlowWrite,
-    also: &[Lease],
     index_of: &HashMap<LogId, usize>,
     outcomes: &mut [Option<FlowOutcome>],
     e: &StoreError,
 ) {
-    let leases = write
-        .started
-        .iter()
-        .map(|s| s.lease)
-        .chain(write.parked.iter().map(|p| p.lease))
-        .chain(write.ended.iter().map(|s| s.lease))
-        .chain(write.decided.iter().map(|(l, _)| *l))
-        .chain(also.iter().copied());
-    for lease in leases {
+    for lease in leases_of(write) {
         outcomes[index_of[&lease.log_id]] = Some(FlowOutcome::StoreFailed(e.to_string()));
     }
 }
@@ -980,20 +1054,20 @@ mod tests {
             .map(|(k, e)| (k.to_owned(), e))
         );
         let writes = ledger.writes.lock().unwrap();
-        // Exits checked and emails started; emails ended (fresh data read); exits checked,
-        // waits decided and SMS started; SMS ended (the last step: no data read); completed.
-        assert_eq!(writes.len(), 5, "{writes:#?}");
-        assert_eq!(*ledger.reads.lock().unwrap(), [0, 3, 0, 0, 0]);
-        assert!(writes[4].decided.is_empty());
+        // Exits checked and emails started; emails ended (fresh data read for the exit
+        // checks); exits checked, waits decided and SMS started; SMS ended and, as nothing
+        // follows the last step, completed in the same write (no data read).
+        assert_eq!(writes.len(), 4, "{writes:#?}");
+        assert_eq!(*ledger.reads.lock().unwrap(), [0, 3, 0, 0]);
         assert_eq!((writes[0].decided.len(), writes[0].started.len()), (3, 3));
         assert_eq!(writes[1].ended.len(), 3);
         assert_eq!((writes[2].decided.len(), writes[2].started.len()), (9, 3));
-        assert_eq!(writes[3].ended.len(), 3);
-        assert_eq!(writes[4].parked.len(), 3);
-        let outputs = &writes[4].parked[0].instance.outputs;
+        assert!(writes[3].decided.is_empty());
+        assert_eq!((writes[3].ended.len(), writes[3].parked.len()), (3, 3));
+        let outputs = &writes[3].parked[0].instance.outputs;
         assert_eq!(
             outputs["email"]["message_id"],
-            json!(format!("id-{}-email", writes[4].parked[0].lease.log_id))
+            json!(format!("id-{}-email", writes[3].parked[0].lease.log_id))
         );
     }
 
@@ -1194,6 +1268,41 @@ mod tests {
             writes.iter().all(|w| w.ended.iter().all(|e| e.step != "mark")),
             "its end was recorded by the write that performed it"
         );
+    }
+
+    #[tokio::test]
+    async fn without_exit_conditions_data_is_read_again_only_after_a_change_made_here() {
+        let flow = parse(&json!({
+            "trigger": {"type": "manual"},
+            "steps": [
+                {"id": "email", "type": "send_email", "to": "{{ email }}", "subject": "Hi", "text": "Hi {{ name }}"},
+                {"id": "sms", "type": "send_sms", "to": "{{ phone }}", "body": "Hi {{ name }}"},
+                {"id": "vip", "type": "add_tag", "tag": "vip"},
+                {"id": "bye", "type": "send_sms", "to": "{{ phone }}", "body": "Bye {{ name }}"}
+            ]
+        }))
+        .unwrap();
+        let ledger = ledger_of(vec![(1, flow, data(1))]);
+        // Changed by someone else after the claim: the second SMS, which comes after a step
+        // that changed this database, reads it; the first does not.
+        ledger.changes.lock().unwrap().push((1, "name", json!("Renamed")));
+        let effects = FakeEffects::default();
+        let out = run(&ledger, &effects, &[1], None).await;
+        assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Park(Park::Completed))]);
+        // email started; email ended; SMS started; SMS ended; tag added (by the write);
+        // data read with nothing else to write; bye started; bye ended and completed.
+        assert_eq!(*ledger.reads.lock().unwrap(), [0, 0, 0, 0, 0, 1, 0, 0]);
+        let bodies: Vec<String> = effects
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Effect::Sms(s) => Some(s.body.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bodies, ["Hi n1", "Bye Renamed"]);
     }
 
     #[tokio::test]

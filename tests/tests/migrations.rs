@@ -48,6 +48,7 @@ const SHIPPED: &[(i32, &str)] = &[
     (10, "99d7cc966d12a6f45abcb917b3867438"),
     (11, "23680106300b13d5f4941de53ef57b29"),
     (12, "3b5b9c40409ef0e4e4ab46b2f075cc4f"),
+    (13, "8d7a24d0a24da102f1831b91fa2d9012"),
 ];
 
 #[tokio::test]

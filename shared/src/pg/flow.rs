@@ -100,12 +100,14 @@ impl FlowLedger for PgStore {
         let read_stmt = conn.statement(Sql::FlowContexts, context).await?;
         let body = write_json(write);
         let ids: Vec<LogId> = fresh_for.iter().map(|l| l.log_id).collect();
-        // Both go out together: one round trip.
-        let (written, fresh) = futures::future::join(
-            conn.client.query_one(write_stmt, &[&body, &now]),
-            conn.client.query(read_stmt, &[&ids]),
-        )
-        .await;
+        // Both go out together: one round trip. No read when no data is asked for.
+        let read = async {
+            match ids.is_empty() {
+                true => Ok(Vec::new()),
+                false => conn.client.query(read_stmt, &[&ids]).await,
+            }
+        };
+        let (written, fresh) = futures::future::join(conn.client.query_one(write_stmt, &[&body, &now]), read).await;
         let written: Json = written.map_err(conn.fail(context))?.get(0);
         let fresh = fresh.map_err(conn.fail(context))?;
         let entries = |part: &str| -> Vec<Taken> {
