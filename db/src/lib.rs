@@ -78,6 +78,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0013_capture_conditions.sql",
         sql: include_str!("../migrations/0013_capture_conditions.sql"),
     },
+    Migration {
+        version: 14,
+        name: "0014_transient_step_retries.sql",
+        sql: include_str!("../migrations/0014_transient_step_retries.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).

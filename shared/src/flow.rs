@@ -23,7 +23,7 @@ use crate::steps::{prepare, Effect};
 use crate::webhook::{WebhookSender, WebhookStep};
 use crate::workflow::definition::Document;
 use crate::workflow::machine::{advance, variables, Advance, Decided, Instance, Park, Performed};
-use crate::workflow::plan::{find, is_last};
+use crate::workflow::plan::{find, is_last, Policy, TransientRetry};
 
 /// No new effect starts later than this before the invocation ends.
 pub const EFFECT_MARGIN: Duration = Duration::from_secs(10);
@@ -42,6 +42,9 @@ pub struct LoadedFlow {
     pub payload: Option<Json>,
     /// What the ledger knows of the step the instance is at, from an earlier invocation.
     pub resumed: Resumed,
+    /// How its automation tries again an effect that failed transiently (`jitter` unused:
+    /// each decision draws its own).
+    pub retry: TransientRetry,
 }
 
 /// The step an instance is at, as an earlier invocation left it.
@@ -227,6 +230,7 @@ struct Going {
     event: (Json, Option<Json>),
     /// The result of the effect performed this round, for the step machine.
     last: Option<Performed>,
+    retry: TransientRetry,
 }
 
 impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
@@ -288,6 +292,7 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                         event,
                         payload,
                         resumed,
+                        retry,
                     } = *flow;
                     let event = (event, payload);
                     let data = data.map(|d| with_event(d, &event));
@@ -333,6 +338,7 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                                 data,
                                 event,
                                 last,
+                                retry,
                             })
                         }
                     }
@@ -510,7 +516,14 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
             return None;
         }
         loop {
-            let (next, decided) = advance(&g.doc, &mut g.instance, &g.data, g.last.take(), self.step_limit, at);
+            let policy = Policy {
+                step_limit: self.step_limit,
+                transient: TransientRetry {
+                    jitter: fastrand::f64(),
+                    ..g.retry
+                },
+            };
+            let (next, decided) = advance(&g.doc, &mut g.instance, &g.data, g.last.take(), &policy, at);
             write.decided.extend(decided.into_iter().map(|d| (g.lease, d)));
             let (step, attempt) = match next {
                 Advance::Park(p) => {
@@ -549,7 +562,10 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                     return Some(g);
                 }
                 Some(Err(failure)) => {
-                    g.last = Some(Performed::Failed(failure.message.clone()));
+                    g.last = Some(Performed::Failed {
+                        error: failure.message.clone(),
+                        transient: failure.kind == crate::model::ErrorKind::Transient,
+                    });
                     write.ended.push(StepEnd {
                         lease: g.lease,
                         step,
@@ -589,7 +605,10 @@ fn with_event(data: Json, event: &(Json, Option<Json>)) -> Json {
 fn performed(result: Result<Json, Failure>) -> Performed {
     match result {
         Ok(output) => Performed::Done(output),
-        Err(f) => Performed::Failed(f.message),
+        Err(f) => Performed::Failed {
+            transient: f.kind == crate::model::ErrorKind::Transient,
+            error: f.message,
+        },
     }
 }
 
@@ -894,6 +913,7 @@ mod tests {
                             event: Json::Null,
                             payload: None,
                             resumed: Resumed::Fresh,
+                            retry: TransientRetry::DEFAULT,
                         }),
                     },
                 })

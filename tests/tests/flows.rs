@@ -2,8 +2,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use herald_shared::aws::SqsReceipts;
-use herald_shared::clock::ManualClock;
+use herald_shared::aws::{SesEmail, SnsSms, SqsReceipts};
+use herald_shared::clock::{Clock, ManualClock};
 use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
 use herald_shared::pg::Database;
 use herald_shared::workflow::machine::Park;
@@ -576,4 +576,165 @@ async fn a_manual_start_runs_a_flow_for_one_row_with_its_payload_and_the_trigger
         let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
         assert!(message.contains(want), "{sql}: {message}");
     }
+}
+
+#[tokio::test]
+async fn a_step_whose_provider_fails_transiently_is_tried_again_after_the_automations_backoff() {
+    // GIVEN an instance of email → SMS whose automation tries 2 times, 1 minute doubling,
+    // and an AWS endpoint that is down (a proxy, without SDK retries)
+    let h = Herald::new().await;
+    h.db.exec(&format!(
+        "CREATE TABLE bookings (id bigint PRIMARY KEY, status text NOT NULL, email text, phone text, name text);
+         INSERT INTO bookings VALUES (1, 'confirmed', 'b1-{tag}@example.com', '+1555{tag:07}', 'Ana');
+         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text,
+                                  max_attempts, retry_base, retry_cap)
+         VALUES ('confirm', 'bookings', 'confirmed', 'x', 'x', 'x', 2, '1 minute', '10 minutes');",
+        tag = h.tag
+    ))
+    .await;
+    let doc = json!({
+        "trigger": {"type": "status_change", "table": "public.bookings", "to": "confirmed"},
+        "steps": [
+            {"id": "mail", "type": "send_email", "to": "{{ email }}", "subject": "Booked", "text": "Hi {{ name }}"},
+            {"id": "text", "type": "send_sms", "to": "{{ phone }}", "body": "Booked, {{ name }}", "on_error": "continue"}
+        ]
+    });
+    let version: i32 =
+        h.db.client
+            .query_one("SELECT herald_save_automation('confirm', $1)", &[&doc])
+            .await
+            .unwrap()
+            .get(0);
+    h.db.exec(&format!(
+        "INSERT INTO automation_execution_logs
+           (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
+            run_at, created_at, updated_at, version, next_step, lease_token, lease_expires_at)
+         SELECT id, 'public', 'bookings', 'id', '1', 'status_change', '{{}}', 'queued', now(), now(), now(), {version},
+                'mail', 7, now() + interval '1 hour'
+         FROM automations WHERE name = 'confirm'"
+    ))
+    .await;
+    let log_id: i64 = h.db.scalar("SELECT id FROM automation_execution_logs").await;
+    let proxy = herald_tests::Proxy::start(&h.moto.url).await;
+    let via_proxy = h
+        .moto
+        .sdk
+        .to_builder()
+        .endpoint_url(&proxy.url)
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .build();
+    let (email, sms) = (SesEmail::new(&via_proxy, None), SnsSms::new(&via_proxy, None));
+    proxy.set_up(false);
+    let store = Database::new(h.db.config()).store().await.unwrap();
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000); // 2030-01-01T00:00:00Z
+    let clock = ManualClock::new(start);
+    let hooks = h.webhooks();
+    let performers = Performers {
+        email: &email,
+        sms: &sms,
+        webhooks: &hooks,
+    };
+    let runner = FlowRunner {
+        ledger: &store,
+        effects: &performers,
+        receipts: &h.executor.receipts,
+        clock: &clock,
+        default_from: &h.from,
+        lease: Duration::from_secs(120),
+        ends_at: None,
+        step_limit: 100,
+    };
+    let at_of = |out: &[FlowOutcome]| match out {
+        [FlowOutcome::Stopped(Stop::Park(Park::Retrying { step, at }))] => (step.clone(), *at),
+        other => panic!("not retrying: {other:?}"),
+    };
+    let place = || async {
+        let r = h
+            .db
+            .client
+            .query_one(
+                "SELECT status, next_step, step_attempt, extract(epoch FROM run_at)::float8 FROM automation_execution_logs",
+                &[],
+            )
+            .await
+            .unwrap();
+        (
+            r.get::<_, String>(0),
+            r.get::<_, Option<String>>(1),
+            r.get::<_, i32>(2),
+            r.get::<_, f64>(3),
+        )
+    };
+    let secs = |t: jiff::Timestamp| t.as_microsecond() as f64 / 1e6;
+    let start_secs = 1_893_456_000.0;
+
+    // WHEN it runs while the endpoint is down
+    let message = json!({"log_id": log_id, "lease": 7}).to_string();
+    let out = runner.run(std::slice::from_ref(&message), 4).await;
+
+    // THEN the email failed transiently and waits for its second try, within the first
+    // backoff window (0 to 1 minute), although the step's on_error is stop
+    let (step, at) = at_of(&out);
+    assert_eq!(step, "mail");
+    assert!((start_secs..=start_secs + 60.0).contains(&secs(at)), "{at}");
+    let (status, next, attempt, run_at) = place().await;
+    assert_eq!(
+        (status.as_str(), next.as_deref(), attempt),
+        ("waiting", Some("mail"), 1)
+    );
+    assert!((run_at - secs(at)).abs() < 1e-3, "run_at {run_at}, retry at {at}");
+
+    // WHEN the endpoint comes back and the scheduler wakes the instance
+    proxy.set_up(true);
+    clock.advance(Duration::from_secs(60));
+    h.db.exec("UPDATE automation_execution_logs SET status = 'queued', lease_token = 8")
+        .await;
+    let message = json!({"log_id": log_id, "lease": 8}).to_string();
+    let out = runner.run(std::slice::from_ref(&message), 4).await;
+
+    // THEN both steps went out, once each, the email on its second try
+    assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Park(Park::Completed))]);
+    let runs: Vec<String> =
+        h.db.column(
+            "SELECT step_id || ' ' || attempt || ' ' || status || ' ' || coalesce(error_kind, '-')
+             FROM automation_step_runs WHERE status <> 'decided' ORDER BY id",
+        )
+        .await;
+    assert_eq!(runs, ["mail 1 failed transient", "mail 2 done -", "text 1 done -"]);
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
+
+    // WHEN another instance, at its SMS, finds the endpoint down on both of its 2 tries
+    h.db.exec(&format!(
+        "INSERT INTO automation_execution_logs
+           (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
+            run_at, created_at, updated_at, version, next_step, lease_token, lease_expires_at)
+         SELECT id, 'public', 'bookings', 'id', '1', 'status_change', '{{}}', 'queued', now(), now(), now(), {version},
+                'text', 9, now() + interval '1 hour'
+         FROM automations WHERE name = 'confirm'"
+    ))
+    .await;
+    let log_id: i64 = h.db.scalar("SELECT max(id) FROM automation_execution_logs").await;
+    proxy.set_up(false);
+    let message = json!({"log_id": log_id, "lease": 9}).to_string();
+    let (step, at) = at_of(&runner.run(std::slice::from_ref(&message), 4).await);
+    assert_eq!(step, "text");
+    let now = secs(jiff::Timestamp::try_from(clock.now()).unwrap());
+    assert!((now..=now + 60.0).contains(&secs(at)), "{at}");
+    clock.advance(Duration::from_secs(60));
+    h.db.exec(&format!(
+        "UPDATE automation_execution_logs SET status = 'queued', lease_token = 10 WHERE id = {log_id}"
+    ))
+    .await;
+    let message = json!({"log_id": log_id, "lease": 10}).to_string();
+    let out = runner.run(std::slice::from_ref(&message), 4).await;
+
+    // THEN after the second its on_error (continue) applies: the instance completes
+    assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Park(Park::Completed))]);
+    let failed: i64 =
+        h.db.scalar(&format!(
+            "SELECT count(*) FROM automation_step_runs
+             WHERE log_id = {log_id} AND step_id = 'text' AND status = 'failed' AND error_kind = 'transient'"
+        ))
+        .await;
+    assert_eq!(failed, 2);
 }

@@ -2,7 +2,7 @@
 //! round with `herald_flow_write` and reads the instances' fresh data in the same round trip.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value as Json};
 
@@ -12,6 +12,7 @@ use crate::model::{EventInfo, Failure, Lease, LogId, QueueMessage, StoreError};
 use crate::steps::Effect;
 use crate::workflow::definition;
 use crate::workflow::machine::{Instance, Park, Performed};
+use crate::workflow::plan::TransientRetry;
 
 impl FlowLedger for PgStore {
     async fn start(
@@ -82,10 +83,17 @@ impl FlowLedger for PgStore {
                             Some("done") => Resumed::Ended(Performed::Done(
                                 r.get::<_, Option<Json>>("run_output").unwrap_or(Json::Null),
                             )),
-                            Some("failed") => Resumed::Ended(Performed::Failed(
-                                r.get::<_, Option<String>>("run_error").unwrap_or_default(),
-                            )),
+                            Some("failed") => Resumed::Ended(Performed::Failed {
+                                error: r.get::<_, Option<String>>("run_error").unwrap_or_default(),
+                                transient: r.get::<_, Option<String>>("run_error_kind").as_deref() == Some("transient"),
+                            }),
                             Some(_) => Resumed::InDoubt,
+                        },
+                        retry: TransientRetry {
+                            max_attempts: r.get::<_, i32>("max_attempts").max(1) as u32,
+                            base: Duration::from_secs_f64(r.get::<_, f64>("retry_base_secs").max(0.0)),
+                            cap: Duration::from_secs_f64(r.get::<_, f64>("retry_cap_secs").max(0.0)),
+                            jitter: 0.0,
                         },
                     }),
                 }

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value as Json};
 
 use super::condition::evaluate;
 use super::definition::{Action, Document, Step};
-use super::plan::{find, plan_next_step, Decision, StepResult};
+use super::plan::{find, plan_next_step, Decision, Policy, StepResult};
 use super::wait::wake_at;
 
 /// Where an instance is in its flow, as the ledger keeps it.
@@ -81,7 +81,11 @@ pub struct Decided {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Performed {
     Done(Json),
-    Failed(String),
+    /// `transient`: trying again may succeed (see [`Policy`]).
+    Failed {
+        error: String,
+        transient: bool,
+    },
 }
 
 /// The templates' variables: the data, and `steps` holding earlier steps' outputs.
@@ -99,9 +103,10 @@ pub fn advance(
     instance: &mut Instance,
     data: &Json,
     last: Option<Performed>,
-    step_limit: u32,
+    policy: &Policy,
     now: Timestamp,
 ) -> (Advance, Vec<Decided>) {
+    let step_limit = policy.step_limit;
     let mut decided = Vec::new();
     let vars = |i: &Instance| variables(data, i);
     // The trigger's conditions, before anything of the instance has run.
@@ -117,15 +122,16 @@ pub fn advance(
             }
             StepResult::Done
         }
-        Performed::Failed(error) => StepResult::Failed {
+        Performed::Failed { error, transient } => StepResult::Failed {
             attempt: instance.attempt,
             error,
+            transient,
         },
     });
     loop {
         // How the step at `next` ended decides where the instance goes.
         if let (Some(at), Some(r)) = (instance.next.clone(), result.take()) {
-            match plan_next_step(&doc.steps, &at, &r, instance.steps_run, step_limit, now) {
+            match plan_next_step(&doc.steps, &at, &r, instance.steps_run, policy, now) {
                 Ok(Decision::Run(id)) => {
                     instance.next = Some(id);
                     instance.attempt = 0;
@@ -245,7 +251,11 @@ fn decide_in_memory(
     };
     let mut failed = |kind, error: String| {
         decided.push(record(kind, json!({"error": error})));
-        StepResult::Failed { attempt, error }
+        StepResult::Failed {
+            attempt,
+            error,
+            transient: false,
+        }
     };
     match &step.action {
         Action::Branch { when, .. } => Some(match evaluate(when, vars, now, tz) {
@@ -273,6 +283,17 @@ mod tests {
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    fn limit(steps: u32) -> Policy {
+        Policy::new(steps)
+    }
+
+    fn failed(error: &str) -> Performed {
+        Performed::Failed {
+            error: error.into(),
+            transient: false,
+        }
     }
 
     fn flow() -> Document {
@@ -311,7 +332,7 @@ mod tests {
         let d = data("confirmed", true);
 
         // The exit condition is checked, and recorded with what it saw, before every step.
-        let (a, decided) = advance(&doc, &mut i, &d, None, 100, now);
+        let (a, decided) = advance(&doc, &mut i, &d, None, &limit(100), now);
         assert_eq!(a, perform("confirm", 1));
         assert_eq!(
             (decided[0].kind, &decided[0].detail),
@@ -326,7 +347,7 @@ mod tests {
             &mut i,
             &d,
             Some(Performed::Done(json!({"id": "ses-1"}))),
-            100,
+            &limit(100),
             now,
         );
         let until = t("2026-11-24T09:00:00Z");
@@ -342,22 +363,25 @@ mod tests {
         assert_eq!(i.next.as_deref(), Some("vip"));
 
         // Woken: the branch is decided in memory, and `then` has a step to perform.
-        let (a, decided) = advance(&doc, &mut i, &d, None, 100, until);
+        let (a, decided) = advance(&doc, &mut i, &d, None, &limit(100), until);
         assert_eq!(a, perform("owner", 1));
         assert_eq!(decided[1].detail, json!({"holds": true, "seen": {"vip": true}}));
-        let (a, _) = advance(&doc, &mut i, &d, Some(Performed::Done(Json::Null)), 100, until);
+        let (a, _) = advance(&doc, &mut i, &d, Some(Performed::Done(Json::Null)), &limit(100), until);
         assert_eq!(a, perform("remind", 1));
         // `continue`: a failed SMS does not stop the flow.
         let (a, _) = advance(
             &doc,
             &mut i,
             &d,
-            Some(Performed::Failed("opted out".into())),
-            100,
+            Some(Performed::Failed {
+                error: "opted out".into(),
+                transient: false,
+            }),
+            &limit(100),
             until,
         );
         assert_eq!(a, perform("hook", 1));
-        let (a, _) = advance(&doc, &mut i, &d, Some(Performed::Failed("503".into())), 100, until);
+        let (a, _) = advance(&doc, &mut i, &d, Some(failed("503")), &limit(100), until);
         assert_eq!(
             a,
             Advance::Park(Park::Retrying {
@@ -365,9 +389,9 @@ mod tests {
                 at: t("2026-11-24T09:05:00Z")
             })
         );
-        let (a, _) = advance(&doc, &mut i, &d, None, 100, t("2026-11-24T09:05:00Z"));
+        let (a, _) = advance(&doc, &mut i, &d, None, &limit(100), t("2026-11-24T09:05:00Z"));
         assert_eq!(a, perform("hook", 2));
-        let (a, _) = advance(&doc, &mut i, &d, Some(Performed::Failed("503".into())), 100, until);
+        let (a, _) = advance(&doc, &mut i, &d, Some(failed("503")), &limit(100), until);
         assert_eq!(
             a,
             Advance::Park(Park::Failed("step `hook` failed 2 times, the last with: 503".into()))
@@ -381,8 +405,8 @@ mod tests {
         let mut i = Instance::new(&doc);
         let late = t("2026-11-24T10:00:00Z");
         let d = data("confirmed", false);
-        advance(&doc, &mut i, &d, None, 100, late);
-        let (a, decided) = advance(&doc, &mut i, &d, Some(Performed::Done(Json::Null)), 100, late);
+        advance(&doc, &mut i, &d, None, &limit(100), late);
+        let (a, decided) = advance(&doc, &mut i, &d, Some(Performed::Done(Json::Null)), &limit(100), late);
         assert_eq!(a, perform("remind", 1));
         let kinds: Vec<&str> = decided.iter().map(|d| d.kind).collect();
         assert_eq!(kinds, ["exit", "wait", "exit", "branch", "exit"]);
@@ -414,24 +438,24 @@ mod tests {
         ];
         for (data, want, holds) in cases {
             let mut i = Instance::new(&doc);
-            let (a, decided) = advance(&doc, &mut i, &data, None, 100, now);
+            let (a, decided) = advance(&doc, &mut i, &data, None, &limit(100), now);
             assert_eq!(a, want, "{data}");
             assert_eq!(decided[0].kind, "conditions");
             assert_eq!(decided[0].detail, json!({"holds": holds, "seen": {"vip": holds}}));
         }
         // Data the conditions cannot read fails the instance rather than choosing for it.
         let mut i = Instance::new(&doc);
-        let (a, _) = advance(&doc, &mut i, &json!({}), None, 100, now);
+        let (a, _) = advance(&doc, &mut i, &json!({}), None, &limit(100), now);
         assert!(matches!(a, Advance::Park(Park::Failed(why)) if why.starts_with("conditions:")));
         // Checked once: not again when the instance goes on after its first step.
         let mut i = Instance::new(&doc);
-        advance(&doc, &mut i, &json!({"vip": true}), None, 100, now);
+        advance(&doc, &mut i, &json!({"vip": true}), None, &limit(100), now);
         let (a, decided) = advance(
             &doc,
             &mut i,
             &json!({"vip": false}),
             Some(Performed::Done(Json::Null)),
-            100,
+            &limit(100),
             now,
         );
         assert_eq!((a, decided.len()), (Advance::Park(Park::Completed), 0));
@@ -442,13 +466,13 @@ mod tests {
         let doc = flow();
         let mut i = Instance::new(&doc);
         let now = t("2026-11-23T12:00:00Z");
-        advance(&doc, &mut i, &data("confirmed", true), None, 100, now);
+        advance(&doc, &mut i, &data("confirmed", true), None, &limit(100), now);
         advance(
             &doc,
             &mut i,
             &data("confirmed", true),
             Some(Performed::Done(Json::Null)),
-            100,
+            &limit(100),
             now,
         );
         // Cancelled during the wait: the wake-up finds it.
@@ -457,7 +481,7 @@ mod tests {
             &mut i,
             &data("cancelled", true),
             None,
-            100,
+            &limit(100),
             t("2026-11-24T09:00:00Z"),
         );
         assert_eq!(a, Advance::Park(Park::Exited("booking cancelled".into())));
@@ -473,8 +497,8 @@ mod tests {
         let mut i = Instance::new(&doc);
         let mut d = data("confirmed", true);
         d["starts_at"] = Json::Null;
-        advance(&doc, &mut i, &d, None, 100, now);
-        let (a, _) = advance(&doc, &mut i, &d, Some(Performed::Done(Json::Null)), 100, now);
+        advance(&doc, &mut i, &d, None, &limit(100), now);
+        let (a, _) = advance(&doc, &mut i, &d, Some(Performed::Done(Json::Null)), &limit(100), now);
         assert_eq!(
             a,
             Advance::Park(Park::Failed(
@@ -484,13 +508,13 @@ mod tests {
         // Two steps allowed: the third is refused.
         let mut i = Instance::new(&doc);
         let d = data("confirmed", true);
-        advance(&doc, &mut i, &d, None, 2, t("2026-11-24T10:00:00Z"));
+        advance(&doc, &mut i, &d, None, &limit(2), t("2026-11-24T10:00:00Z"));
         let (a, _) = advance(
             &doc,
             &mut i,
             &d,
             Some(Performed::Done(Json::Null)),
-            2,
+            &limit(2),
             t("2026-11-24T10:00:00Z"),
         );
         assert_eq!(
@@ -512,7 +536,15 @@ mod tests {
         };
         let mut done2 = done.clone();
         assert_eq!(
-            advance(&doc, &mut done2, &Json::Null, None, 100, t("2026-11-23T12:00:00Z")).0,
+            advance(
+                &doc,
+                &mut done2,
+                &Json::Null,
+                None,
+                &limit(100),
+                t("2026-11-23T12:00:00Z")
+            )
+            .0,
             Advance::Park(Park::Completed)
         );
     }

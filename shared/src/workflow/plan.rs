@@ -1,13 +1,64 @@
 //! What an instance does next, given where it is and how its last step ended.
 
+use std::time::Duration;
+
 use jiff::tz::TimeZone;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
 use super::definition::{Action, OnError, Step};
 use super::time::shift;
 
 /// Most steps one instance may run, retries and loops through waits included.
 pub const DEFAULT_STEP_LIMIT: u32 = 100;
+
+/// What bounds an instance's next move: the steps it may run, and how its automation tries
+/// again a step whose effect failed transiently.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    pub step_limit: u32,
+    pub transient: TransientRetry,
+}
+
+/// The automation's retries of transient failures (`max_attempts`, `retry_base`,
+/// `retry_cap`), as one-shot logs have them: up to `max_attempts` tries, the wait before try
+/// n+1 a random time between 0 and min(`cap`, `base` × 2^(n−1)).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TransientRetry {
+    pub max_attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+    /// Where in that window this wait falls, in [0, 1): chosen at random by the caller
+    /// (full jitter), so that the decision itself stays a pure function.
+    pub jitter: f64,
+}
+
+impl TransientRetry {
+    /// The automations table's defaults: 5 tries, 30 seconds doubling up to an hour.
+    pub const DEFAULT: TransientRetry = TransientRetry {
+        max_attempts: 5,
+        base: Duration::from_secs(30),
+        cap: Duration::from_secs(3_600),
+        jitter: 0.5,
+    };
+
+    /// The wait after the `attempt`-th try failed.
+    pub fn wait(&self, attempt: u32) -> Duration {
+        let window = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(30))
+            .min(self.cap);
+        window.mul_f64(self.jitter.clamp(0.0, 1.0))
+    }
+}
+
+impl Policy {
+    pub fn new(step_limit: u32) -> Self {
+        Self {
+            step_limit,
+            transient: TransientRetry::DEFAULT,
+        }
+    }
+}
 
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,8 +69,13 @@ pub enum StepResult {
     Chose(bool),
     /// A wait that ends at this instant.
     Waits(Timestamp),
-    /// It failed; `attempt` counts this step's attempts so far, this one included.
-    Failed { attempt: u32, error: String },
+    /// It failed; `attempt` counts this step's attempts so far, this one included, and
+    /// `transient` says whether trying again may succeed (a throttle, a 5xx, a timeout).
+    Failed {
+        attempt: u32,
+        error: String,
+        transient: bool,
+    },
 }
 
 /// What the instance does next.
@@ -54,9 +110,10 @@ pub fn plan_next_step(
     at: &str,
     result: &StepResult,
     steps_run: u32,
-    step_limit: u32,
+    policy: &Policy,
     now: Timestamp,
 ) -> Result<Decision, String> {
+    let step_limit = policy.step_limit;
     let mut trail = trail(steps, at).ok_or_else(|| format!("the definition has no step `{at}`"))?;
     let &(list, index) = trail.last().ok_or("empty trail")?;
     let step = &list[index];
@@ -80,7 +137,32 @@ pub fn plan_next_step(
                 until: *until,
             })
         }
-        StepResult::Failed { attempt, error } => match step.on_error {
+        // A transient failure is tried again with the automation's backoff, up to its
+        // max_attempts tries plus the retries on_error adds; then on_error decides.
+        StepResult::Failed {
+            attempt,
+            transient: true,
+            ..
+        } if *attempt
+            < policy.transient.max_attempts.saturating_add(match step.on_error {
+                OnError::Retry { times, .. } => times,
+                _ => 0,
+            }) =>
+        {
+            if steps_run >= step_limit {
+                return Ok(Decision::Fail(limit_reached(step_limit)));
+            }
+            let wait = SignedDuration::try_from(policy.transient.wait(*attempt))
+                .map_err(|e| format!("backoff of step `{at}`: {e}"))?;
+            let at_time = now
+                .checked_add(wait)
+                .map_err(|e| format!("backoff of step `{at}`: {e}"))?;
+            return Ok(Decision::Retry {
+                step: at.to_owned(),
+                at: at_time,
+            });
+        }
+        StepResult::Failed { attempt, error, .. } => match step.on_error {
             OnError::Stop => return Ok(Decision::Fail(format!("step `{at}` failed: {error}"))),
             OnError::Continue => after(&mut trail),
             OnError::Retry { times, backoff } => {
@@ -207,6 +289,7 @@ mod tests {
         let failed = |attempt| StepResult::Failed {
             attempt,
             error: "boom".into(),
+            transient: false,
         };
         let run = |s: &str| Ok(Decision::Run(s.into()));
         let cases: Vec<(&str, StepResult, Result<Decision, String>)> = vec![
@@ -265,7 +348,7 @@ mod tests {
         let steps = steps();
         for (at, result, want) in cases {
             assert_eq!(
-                plan_next_step(&steps, at, &result, 1, DEFAULT_STEP_LIMIT, now),
+                plan_next_step(&steps, at, &result, 1, &Policy::new(DEFAULT_STEP_LIMIT), now),
                 want,
                 "{at} {result:?}"
             );
@@ -273,22 +356,106 @@ mod tests {
     }
 
     #[test]
+    fn transient_failures_are_tried_again_with_the_automations_backoff_before_on_error() {
+        let now = t("2026-11-23T12:00:00Z");
+        let steps = steps();
+        // At most 3 tries; waits of 10 s doubling, at most 25 s; the whole window (jitter 1).
+        let policy = Policy {
+            step_limit: 100,
+            transient: TransientRetry {
+                max_attempts: 3,
+                base: Duration::from_secs(10),
+                cap: Duration::from_secs(25),
+                jitter: 1.0,
+            },
+        };
+        let retry = |step: &str, at: &str| {
+            Ok(Decision::Retry {
+                step: step.into(),
+                at: t(at),
+            })
+        };
+        // (step and its on_error, attempt, transient) -> what follows
+        let cases: Vec<(&str, u32, bool, Result<Decision, String>)> = vec![
+            // stop
+            ("a", 1, true, retry("a", "2026-11-23T12:00:10Z")),
+            ("a", 2, true, retry("a", "2026-11-23T12:00:20Z")),
+            ("a", 3, true, Ok(Decision::Fail("step `a` failed: boom".into()))),
+            // a permanent failure goes to on_error at once
+            ("a", 1, false, Ok(Decision::Fail("step `a` failed: boom".into()))),
+            // continue, once the tries are used up
+            ("k", 2, true, retry("k", "2026-11-23T12:00:20Z")),
+            ("k", 3, true, Ok(Decision::Run("z".into()))),
+            // retry 2 times, 1 minute apart: two more tries on top, at the capped backoff
+            ("r", 3, true, retry("r", "2026-11-23T12:00:25Z")),
+            ("r", 4, true, retry("r", "2026-11-23T12:00:25Z")),
+            (
+                "r",
+                5,
+                true,
+                Ok(Decision::Fail("step `r` failed 5 times, the last with: boom".into())),
+            ),
+            // a permanent failure is retried by on_error, with its own backoff
+            ("r", 1, false, retry("r", "2026-11-23T12:01:00Z")),
+        ];
+        for (at, attempt, transient, want) in cases {
+            let result = StepResult::Failed {
+                attempt,
+                error: "boom".into(),
+                transient,
+            };
+            assert_eq!(
+                plan_next_step(&steps, at, &result, 1, &policy, now),
+                want,
+                "{at} attempt {attempt} transient {transient}"
+            );
+        }
+        // The step limit holds for these tries too.
+        let failed = StepResult::Failed {
+            attempt: 1,
+            error: "boom".into(),
+            transient: true,
+        };
+        assert_eq!(
+            plan_next_step(
+                &steps,
+                "a",
+                &failed,
+                5,
+                &Policy {
+                    step_limit: 5,
+                    ..policy
+                },
+                now
+            ),
+            Ok(Decision::Fail("the instance reached its limit of 5 steps".into()))
+        );
+        // The defaults, halfway through each window.
+        let d = TransientRetry::DEFAULT;
+        assert_eq!([1, 2, 8, 40].map(|n| d.wait(n).as_secs()), [15, 30, 1_800, 1_800]);
+    }
+
+    #[test]
     fn the_step_limit_stops_an_instance_but_lets_it_complete() {
         let now = t("2026-11-23T12:00:00Z");
         let steps = steps();
         let limit = Ok(Decision::Fail("the instance reached its limit of 5 steps".into()));
-        assert_eq!(plan_next_step(&steps, "a", &StepResult::Done, 5, 5, now), limit);
+        assert_eq!(
+            plan_next_step(&steps, "a", &StepResult::Done, 5, &Policy::new(5), now),
+            limit
+        );
         let retry = StepResult::Failed {
             attempt: 1,
             error: "x".into(),
+            transient: false,
         };
-        assert_eq!(plan_next_step(&steps, "r", &retry, 5, 5, now), limit);
+        assert_eq!(plan_next_step(&steps, "r", &retry, 5, &Policy::new(5), now), limit);
         assert_eq!(
-            plan_next_step(&steps, "a", &StepResult::Done, 4, 5, now),
+            plan_next_step(&steps, "a", &StepResult::Done, 4, &Policy::new(5), now),
             Ok(Decision::Run("b".into()))
         );
         assert_eq!(
-            plan_next_step(&steps, "z", &StepResult::Done, 5, 5, now),
+            plan_next_step(&steps, "z", &StepResult::Done, 5, &Policy::new(5), now),
             Ok(Decision::Complete)
         );
         assert_eq!(find(&steps, "c1").map(|s| s.id.as_str()), Some("c1"));
