@@ -80,8 +80,8 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 14,
-        name: "0014_transient_step_retries.sql",
-        sql: include_str!("../migrations/0014_transient_step_retries.sql"),
+        name: "0014_step_failures.sql",
+        sql: include_str!("../migrations/0014_step_failures.sql"),
     },
 ];
 

@@ -21,7 +21,7 @@ use crate::model::{ContextError, Failure, Lease, LogId, QueueMessage, ReceiptSin
 use crate::receipt::{give_up_at, keep, micros, write_retrying, Receipt, ReceiptStep};
 use crate::steps::{prepare, Effect};
 use crate::webhook::{WebhookSender, WebhookStep};
-use crate::workflow::definition::Document;
+use crate::workflow::definition::{Document, OnUnknown};
 use crate::workflow::machine::{advance, variables, Advance, Decided, Instance, Park, Performed};
 use crate::workflow::plan::{find, is_last, Policy, TransientRetry};
 
@@ -312,13 +312,15 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                         }),
                         (Ok(doc), Ok(data)) => {
                             let at = instance.next.clone().unwrap_or_default();
-                            let kind = find(&doc.steps, &at).map_or("unknown", |s| s.action.type_name());
+                            let step = find(&doc.steps, &at);
+                            let kind = step.map_or("unknown", |s| s.action.type_name());
                             let last = match resumed {
                                 Resumed::Fresh => None,
                                 Resumed::Ended(p) => Some(p),
-                                // A webhook carries the same id when sent again: the receiver
-                                // drops a repeat. Messages to people are not sent twice blind.
-                                Resumed::InDoubt if kind == "webhook" => None,
+                                // As the step says: by default a webhook is sent again (with
+                                // the same id, so the receiver drops a repeat), and a message
+                                // to people is not sent twice blind.
+                                Resumed::InDoubt if step.is_some_and(|s| s.on_unknown == OnUnknown::Resend) => None,
                                 Resumed::InDoubt => {
                                     write.parked.push(Parked {
                                         lease,

@@ -31,10 +31,11 @@ fn flow() -> Json {
                             {"field": "total", "op": "in", "value": [100, 200]}]},
              "then": [{"id": "tell-owner", "type": "notify_admin", "subject": "VIP", "text": "{{ name }} comes tomorrow"}],
              "else": [{"id": "tag", "type": "add_tag", "tag": "regular"}]},
-            {"id": "remind", "type": "send_sms", "to": "{{ phone }}", "body": "Tomorrow!", "on_error": "continue"},
+            {"id": "remind", "type": "send_sms", "to": "{{ phone }}", "body": "Tomorrow!", "on_error": "continue",
+             "on_unknown": "resend"},
             {"id": "review", "type": "webhook", "url": "https://hooks.example.com/review", "body": "{\"id\": {{ id }}}",
              "secret": "herald/webhooks/review", "timeout": "5 seconds",
-             "on_error": {"retry": {"times": 3, "backoff": "30 seconds"}}},
+             "on_error": {"retry": {"times": 3, "backoff": "30 seconds"}}, "on_unknown": "hold"},
             {"id": "mark", "type": "update_field", "set": {"reminded": "true"}},
             {"id": "follow-up", "type": "create_task", "title": "Call {{ name }}", "due": "2 days"}
         ]
@@ -160,6 +161,16 @@ async fn mistakes_of_shape_are_refused_by_sql_and_by_herald_at_the_same_path() {
             with("/steps/4/on_error/retry/times", json!(50)),
             "steps[4].on_error.retry.times",
             "from 1 to 10",
+        ),
+        (
+            with("/steps/3/on_unknown", json!("retry")),
+            "steps[3].on_unknown",
+            "\"hold\" or \"resend\"",
+        ),
+        (
+            with("/steps/1/on_unknown", json!("hold")),
+            "steps[1].on_unknown",
+            "unknown key",
         ),
         (
             with("/steps/4/url", json!("http://hooks.example.com")),

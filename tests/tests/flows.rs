@@ -738,3 +738,95 @@ async fn a_step_whose_provider_fails_transiently_is_tried_again_after_the_automa
         .await;
     assert_eq!(failed, 2);
 }
+
+#[tokio::test]
+async fn an_email_step_that_says_resend_is_sent_again_when_its_outcome_is_unknown() {
+    // GIVEN an instance whose email step says "on_unknown": "resend"
+    let h = Herald::new().await;
+    h.db.exec(&format!(
+        "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, email text, name text);
+         INSERT INTO members VALUES (1, 'active', 'm1-{tag}@example.com', 'Ana');
+         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
+         VALUES ('welcome', 'members', 'active', 'x', 'x', 'x');",
+        tag = h.tag
+    ))
+    .await;
+    let doc = json!({
+        "trigger": {"type": "status_change", "table": "public.members", "to": "active"},
+        "steps": [
+            {"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": "Welcome", "text": "Hi {{ name }}",
+             "on_unknown": "resend"},
+            {"id": "soon", "type": "wait", "for": "1 day"}
+        ]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('welcome', $1)", &[&doc])
+        .await
+        .unwrap();
+    h.db.exec(
+        "INSERT INTO automation_execution_logs
+           (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
+            run_at, created_at, updated_at, lease_token, lease_expires_at)
+         SELECT a.id, 'public', 'members', 'id', '1', 'status_change', '{}', 'queued', now(), now(), now(), 7,
+                now() + interval '1 hour'
+         FROM automations a",
+    )
+    .await;
+    let id: i64 = h.db.scalar("SELECT id FROM automation_execution_logs").await;
+    let store = Database::new(h.db.config()).store().await.unwrap();
+    let clock = ManualClock::new(SystemTime::now());
+    let hooks = h.webhooks();
+    let performers = Performers {
+        email: &h.executor.email,
+        sms: &h.executor.sms,
+        webhooks: &hooks,
+    };
+    let no_receipts = SqsReceipts::new(&h.moto.sdk, format!("{}-deleted", h.receipts_url));
+    let run = |fail_at: usize, lease: i64| {
+        let (store, clock, performers, from, receipts) = (&store, &clock, &performers, h.from.clone(), &no_receipts);
+        async move {
+            let ledger = FailingWrite {
+                inner: store,
+                fail_at,
+                writes: Default::default(),
+            };
+            let runner = FlowRunner {
+                ledger: &ledger,
+                effects: performers,
+                receipts,
+                clock,
+                default_from: &from,
+                lease: Duration::from_secs(120),
+                ends_at: None,
+                step_limit: 100,
+            };
+            runner
+                .run(&[json!({"log_id": id, "lease": lease}).to_string()], 4)
+                .await
+        }
+    };
+
+    // WHEN the email is sent and no write of its end ever lands (nor its receipt), and the
+    // lease expires
+    let out = run(2, 7).await;
+    assert!(matches!(&out[0], FlowOutcome::StoreFailed(_)), "{out:?}");
+    h.db.exec("UPDATE automation_execution_logs SET lease_expires_at = now() - interval '1 second'")
+        .await;
+    let retried: i32 = h.db.scalar("SELECT retried FROM herald_rescue(now())").await;
+    assert_eq!(retried, 1);
+    h.db.exec("UPDATE automation_execution_logs SET status = 'queued', lease_token = 8")
+        .await;
+    let out = run(0, 8).await;
+
+    // THEN, as the step says, the email is sent again instead of being held as unknown
+    assert!(
+        matches!(&out[0], FlowOutcome::Stopped(Stop::Park(Park::Sleeping { .. }))),
+        "{out:?}"
+    );
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 2);
+    assert_eq!(h.db.statuses().await, ["waiting"]);
+    let runs: Vec<String> =
+        h.db.column("SELECT step_id || ' ' || attempt || ' ' || status FROM automation_step_runs WHERE status <> 'decided' ORDER BY id")
+            .await;
+    assert_eq!(runs, ["hello 1 started", "hello 2 done"]);
+}

@@ -109,7 +109,19 @@ pub struct Admins {
 pub struct Step {
     pub id: String,
     pub on_error: OnError,
+    /// What a later invocation does when this step's effect started and how it ended was
+    /// never recorded (the executor vanished mid-call).
+    pub on_unknown: OnUnknown,
     pub action: Action,
+}
+
+/// A step whose outcome is unknown: held for an operator, or performed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnknown {
+    /// The instance waits in status `unknown` (the default for messages to people).
+    Hold,
+    /// The effect is performed again (the default for webhooks, which carry the same id).
+    Resend,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -490,6 +502,21 @@ impl Reader {
         let kind = self.text(s, "type", path)?;
         let common = ["id", "type", "on_error"];
         let keys = |extra: &[&'static str]| [&common[..], extra].concat();
+        // Steps whose effect leaves this database may say what to do when its outcome is
+        // unknown.
+        let sends = ["send_email", "send_sms", "notify_admin", "webhook"].contains(&kind.as_str());
+        let keys = |extra: &[&'static str]| match sends {
+            true => [&keys(extra)[..], &["on_unknown"]].concat(),
+            false => keys(extra),
+        };
+        let on_unknown = match (s.get("on_unknown"), kind.as_str()) {
+            (None, "webhook") => Some(OnUnknown::Resend),
+            (None, _) => Some(OnUnknown::Hold),
+            (Some(_), _) if !sends => None,
+            (Some(Json::String(v)), _) if v == "hold" => Some(OnUnknown::Hold),
+            (Some(Json::String(v)), _) if v == "resend" => Some(OnUnknown::Resend),
+            (Some(_), _) => self.problem(&format!("{path}.on_unknown"), "is \"hold\" or \"resend\""),
+        };
         let action = match kind.as_str() {
             "send_email" => {
                 self.only_keys(s, &keys(&["from", "to", "subject", "text", "html"]), path);
@@ -650,6 +677,8 @@ impl Reader {
         Some(Step {
             id: id?,
             on_error: on_error?,
+            // Refused above for a step that does not take it.
+            on_unknown: on_unknown.unwrap_or(OnUnknown::Hold),
             action,
         })
     }
@@ -747,6 +776,26 @@ mod tests {
                 {"id": "follow-up", "type": "create_task", "title": "Call {{ name }}", "due": "2 days"}
             ]
         })
+    }
+
+    #[test]
+    fn a_step_says_what_follows_an_unknown_outcome_and_webhooks_are_resent_by_default() {
+        let doc = parse(&json!({
+            "trigger": {"type": "manual"},
+            "steps": [
+                {"id": "a", "type": "send_email", "to": "x", "subject": "s", "text": "t"},
+                {"id": "b", "type": "send_email", "to": "x", "subject": "s", "text": "t", "on_unknown": "resend"},
+                {"id": "c", "type": "send_sms", "to": "x", "body": "b"},
+                {"id": "d", "type": "webhook", "url": "https://h.example.com", "body": "{}", "secret": "s"},
+                {"id": "e", "type": "webhook", "url": "https://h.example.com", "body": "{}", "secret": "s",
+                 "on_unknown": "hold"},
+                {"id": "f", "type": "add_tag", "tag": "t"}
+            ]
+        }))
+        .unwrap();
+        let got: Vec<OnUnknown> = doc.steps.iter().map(|s| s.on_unknown).collect();
+        use OnUnknown::{Hold, Resend};
+        assert_eq!(got, [Hold, Resend, Hold, Resend, Hold, Hold]);
     }
 
     #[test]
