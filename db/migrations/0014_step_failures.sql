@@ -262,11 +262,16 @@ BEGIN
 END
 $$;
 
--- herald_flow_write as schema 10 wrote it, but for how a started effect's place is written:
--- the instances whose run was recorded are found in an array of their ids instead of by a
--- join of two CTEs, which the planner, seeing neither's size, made a nested loop over every
--- pair (10,000 for a round of 100 instances). About a fifth off a round that starts 100
--- effects, in psql on the bench's database.
+-- herald_flow_write as schema 10 wrote it, with two changes.
+-- A write made again after its commit landed and its answer was lost is taken as it was:
+-- its decisions are not recorded twice, and the effects it started (or, for this
+-- database's own, performed) answer as they did. The executor writes how a step ended and
+-- the next step's start together, and retries such a write as it retries any.
+-- How a started effect's place is written: the instances whose run was recorded are found
+-- in an array of their ids instead of by a join of two CTEs, which the planner, seeing
+-- neither's size, made a nested loop over every pair (10,000 for a round of 100
+-- instances). About a fifth off a round that starts 100 effects, in psql on the bench's
+-- database.
 CREATE OR REPLACE FUNCTION herald_flow_write(p_write jsonb, p_now timestamptz) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -331,7 +336,11 @@ BEGIN
   SELECT g.id, d ->> 'step', d ->> 'kind', g.step_attempt, g.lease_token, 'decided', p_now, p_now, d -> 'detail'
   FROM jsonb_array_elements(p_write -> 'decided') d
   JOIN ONLY automation_execution_logs g
-    ON g.id = (d ->> 'log_id')::bigint AND g.status = 'running' AND g.lease_token = (d ->> 'token')::bigint;
+    ON g.id = (d ->> 'log_id')::bigint AND g.status = 'running' AND g.lease_token = (d ->> 'token')::bigint
+  -- Not again when this same write was made before (its commit landed, its answer was lost).
+  WHERE NOT EXISTS (SELECT 1 FROM automation_step_runs x
+                    WHERE x.log_id = g.id AND x.started_at = p_now AND x.lease_token = g.lease_token
+                      AND x.status = 'decided' AND x.step_id = d ->> 'step' AND x.step_type = d ->> 'kind');
 
   -- Effects about to start elsewhere. The row lock orders this write with a pause or cancel
   -- of the instance: a held instance parks at this step instead, and its effect never starts.
@@ -369,13 +378,22 @@ BEGIN
     ORDER BY l.id
     ON CONFLICT DO NOTHING
     RETURNING log_id
+  ), again AS (
+    -- Runs this same write recorded before (its commit landed, its answer was lost): taken.
+    SELECT l.id AS log_id
+    FROM l
+    JOIN automation_step_runs x
+      ON x.log_id = l.id AND x.step_id = l.v ->> 'step' AND x.attempt = (l.v ->> 'attempt')::int
+     AND x.status = 'started' AND x.lease_token = l.lease_token AND x.started_at = p_now
+    WHERE l.held IS NULL
   ), placed AS (
     -- The instance's place as the effect starts: where a later invocation resumes.
     UPDATE ONLY automation_execution_logs g
     SET next_step = l.v ->> 'next_step', step_attempt = (l.v ->> 'step_attempt')::int,
         steps_run = (l.v ->> 'steps_run')::int, outputs = l.v -> 'outputs', updated_at = p_now
     FROM l
-    WHERE g.id = l.id AND l.held IS NULL AND l.id = ANY (ARRAY(SELECT log_id FROM runs))
+    WHERE g.id = l.id AND l.held IS NULL
+      AND l.id = ANY (ARRAY(SELECT log_id FROM runs UNION ALL SELECT log_id FROM again))
     RETURNING l.n
   )
   SELECT coalesce(jsonb_object_agg(s.n::text, CASE WHEN h.n IS NOT NULL THEN to_jsonb(h.held)
@@ -419,7 +437,15 @@ BEGIN
     ON CONFLICT DO NOTHING
     RETURNING id INTO run_id;
     IF run_id IS NULL THEN
-      started := started || jsonb_build_object(k::text, false);
+      -- Performed by this same write, made before: answered as it was then.
+      SELECT CASE x.status WHEN 'done' THEN jsonb_build_object('output', x.output)
+                           WHEN 'failed' THEN jsonb_build_object('error', x.error, 'error_kind', x.error_kind,
+                                                                 'error_code', x.error_code) END
+      INTO answer
+      FROM automation_step_runs x
+      WHERE x.log_id = loc.id AND x.step_id = entry ->> 'step' AND x.attempt = (entry ->> 'attempt')::int
+        AND x.lease_token = loc.lease_token AND x.started_at = p_now;
+      started := started || jsonb_build_object(k::text, coalesce(answer, 'false'));
       CONTINUE;
     END IF;
     UPDATE ONLY automation_execution_logs

@@ -399,10 +399,10 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                 .buffer_unordered(concurrency)
                 .collect()
                 .await;
-            // 4. Record how they ended. Where an instance goes next is decided now and
-            // written with it when that needs no fresh data (after its last step); the
-            // data of the instances whose next decision reads it again is read in the
-            // same round trip.
+            // 4. Record how they ended. Where an instance goes next (its next effect's
+            // start, or its stop) is decided now and written with it when that needs no
+            // fresh data; the data of the instances whose next decision reads it again is
+            // read in the same round trip, and they are decided in the next round.
             let (gs, ended): (Vec<Going>, Vec<StepEnd>) = results.into_iter().unzip();
             let mut ends = FlowWrite {
                 ended,
@@ -413,9 +413,9 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
             let left = self.left(now);
             let ended_steps: Vec<StepEnd> = ends.ended.clone();
             let mut fresh_for: Vec<Lease> = Vec::new();
-            // Instances moved on by this write (their next effect is in it), and the ones
-            // decided next round (with data read again, or kept).
-            let (mut moved, mut next): (Vec<Going>, Vec<(Going, bool)>) = (Vec::new(), Vec::new());
+            // Instances moved on by this write (their next effect or their stop is in it), and
+            // the ones decided next round, with their data read again.
+            let (mut moved, mut next): (Vec<Going>, Vec<Going>) = (Vec::new(), Vec::new());
             let both = gs
                 .into_iter()
                 .zip(ended_steps)
@@ -423,16 +423,13 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                 .chain(recorded.into_iter().map(|(g, end)| (g, end, true)));
             for (mut g, end, local) in both {
                 g.last = Some(performed(end.result));
-                if is_last(&g.doc.steps, &end.step) {
+                if is_last(&g.doc.steps, &end.step) || !needs_fresh_data(&g.doc, local) {
                     if let Some(g) = self.next_effect(g, left, at, &mut ends) {
                         moved.push(g);
                     }
                 } else {
-                    let fresh = needs_fresh_data(&g.doc, local);
-                    if fresh {
-                        fresh_for.push(g.lease);
-                    }
-                    next.push((g, fresh));
+                    fresh_for.push(g.lease);
+                    next.push(g);
                 }
             }
             let written = match self.write_ends(&ends, &fresh_for, give_up_at).await {
@@ -442,7 +439,7 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                     let outcome = self.keep(&ends.ended, at, &e).await;
                     let leases = leases_of(&ends)
                         .chain(fresh_for.iter().copied())
-                        .chain(next.iter().map(|(g, _)| g.lease));
+                        .chain(next.iter().map(|g| g.lease));
                     for lease in leases {
                         outcomes[index_of[&lease.log_id]] = Some(outcome.clone());
                     }
@@ -451,21 +448,19 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
             };
             // A lost lease settles its instance's outcome here.
             carried = take(&mut ends, &written, moved, &index_of, outcomes);
-            for (g, fresh) in next {
+            for mut g in next {
                 if outcomes[g.index].is_some() {
                     continue;
                 }
-                match (fresh, written.data.get(&g.lease.log_id)) {
-                    (false, _) => going.push(g),
-                    (true, Some(Ok(data))) => {
-                        let mut g = g;
+                match written.data.get(&g.lease.log_id) {
+                    Some(Ok(data)) => {
                         g.data = with_event(data.clone(), &g.event);
                         going.push(g);
                     }
-                    (true, Some(Err(e))) => {
+                    Some(Err(e)) => {
                         outcomes[g.index] = Some(FlowOutcome::StoreFailed(format!("reading the data: {e}")))
                     }
-                    (true, None) => outcomes[g.index] = Some(FlowOutcome::StoreFailed("the data was not read".into())),
+                    None => outcomes[g.index] = Some(FlowOutcome::StoreFailed("the data was not read".into())),
                 }
             }
         }
@@ -1311,9 +1306,19 @@ mod tests {
         let effects = FakeEffects::default();
         let out = run(&ledger, &effects, &[1], None).await;
         assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Park(Park::Completed))]);
-        // email started; email ended; SMS started; SMS ended; tag added (by the write);
-        // data read with nothing else to write; bye started; bye ended and completed.
-        assert_eq!(*ledger.reads.lock().unwrap(), [0, 0, 0, 0, 0, 1, 0, 0]);
+        // email started; email ended and SMS started; SMS ended and tag added (by the
+        // write); data read with nothing else to write; bye started; bye ended and completed.
+        assert_eq!(*ledger.reads.lock().unwrap(), [0, 0, 0, 1, 0, 0]);
+        let writes = ledger.writes.lock().unwrap();
+        let shape: Vec<(usize, usize, usize)> = writes
+            .iter()
+            .map(|w| (w.ended.len(), w.started.len(), w.parked.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            [(0, 1, 0), (1, 1, 0), (1, 1, 0), (0, 0, 0), (0, 1, 0), (1, 0, 1)]
+        );
+        drop(writes);
         let bodies: Vec<String> = effects
             .0
             .lock()

@@ -213,8 +213,11 @@ async fn an_invocation_that_stops_mid_flow_is_resumed_without_sending_twice() {
         tag = h.tag
     ))
     .await;
+    // With an exit condition, the step after an effect is decided with data read after the
+    // effect's end is written: two writes, so an invocation can stop between them.
     let doc = json!({
         "trigger": {"type": "status_change", "table": "public.members", "to": "active"},
+        "exit": [{"if": {"field": "status", "op": "=", "value": "left"}, "reason": "left the club"}],
         "steps": [
             {"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": "Welcome", "text": "Hi {{ name }}"},
             {"id": "soon", "type": "wait", "for": "1 day"}
@@ -829,4 +832,89 @@ async fn an_email_step_that_says_resend_is_sent_again_when_its_outcome_is_unknow
         h.db.column("SELECT step_id || ' ' || attempt || ' ' || status FROM automation_step_runs WHERE status <> 'decided' ORDER BY id")
             .await;
     assert_eq!(runs, ["hello 1 started", "hello 2 done"]);
+}
+
+#[tokio::test]
+async fn a_write_made_again_after_its_commit_landed_answers_as_it_did_and_changes_nothing() {
+    // GIVEN a running instance whose email step started under lease 7
+    let h = Herald::new().await;
+    h.db.exec(&format!(
+        "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, email text, name text);
+         INSERT INTO members VALUES (1, 'active', 'm1-{tag}@example.com', 'Ana');
+         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
+         VALUES ('welcome', 'members', 'active', 'x', 'x', 'x');",
+        tag = h.tag
+    ))
+    .await;
+    let doc = json!({
+        "trigger": {"type": "status_change", "table": "public.members", "to": "active"},
+        "steps": [
+            {"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": "Hi", "text": "Hi"},
+            {"id": "pause", "type": "wait", "for": "0 seconds"},
+            {"id": "vip", "type": "add_tag", "tag": "vip"},
+            {"id": "text", "type": "send_sms", "to": "+15550100", "body": "Hi"}
+        ]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('welcome', $1)", &[&doc])
+        .await
+        .unwrap();
+    h.db.exec(
+        "INSERT INTO automation_execution_logs
+           (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
+            run_at, created_at, updated_at, version, next_step, step_attempt, steps_run, lease_token, lease_expires_at)
+         SELECT a.id, 'public', 'members', 'id', '1', 'status_change', '{}', 'running', now(), now(), now(), a.version,
+                'hello', 1, 1, 7, now() + interval '1 hour'
+         FROM automations a;
+         INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at)
+         SELECT id, 'hello', 'send_email', 1, 7, 'started', now() FROM automation_execution_logs;",
+    )
+    .await;
+    let id: i64 = h.db.scalar("SELECT id FROM automation_execution_logs").await;
+    // WHEN one write records the email's end, the wait's decision, the tag (performed by the
+    // write) and the SMS's start, and is made twice at the same time
+    let entry = |more: serde_json::Value| {
+        let mut e = json!({"log_id": id, "token": 7});
+        e.as_object_mut().unwrap().extend(more.as_object().unwrap().clone());
+        e
+    };
+    let write = json!({
+        "ended": [entry(json!({"step": "hello", "type": "send_email", "attempt": 1, "output": {"message_id": "m-1"}}))],
+        "decided": [entry(json!({"step": "pause", "kind": "wait", "detail": {"until": "now"}}))],
+        "started": [
+            entry(json!({"step": "vip", "type": "add_tag", "attempt": 1, "local": true,
+                         "effect": {"kind": "tag", "add": true, "name": "vip"},
+                         "next_step": "vip", "step_attempt": 1, "steps_run": 3, "outputs": {}})),
+            entry(json!({"step": "text", "type": "send_sms", "attempt": 1, "local": false, "effect": {"to": "+15550100"},
+                         "next_step": "text", "step_attempt": 1, "steps_run": 4, "outputs": {}}))
+        ],
+        "parked": []
+    });
+    let at = SystemTime::now();
+    let first: serde_json::Value =
+        h.db.client
+            .query_one("SELECT herald_flow_write($1, $2)", &[&write, &at])
+            .await
+            .unwrap()
+            .get(0);
+    let rows = |sql: &'static str| h.db.column::<String>(sql);
+    let runs_sql = "SELECT step_id || ' ' || status FROM automation_step_runs ORDER BY id";
+    let runs = rows(runs_sql).await;
+    let again: serde_json::Value =
+        h.db.client
+            .query_one("SELECT herald_flow_write($1, $2)", &[&write, &at])
+            .await
+            .unwrap()
+            .get(0);
+
+    // THEN the second answers as the first did, and records nothing more
+    assert_eq!(first["ended"], json!([true]), "{first}");
+    assert_eq!(first["started"][1], json!(true), "{first}");
+    assert!(first["started"][0].get("output").is_some(), "{first}");
+    assert_eq!(again, first);
+    assert_eq!(rows(runs_sql).await, runs);
+    // (Effects that leave the database are recorded before this database's own are made.)
+    assert_eq!(runs, ["hello done", "pause decided", "text started", "vip done"]);
+    let tags: i64 = h.db.scalar("SELECT count(*) FROM herald_labels").await;
+    assert_eq!(tags, 1);
 }
