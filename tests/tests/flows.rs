@@ -602,22 +602,11 @@ async fn a_step_whose_provider_fails_transiently_is_tried_again_after_the_automa
             {"id": "text", "type": "send_sms", "to": "{{ phone }}", "body": "Booked, {{ name }}", "on_error": "continue"}
         ]
     });
-    let version: i32 =
-        h.db.client
-            .query_one("SELECT herald_save_automation('confirm', $1)", &[&doc])
-            .await
-            .unwrap()
-            .get(0);
-    h.db.exec(&format!(
-        "INSERT INTO automation_execution_logs
-           (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
-            run_at, created_at, updated_at, version, next_step, lease_token, lease_expires_at)
-         SELECT id, 'public', 'bookings', 'id', '1', 'status_change', '{{}}', 'queued', now(), now(), now(), {version},
-                'mail', 7, now() + interval '1 hour'
-         FROM automations WHERE name = 'confirm'"
-    ))
-    .await;
-    let log_id: i64 = h.db.scalar("SELECT id FROM automation_execution_logs").await;
+    h.db.client
+        .query_one("SELECT herald_save_automation('confirm', $1)", &[&doc])
+        .await
+        .unwrap();
+    let log_id = queue_instance(&h, "confirm", "bookings", "mail", 7).await;
     let proxy = herald_tests::Proxy::start(&h.moto.url).await;
     let via_proxy = h
         .moto
@@ -707,16 +696,7 @@ async fn a_step_whose_provider_fails_transiently_is_tried_again_after_the_automa
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
 
     // WHEN another instance, at its SMS, finds the endpoint down on both of its 2 tries
-    h.db.exec(&format!(
-        "INSERT INTO automation_execution_logs
-           (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
-            run_at, created_at, updated_at, version, next_step, lease_token, lease_expires_at)
-         SELECT id, 'public', 'bookings', 'id', '1', 'status_change', '{{}}', 'queued', now(), now(), now(), {version},
-                'text', 9, now() + interval '1 hour'
-         FROM automations WHERE name = 'confirm'"
-    ))
-    .await;
-    let log_id: i64 = h.db.scalar("SELECT max(id) FROM automation_execution_logs").await;
+    let log_id = queue_instance(&h, "confirm", "bookings", "text", 9).await;
     proxy.set_up(false);
     let message = json!({"log_id": log_id, "lease": 9}).to_string();
     let (step, at) = at_of(&runner.run(std::slice::from_ref(&message), 4).await);
@@ -766,16 +746,7 @@ async fn an_email_step_that_says_resend_is_sent_again_when_its_outcome_is_unknow
         .query_one("SELECT herald_save_automation('welcome', $1)", &[&doc])
         .await
         .unwrap();
-    h.db.exec(
-        "INSERT INTO automation_execution_logs
-           (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
-            run_at, created_at, updated_at, lease_token, lease_expires_at)
-         SELECT a.id, 'public', 'members', 'id', '1', 'status_change', '{}', 'queued', now(), now(), now(), 7,
-                now() + interval '1 hour'
-         FROM automations a",
-    )
-    .await;
-    let id: i64 = h.db.scalar("SELECT id FROM automation_execution_logs").await;
+    let id = queue_instance(&h, "welcome", "members", "hello", 7).await;
     let store = Database::new(h.db.config()).store().await.unwrap();
     let clock = ManualClock::new(SystemTime::now());
     let hooks = h.webhooks();
@@ -917,4 +888,23 @@ async fn a_write_made_again_after_its_commit_landed_answers_as_it_did_and_change
     assert_eq!(runs, ["hello done", "pause decided", "text started", "vip done"]);
     let tags: i64 = h.db.scalar("SELECT count(*) FROM herald_labels").await;
     assert_eq!(tags, 1);
+}
+
+/// Queues an instance of `automation` for row 1 of `table`, at step `at`, under `lease`, as
+/// the scheduler leaves it. Returns its log id.
+async fn queue_instance(h: &Herald, automation: &str, table: &str, at: &str, lease: i64) -> i64 {
+    h.db.client
+        .query_one(
+            "INSERT INTO automation_execution_logs
+               (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
+                run_at, created_at, updated_at, version, next_step, lease_token, lease_expires_at)
+             SELECT id, 'public', $2, 'id', '1', 'status_change', '{}', 'queued', now(), now(), now(), version,
+                    $3, $4, now() + interval '1 hour'
+             FROM automations WHERE name = $1
+             RETURNING id",
+            &[&automation, &table, &at, &lease],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
