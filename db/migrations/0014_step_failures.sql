@@ -264,8 +264,8 @@ $$;
 
 -- herald_flow_write as schema 10 wrote it, with two changes.
 -- A write made again after its commit landed and its answer was lost is taken as it was:
--- its decisions are not recorded twice, and the effects it started (or, for this
--- database's own, performed) answer as they did. The executor writes how a step ended and
+-- its decisions are not recorded twice, the effects it started (or, for this database's
+-- own, performed) answer as they did, and so do its parks. The executor writes how a step ended and
 -- the next step's start together, and retries such a write as it retries any.
 -- How a started effect's place is written: the instances whose run was recorded are found
 -- in an array of their ids instead of by a join of two CTEs, which the planner, seeing
@@ -503,7 +503,13 @@ BEGIN
     FROM l
     WHERE t.log_id = l.id AND t.lease_token = l.token AND t.finished_at IS NULL
   )
-  SELECT coalesce(jsonb_agg(CASE WHEN d.n IS NULL THEN 'false'::jsonb ELSE coalesce(to_jsonb(d.held), 'true') END
+  -- A park this same write made before (its commit landed, its answer was lost) closed the
+  -- attempt of its lease at this write's time: taken.
+  SELECT coalesce(jsonb_agg(CASE WHEN d.n IS NOT NULL THEN coalesce(to_jsonb(d.held), 'true')
+                                 WHEN EXISTS (SELECT 1 FROM automation_attempts t
+                                              WHERE t.log_id = p.log_id AND t.lease_token = p.token
+                                                AND t.finished_at = p_now AND t.outcome = 'parked') THEN 'true'
+                                 ELSE 'false' END
                             ORDER BY p.n), '[]')
   INTO parked
   FROM p

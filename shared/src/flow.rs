@@ -677,21 +677,10 @@ fn take(
     index_of: &HashMap<LogId, usize>,
     outcomes: &mut [Option<FlowOutcome>],
 ) -> Took {
-    // A write is one transaction. So when it takes an instance's ended step as already
-    // written (this same write, made before: its commit landed, its answer was lost) but not
-    // the park that came with it, the park landed with that commit too.
-    let ended_before = |lease: &Lease| {
-        write
-            .ended
-            .iter()
-            .zip(&written.ended)
-            .any(|(e, ok)| *ok && e.lease == *lease)
-    };
     for (p, taken) in write.parked.iter().zip(&written.parked) {
         outcomes[index_of[&p.lease.log_id]] = Some(match taken {
             // A park performs nothing.
             Taken::Yes | Taken::Performed(_) => FlowOutcome::Stopped(p.stop.clone()),
-            Taken::Lost if ended_before(&p.lease) => FlowOutcome::Stopped(p.stop.clone()),
             Taken::Lost => lost(&p.lease),
             Taken::Held(status) => FlowOutcome::Stopped(Stop::Held(status.clone())),
         });
