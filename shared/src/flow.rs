@@ -403,27 +403,26 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
             // start, or its stop) is decided now and written with it when that needs no
             // fresh data; the data of the instances whose next decision reads it again is
             // read in the same round trip, and they are decided in the next round.
-            let (gs, ended): (Vec<Going>, Vec<StepEnd>) = results.into_iter().unzip();
-            let mut ends = FlowWrite {
-                ended,
-                ..Default::default()
-            };
+            let mut ends = FlowWrite::default();
             let now = self.clock.now();
             let at = Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH);
             let left = self.left(now);
-            let ended_steps: Vec<StepEnd> = ends.ended.clone();
             let mut fresh_for: Vec<Lease> = Vec::new();
             // Instances moved on by this write (their next effect or their stop is in it), and
             // the ones decided next round, with their data read again.
             let (mut moved, mut next): (Vec<Going>, Vec<Going>) = (Vec::new(), Vec::new());
-            let both = gs
+            let both = results
                 .into_iter()
-                .zip(ended_steps)
                 .map(|(g, end)| (g, end, false))
                 .chain(recorded.into_iter().map(|(g, end)| (g, end, true)));
             for (mut g, end, local) in both {
-                g.last = Some(performed(end.result));
-                if is_last(&g.doc.steps, &end.step) || !needs_fresh_data(&g.doc, local) {
+                g.last = Some(performed(end.result.clone()));
+                let decide_now = is_last(&g.doc.steps, &end.step) || !needs_fresh_data(&g.doc, local);
+                // An effect performed by the write that recorded it is already ended.
+                if !local {
+                    ends.ended.push(end);
+                }
+                if decide_now {
                     if let Some(g) = self.next_effect(g, left, at, &mut ends) {
                         moved.push(g);
                     }
