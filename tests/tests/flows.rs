@@ -725,15 +725,6 @@ async fn a_step_whose_provider_fails_transiently_is_tried_again_after_the_automa
 #[tokio::test]
 async fn an_email_step_that_says_resend_is_sent_again_when_its_outcome_is_unknown() {
     // GIVEN an instance whose email step says "on_unknown": "resend"
-    let h = Herald::new().await;
-    h.db.exec(&format!(
-        "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, email text, name text);
-         INSERT INTO members VALUES (1, 'active', 'm1-{tag}@example.com', 'Ana');
-         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
-         VALUES ('welcome', 'members', 'active', 'x', 'x', 'x');",
-        tag = h.tag
-    ))
-    .await;
     let doc = json!({
         "trigger": {"type": "status_change", "table": "public.members", "to": "active"},
         "steps": [
@@ -742,10 +733,7 @@ async fn an_email_step_that_says_resend_is_sent_again_when_its_outcome_is_unknow
             {"id": "soon", "type": "wait", "for": "1 day"}
         ]
     });
-    h.db.client
-        .query_one("SELECT herald_save_automation('welcome', $1)", &[&doc])
-        .await
-        .unwrap();
+    let h = one_member_with(&doc).await;
     let id = queue_instance(&h, "welcome", "members", "hello", 7).await;
     let store = Database::new(h.db.config()).store().await.unwrap();
     let clock = ManualClock::new(SystemTime::now());
@@ -808,15 +796,6 @@ async fn an_email_step_that_says_resend_is_sent_again_when_its_outcome_is_unknow
 #[tokio::test]
 async fn a_write_made_again_after_its_commit_landed_answers_as_it_did_and_changes_nothing() {
     // GIVEN a running instance whose email step started under lease 7
-    let h = Herald::new().await;
-    h.db.exec(&format!(
-        "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, email text, name text);
-         INSERT INTO members VALUES (1, 'active', 'm1-{tag}@example.com', 'Ana');
-         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
-         VALUES ('welcome', 'members', 'active', 'x', 'x', 'x');",
-        tag = h.tag
-    ))
-    .await;
     let doc = json!({
         "trigger": {"type": "status_change", "table": "public.members", "to": "active"},
         "steps": [
@@ -826,10 +805,7 @@ async fn a_write_made_again_after_its_commit_landed_answers_as_it_did_and_change
             {"id": "text", "type": "send_sms", "to": "+15550100", "body": "Hi"}
         ]
     });
-    h.db.client
-        .query_one("SELECT herald_save_automation('welcome', $1)", &[&doc])
-        .await
-        .unwrap();
+    let h = one_member_with(&doc).await;
     h.db.exec(
         "INSERT INTO automation_execution_logs
            (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
@@ -907,4 +883,22 @@ async fn queue_instance(h: &Herald, automation: &str, table: &str, at: &str, lea
         .await
         .unwrap()
         .get(0)
+}
+
+/// A fresh Herald with one member (id 1, Ana) and the `welcome` automation saved as `doc`.
+async fn one_member_with(doc: &serde_json::Value) -> Herald {
+    let h = Herald::new().await;
+    h.db.exec(&format!(
+        "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, email text, name text);
+         INSERT INTO members VALUES (1, 'active', 'm1-{tag}@example.com', 'Ana');
+         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
+         VALUES ('welcome', 'members', 'active', 'x', 'x', 'x');",
+        tag = h.tag
+    ))
+    .await;
+    h.db.client
+        .query_one("SELECT herald_save_automation('welcome', $1)", &[doc])
+        .await
+        .unwrap();
+    h
 }

@@ -369,17 +369,7 @@ mod tests {
         let (a, _) = advance(&doc, &mut i, &d, Some(Performed::Done(Json::Null)), &limit(100), until);
         assert_eq!(a, perform("remind", 1));
         // `continue`: a failed SMS does not stop the flow.
-        let (a, _) = advance(
-            &doc,
-            &mut i,
-            &d,
-            Some(Performed::Failed {
-                error: "opted out".into(),
-                transient: false,
-            }),
-            &limit(100),
-            until,
-        );
+        let (a, _) = advance(&doc, &mut i, &d, Some(failed("opted out")), &limit(100), until);
         assert_eq!(a, perform("hook", 1));
         let (a, _) = advance(&doc, &mut i, &d, Some(failed("503")), &limit(100), until);
         assert_eq!(
