@@ -83,6 +83,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0014_step_failures.sql",
         sql: include_str!("../migrations/0014_step_failures.sql"),
     },
+    Migration {
+        version: 15,
+        name: "0015_fewer_row_versions.sql",
+        sql: include_str!("../migrations/0015_fewer_row_versions.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).

@@ -736,49 +736,13 @@ async fn an_email_step_that_says_resend_is_sent_again_when_its_outcome_is_unknow
     let h = one_member_with(&doc).await;
     let id = queue_instance(&h, "welcome", "members", "hello", 7).await;
     let store = Database::new(h.db.config()).store().await.unwrap();
-    let clock = ManualClock::new(SystemTime::now());
-    let hooks = h.webhooks();
-    let performers = Performers {
-        email: &h.executor.email,
-        sms: &h.executor.sms,
-        webhooks: &hooks,
-    };
-    let no_receipts = SqsReceipts::new(&h.moto.sdk, format!("{}-deleted", h.receipts_url));
-    let run = |fail_at: usize, lease: i64| {
-        let (store, clock, performers, from, receipts) = (&store, &clock, &performers, h.from.clone(), &no_receipts);
-        async move {
-            let ledger = FailingWrite {
-                inner: store,
-                fail_at,
-                writes: Default::default(),
-            };
-            let runner = FlowRunner {
-                ledger: &ledger,
-                effects: performers,
-                receipts,
-                clock,
-                default_from: &from,
-                lease: Duration::from_secs(120),
-                ends_at: None,
-                step_limit: 100,
-            };
-            runner
-                .run(&[json!({"log_id": id, "lease": lease}).to_string()], 4)
-                .await
-        }
-    };
 
     // WHEN the email is sent and no write of its end ever lands (nor its receipt), and the
     // lease expires
-    let out = run(2, 7).await;
+    let out = invoke(&h, &store, id, 7, 2).await;
     assert!(matches!(&out[0], FlowOutcome::StoreFailed(_)), "{out:?}");
-    h.db.exec("UPDATE automation_execution_logs SET lease_expires_at = now() - interval '1 second'")
-        .await;
-    let retried: i32 = h.db.scalar("SELECT retried FROM herald_rescue(now())").await;
-    assert_eq!(retried, 1);
-    h.db.exec("UPDATE automation_execution_logs SET status = 'queued', lease_token = 8")
-        .await;
-    let out = run(0, 8).await;
+    expire_and_queue(&h, 8, 1).await;
+    let out = invoke(&h, &store, id, 8, 0).await;
 
     // THEN, as the step says, the email is sent again instead of being held as unknown
     assert!(
@@ -791,6 +755,72 @@ async fn an_email_step_that_says_resend_is_sent_again_when_its_outcome_is_unknow
         h.db.column("SELECT step_id || ' ' || attempt || ' ' || status FROM automation_step_runs WHERE status <> 'decided' ORDER BY id")
             .await;
     assert_eq!(runs, ["hello 1 started", "hello 2 done"]);
+}
+
+#[tokio::test]
+async fn an_instance_whose_invocations_die_twice_resumes_at_the_last_effect_it_started() {
+    // GIVEN a flow whose exit condition makes every step's end and the next start two writes
+    let doc = json!({
+        "trigger": {"type": "status_change", "table": "public.members", "to": "active"},
+        "exit": [{"if": {"field": "status", "op": "=", "value": "left"}, "reason": "left the club"}],
+        "steps": [
+            {"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": "Welcome", "text": "Hi {{ name }}"},
+            {"id": "text", "type": "send_sms", "to": "+15550100", "body": "Hi {{ email }}"},
+            {"id": "soon", "type": "wait", "for": "1 day"}
+        ]
+    });
+    let h = one_member_with(&doc).await;
+    let id = queue_instance(&h, "welcome", "members", "hello", 7).await;
+    let store = Database::new(h.db.config()).store().await.unwrap();
+    let texts = || async {
+        let mine = format!("m1-{}@", h.tag);
+        h.moto
+            .all_sms()
+            .await
+            .into_iter()
+            .filter(|s| s.message.contains(&mine))
+            .count()
+    };
+
+    // WHEN the first invocation sends the email (its end is written) and the SMS (its end is
+    // never written); after its lease the second claims the instance and dies before any of
+    // its writes lands; and after that lease a third claims it
+    let out = invoke(&h, &store, id, 7, 4).await;
+    assert!(matches!(&out[0], FlowOutcome::StoreFailed(_)), "{out:?}");
+    assert_eq!((h.moto.emails_from(&h.from).await.len(), texts().await), (1, 1));
+    expire_and_queue(&h, 8, 1).await;
+    let out = invoke(&h, &store, id, 8, 1).await;
+    assert!(matches!(&out[0], FlowOutcome::StoreFailed(_)), "{out:?}");
+    expire_and_queue(&h, 9, 1).await;
+    let out = invoke(&h, &store, id, 9, 0).await;
+
+    // THEN the third resumes at the SMS, whose outcome is unknown: held, and nothing is sent
+    // again (the email is not resent from the instance's place at its claim)
+    assert!(
+        matches!(&out[0], FlowOutcome::Stopped(Stop::Unknown(why)) if why.contains("step `text`")),
+        "{out:?}"
+    );
+    assert_eq!((h.moto.emails_from(&h.from).await.len(), texts().await), (1, 1));
+    assert_eq!(h.db.statuses().await, ["unknown"]);
+    let runs: Vec<String> =
+        h.db.column("SELECT step_id || ' ' || attempt || ' ' || status FROM automation_step_runs WHERE status <> 'decided' ORDER BY id")
+            .await;
+    assert_eq!(runs, ["hello 1 done", "text 1 started"]);
+
+    // AND an operator's retry sends the SMS as a new attempt, and the instance goes on
+    assert!(h.db.scalar::<bool>(&format!("SELECT herald_retry({id})")).await);
+    h.db.exec("UPDATE automation_execution_logs SET status = 'queued', lease_token = 10")
+        .await;
+    let out = invoke(&h, &store, id, 10, 0).await;
+    assert!(
+        matches!(&out[0], FlowOutcome::Stopped(Stop::Park(Park::Sleeping { .. }))),
+        "{out:?}"
+    );
+    assert_eq!((h.moto.emails_from(&h.from).await.len(), texts().await), (1, 2));
+    let runs: Vec<String> =
+        h.db.column("SELECT step_id || ' ' || attempt || ' ' || status FROM automation_step_runs WHERE status <> 'decided' ORDER BY id")
+            .await;
+    assert_eq!(runs, ["hello 1 done", "text 1 unknown", "text 3 done"]);
 }
 
 #[tokio::test]
@@ -864,6 +894,56 @@ async fn a_write_made_again_after_its_commit_landed_answers_as_it_did_and_change
     assert_eq!(runs, ["hello done", "pause decided", "text started", "vip done"]);
     let tags: i64 = h.db.scalar("SELECT count(*) FROM herald_labels").await;
     assert_eq!(tags, 1);
+}
+
+/// One invocation of the flow runner for instance `id` under `lease`, against the real
+/// ledger whose writes fail from the `fail_at`-th on (0: never), with the receipts queue
+/// gone, so that the ends of effects that could not be written are lost.
+async fn invoke(
+    h: &Herald,
+    store: &herald_shared::pg::PgStore,
+    id: i64,
+    lease: i64,
+    fail_at: usize,
+) -> Vec<FlowOutcome> {
+    let hooks = h.webhooks();
+    let performers = Performers {
+        email: &h.executor.email,
+        sms: &h.executor.sms,
+        webhooks: &hooks,
+    };
+    let no_receipts = SqsReceipts::new(&h.moto.sdk, format!("{}-deleted", h.receipts_url));
+    let ledger = FailingWrite {
+        inner: store,
+        fail_at,
+        writes: Default::default(),
+    };
+    let runner = FlowRunner {
+        ledger: &ledger,
+        effects: &performers,
+        receipts: &no_receipts,
+        clock: &ManualClock::new(SystemTime::now()),
+        default_from: &h.from,
+        lease: Duration::from_secs(120),
+        ends_at: None,
+        step_limit: 100,
+    };
+    runner
+        .run(&[json!({"log_id": id, "lease": lease}).to_string()], 4)
+        .await
+}
+
+/// Every lease runs out; the rescue puts the `retried` running instances back to pending,
+/// and the scheduler queues them under `lease`.
+async fn expire_and_queue(h: &Herald, lease: i64, retried: i32) {
+    h.db.exec("UPDATE automation_execution_logs SET lease_expires_at = now() - interval '1 second'")
+        .await;
+    let n: i32 = h.db.scalar("SELECT retried FROM herald_rescue(now())").await;
+    assert_eq!(n, retried);
+    h.db.exec(&format!(
+        "UPDATE automation_execution_logs SET status = 'queued', lease_token = {lease}, lease_expires_at = now() + interval '1 hour'"
+    ))
+    .await;
 }
 
 /// Queues an instance of `automation` for row 1 of `table`, at step `at`, under `lease`, as

@@ -49,6 +49,7 @@ const SHIPPED: &[(i32, &str)] = &[
     (11, "23680106300b13d5f4941de53ef57b29"),
     (12, "3b5b9c40409ef0e4e4ab46b2f075cc4f"),
     (13, "8d7a24d0a24da102f1831b91fa2d9012"),
+    (14, "f567daa766f4db1a4023cce2480de2c4"),
 ];
 
 #[tokio::test]
@@ -101,25 +102,7 @@ async fn a_failing_migration_leaves_nothing_behind() {
 #[tokio::test]
 async fn a_table_attached_under_schema_2_is_captured_through_the_inbox_after_upgrading() {
     // GIVEN a database at schema 2, with a table attached, an automation, and one event
-    let db = TestDb::empty().await;
-    for m in &MIGRATIONS[..2] {
-        db.exec(m.sql).await;
-        db.client
-            .execute(
-                "CREATE TABLE IF NOT EXISTS herald_migrations (version integer PRIMARY KEY, name text NOT NULL,
-                   checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
-                &[],
-            )
-            .await
-            .unwrap();
-        db.client
-            .execute(
-                "INSERT INTO herald_migrations (version, name, checksum) VALUES ($1, $2, md5($3::text))",
-                &[&m.version, &m.name, &m.sql],
-            )
-            .await
-            .unwrap();
-    }
+    let db = at_schema(2).await;
     db.exec(
         "CREATE TABLE orders (ref text PRIMARY KEY, state text);
          INSERT INTO orders VALUES ('A-1', 'new'), ('A-2', 'new');
@@ -156,4 +139,81 @@ async fn a_table_attached_under_schema_2_is_captured_through_the_inbox_after_upg
             .await,
         ["A-1:pending", "A-2:pending"]
     );
+}
+
+#[tokio::test]
+async fn instances_in_flight_under_schema_14_resume_where_they_were_after_upgrading() {
+    // GIVEN a database at schema 14 with two instances whose executor vanished: one while
+    // its email was being sent, one after the email's end was written
+    let db = at_schema(14).await;
+    db.exec(
+        r#"CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, email text);
+           INSERT INTO members VALUES (1, 'active', 'a@example.com'), (2, 'active', 'b@example.com');
+           INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
+             VALUES ('welcome', 'members', 'active', 'x', 'x', 'x');
+           SELECT herald_save_automation('welcome', '{
+             "trigger": {"type": "status_change", "table": "public.members", "to": "active"},
+             "steps": [{"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": "Hi", "text": "Hi"},
+                       {"id": "soon", "type": "wait", "for": "1 day"}]}');
+           INSERT INTO automation_execution_logs
+             (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
+              run_at, created_at, updated_at, version, next_step, step_attempt, steps_run, attempts, lease_token,
+              lease_expires_at)
+           SELECT a.id, 'public', 'members', 'id', g::text, 'status_change', '{}', 'running', now(), now(), now(),
+                  a.version, 'hello', 1, 1, 1, 7, now() - interval '1 second'
+           FROM automations a, generate_series(1, 2) g;
+           INSERT INTO automation_attempts (log_id, attempt, lease_token, started_at)
+           SELECT id, 1, 7, now() FROM automation_execution_logs;
+           INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at,
+                                             finished_at, output)
+           SELECT id, 'hello', 'send_email', 1, 7, CASE subject_id WHEN '1' THEN 'started' ELSE 'done' END, now(),
+                  CASE subject_id WHEN '2' THEN now() END,
+                  CASE subject_id WHEN '2' THEN '{"message_id": "m-2"}'::jsonb END
+           FROM automation_execution_logs;"#,
+    )
+    .await;
+
+    // WHEN the runner upgrades it, the leases are rescued and each instance is claimed again
+    let mut c = db.connect().await;
+    assert_eq!(
+        migrate(&mut c).await.unwrap(),
+        (15..=MIGRATIONS.len() as i32).collect::<Vec<_>>()
+    );
+    assert_eq!(db.scalar::<i32>("SELECT retried FROM herald_rescue(now())").await, 2);
+    db.exec("UPDATE automation_execution_logs SET status = 'queued', lease_token = 8")
+        .await;
+    let resumed: Vec<String> = db
+        .column(
+            "SELECT f.next_step || ' ' || f.step_attempt || ' ' || f.run_status || ' ' || coalesce(f.run_output::text, '-')
+             FROM (SELECT array_agg(id ORDER BY id) ids FROM automation_execution_logs) l,
+                  herald_flow_start(l.ids, ARRAY[8, 8]::bigint[], now(), now() + interval '1 hour') f",
+        )
+        .await;
+
+    // THEN each resumes at the email: in doubt where it was in flight, ended where it was done
+    assert_eq!(resumed, ["hello 1 started -", r#"hello 1 done {"message_id": "m-2"}"#]);
+}
+
+/// A database with Herald's first `n` migrations applied as the runner records them.
+async fn at_schema(n: usize) -> TestDb {
+    let db = TestDb::empty().await;
+    for m in &MIGRATIONS[..n] {
+        db.exec(m.sql).await;
+        db.client
+            .execute(
+                "CREATE TABLE IF NOT EXISTS herald_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                   checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+                &[],
+            )
+            .await
+            .unwrap();
+        db.client
+            .execute(
+                "INSERT INTO herald_migrations (version, name, checksum) VALUES ($1, $2, md5($3::text))",
+                &[&m.version, &m.name, &m.sql],
+            )
+            .await
+            .unwrap();
+    }
+    db
 }

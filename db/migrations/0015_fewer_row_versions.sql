@@ -1,0 +1,357 @@
+-- Schema 15: fewer row versions per workflow instance, and room on each page for the ones
+-- that remain.
+--
+-- A log is updated several times in its life (queued, claimed, finished), and a step run
+-- and an attempt once each (at their end). None of these updates changes an
+-- indexed column, so Postgres can write the new row version on the same page without new
+-- index entries (a heap-only update), but only when the page has room: tables filled by
+-- inserts leave none. A fillfactor keeps that room on pages filled from now on.
+ALTER TABLE automation_execution_logs SET (fillfactor = 70);
+ALTER TABLE automation_step_runs SET (fillfactor = 70);
+ALTER TABLE automation_attempts SET (fillfactor = 80);
+ALTER TABLE automation_deliveries SET (fillfactor = 80);
+
+-- A step run's end changed its status, which was in the condition of the index that lets an
+-- effect start once (started, done and failed runs; not decisions), so no end could be
+-- heap-only. The index now keys on a column that is true for effects and NULL for
+-- decisions: NULLs never collide, so decisions repeat freely, and the column never changes,
+-- since a run is a decision or not from its first version.
+ALTER TABLE automation_step_runs
+  ADD COLUMN is_effect boolean GENERATED ALWAYS AS (CASE WHEN status = 'decided' THEN NULL ELSE true END) STORED;
+CREATE UNIQUE INDEX automation_step_runs_once ON automation_step_runs (log_id, step_id, attempt, is_effect);
+DROP INDEX automation_step_runs_effect;
+
+-- Where an instance resumes is recorded with each effect's start, in the effect's run
+-- (`place`: the step, its attempt, the steps run and the outputs so far, as the instance's
+-- own columns hold them when it parks), instead of by an update of the instance at every
+-- start. An instance is written when it is claimed, when it parks and when it ends, as a
+-- one-shot log is; between them its place is its last started effect's.
+ALTER TABLE automation_step_runs ADD COLUMN place jsonb;
+
+-- Instances open when this migration runs: the effect at their recorded place carries it.
+UPDATE automation_step_runs r
+SET place = jsonb_build_object('next_step', g.next_step, 'step_attempt', g.step_attempt,
+                               'steps_run', g.steps_run, 'outputs', g.outputs)
+FROM ONLY automation_execution_logs g
+WHERE r.log_id = g.id AND r.step_id = g.next_step AND r.attempt = g.step_attempt AND r.is_effect
+  AND g.version IS NOT NULL AND g.completed_at IS NULL;
+
+-- A started entry of herald_flow_write's document, as the place its run records.
+CREATE FUNCTION herald_place_of(p_entry jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT jsonb_build_object('next_step', p_entry -> 'next_step', 'step_attempt', p_entry -> 'step_attempt',
+                            'steps_run', p_entry -> 'steps_run', 'outputs', p_entry -> 'outputs')
+$$;
+
+-- herald_flow_start as schema 14 wrote it, but for where an instance resumes: at the place
+-- of the last effect an earlier invocation started, unless that invocation parked the
+-- instance afterwards, and otherwise at the instance's own place.
+CREATE OR REPLACE FUNCTION herald_flow_start(p_ids bigint[], p_leases bigint[], p_now timestamptz, p_until timestamptz)
+RETURNS TABLE (lease bigint, attempt integer, status text, definition jsonb, next_step text, step_attempt integer,
+               steps_run integer, outputs jsonb, context jsonb, run_status text, run_output jsonb, run_error text,
+               event text, old_status text, new_status text, subject_table text, subject_id text, payload jsonb,
+               run_error_kind text, max_attempts integer, retry_base_secs float8, retry_cap_secs float8)
+LANGUAGE sql AS $$
+  WITH msg AS (
+    SELECT m.log_id, m.lease, m.ord, row_number() OVER (PARTITION BY m.log_id ORDER BY m.ord) AS nth
+    FROM unnest(p_ids, p_leases) WITH ORDINALITY AS m(log_id, lease, ord)
+  ), claimed AS (
+    -- An instance takes its automation's current version at its first claim, and keeps it.
+    UPDATE ONLY automation_execution_logs l
+    SET status = 'running', attempts = l.attempts + 1, started_at = coalesce(l.started_at, p_now), updated_at = p_now,
+        lease_token = (SELECT nextval('herald_lease_tokens')), lease_expires_at = p_until,
+        version = coalesce(l.version, a.version),
+        next_step = CASE WHEN l.version IS NULL THEN v.definition #>> '{steps,0,id}' ELSE l.next_step END
+    FROM msg m, automations a
+    LEFT JOIN automation_versions v ON v.automation_id = a.id AND v.version = a.version
+    WHERE m.nth = 1 AND l.id = m.log_id AND l.status = 'queued' AND l.lease_token = m.lease
+      AND a.id = l.automation_id AND (l.version IS NOT NULL OR a.version IS NOT NULL)
+    RETURNING l.id, l.attempts, l.lease_token, l.automation_id, l.version, l.next_step, l.step_attempt, l.steps_run, l.outputs,
+              a.max_attempts, a.retry_base, a.retry_cap
+  ), opened AS (
+    INSERT INTO automation_attempts (log_id, attempt, lease_token, started_at)
+    SELECT id, attempts, lease_token, p_now FROM claimed
+  ), ctx AS (
+    SELECT * FROM herald_contexts(ARRAY(SELECT id FROM claimed))
+  )
+  SELECT c.lease_token, c.attempts,
+         CASE WHEN m.nth > 1 THEN 'claimed by another message of this batch' ELSE l.status END,
+         v.definition,
+         CASE WHEN r.place IS NULL THEN c.next_step ELSE r.place ->> 'next_step' END,
+         CASE WHEN r.place IS NULL THEN c.step_attempt ELSE (r.place ->> 'step_attempt')::int END,
+         CASE WHEN r.place IS NULL THEN c.steps_run ELSE (r.place ->> 'steps_run')::int END,
+         CASE WHEN r.place IS NULL THEN c.outputs ELSE r.place -> 'outputs' END,
+         -- A deleted row is gone: its instance's data is the row as it was deleted.
+         CASE WHEN l.event = 'delete' THEN jsonb_build_object('context', l.payload) ELSE x.context END,
+         r.status, r.output, r.error,
+         l.event, l.old_status, l.new_status, format('%I.%I', l.subject_schema, l.subject_table), l.subject_id,
+         CASE WHEN l.event = 'delete' THEN NULL ELSE l.payload END,
+         r.error_kind, c.max_attempts, extract(epoch FROM c.retry_base)::float8, extract(epoch FROM c.retry_cap)::float8
+  FROM msg m
+  LEFT JOIN claimed c ON c.id = m.log_id AND m.nth = 1
+  LEFT JOIN ctx x ON x.log_id = c.id
+  LEFT JOIN ONLY automation_execution_logs l ON l.id = m.log_id
+  LEFT JOIN automation_versions v ON v.automation_id = c.automation_id AND v.version = c.version
+  -- The last effect an earlier invocation started, if it did not park the instance after it
+  -- (a park is the last write of an invocation, and records the place on the instance):
+  -- the instance resumes at that effect's place. Lease tokens grow with every claim.
+  -- (LIMIT, and the order of the runs' index by log, keep the lookup a probe of that index for
+  -- each instance, rather than a walk back through every run.)
+  LEFT JOIN LATERAL (
+    SELECT x.status, x.output, x.error, x.error_kind, x.place
+    FROM (SELECT * FROM automation_step_runs y
+          WHERE y.log_id = c.id AND y.place IS NOT NULL
+          ORDER BY y.log_id DESC, y.id DESC
+          LIMIT 1) x
+    WHERE NOT EXISTS (SELECT 1 FROM automation_attempts t
+                      WHERE t.log_id = x.log_id AND t.outcome = 'parked' AND t.lease_token >= x.lease_token)
+  ) r ON true
+  ORDER BY m.ord
+$$;
+
+-- herald_flow_write as schema 14 wrote it, but for the place: a started effect's run records
+-- it, and the instance is no longer updated at each start.
+CREATE OR REPLACE FUNCTION herald_flow_write(p_write jsonb, p_now timestamptz) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+  entry   jsonb;
+  k       bigint;
+  loc     record;
+  run_id  bigint;
+  answer  jsonb;
+  msg     text;
+  code    text;
+  ended   jsonb;
+  started jsonb;
+  parked  jsonb;
+BEGIN
+  -- Steps that ended: their started run is closed, or, for a step that failed before its
+  -- effect could start, a failed run is recorded.
+  WITH e AS (
+    SELECT t.n, (t.v ->> 'log_id')::bigint AS log_id, (t.v ->> 'token')::bigint AS token, t.v ->> 'step' AS step,
+           (t.v ->> 'attempt')::int AS attempt, t.v ? 'error' AS failed, t.v
+    FROM jsonb_array_elements(p_write -> 'ended') WITH ORDINALITY AS t(v, n)
+  ), hit AS (
+    -- Each entry's run, found by its key (LIMIT keeps the lookup a probe of that index,
+    -- whatever the statistics say of the runs' statuses).
+    SELECT e.n, r.id, e.failed, e.v
+    FROM e
+    JOIN ONLY automation_execution_logs g ON g.id = e.log_id
+    CROSS JOIN LATERAL (
+      SELECT x.id FROM automation_step_runs x
+      WHERE x.log_id = e.log_id AND x.step_id = e.step AND x.attempt = e.attempt
+        AND ((x.status = 'started' AND g.status = 'running' AND g.lease_token = e.token)
+             -- This same write, made before (its commit landed, its answer was lost).
+             OR (x.finished_at = p_now AND x.lease_token = e.token
+                 AND x.status = CASE WHEN e.failed THEN 'failed' ELSE 'done' END))
+      LIMIT 1
+    ) r
+  ), closed AS (
+    UPDATE automation_step_runs r
+    SET status = CASE WHEN h.failed THEN 'failed' ELSE 'done' END, finished_at = p_now,
+        output = h.v -> 'output', error = h.v ->> 'error', error_kind = h.v ->> 'error_kind',
+        error_code = h.v ->> 'error_code'
+    FROM hit h
+    WHERE r.id = h.id
+    RETURNING h.n
+  ), early AS (
+    INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, finished_at,
+                                      error, error_kind, error_code)
+    SELECT g.id, e.step, e.v ->> 'type', e.attempt, g.lease_token, 'failed', p_now, p_now,
+           e.v ->> 'error', e.v ->> 'error_kind', e.v ->> 'error_code'
+    FROM e
+    JOIN ONLY automation_execution_logs g ON g.id = e.log_id AND g.status = 'running' AND g.lease_token = e.token
+    WHERE e.failed AND NOT EXISTS (SELECT 1 FROM closed c WHERE c.n = e.n)
+    ON CONFLICT DO NOTHING
+    RETURNING log_id, step_id, attempt
+  )
+  SELECT coalesce(jsonb_agg(to_jsonb(c.n IS NOT NULL OR x.log_id IS NOT NULL) ORDER BY e.n), '[]')
+  INTO ended
+  FROM e
+  LEFT JOIN closed c ON c.n = e.n
+  LEFT JOIN early x ON x.log_id = e.log_id AND x.step_id = e.step AND x.attempt = e.attempt;
+
+  INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, finished_at, output)
+  SELECT g.id, d ->> 'step', d ->> 'kind', g.step_attempt, g.lease_token, 'decided', p_now, p_now, d -> 'detail'
+  FROM jsonb_array_elements(p_write -> 'decided') d
+  JOIN ONLY automation_execution_logs g
+    ON g.id = (d ->> 'log_id')::bigint AND g.status = 'running' AND g.lease_token = (d ->> 'token')::bigint
+  -- Not again when this same write was made before (its commit landed, its answer was lost).
+  -- (A LATERAL with LIMIT is planned as a probe of the instance's runs: as a plain NOT EXISTS
+  -- its plan, cached while the table was small, scanned every run of the step's id.)
+  LEFT JOIN LATERAL (SELECT true AS made FROM automation_step_runs x
+                     WHERE x.log_id = g.id AND x.started_at = p_now AND x.lease_token = g.lease_token
+                       AND x.status = 'decided' AND x.step_id = d ->> 'step' AND x.step_type = d ->> 'kind'
+                     LIMIT 1) z ON true
+  WHERE z.made IS NULL;
+
+  -- Effects about to start elsewhere. The row lock orders this write with a pause or cancel
+  -- of the instance: a held instance parks at this step instead, and its effect never starts.
+  WITH s AS (
+    SELECT t.n, (t.v ->> 'log_id')::bigint AS log_id, (t.v ->> 'token')::bigint AS token, t.v
+    FROM jsonb_array_elements(p_write -> 'started') WITH ORDINALITY AS t(v, n)
+    WHERE NOT coalesce((t.v ->> 'local')::boolean, false)
+  ), l AS (
+    SELECT s.n, s.v, g.id, g.lease_token, herald_held_status('pending', g.hold, a.paused_at IS NOT NULL) AS held
+    FROM s
+    JOIN ONLY automation_execution_logs g ON g.id = s.log_id AND g.status = 'running' AND g.lease_token = s.token
+    LEFT JOIN automations a ON a.id = g.automation_id
+    ORDER BY g.id
+    FOR UPDATE OF g
+  ), stopped AS (
+    UPDATE ONLY automation_execution_logs g
+    SET status = l.held, held_from = CASE l.held WHEN 'paused' THEN 'pending' END,
+        hold = CASE l.held WHEN 'paused' THEN g.hold END,
+        next_step = l.v ->> 'next_step', step_attempt = (l.v ->> 'step_attempt')::int - 1,
+        steps_run = (l.v ->> 'steps_run')::int - 1, outputs = l.v -> 'outputs', run_at = p_now,
+        completed_at = CASE l.held WHEN 'cancelled' THEN p_now END,
+        updated_at = p_now, lease_token = NULL, lease_expires_at = NULL
+    FROM l
+    WHERE g.id = l.id AND l.held IS NOT NULL
+    RETURNING l.n, l.held
+  ), stopped_attempts AS (
+    UPDATE automation_attempts t SET finished_at = p_now, outcome = 'parked'
+    FROM l
+    WHERE l.held IS NOT NULL AND t.log_id = l.id AND t.lease_token = l.lease_token AND t.finished_at IS NULL
+  ), runs AS (
+    INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, effect, place)
+    SELECT l.id, l.v ->> 'step', l.v ->> 'type', (l.v ->> 'attempt')::int, l.lease_token, 'started', p_now, l.v -> 'effect',
+           herald_place_of(l.v)
+    FROM l
+    WHERE l.held IS NULL
+    ORDER BY l.id
+    ON CONFLICT DO NOTHING
+    RETURNING log_id
+  ), again AS (
+    -- Runs this same write recorded before (its commit landed, its answer was lost): taken.
+    SELECT l.id AS log_id
+    FROM l
+    CROSS JOIN LATERAL (SELECT 1 FROM automation_step_runs x
+                        WHERE x.log_id = l.id AND x.step_id = l.v ->> 'step' AND x.attempt = (l.v ->> 'attempt')::int
+                          AND x.status = 'started' AND x.lease_token = l.lease_token AND x.started_at = p_now
+                        LIMIT 1) x
+    WHERE l.held IS NULL
+  )
+  SELECT coalesce(jsonb_object_agg(s.n::text, CASE WHEN h.n IS NOT NULL THEN to_jsonb(h.held)
+                                                   ELSE to_jsonb(r.log_id IS NOT NULL) END), '{}')
+  INTO started
+  FROM s
+  LEFT JOIN stopped h ON h.n = s.n
+  LEFT JOIN (SELECT log_id FROM runs UNION SELECT log_id FROM again) r ON r.log_id = s.log_id;
+
+  -- Effects performed here, one by one, each undone alone if it fails.
+  FOR entry, k IN SELECT t.v, t.n FROM jsonb_array_elements(p_write -> 'started') WITH ORDINALITY AS t(v, n)
+              WHERE coalesce((t.v ->> 'local')::boolean, false) LOOP
+    SELECT g.id, g.lease_token, g.cascade_depth, g.subject_schema, g.subject_table, g.subject_key_column,
+           g.subject_id, herald_held_status('pending', g.hold, a.paused_at IS NOT NULL) AS held
+    INTO loc
+    FROM ONLY automation_execution_logs g
+    LEFT JOIN automations a ON a.id = g.automation_id
+    WHERE g.id = (entry ->> 'log_id')::bigint AND g.status = 'running' AND g.lease_token = (entry ->> 'token')::bigint
+    FOR UPDATE OF g;
+    IF NOT FOUND THEN
+      started := started || jsonb_build_object(k::text, false);
+      CONTINUE;
+    END IF;
+    IF loc.held IS NOT NULL THEN
+      UPDATE ONLY automation_execution_logs
+      SET status = loc.held, held_from = CASE loc.held WHEN 'paused' THEN 'pending' END,
+          hold = CASE loc.held WHEN 'paused' THEN hold END,
+          next_step = entry ->> 'next_step', step_attempt = (entry ->> 'step_attempt')::int - 1,
+          steps_run = (entry ->> 'steps_run')::int - 1, outputs = entry -> 'outputs', run_at = p_now,
+          completed_at = CASE loc.held WHEN 'cancelled' THEN p_now END,
+          updated_at = p_now, lease_token = NULL, lease_expires_at = NULL
+      WHERE id = loc.id;
+      UPDATE automation_attempts SET finished_at = p_now, outcome = 'parked'
+      WHERE log_id = loc.id AND lease_token = loc.lease_token AND finished_at IS NULL;
+      started := started || jsonb_build_object(k::text, loc.held);
+      CONTINUE;
+    END IF;
+    run_id := NULL;
+    INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, effect, place)
+    VALUES (loc.id, entry ->> 'step', entry ->> 'type', (entry ->> 'attempt')::int, loc.lease_token, 'started', p_now,
+            entry -> 'effect', herald_place_of(entry))
+    ON CONFLICT DO NOTHING
+    RETURNING id INTO run_id;
+    IF run_id IS NULL THEN
+      -- Performed by this same write, made before: answered as it was then.
+      SELECT CASE x.status WHEN 'done' THEN jsonb_build_object('output', x.output)
+                           WHEN 'failed' THEN jsonb_build_object('error', x.error, 'error_kind', x.error_kind,
+                                                                 'error_code', x.error_code) END
+      INTO answer
+      FROM automation_step_runs x
+      WHERE x.log_id = loc.id AND x.step_id = entry ->> 'step' AND x.attempt = (entry ->> 'attempt')::int
+        AND x.lease_token = loc.lease_token AND x.started_at = p_now;
+      started := started || jsonb_build_object(k::text, coalesce(answer, 'false'));
+      CONTINUE;
+    END IF;
+    BEGIN
+      PERFORM set_config('herald.cascade_depth', (loc.cascade_depth + 1)::text, true),
+              set_config('herald.caused_by', loc.id::text, true);
+      answer := herald_perform_local(entry ->> 'type', entry -> 'effect', loc.id, entry ->> 'step', loc.subject_schema,
+                                     loc.subject_table, loc.subject_key_column, loc.subject_id, p_now);
+      UPDATE automation_step_runs SET status = 'done', finished_at = p_now, output = answer WHERE id = run_id;
+      answer := jsonb_build_object('output', answer);
+    EXCEPTION WHEN OTHERS THEN
+      -- Undone with everything it changed; the step failed, and its instance's on_error decides.
+      GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
+      answer := jsonb_build_object('error', format('step `%s`: %s', entry ->> 'step', msg), 'error_code', code,
+        'error_kind', CASE WHEN code IN ('40001', '40P01', '55P03', '57014') THEN 'transient' ELSE 'permanent' END);
+      UPDATE automation_step_runs
+      SET status = 'failed', finished_at = p_now, error = answer ->> 'error', error_kind = answer ->> 'error_kind',
+          error_code = code
+      WHERE id = run_id;
+    END;
+    PERFORM set_config('herald.cascade_depth', '', true), set_config('herald.caused_by', '', true);
+    started := started || jsonb_build_object(k::text, answer);
+  END LOOP;
+
+  -- Instances that park: their place, status and wake-up time; a park as pending or waiting
+  -- of a held instance becomes paused or cancelled.
+  WITH p AS (
+    SELECT t.n, (t.v ->> 'log_id')::bigint AS log_id, (t.v ->> 'token')::bigint AS token, t.v ->> 'status' AS want, t.v
+    FROM jsonb_array_elements(p_write -> 'parked') WITH ORDINALITY AS t(v, n)
+  ), l AS (
+    SELECT p.n, p.v, p.want, p.token, g.id, herald_held_status(p.want, g.hold, a.paused_at IS NOT NULL) AS held
+    FROM p
+    JOIN ONLY automation_execution_logs g ON g.id = p.log_id AND g.status = 'running' AND g.lease_token = p.token
+    LEFT JOIN automations a ON a.id = g.automation_id
+    ORDER BY g.id
+    FOR UPDATE OF g
+  ), done AS (
+    UPDATE ONLY automation_execution_logs g
+    SET status = coalesce(l.held, l.want), held_from = CASE l.held WHEN 'paused' THEN l.want END,
+        hold = CASE l.held WHEN 'paused' THEN g.hold END,
+        next_step = l.v ->> 'next_step', step_attempt = (l.v ->> 'step_attempt')::int,
+        steps_run = (l.v ->> 'steps_run')::int, outputs = l.v -> 'outputs',
+        run_at = CASE WHEN l.want = 'pending' THEN p_now ELSE coalesce((l.v ->> 'run_at')::timestamptz, g.run_at) END,
+        error = l.v ->> 'error', exit_reason = l.v ->> 'exit_reason',
+        completed_at = CASE WHEN coalesce(l.held, l.want) IN ('completed', 'failed', 'exited', 'cancelled') THEN p_now END,
+        updated_at = p_now, lease_token = NULL, lease_expires_at = NULL
+    FROM l
+    WHERE g.id = l.id
+    RETURNING l.n, l.held
+  ), closed AS (
+    UPDATE automation_attempts t SET finished_at = p_now, outcome = 'parked'
+    FROM l
+    WHERE t.log_id = l.id AND t.lease_token = l.token AND t.finished_at IS NULL
+  )
+  -- A park this same write made before (its commit landed, its answer was lost) closed the
+  -- attempt of its lease at this write's time: taken.
+  SELECT coalesce(jsonb_agg(CASE WHEN d.n IS NOT NULL THEN coalesce(to_jsonb(d.held), 'true')
+                                 WHEN EXISTS (SELECT 1 FROM automation_attempts t
+                                              WHERE t.log_id = p.log_id AND t.lease_token = p.token
+                                                AND t.finished_at = p_now AND t.outcome = 'parked') THEN 'true'
+                                 ELSE 'false' END
+                            ORDER BY p.n), '[]')
+  INTO parked
+  FROM p
+  LEFT JOIN done d ON d.n = p.n;
+
+  RETURN jsonb_build_object(
+    'ended', ended,
+    'started', (SELECT coalesce(jsonb_agg(started -> i::text ORDER BY i), '[]')
+                FROM generate_series(1, jsonb_array_length(coalesce(p_write -> 'started', '[]'))) i),
+    'parked', parked);
+END
+$$;
