@@ -45,14 +45,18 @@ $$;
 
 -- herald_flow_start as schema 14 wrote it, but for where an instance resumes: at the place
 -- of the last effect an earlier invocation started, unless that invocation parked the
--- instance afterwards, and otherwise at the instance's own place. And it is PL/pgSQL now,
--- so that its plan is kept: as an SQL function it was planned again at every call, about
--- 1 ms, as much as a whole batch of ten one-shot logs' claim.
-CREATE OR REPLACE FUNCTION herald_flow_start(p_ids bigint[], p_leases bigint[], p_now timestamptz, p_until timestamptz)
+-- instance afterwards, and otherwise at the instance's own place. It answers with each
+-- instance's automation and version too, and sends a version's definition once per batch,
+-- on the first instance that runs it (the executor reads it once for all of them). And it is
+-- PL/pgSQL now, so that its plan is kept: as an SQL function it was planned again at every
+-- call, about 1 ms, as much as a whole batch of ten one-shot logs' claim.
+DROP FUNCTION herald_flow_start(bigint[], bigint[], timestamptz, timestamptz);
+CREATE FUNCTION herald_flow_start(p_ids bigint[], p_leases bigint[], p_now timestamptz, p_until timestamptz)
 RETURNS TABLE (lease bigint, attempt integer, status text, definition jsonb, next_step text, step_attempt integer,
                steps_run integer, outputs jsonb, context jsonb, run_status text, run_output jsonb, run_error text,
                event text, old_status text, new_status text, subject_table text, subject_id text, payload jsonb,
-               run_error_kind text, max_attempts integer, retry_base_secs float8, retry_cap_secs float8)
+               run_error_kind text, max_attempts integer, retry_base_secs float8, retry_cap_secs float8,
+               automation_id bigint, version integer)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
@@ -81,7 +85,7 @@ BEGIN
   )
   SELECT c.lease_token, c.attempts,
          CASE WHEN m.nth > 1 THEN 'claimed by another message of this batch' ELSE l.status END,
-         v.definition,
+         CASE WHEN row_number() OVER (PARTITION BY c.automation_id, c.version ORDER BY m.ord) = 1 THEN v.definition END,
          CASE WHEN r.place IS NULL THEN c.next_step ELSE r.place ->> 'next_step' END,
          CASE WHEN r.place IS NULL THEN c.step_attempt ELSE (r.place ->> 'step_attempt')::int END,
          CASE WHEN r.place IS NULL THEN c.steps_run ELSE (r.place ->> 'steps_run')::int END,
@@ -91,7 +95,8 @@ BEGIN
          r.status, r.output, r.error,
          l.event, l.old_status, l.new_status, format('%I.%I', l.subject_schema, l.subject_table), l.subject_id,
          CASE WHEN l.event = 'delete' THEN NULL ELSE l.payload END,
-         r.error_kind, c.max_attempts, extract(epoch FROM c.retry_base)::float8, extract(epoch FROM c.retry_cap)::float8
+         r.error_kind, c.max_attempts, extract(epoch FROM c.retry_base)::float8, extract(epoch FROM c.retry_cap)::float8,
+         c.automation_id, c.version
   FROM msg m
   LEFT JOIN claimed c ON c.id = m.log_id AND m.nth = 1
   LEFT JOIN ctx x ON x.log_id = c.id
@@ -112,6 +117,14 @@ BEGIN
                       WHERE t.log_id = x.log_id AND t.outcome = 'parked' AND t.lease_token >= x.lease_token)
   ) r ON true
   ORDER BY m.ord;
+END
+$$;
+-- The executor keeps its right to it (db/roles.sql grants it too).
+DO $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'herald_executor') THEN
+    GRANT EXECUTE ON FUNCTION herald_flow_start(bigint[], bigint[], timestamptz, timestamptz) TO herald_executor;
+  END IF;
 END
 $$;
 

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::stream::{self, StreamExt};
@@ -32,7 +33,7 @@ pub const EFFECT_MARGIN: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct LoadedFlow {
     /// The definition of the version the instance runs, or why it cannot be read.
-    pub definition: Result<Document, String>,
+    pub definition: Result<Arc<Document>, String>,
     pub instance: Instance,
     /// The subject's data as templates and conditions see it, read fresh.
     pub data: Result<Json, ContextError>,
@@ -223,7 +224,7 @@ pub struct FlowRunner<'a, L, E, R> {
 struct Going {
     index: usize,
     lease: Lease,
-    doc: Document,
+    doc: Arc<Document>,
     instance: Instance,
     data: Json,
     /// The event and a manual start's payload, added to fresh data.
@@ -892,7 +893,7 @@ mod tests {
                             attempt: 1,
                         },
                         flow: Box::new(LoadedFlow {
-                            definition: Ok(doc.clone()),
+                            definition: Ok(Arc::new(doc.clone())),
                             instance: Instance::new(doc),
                             data: Ok(data.clone()),
                             event: Json::Null,

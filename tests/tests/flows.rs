@@ -824,6 +824,50 @@ async fn an_instance_whose_invocations_die_twice_resumes_at_the_last_effect_it_s
 }
 
 #[tokio::test]
+async fn one_batch_runs_each_instance_by_the_version_it_started_with() {
+    // GIVEN an instance of the first version of a flow, and two of the version saved after it
+    let version = |subject: &str| {
+        json!({
+            "trigger": {"type": "status_change", "table": "public.members", "to": "active"},
+            "steps": [{"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": subject, "text": "Hi"}]
+        })
+    };
+    let h = one_member_with(&version("first {{ name }}")).await;
+    let old = queue_instance(&h, "welcome", "members", "hello", 7).await;
+    h.db.client
+        .query_one(
+            "SELECT herald_save_automation('welcome', $1)",
+            &[&version("second {{ name }}")],
+        )
+        .await
+        .unwrap();
+    let new = [
+        queue_instance(&h, "welcome", "members", "hello", 7).await,
+        queue_instance(&h, "welcome", "members", "hello", 7).await,
+    ];
+    let store = Database::new(h.db.config()).store().await.unwrap();
+
+    // WHEN one invocation runs all three, in one queue batch, newest first
+    let out = invoke_batch(&h, &store, &[(new[0], 7), (old, 7), (new[1], 7)], 0).await;
+
+    // THEN each sent what its own version says
+    assert!(
+        out.iter()
+            .all(|o| matches!(o, FlowOutcome::Stopped(Stop::Park(Park::Completed)))),
+        "{out:?}"
+    );
+    let sent: Vec<String> =
+        h.db.column(&format!(
+            "SELECT effect ->> 'subject' FROM automation_step_runs WHERE status = 'done'
+             ORDER BY array_position(ARRAY[{old}, {}, {}]::bigint[], log_id)",
+            new[0], new[1]
+        ))
+        .await;
+    assert_eq!(sent, ["first Ana", "second Ana", "second Ana"]);
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 3);
+}
+
+#[tokio::test]
 async fn a_write_made_again_after_its_commit_landed_answers_as_it_did_and_changes_nothing() {
     // GIVEN a running instance whose email step started under lease 7
     let doc = json!({
@@ -906,6 +950,16 @@ async fn invoke(
     lease: i64,
     fail_at: usize,
 ) -> Vec<FlowOutcome> {
+    invoke_batch(h, store, &[(id, lease)], fail_at).await
+}
+
+/// [`invoke`] with one queue batch of several messages: (instance, lease) each.
+async fn invoke_batch(
+    h: &Herald,
+    store: &herald_shared::pg::PgStore,
+    messages: &[(i64, i64)],
+    fail_at: usize,
+) -> Vec<FlowOutcome> {
     let hooks = h.webhooks();
     let performers = Performers {
         email: &h.executor.email,
@@ -928,9 +982,11 @@ async fn invoke(
         ends_at: None,
         step_limit: 100,
     };
-    runner
-        .run(&[json!({"log_id": id, "lease": lease}).to_string()], 4)
-        .await
+    let bodies: Vec<String> = messages
+        .iter()
+        .map(|(id, lease)| json!({"log_id": id, "lease": lease}).to_string())
+        .collect();
+    runner.run(&bodies, 4).await
 }
 
 /// Every lease runs out; the rescue puts the `retried` running instances back to pending,
