@@ -4,6 +4,8 @@
 //! with an error that names it. Nothing half-rendered ever leaves this module. The HTML
 //! body escapes every value; the other templates are plain text.
 
+use std::sync::LazyLock;
+
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use serde_json::Value as Json;
 
@@ -67,60 +69,62 @@ pub fn render(def: &Definition, vars: &Json, default_from: &str) -> Result<Rende
 
 /// Renders an email's templates. `default_from` is used when they set no sender.
 pub fn render_email(t: &EmailTemplates, vars: &Json, default_from: &str) -> Result<Email, RenderError> {
-    let env = environment();
+    let scope = Scope::new(vars);
     Ok(Email {
         from: match &t.from {
-            Some(from) => one_line(&env, "email_from", from, vars)?,
+            Some(from) => scope.one_line("email_from", from)?,
             None => default_from.to_owned(),
         },
-        to: one_line(&env, "email_to", &t.to, vars)?,
-        subject: one_line(&env, "email_subject", &t.subject, vars)?,
+        to: scope.one_line("email_to", &t.to)?,
+        subject: scope.one_line("email_subject", &t.subject)?,
         text: t
             .text
             .as_deref()
-            .map(|s| non_empty(&env, "email_text", s, vars))
+            .map(|s| scope.non_empty("email_text", s))
             .transpose()?,
         html: t
             .html
             .as_deref()
-            .map(|s| non_empty(&env, "email_html", s, vars))
+            .map(|s| scope.non_empty("email_html", s))
             .transpose()?,
     })
 }
 
 /// Renders a text message's templates.
 pub fn render_sms(t: &SmsTemplates, vars: &Json) -> Result<Sms, RenderError> {
-    let env = environment();
-    let body = non_empty(&env, "sms_body", &t.body, vars)?;
+    let scope = Scope::new(vars);
+    let body = scope.non_empty("sms_body", &t.body)?;
     let chars = body.chars().count();
     if chars > SMS_MAX_CHARS {
         return Err(RenderError::SmsTooLong(chars));
     }
     Ok(Sms {
-        to: one_line(&env, "sms_to", &t.to, vars)?,
+        to: scope.one_line("sms_to", &t.to)?,
         body,
     })
 }
 
 /// Renders one plain-text template named `name` (for errors); `line` makes it one line.
 pub fn render_text(name: &'static str, source: &str, vars: &Json, line: bool) -> Result<String, RenderError> {
-    let env = environment();
+    let scope = Scope::new(vars);
     if line {
-        one_line(&env, name, source, vars)
+        scope.one_line(name, source)
     } else {
-        non_empty(&env, name, source, vars)
+        scope.non_empty(name, source)
     }
 }
 
 /// Whether `source` compiles as a template (its variables are only known when it renders).
 pub fn check_template(source: &str) -> Result<(), String> {
-    environment()
+    ENVIRONMENT
         .template_from_str(source)
         .map(drop)
         .map_err(|e| e.to_string())
 }
 
-fn environment() -> Environment<'static> {
+/// The one environment every template renders in: strict about undefined and null values,
+/// escaping HTML only in the HTML body.
+static ENVIRONMENT: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|name| {
@@ -140,71 +144,87 @@ fn environment() -> Environment<'static> {
         minijinja::escape_formatter(out, state, value)
     });
     env
+});
+
+/// One set of variables, converted once for all the templates rendered with it.
+struct Scope<'a> {
+    vars: &'a Json,
+    value: Value,
 }
 
-/// Renders a template whose result is one line (an address, a subject): runs of spaces,
-/// tabs and newlines become one space; any other control character is an error.
-fn one_line(env: &Environment<'_>, name: &'static str, source: &str, vars: &Json) -> Result<String, RenderError> {
-    let s = non_empty(env, name, source, vars)?;
-    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    match s.chars().find(|c| c.is_control()) {
-        Some(c) => Err(RenderError::ControlCharacter {
+impl<'a> Scope<'a> {
+    fn new(vars: &'a Json) -> Self {
+        Self {
+            vars,
+            value: Value::from_serialize(vars),
+        }
+    }
+
+    /// Renders a template whose result is one line (an address, a subject): runs of spaces,
+    /// tabs and newlines become one space; any other control character is an error.
+    fn one_line(&self, name: &'static str, source: &str) -> Result<String, RenderError> {
+        let s = self.non_empty(name, source)?;
+        let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+        match s.chars().find(|c| c.is_control()) {
+            Some(c) => Err(RenderError::ControlCharacter {
+                template: name,
+                code: c as u32,
+            }),
+            None => Ok(s),
+        }
+    }
+
+    /// Renders a body: newlines and tabs are fine, other control characters are an error.
+    fn non_empty(&self, name: &'static str, source: &str) -> Result<String, RenderError> {
+        let s = self.render_one(name, source)?;
+        if s.trim().is_empty() {
+            return Err(RenderError::Empty { template: name });
+        }
+        if let Some(c) = s.chars().find(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+            return Err(RenderError::ControlCharacter {
+                template: name,
+                code: c as u32,
+            });
+        }
+        Ok(s)
+    }
+
+    fn render_one(&self, name: &'static str, source: &str) -> Result<String, RenderError> {
+        let vars = self.vars;
+        let invalid = |e: minijinja::Error| RenderError::Invalid {
             template: name,
-            code: c as u32,
-        }),
-        None => Ok(s),
-    }
-}
-
-/// Renders a body: newlines and tabs are fine, other control characters are an error.
-fn non_empty(env: &Environment<'_>, name: &'static str, source: &str, vars: &Json) -> Result<String, RenderError> {
-    let s = render_one(env, name, source, vars)?;
-    if s.trim().is_empty() {
-        return Err(RenderError::Empty { template: name });
-    }
-    if let Some(c) = s.chars().find(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
-        return Err(RenderError::ControlCharacter {
-            template: name,
-            code: c as u32,
-        });
-    }
-    Ok(s)
-}
-
-fn render_one(env: &Environment<'_>, name: &'static str, source: &str, vars: &Json) -> Result<String, RenderError> {
-    let invalid = |e: minijinja::Error| RenderError::Invalid {
-        template: name,
-        message: e.to_string(),
-    };
-    let tmpl = env.template_from_named_str(name, source).map_err(invalid)?;
-    tmpl.render(Value::from_serialize(vars)).map_err(|e| {
-        // Name the culprits: the variables the template uses that the data lacks, or
-        // that are null. Loop variables and the like are not known here; then the
-        // engine's own message has to do.
-        let used = tmpl.undeclared_variables(true);
-        let mut missing: Vec<String> = Vec::new();
-        let mut null: Vec<String> = Vec::new();
-        for path in used {
-            match lookup(vars, &path) {
-                None => missing.push(path),
-                Some(Json::Null) => null.push(path),
-                Some(_) => {}
+            message: e.to_string(),
+        };
+        let tmpl = ENVIRONMENT.template_from_named_str(name, source).map_err(invalid)?;
+        tmpl.render(&self.value).map_err(|e| {
+            // Name the culprits: the variables the template uses that the data lacks, or
+            // that are null. Loop variables and the like are not known here; then the
+            // engine's own message has to do.
+            let used = tmpl.undeclared_variables(true);
+            let mut missing: Vec<String> = Vec::new();
+            let mut null: Vec<String> = Vec::new();
+            for path in used {
+                match lookup(vars, &path) {
+                    None => missing.push(path),
+                    Some(Json::Null) => null.push(path),
+                    Some(_) => {}
+                }
             }
-        }
-        missing.sort();
-        null.sort();
-        match e.kind() {
-            minijinja::ErrorKind::UndefinedError if !missing.is_empty() => RenderError::Missing {
-                template: name,
-                names: missing,
-            },
-            minijinja::ErrorKind::InvalidOperation if !null.is_empty() => RenderError::Null {
-                template: name,
-                names: null,
-            },
-            _ => invalid(e),
-        }
-    })
+            missing.sort();
+            null.sort();
+            match e.kind() {
+                minijinja::ErrorKind::UndefinedError if !missing.is_empty() => RenderError::Missing {
+                    template: name,
+                    names: missing,
+                },
+                minijinja::ErrorKind::InvalidOperation if !null.is_empty() => RenderError::Null {
+                    template: name,
+                    names: null,
+                },
+                _ => invalid(e),
+            }
+        })
+    }
 }
 
 /// Follows a dotted path (`client.email`) through JSON objects.

@@ -109,8 +109,9 @@ pub fn advance(
     let step_limit = policy.step_limit;
     let mut decided = Vec::new();
     let vars = |i: &Instance| variables(data, i);
-    // The trigger's conditions, before anything of the instance has run.
-    if instance.steps_run == 0 && last.is_none() {
+    // The trigger's conditions, before anything of the instance has run. (The variables are
+    // made only where something reads them: a copy of the data and the outputs.)
+    if instance.steps_run == 0 && last.is_none() && doc.conditions.is_some() {
         if let Some(park) = conditions_check(doc, &vars(instance), now, &mut decided) {
             return (Advance::Park(park), decided);
         }
@@ -154,8 +155,10 @@ pub fn advance(
         let Some(at) = instance.next.clone() else {
             return (Advance::Park(Park::Completed), decided);
         };
-        if let Some(park) = exit_check(doc, &vars(instance), now, &at, &mut decided) {
-            return (Advance::Park(park), decided);
+        if !doc.exit.is_empty() {
+            if let Some(park) = exit_check(doc, &vars(instance), now, &at, &mut decided) {
+                return (Advance::Park(park), decided);
+            }
         }
         let Some(step) = find(&doc.steps, &at) else {
             return (
@@ -175,7 +178,7 @@ pub fn advance(
         instance.attempt += 1;
         let attempt = instance.attempt;
         result = Some(
-            match decide_in_memory(step, attempt, &vars(instance), now, &doc.timezone, &mut decided) {
+            match decide_in_memory(step, attempt, || vars(instance), now, &doc.timezone, &mut decided) {
                 Some(r) => r,
                 None => {
                     return (
@@ -239,7 +242,7 @@ fn exit_check(doc: &Document, vars: &Json, now: Timestamp, at: &str, decided: &m
 fn decide_in_memory(
     step: &Step,
     attempt: u32,
-    vars: &Json,
+    vars: impl FnOnce() -> Json,
     now: Timestamp,
     tz: &TimeZone,
     decided: &mut Vec<Decided>,
@@ -258,14 +261,14 @@ fn decide_in_memory(
         }
     };
     match &step.action {
-        Action::Branch { when, .. } => Some(match evaluate(when, vars, now, tz) {
+        Action::Branch { when, .. } => Some(match evaluate(when, &vars(), now, tz) {
             Ok(e) => {
                 decided.push(record("branch", json!({"holds": e.holds, "seen": e.seen})));
                 StepResult::Chose(e.holds)
             }
             Err(err) => failed("branch", err.to_string()),
         }),
-        Action::Wait(wait) => Some(match wake_at(wait, vars, now, tz) {
+        Action::Wait(wait) => Some(match wake_at(wait, &vars(), now, tz) {
             Ok(until) => {
                 decided.push(record("wait", json!({"until": until.to_string()})));
                 StepResult::Waits(until)
