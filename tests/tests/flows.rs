@@ -240,39 +240,9 @@ async fn an_invocation_that_stops_mid_flow_is_resumed_without_sending_twice() {
         h.db.column("SELECT id FROM automation_execution_logs ORDER BY id")
             .await;
     let store = Database::new(h.db.config()).store().await.unwrap();
-    let clock = ManualClock::new(SystemTime::now());
-    let hooks = h.webhooks();
-    let performers = Performers {
-        email: &h.executor.email,
-        sms: &h.executor.sms,
-        webhooks: &hooks,
-    };
-    // The receipts queue is gone too: the ends of effects that could not be written are lost.
-    let no_receipts = SqsReceipts::new(&h.moto.sdk, format!("{}-deleted", h.receipts_url));
-    let run = |ledger_fail_at: usize, id: i64, lease: i64| {
-        let (store, clock, performers, from) = (&store, &clock, &performers, h.from.clone());
-        let receipts = &no_receipts;
-        async move {
-            let ledger = FailingWrite {
-                inner: store,
-                fail_at: ledger_fail_at,
-                writes: Default::default(),
-            };
-            let runner = FlowRunner {
-                ledger: &ledger,
-                effects: performers,
-                receipts,
-                clock,
-                default_from: &from,
-                lease: Duration::from_secs(120),
-                ends_at: None,
-                step_limit: 100,
-            };
-            runner
-                .run(&[json!({"log_id": id, "lease": lease}).to_string()], 4)
-                .await
-        }
-    };
+    // The receipts queue is gone too (see `invoke`): the ends of effects that could not be
+    // written are lost.
+    let run = |fail_at: usize, id: i64, lease: i64| invoke(&h, &store, id, lease, fail_at);
     // Member 1: the email is sent, and the writes of its end fail until the executor gives up.
     // Member 2: the email's end is written, and the write that follows fails.
     for (id, fail_at) in [(ids[0], 2), (ids[1], 3)] {
