@@ -1,11 +1,13 @@
 -- Schema 15: fewer row versions per workflow instance, and room on each page for the ones
 -- that remain.
 --
--- A log is updated several times in its life (queued, claimed, finished), and a step run
--- and an attempt once each (at their end). None of these updates changes an
--- indexed column, so Postgres can write the new row version on the same page without new
--- index entries (a heap-only update), but only when the page has room: tables filled by
--- inserts leave none. A fillfactor keeps that room on pages filled from now on.
+-- A step run and an attempt are updated once each, at their end, without changing an
+-- indexed column: Postgres can write the new row version on the same page without new
+-- index entries (a heap-only update), but only when the page has room, and tables filled by
+-- inserts leave none. A log is updated several times in its life (queued, claimed,
+-- finished), and those updates change indexed columns (its status, its lease), so they add
+-- index entries anyway; room on the page still keeps each new version beside the old one.
+-- A fillfactor keeps that room on pages filled from now on.
 ALTER TABLE automation_execution_logs SET (fillfactor = 70);
 ALTER TABLE automation_step_runs SET (fillfactor = 70);
 ALTER TABLE automation_attempts SET (fillfactor = 80);
