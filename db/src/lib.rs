@@ -88,6 +88,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0015_fewer_row_versions.sql",
         sql: include_str!("../migrations/0015_fewer_row_versions.sql"),
     },
+    Migration {
+        version: 16,
+        name: "0016_column_form_as_definitions.sql",
+        sql: include_str!("../migrations/0016_column_form_as_definitions.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).

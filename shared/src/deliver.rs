@@ -92,6 +92,13 @@ pub fn plan_sends(log: &LoadedLog, context: &serde_json::Value, default_from: &s
     if !def.is_active {
         return Err(Failure::permanent(format!("automation {:?} is inactive", def.name)));
     }
+    if def.email.is_none() && def.sms.is_none() {
+        // A log started as a one-shot, whose automation was saved as a document since.
+        return Err(Failure::permanent(format!(
+            "automation {:?} has no email or SMS columns now: it was saved as a workflow definition",
+            def.name
+        )));
+    }
     let vars = variables(context.clone(), &log.event);
     let rendered = render(def, &vars, default_from).map_err(|e| Failure::permanent(e.to_string()))?;
     if let Some(email) = &rendered.email {
@@ -445,6 +452,18 @@ mod tests {
                 "inactive",
                 log(def(false, "{{ email }}", "{{ phone }}"), vec![]),
                 Err("inactive"),
+            ),
+            (
+                "saved as a document since",
+                log(
+                    def(true, "{{ email }}", "{{ phone }}").map(|d| Definition {
+                        email: None,
+                        sms: None,
+                        ..d
+                    }),
+                    vec![Channel::Email],
+                ),
+                Err("saved as a workflow definition"),
             ),
             (
                 "bad phone stops the email too",

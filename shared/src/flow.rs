@@ -276,8 +276,14 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
         };
         let mut write = FlowWrite::default();
         let mut going: Vec<Going> = Vec::new();
+        // Where each claimed instance's outcome goes: the message that claimed it (a log named
+        // twice in one batch is claimed by its first message only; the other is skipped).
+        let mut index_of: HashMap<LogId, usize> = HashMap::new();
         for ((index, msg), started) in valid.iter().zip(started) {
             let index = *index;
+            if matches!(started, FlowStarted::Claimed { .. }) {
+                index_of.insert(msg.log_id, index);
+            }
             match started {
                 FlowStarted::Unknown => {
                     outcomes[index] = Some(FlowOutcome::Rejected(format!("no execution log {}", msg.log_id)))
@@ -348,7 +354,6 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                 }
             }
         }
-        let index_of: HashMap<LogId, usize> = valid.iter().map(|(i, m)| (m.log_id, *i)).collect();
         // Instances whose next effect the last write of effects' ends also started.
         let mut carried = Took::default();
         loop {

@@ -282,8 +282,7 @@ async fn references_to_the_data_are_checked_against_the_table() {
 async fn saving_refuses_a_definition_with_every_mistake_and_versions_a_sound_one() {
     let db = db().await;
     db.exec(
-        "INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
-         VALUES ('reminders', 'bookings', 'confirmed', '{{ email }}', 's', 't')",
+        "INSERT INTO automations (name, source_table) VALUES ('reminders', 'bookings')",
     )
     .await;
     let bad = json!({"trigger": {"type": "status_change", "table": "bookings"}, "steps": [
@@ -353,8 +352,7 @@ async fn saving_refuses_a_status_column_the_capture_does_not_watch() {
     let db = db().await;
     db.exec(
         "SELECT herald_attach('public.bookings', 'status', 'id');
-         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
-         VALUES ('reminders', 'bookings', 'confirmed', '{{ email }}', 's', 't')",
+         INSERT INTO automations (name, source_table) VALUES ('reminders', 'bookings')",
     )
     .await;
     let mut doc = runnable();
@@ -381,9 +379,8 @@ async fn conditions_are_checked_against_the_automations_context_relation() {
     let db = db().await;
     db.exec(
         "CREATE VIEW booking_details AS SELECT id AS booking_id, status, starts_at, 'gold'::text AS tier FROM bookings;
-         INSERT INTO automations (name, source_table, to_status, context_relation, context_key_column,
-                                  email_to, email_subject, email_text)
-         VALUES ('details', 'bookings', 'confirmed', 'public.booking_details', 'booking_id', '{{ email }}', 's', 't')",
+         INSERT INTO automations (name, source_table, context_relation, context_key_column)
+         VALUES ('details', 'bookings', 'public.booking_details', 'booking_id')",
     )
     .await;
     let mut doc = json!({
@@ -414,4 +411,108 @@ async fn conditions_are_checked_against_the_automations_context_relation() {
         detail.contains("exit[0].if.field: the data has no column `teir`"),
         "{detail}"
     );
+}
+
+#[tokio::test]
+async fn the_column_form_is_saved_as_a_two_step_definition_and_a_document_replaces_it() {
+    let db = db().await;
+    db.exec(
+        "SELECT herald_attach('public.bookings', 'status', 'id');
+         INSERT INTO automations (name, source_table, from_status, to_status, email_from, email_to, email_subject,
+                                  email_text, email_html, sms_to, sms_body)
+         VALUES ('confirmed', 'bookings', 'requested', 'confirmed', 'desk@example.com', '{{ email }}', 'Booked',
+                 'See you, {{ name }}', '<p>See you</p>', '{{ phone }}', 'Booked!');
+         INSERT INTO automations (name, source_table, to_status, sms_to, sms_body, sms_on_unknown)
+         VALUES ('texted', 'bookings', 'cancelled', '{{ phone }}', 'Cancelled', 'resend');",
+    )
+    .await;
+    let definition = |name: &'static str| {
+        let db = &db;
+        async move {
+            let r = db
+                .client
+                .query_one(
+                    "SELECT a.version, v.definition, v.checksum = 'sha256:' || encode(sha256(convert_to(v.definition::text, 'UTF8')), 'hex')
+                     FROM automations a JOIN automation_versions v ON v.automation_id = a.id AND v.version = a.version
+                     WHERE a.name = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap();
+            let (version, doc, checksum_ok): (i32, Json, bool) = (r.get(0), r.get(1), r.get(2));
+            assert!(checksum_ok, "{name}: its checksum is of the document as stored");
+            (version, doc)
+        }
+    };
+    // Email first, continuing to the SMS when it fails; each channel's unknown-outcome policy.
+    assert_eq!(
+        definition("confirmed").await,
+        (
+            1,
+            json!({
+                "trigger": {"type": "status_change", "table": "public.bookings", "from": "requested", "to": "confirmed"},
+                "steps": [
+                    {"id": "email", "type": "send_email", "from": "desk@example.com", "to": "{{ email }}",
+                     "subject": "Booked", "text": "See you, {{ name }}", "html": "<p>See you</p>",
+                     "on_unknown": "resend", "on_error": "continue"},
+                    {"id": "sms", "type": "send_sms", "to": "{{ phone }}", "body": "Booked!", "on_unknown": "hold"}
+                ]
+            })
+        )
+    );
+    assert_eq!(
+        definition("texted").await.1["steps"],
+        json!([{"id": "sms", "type": "send_sms", "to": "{{ phone }}", "body": "Cancelled", "on_unknown": "resend"}])
+    );
+    // Herald reads what the column form saved.
+    let (_, doc) = definition("confirmed").await;
+    definition::parse(&doc).expect("the column form's document is one Herald runs");
+
+    // A change of a template is a new version; a change of anything the document does not
+    // hold is not.
+    db.exec("UPDATE automations SET sms_body = 'Booked: {{ starts_at }}' WHERE name = 'confirmed'")
+        .await;
+    let (v, doc) = definition("confirmed").await;
+    assert_eq!((v, doc["steps"][1]["body"].clone()), (2, json!("Booked: {{ starts_at }}")));
+    db.exec("UPDATE automations SET suppression_window = '1 minute', max_attempts = 3 WHERE name = 'confirmed'")
+        .await;
+    assert_eq!(definition("confirmed").await.0, 2);
+    // Dropping the SMS leaves one step, which stops the instance when it fails.
+    db.exec("UPDATE automations SET sms_to = NULL, sms_body = NULL WHERE name = 'confirmed'")
+        .await;
+    let (v, doc) = definition("confirmed").await;
+    assert_eq!(v, 3);
+    assert_eq!(doc["steps"].as_array().unwrap().len(), 1);
+    assert_eq!(doc["steps"][0].get("on_error"), None);
+
+    // A document saved replaces the columns, which no longer describe the automation, and a
+    // later change of another column keeps the document.
+    let own = json!({
+        "trigger": {"type": "status_change", "table": "public.bookings", "to": "confirmed"},
+        "steps": [{"id": "hi", "type": "send_sms", "to": "{{ phone }}", "body": "Hi"}]
+    });
+    let v: i32 = db
+        .client
+        .query_one("SELECT herald_save_automation('confirmed', $1)", &[&own])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 4);
+    let left: i64 = db
+        .scalar("SELECT count(*) FROM automations WHERE name = 'confirmed' AND num_nonnulls(email_from, email_to, email_subject, email_text, email_html, sms_to, sms_body) > 0")
+        .await;
+    assert_eq!(left, 0);
+    db.exec("UPDATE automations SET to_status = 'confirmed', suppression_window = '0' WHERE name = 'confirmed'")
+        .await;
+    assert_eq!(definition("confirmed").await, (4, own));
+
+    // An automation with neither columns nor a document captures nothing until it has one.
+    db.exec(
+        "INSERT INTO automations (name, source_table, to_status) VALUES ('draft', 'bookings', 'draft');
+         INSERT INTO bookings (id, status) VALUES (1, 'new');
+         UPDATE bookings SET status = 'draft' WHERE id = 1;",
+    )
+    .await;
+    let captured: i64 = db.scalar("SELECT count(*) FROM herald_inbox").await;
+    assert_eq!(captured, 0);
 }

@@ -1,4 +1,8 @@
 //! Leases, fencing tokens, rescue, the dead and unknown states, and the operator functions.
+//!
+//! Automations written with the email and SMS columns run as two-step workflows. The tests
+//! that claim a log through the one-shot executor's own store (`claim_and_vanish`) are of
+//! one-shot logs, which is how a log its executor had started before schema 16 finishes.
 
 use std::time::Duration;
 
@@ -92,7 +96,7 @@ async fn a_lost_sqs_message_is_requeued_and_the_late_original_is_skipped() {
     // THEN the scheduler re-queues it under a new lease, and it is sent once
     assert_eq!((summary.rescued.requeued, summary.claimed), (1, 1));
     assert!(h.deliver_all().await.is_empty());
-    assert_eq!(h.db.statuses().await, ["sent"]);
+    assert_eq!(h.db.statuses().await, ["completed"]);
     // AND the original message, arriving late, is stale: skipped, not sent again
     assert!(h.execute(lost).await.batch_item_failures.is_empty());
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
@@ -213,14 +217,16 @@ async fn after_the_last_attempt_a_log_is_dead_with_its_history_and_retry_revives
         clock.advance(Duration::from_secs(21));
     }
 
-    // THEN the log is dead, and its attempts tell the story
+    // THEN the instance is dead, and its step's tries tell the story
     let (status, attempts, _, error) = row(&h).await;
     assert_eq!((status.as_str(), attempts), ("dead", 2));
-    assert!(error.unwrap().starts_with("sms: "));
+    assert!(error.unwrap().starts_with("step `sms` failed: "));
+    let kind: String = h.db.scalar("SELECT error_kind FROM automation_execution_logs").await;
+    assert_eq!(kind, "transient");
     let history: Vec<(i32, String, String)> =
         h.db.client
             .query(
-                "SELECT attempt, outcome, error_kind FROM automation_attempts ORDER BY attempt",
+                "SELECT attempt, status, error_kind FROM automation_step_runs WHERE step_id = 'sms' ORDER BY id",
                 &[],
             )
             .await
@@ -231,8 +237,8 @@ async fn after_the_last_attempt_a_log_is_dead_with_its_history_and_retry_revives
     assert_eq!(
         history,
         [
-            (1, "retry".into(), "transient".into()),
-            (2, "dead".into(), "transient".into())
+            (1, "failed".into(), "transient".into()),
+            (2, "failed".into(), "transient".into())
         ]
     );
     assert_eq!(h.tick().await.claimed, 0);
@@ -240,8 +246,12 @@ async fn after_the_last_attempt_a_log_is_dead_with_its_history_and_retry_revives
     // WHEN SNS is back and an operator retries it
     h.executor.sms = good_sms;
     operator_retries_and_it_is_sent(&h, &clock).await;
-    // THEN it is sent
-    assert_eq!(row(&h).await.0, "sent");
+    // THEN it is sent, as a third try of its step
+    assert_eq!(row(&h).await.0, "completed");
+    let sent: i32 =
+        h.db.scalar("SELECT attempt FROM automation_step_runs WHERE step_id = 'sms' AND status = 'done'")
+            .await;
+    assert_eq!(sent, 3);
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
     // AND retry refuses what is not dead, failed or unknown
     assert!(
@@ -312,7 +322,7 @@ async fn two_executors_racing_on_the_same_messages_send_each_log_once() {
     // THEN every message is done for both, and each log was sent exactly once
     assert!(a.unwrap().batch_item_failures.is_empty());
     assert!(b.unwrap().batch_item_failures.is_empty());
-    assert_eq!(h.db.statuses().await, vec!["sent"; 10]);
+    assert_eq!(h.db.statuses().await, vec!["completed"; 10]);
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 10);
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 10);
     assert_eq!(h.db.scalar::<i64>("SELECT count(*) FROM automation_attempts").await, 10);
@@ -333,8 +343,8 @@ async fn the_same_message_twice_in_one_batch_sends_once() {
     let response = h.execute(event).await;
 
     // THEN one message sends it and the other is skipped (not a failure, not a second send)
-    assert!(response.batch_item_failures.is_empty());
-    assert_eq!(h.db.statuses().await, ["sent"]);
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    assert_eq!(h.db.statuses().await, ["completed"]);
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
 }

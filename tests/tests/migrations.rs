@@ -50,6 +50,7 @@ const SHIPPED: &[(i32, &str)] = &[
     (12, "3b5b9c40409ef0e4e4ab46b2f075cc4f"),
     (13, "8d7a24d0a24da102f1831b91fa2d9012"),
     (14, "f567daa766f4db1a4023cce2480de2c4"),
+    (15, "db538c247edd6acde64ca8d47fe9093e"),
 ];
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use herald_shared::config::{self, ConfigError};
 use herald_shared::deliver::{Deliverer, Outcome};
 use herald_shared::drain::time_left;
 use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
+use herald_shared::workflow::machine::Park;
 use herald_shared::model::QueueMessage;
 use herald_shared::pg::Database;
 use herald_shared::recipient::redact;
@@ -142,8 +143,17 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
             match &outcome {
                 FlowOutcome::Stopped(Stop::Later) => info!(message_id = %id, "instance continues later"),
                 FlowOutcome::Stopped(Stop::Held(status)) => info!(message_id = %id, status, "instance held"),
+                // Reasons can quote provider messages, which can quote addresses: mask them.
+                FlowOutcome::Stopped(Stop::Park(Park::Failed(why))) => {
+                    warn!(message_id = %id, why = %redact(why), "instance failed")
+                }
+                FlowOutcome::Stopped(Stop::Park(Park::Dead(why))) => {
+                    warn!(message_id = %id, why = %redact(why), "instance dead")
+                }
                 FlowOutcome::Stopped(Stop::Park(park)) => info!(message_id = %id, ?park, "instance parked"),
-                FlowOutcome::Stopped(Stop::Unknown(why)) => warn!(message_id = %id, why, "outcome unknown: held"),
+                FlowOutcome::Stopped(Stop::Unknown(why)) => {
+                    warn!(message_id = %id, why = %redact(why), "outcome unknown: held")
+                }
                 FlowOutcome::Skipped(why) => info!(message_id = %id, why = %redact(why), "skipped"),
                 FlowOutcome::Deferred(why) => {
                     warn!(message_id = %id, why = %redact(why), "deferred to the receipts queue")

@@ -233,6 +233,8 @@ struct ParkedEntry<'a> {
     next_step: Option<&'a str>,
     run_at: Option<String>,
     error: Option<&'a str>,
+    /// `permanent` for a failed instance, `transient` for a dead one.
+    error_kind: Option<&'static str>,
     exit_reason: Option<&'a str>,
     step_attempt: u32,
     steps_run: u32,
@@ -304,6 +306,7 @@ fn parked_entry<'a>(lease: &Lease, i: &'a Instance, stop: &'a Stop) -> ParkedEnt
         Stop::Park(Park::Completed) => ("completed", None, None, None, None),
         Stop::Unknown(why) => ("unknown", next, None, Some(why.as_str()), None),
         Stop::Park(Park::Failed(why)) => ("failed", next, None, Some(why.as_str()), None),
+        Stop::Park(Park::Dead(why)) => ("dead", next, None, Some(why.as_str()), None),
         Stop::Park(Park::Exited(reason)) => ("exited", next, None, None, Some(reason.as_str())),
         Stop::Park(Park::Sleeping { next, until }) => ("waiting", next.as_deref(), Some(until.to_string()), None, None),
         Stop::Park(Park::Retrying { step, at }) => ("waiting", Some(step.as_str()), Some(at.to_string()), None, None),
@@ -315,6 +318,11 @@ fn parked_entry<'a>(lease: &Lease, i: &'a Instance, stop: &'a Stop) -> ParkedEnt
         next_step,
         run_at,
         error,
+        error_kind: match status {
+            "failed" => Some("permanent"),
+            "dead" => Some("transient"),
+            _ => None,
+        },
         exit_reason,
         step_attempt: i.attempt,
         steps_run: i.steps_run,
@@ -494,10 +502,11 @@ mod tests {
                              "outputs": outputs}],
                 "parked": [
                     {"log_id": 7, "token": 3, "status": "waiting", "next_step": "text",
-                     "run_at": "2026-12-02T18:00:00Z", "error": null, "exit_reason": null,
+                     "run_at": "2026-12-02T18:00:00Z", "error": null, "error_kind": null, "exit_reason": null,
                      "step_attempt": 1, "steps_run": 2, "outputs": outputs},
                     {"log_id": 7, "token": 3, "status": "completed", "next_step": null, "run_at": null,
-                     "error": null, "exit_reason": null, "step_attempt": 1, "steps_run": 2, "outputs": outputs},
+                     "error": null, "error_kind": null, "exit_reason": null, "step_attempt": 1, "steps_run": 2,
+                     "outputs": outputs},
                 ],
             })
         );

@@ -54,6 +54,8 @@ pub enum Advance {
 pub enum Park {
     Completed,
     Failed(String),
+    /// A step failed transiently on every try it had.
+    Dead(String),
     /// An exit condition held: its reason.
     Exited(String),
     /// A wait: wake at `until` and run `next` (or complete).
@@ -149,6 +151,7 @@ pub fn advance(
                 }
                 Ok(Decision::Retry { step, at }) => return (Advance::Park(Park::Retrying { step, at }), decided),
                 Ok(Decision::Fail(why)) => return (Advance::Park(Park::Failed(why)), decided),
+                Ok(Decision::Dead(why)) => return (Advance::Park(Park::Dead(why)), decided),
                 Err(why) => return (Advance::Park(Park::Failed(why)), decided),
             }
         }

@@ -91,6 +91,8 @@ pub enum Decision {
     Complete,
     /// The instance failed.
     Fail(String),
+    /// The instance is dead: its step failed transiently on every try it had.
+    Dead(String),
 }
 
 /// Finds a step by id, anywhere in the tree.
@@ -162,14 +164,20 @@ pub fn plan_next_step(
                 at: at_time,
             });
         }
-        StepResult::Failed { attempt, error, .. } => match step.on_error {
+        StepResult::Failed {
+            attempt,
+            error,
+            transient,
+        } => match step.on_error {
+            // Transient failures to the last try end the instance as `dead`, as they end a
+            // one-shot log; a permanent one as `failed`.
+            OnError::Stop if *transient => return Ok(Decision::Dead(format!("step `{at}` failed: {error}"))),
             OnError::Stop => return Ok(Decision::Fail(format!("step `{at}` failed: {error}"))),
             OnError::Continue => after(&mut trail),
             OnError::Retry { times, backoff } => {
                 if *attempt > times {
-                    return Ok(Decision::Fail(format!(
-                        "step `{at}` failed {attempt} times, the last with: {error}"
-                    )));
+                    let why = format!("step `{at}` failed {attempt} times, the last with: {error}");
+                    return Ok(if *transient { Decision::Dead(why) } else { Decision::Fail(why) });
                 }
                 if steps_run >= step_limit {
                     return Ok(Decision::Fail(limit_reached(step_limit)));
@@ -380,7 +388,7 @@ mod tests {
             // stop
             ("a", 1, true, retry("a", "2026-11-23T12:00:10Z")),
             ("a", 2, true, retry("a", "2026-11-23T12:00:20Z")),
-            ("a", 3, true, Ok(Decision::Fail("step `a` failed: boom".into()))),
+            ("a", 3, true, Ok(Decision::Dead("step `a` failed: boom".into()))),
             // a permanent failure goes to on_error at once
             ("a", 1, false, Ok(Decision::Fail("step `a` failed: boom".into()))),
             // continue, once the tries are used up
@@ -393,7 +401,13 @@ mod tests {
                 "r",
                 5,
                 true,
-                Ok(Decision::Fail("step `r` failed 5 times, the last with: boom".into())),
+                Ok(Decision::Dead("step `r` failed 5 times, the last with: boom".into())),
+            ),
+            (
+                "r",
+                3,
+                false,
+                Ok(Decision::Fail("step `r` failed 3 times, the last with: boom".into())),
             ),
             // a permanent failure is retried by on_error, with its own backoff
             ("r", 1, false, retry("r", "2026-11-23T12:01:00Z")),
