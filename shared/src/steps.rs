@@ -81,7 +81,8 @@ pub fn prepare(
     now: Timestamp,
     tz: &TimeZone,
 ) -> Option<Result<Effect, Failure>> {
-    let fail = |e: String| Failure::permanent(format!("step `{}`: {e}", step.id));
+    // The run's row names the step; the instance's error says "step `id` failed: …".
+    let fail = Failure::permanent;
     let text = |name, source: &str, line| render_text(name, source, vars, line).map_err(|e| fail(e.to_string()));
     let optional = |name, source: &Option<String>, line| source.as_deref().map(|s| text(name, s, line)).transpose();
     let effect = || -> Result<Option<Effect>, Failure> {
@@ -300,11 +301,11 @@ mod tests {
         let cases: Vec<(Json, &str)> = vec![
             (
                 json!({"id": "e", "type": "send_email", "to": "{{ nope }}", "subject": "x", "text": "x"}),
-                "step `e`: missing template variable `nope`",
+                "missing template variable `nope` in email_to",
             ),
             (
                 json!({"id": "e", "type": "send_email", "to": "{{ name }}", "subject": "x", "text": "x"}),
-                "step `e`:",
+                "invalid email address",
             ),
             (
                 json!({"id": "s", "type": "send_sms", "to": "{{ note }}", "body": "x"}),

@@ -79,25 +79,41 @@ async fn each_bad_message_or_log_fails_alone_and_the_good_one_is_sent() {
     // AND the good one was sent
     assert_eq!(
         error_of(&h, "1", "job-completed").await,
-        ("sent".into(), "".into(), None)
+        ("completed".into(), "".into(), None)
     );
     let emails = h.moto.emails_from(&h.from).await;
     assert_eq!(emails.len(), 1);
     assert_eq!(emails[0].destinations.to, [format!("good+{}@example.com", h.tag)]);
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
 
-    // AND each broken log failed for good with its reason, sending nothing
-    let permanent = Some("permanent".to_string());
-    let (status, error, kind) = error_of(&h, "3", "job-completed").await;
-    assert_eq!((status.as_str(), kind.clone()), ("failed", permanent.clone()));
+    // AND an invalid email address fails its step only: the SMS after it (`on_error:
+    // continue` in the column form's definition) is still sent
+    assert_eq!(error_of(&h, "3", "job-completed").await.0, "completed");
+    let (status, error): (String, String) = {
+        let r =
+            h.db.client
+                .query_one(
+                    "SELECT r.status, r.error FROM automation_step_runs r JOIN automation_execution_logs l ON l.id = r.log_id
+                     WHERE l.subject_id = '3' AND r.step_id = 'email'",
+                    &[],
+                )
+                .await
+                .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(status, "failed");
     assert!(
         error.starts_with("invalid email address") && error.contains("it has no @"),
         "{error}"
     );
+    assert_eq!(h.moto.sms_to("+14155550103").await.len(), 1);
+
+    // AND each broken log failed for good with its reason, sending nothing
+    let permanent = Some("permanent".to_string());
     let (status, error, kind) = error_of(&h, "4", "on-hold").await;
     assert_eq!((status.as_str(), kind.clone()), ("failed", permanent.clone()));
     assert!(
-        error.starts_with("invalid phone number") && error.contains("only digits"),
+        error.starts_with("step `sms` failed: invalid phone number") && error.contains("only digits"),
         "{error}"
     );
     assert!(!error.contains("415 555"), "the number is masked: {error}");
@@ -105,7 +121,7 @@ async fn each_bad_message_or_log_fails_alone_and_the_good_one_is_sent() {
         error_of(&h, "5", "needs-refund").await,
         (
             "failed".into(),
-            "missing template variable `refund_amount` in sms_body".into(),
+            "step `sms` failed: missing template variable `refund_amount` in sms_body".into(),
             permanent.clone()
         )
     );
@@ -116,23 +132,26 @@ async fn each_bad_message_or_log_fails_alone_and_the_good_one_is_sent() {
         error_of(&h, "7", "no-view").await,
         (
             "failed".into(),
-            "context: context relation public.no_such_view does not exist".into(),
+            "the data: context relation public.no_such_view does not exist".into(),
             permanent
         )
     );
     // the provider's own rejection is permanent too, with its code kept apart
     let (status, error, kind) = error_of(&h, "1", "unverified-sender").await;
     assert_eq!((status.as_str(), kind), ("failed", Some("permanent".to_string())));
-    assert!(error.starts_with("email: Email address not verified"), "{error}");
+    assert!(
+        error.starts_with("step `email` failed: Email address not verified"),
+        "{error}"
+    );
     let code: String =
-        h.db.scalar("SELECT error_code FROM automation_execution_logs WHERE error LIKE 'email: %'")
+        h.db.scalar("SELECT error_code FROM automation_step_runs WHERE error LIKE 'Email address not verified%'")
             .await;
     assert_eq!(code, "MessageRejected");
-    // nothing but the good log's two deliveries and the rejected email was attempted
-    let deliveries: Vec<String> =
-        h.db.column("SELECT channel || ' ' || status FROM automation_deliveries ORDER BY log_id, channel")
+    // nothing but the good log's two sends, job 3's SMS and the rejected email was attempted
+    let sends: Vec<String> =
+        h.db.column("SELECT channel || ' ' || status FROM herald_sends WHERE recipient IS NOT NULL ORDER BY log_id, channel")
             .await;
-    assert_eq!(deliveries, ["email sent", "sms sent", "email failed"]);
+    assert_eq!(sends, ["email sent", "sms sent", "sms sent", "email failed"]);
 }
 
 #[tokio::test]
@@ -166,7 +185,7 @@ async fn a_context_row_that_is_missing_doubled_or_raising_fails_only_its_own_log
     for job in ["11", "15"] {
         assert_eq!(
             error_of(&h, job, "picky").await.0,
-            "sent",
+            "completed",
             "job {job}: {:?}",
             error_of(&h, job, "picky").await
         );
@@ -184,12 +203,12 @@ async fn a_context_row_that_is_missing_doubled_or_raising_fails_only_its_own_log
     // AND each broken one failed alone, with its own reason
     let (status, error, _) = error_of(&h, "12", "picky").await;
     assert_eq!(status, "failed");
-    assert_eq!(error, "context: more than one row in picky_context where job_id = 12");
+    assert_eq!(error, "the data: more than one row in picky_context where job_id = 12");
     let (status, error, _) = error_of(&h, "13", "picky").await;
     assert_eq!(status, "failed");
-    assert_eq!(error, "context: no row in picky_context where job_id = 13");
+    assert_eq!(error, "the data: no row in picky_context where job_id = 13");
     let (status, error, _) = error_of(&h, "14", "picky").await;
-    assert_ne!(status, "sent");
+    assert_ne!(status, "completed");
     assert!(error.contains("division by zero"), "{error}");
 }
 
@@ -204,7 +223,7 @@ async fn a_redelivered_message_never_sends_twice() {
     assert!(h.execute(event.clone()).await.batch_item_failures.is_empty());
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
-    assert_eq!(h.db.statuses().await, ["sent"]);
+    assert_eq!(h.db.statuses().await, ["completed"]);
     assert_eq!(
         h.db.scalar::<i32>("SELECT attempts FROM automation_execution_logs")
             .await,
@@ -228,21 +247,30 @@ async fn a_transient_failure_is_retried_after_a_backoff_and_channels_already_sen
         "the ledger owns the retry: the message is done"
     );
 
-    // THEN the log is pending again, due within the first backoff (30 s base), with the reason
+    // THEN the instance waits for its SMS step's next try, due within the first backoff (30 s
+    // base), and the step's run says why
     let r =
         h.db.client
             .query_one(
-                "SELECT status, error, error_kind, attempts, extract(epoch FROM run_at - updated_at)::float8
+                "SELECT status, attempts, extract(epoch FROM run_at - updated_at)::float8, next_step
              FROM automation_execution_logs",
                 &[],
             )
             .await
             .unwrap();
-    let (status, error, kind, attempts, delay): (String, String, String, i32, f64) =
-        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-    assert_eq!((status.as_str(), kind.as_str(), attempts), ("pending", "transient", 1));
-    assert!(error.starts_with("sms: "), "{error}");
+    let (status, attempts, delay, next): (String, i32, f64, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+    assert_eq!((status.as_str(), attempts, next.as_str()), ("waiting", 1, "sms"));
     assert!((0.0..=30.0).contains(&delay), "{delay}");
+    let (error, kind): (String, String) = {
+        let r =
+            h.db.client
+                .query_one("SELECT error, error_kind FROM automation_step_runs WHERE step_id = 'sms'", &[])
+                .await
+                .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(kind, "transient");
+    assert!(!error.is_empty());
     // the email went out; the SMS did not
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
     assert!(h.moto.sms_to(&h.phone_of(1)).await.is_empty());
@@ -255,7 +283,7 @@ async fn a_transient_failure_is_retried_after_a_backoff_and_channels_already_sen
     assert!(h.deliver_all().await.is_empty());
 
     // THEN the SMS is sent, and the email is not sent a second time
-    assert_eq!(h.db.statuses().await, ["sent"]);
+    assert_eq!(h.db.statuses().await, ["completed"]);
     assert_eq!(
         h.db.scalar::<i32>("SELECT attempts FROM automation_execution_logs")
             .await,
@@ -263,9 +291,9 @@ async fn a_transient_failure_is_retried_after_a_backoff_and_channels_already_sen
     );
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
-    // AND both attempts are in the history
-    let outcomes: Vec<String> =
-        h.db.column("SELECT outcome FROM automation_attempts ORDER BY attempt")
+    // AND every try of each step is in the history
+    let runs: Vec<String> =
+        h.db.column("SELECT step_id || ' ' || attempt || ' ' || status FROM automation_step_runs ORDER BY id")
             .await;
-    assert_eq!(outcomes, ["retry", "sent"]);
+    assert_eq!(runs, ["email 1 done", "sms 1 failed", "sms 2 done"]);
 }

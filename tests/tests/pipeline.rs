@@ -43,7 +43,7 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
     // THEN moto has exactly one email and one SMS, rendered with the fresh values
     assert_eq!(
         h.db.statuses().await,
-        ["sent"],
+        ["completed"],
         "{}",
         h.db.scalar::<String>("SELECT coalesce(error, '') FROM automation_execution_logs")
             .await
@@ -64,7 +64,8 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
         "Hi Ann Lee-Park, \"Fix the kitchen sink\" is completed."
     );
 
-    // AND the ledger row is sent, with both provider ids
+    // AND the ledger row is a completed instance of the automation's two-step definition,
+    // with both provider ids
     let row =
         h.db.client
             .query_one(
@@ -74,14 +75,14 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
             .await
             .unwrap();
     let first_id: i64 = row.get(0);
-    assert_eq!(row.get::<_, String>(1), "sent");
+    assert_eq!(row.get::<_, String>(1), "completed");
     assert_eq!(row.get::<_, i32>(2), 1);
     assert!(row.get::<_, bool>(3));
     assert_eq!(row.get::<_, Option<String>>(4), None);
     let deliveries =
         h.db.client
             .query(
-                "SELECT channel, recipient, status, provider_message_id FROM automation_deliveries ORDER BY channel",
+                "SELECT channel, recipient, status, provider_message_id FROM herald_sends ORDER BY channel",
                 &[],
             )
             .await
@@ -101,6 +102,10 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
         ("sms", h.phone_of(1).as_str(), "sent")
     );
     assert!(!d[1].3.is_empty());
+    let steps: Vec<String> =
+        h.db.column("SELECT step_id || ' ' || status FROM automation_step_runs ORDER BY id")
+            .await;
+    assert_eq!(steps, ["email done", "sms done"]);
 
     // WHEN the job goes back and is completed again 10 s later, inside the 30 s window
     h.db.set_now("2026-03-01 09:00:10+00").await;
@@ -108,9 +113,9 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
         .await;
     // THEN the event waits in the inbox, counted as pending, and once moved to the ledger
     // it is recorded as suppressed, pointing at the log that holds the window
-    assert_eq!(h.db.statuses().await, ["sent", "pending"]);
+    assert_eq!(h.db.statuses().await, ["completed", "pending"]);
     assert_eq!(h.db.ingest().await, 1);
-    assert_eq!(h.db.statuses().await, ["sent", "suppressed"]);
+    assert_eq!(h.db.statuses().await, ["completed", "suppressed"]);
     let holder: i64 =
         h.db.scalar("SELECT suppressed_by FROM automation_execution_logs WHERE status = 'suppressed'")
             .await;
@@ -123,13 +128,13 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
     h.db.set_now("2026-03-01 09:00:31+00").await;
     h.db.exec("UPDATE jobs SET status = 'reopened' WHERE id = 1; UPDATE jobs SET status = 'completed' WHERE id = 1")
         .await;
-    assert_eq!(h.db.statuses().await, ["sent", "suppressed", "pending"]);
+    assert_eq!(h.db.statuses().await, ["completed", "suppressed", "pending"]);
     let summary = h.tick().await;
     assert_eq!((summary.claimed, summary.sent), (1, 1));
     assert!(h.deliver_all().await.is_empty());
 
     // THEN it sends again
-    assert_eq!(h.db.statuses().await, ["sent", "suppressed", "sent"]);
+    assert_eq!(h.db.statuses().await, ["completed", "suppressed", "completed"]);
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 2);
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 2);
 }
@@ -409,4 +414,49 @@ async fn in_low_latency_mode_a_capture_wakes_the_listening_scheduler() {
     assert!(notifies().await);
     h.db.exec("SELECT herald_low_latency(false)").await;
     assert!(!notifies().await);
+}
+
+#[tokio::test]
+async fn a_log_started_as_a_one_shot_before_schema_16_finishes_as_one_and_sends_nothing_twice() {
+    // GIVEN a log whose one-shot executor sent its email and then failed transiently on the
+    // SMS before the column form became a definition (as the ledger holds it then: no
+    // version, one attempt, the email delivered), and a new event of the same automation
+    let h = Herald::with_jobs_example().await;
+    h.db.exec(&format!(
+        "INSERT INTO automation_execution_logs
+           (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, old_status, new_status,
+            snapshot, status, run_at, created_at, updated_at, attempts)
+         SELECT id, 'public', 'jobs', 'id', '1', 'status_change', 'scheduled', 'completed', '{{}}', 'pending', now(),
+                now(), now(), 1
+         FROM automations WHERE name = 'job-completed';
+         INSERT INTO automation_attempts (log_id, attempt, lease_token, started_at, finished_at, outcome, error_kind)
+         SELECT id, 1, 1, now(), now(), 'retry', 'transient' FROM automation_execution_logs;
+         INSERT INTO automation_deliveries (log_id, channel, recipient, status, provider_message_id, started_at, completed_at)
+         SELECT id, 'email', '{}', 'sent', 'ses-before-the-upgrade', now(), now() FROM automation_execution_logs;
+         UPDATE jobs SET status = 'completed' WHERE id = 2;",
+        h.email_of(1)
+    ))
+    .await;
+
+    // WHEN the scheduler and the executor run
+    assert_eq!(h.tick().await.claimed, 2);
+    assert!(h.deliver_all().await.is_empty());
+
+    // THEN the old log finishes as a one-shot log: its SMS is sent, its email is not sent
+    // again; the new event runs as an instance of the automation's definition
+    assert_eq!(h.db.statuses().await, ["sent", "completed"]);
+    let versions: Vec<Option<i32>> =
+        h.db.column("SELECT version FROM automation_execution_logs ORDER BY id")
+            .await;
+    assert_eq!(versions, [None, Some(1)]);
+    let emails = h.moto.emails_from(&h.from).await;
+    assert_eq!(emails.len(), 1);
+    assert_eq!(emails[0].destinations.to, [h.email_of(2)]);
+    assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
+    assert_eq!(h.moto.sms_to(&h.phone_of(2)).await.len(), 1);
+    // AND herald_sends lists the sends of both, by delivery and by step
+    let sends: Vec<String> =
+        h.db.column("SELECT channel || ' ' || coalesce(step_id, '-') || ' ' || status FROM herald_sends ORDER BY log_id, channel")
+            .await;
+    assert_eq!(sends, ["email - sent", "sms - sent", "email email sent", "sms sms sent"]);
 }
