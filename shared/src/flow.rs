@@ -20,6 +20,7 @@ use serde_json::Value as Json;
 use crate::clock::Clock;
 use crate::model::{ContextError, Failure, Lease, LogId, QueueMessage, ReceiptSink, StoreError};
 use crate::receipt::{give_up_at, keep, micros, write_retrying, Receipt, ReceiptStep};
+use crate::recipient::{mask_email, mask_phone, redact};
 use crate::steps::{prepare, Effect};
 use crate::webhook::{WebhookSender, WebhookStep};
 use crate::workflow::definition::{Document, OnUnknown};
@@ -393,6 +394,7 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                 .map(|(g, start)| async move {
                     let key = format!("{}-{}", g.lease.log_id, start.step);
                     let result = self.effects.perform(&start.effect, &key).await;
+                    log_effect(g.lease.log_id, &start.step, &start.effect, &result);
                     let end = StepEnd {
                         lease: start.lease,
                         step: start.step,
@@ -828,6 +830,33 @@ fn notified(sent: Vec<(String, Result<String, Failure>)>) -> Result<Json, Failur
             .collect();
     }
     Ok(output)
+}
+
+/// Logs how an effect that leaves this database went, recipients masked and reasons
+/// redacted (they can quote addresses), as the one-shot deliverer logs its sends.
+fn log_effect(log_id: LogId, step: &str, effect: &Effect, result: &Result<Json, Failure>) {
+    let (kind, to) = match effect {
+        Effect::Email(e) => ("email", mask_email(&e.to)),
+        Effect::Sms(m) => ("sms", mask_phone(&m.to)),
+        Effect::Webhook { .. } => ("webhook", String::new()),
+        Effect::NotifyAdmin { emails, sms } => ("notify_admin", format!("{} admins", emails.len() + sms.len())),
+        _ => return,
+    };
+    match result {
+        Ok(output) => {
+            let message_id = output.get("message_id").and_then(Json::as_str).unwrap_or_default();
+            tracing::info!(log_id, step, kind, to, message_id, "delivered")
+        }
+        Err(f) => tracing::warn!(
+            log_id,
+            step,
+            kind,
+            to,
+            error = %redact(&f.to_string()),
+            error_kind = f.kind.as_str(),
+            "delivery failed"
+        ),
+    }
 }
 
 #[cfg(test)]

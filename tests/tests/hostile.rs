@@ -1,6 +1,7 @@
 //! Hostile and broken input, table-driven: each case has one clear outcome. Row data
-//! cases end as a ledger row (sent as text, or failed with a reason); message cases end as
-//! a batch item failure. Nothing panics and nothing else in the batch is affected.
+//! cases end as a ledger row (sent as text, or failed with a reason, the email's failure not
+//! stopping the SMS); message cases end as a batch item failure. Nothing panics and nothing
+//! else in the batch is affected.
 
 use aws_lambda_events::sqs::SqsMessage;
 use herald_tests::Herald;
@@ -8,7 +9,12 @@ use herald_tests::Herald;
 enum Expect {
     /// Sent, and the email subject is exactly this.
     Sent(&'static str),
-    /// Failed, with an error containing this.
+    /// The email step failed with an error containing this; the SMS was still sent.
+    EmailFailed(&'static str),
+    /// The email was sent; the SMS step failed with an error containing this, and so did
+    /// the instance.
+    SmsFailed(&'static str),
+    /// Both steps failed, one with an error containing this; nothing was sent.
     Failed(&'static str),
 }
 
@@ -65,63 +71,63 @@ fn rows(tag: u32) -> Vec<Row> {
             "Cy",
             "cy@localhost".into(),
             phone(6),
-            Expect::Failed("the domain has no dot"),
+            Expect::EmailFailed("the domain has no dot"),
         ),
         row(
             "email with a space",
             "Di",
             "di ana@example.com".into(),
             phone(7),
-            Expect::Failed("invalid email address"),
+            Expect::EmailFailed("invalid email address"),
         ),
         row(
             "email local part too long",
             "Ed",
             format!("{}@example.com", "e".repeat(65)),
             phone(8),
-            Expect::Failed("too long"),
+            Expect::EmailFailed("too long"),
         ),
         row(
             "header injection in the address",
             "Flo",
             format!("{}\nBcc: victim@example.com", email("flo")),
             phone(9),
-            Expect::Failed("invalid email address"),
+            Expect::EmailFailed("invalid email address"),
         ),
         row(
             "email list",
             "Gus",
             "a@example.com,b@example.com".into(),
             phone(10),
-            Expect::Failed("invalid email address"),
+            Expect::EmailFailed("invalid email address"),
         ),
         row(
             "phone with spaces",
             "Hal",
             email("hal"),
             "+1 415 555 0100".into(),
-            Expect::Failed("invalid phone number"),
+            Expect::SmsFailed("invalid phone number"),
         ),
         row(
             "phone too short",
             "Ivy",
             email("ivy"),
             "+12345".into(),
-            Expect::Failed("8 to 15 digits"),
+            Expect::SmsFailed("8 to 15 digits"),
         ),
         row(
             "phone with letters",
             "Jo",
             email("jo"),
             "+1415CALLNOW".into(),
-            Expect::Failed("only digits"),
+            Expect::SmsFailed("only digits"),
         ),
         row(
             "phone without +",
             "Kit",
             email("kit"),
             "14155550100".into(),
-            Expect::Failed("start with +"),
+            Expect::SmsFailed("start with +"),
         ),
         row(
             "control character",
@@ -142,7 +148,7 @@ fn rows(tag: u32) -> Vec<Row> {
             &"z".repeat(5000),
             email("huge"),
             phone(13),
-            Expect::Failed("sms_body rendered to 5003 characters"),
+            Expect::SmsFailed("sms_body rendered to 5003 characters"),
         ),
     ]
 }
@@ -234,25 +240,49 @@ async fn hostile_and_broken_input_each_get_their_clear_outcome() {
         let row =
             h.db.client
                 .query_one(
-                    "SELECT status, coalesce(error, '') FROM automation_execution_logs WHERE subject_id = $1",
+                    "SELECT l.status, coalesce(l.error, ''),
+                            coalesce((SELECT string_agg(x.step_id || ': ' || x.error, ' | ' ORDER BY x.id)
+                                      FROM automation_step_runs x WHERE x.log_id = l.id AND x.status = 'failed'), '')
+                     FROM automation_execution_logs l WHERE l.subject_id = $1",
                     &[&(i + 1).to_string()],
                 )
                 .await
                 .unwrap();
-        let (status, error): (String, String) = (row.get(0), row.get(1));
+        let (status, error, steps): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        let mail: Vec<_> = emails
+            .iter()
+            .filter(|m| m.destinations.to == [r.email.clone()])
+            .collect();
+        let texts = h.moto.sms_to(&r.phone).await.len();
         match r.expect {
             Expect::Sent(subject) => {
-                assert_eq!(status, "sent", "{}: {error}", r.case);
-                let mail: Vec<_> = emails
-                    .iter()
-                    .filter(|m| m.destinations.to == [r.email.clone()])
-                    .collect();
-                assert_eq!(mail.len(), 1, "{}", r.case);
+                assert_eq!((status.as_str(), steps.as_str()), ("completed", ""), "{}: {error}", r.case);
+                assert_eq!((mail.len(), texts), (1, 1), "{}", r.case);
                 assert_eq!(mail[0].subject, subject, "{}", r.case);
+            }
+            Expect::EmailFailed(reason) => {
+                assert_eq!(status, "completed", "{}: {error}", r.case);
+                assert!(
+                    steps.starts_with("email: ") && steps.contains(reason) && !steps.contains("sms: "),
+                    "{}: {steps:?} should say {reason:?}",
+                    r.case
+                );
+                assert_eq!((mail.len(), texts), (0, 1), "{}", r.case);
+            }
+            Expect::SmsFailed(reason) => {
+                assert_eq!(status, "failed", "{}", r.case);
+                assert!(error.starts_with("step `sms` failed: "), "{}: {error:?}", r.case);
+                assert!(error.contains(reason), "{}: {error:?} should say {reason:?}", r.case);
+                assert_eq!((mail.len(), texts), (1, 0), "{}", r.case);
             }
             Expect::Failed(reason) => {
                 assert_eq!(status, "failed", "{}", r.case);
-                assert!(error.contains(reason), "{}: {error:?} should say {reason:?}", r.case);
+                assert!(
+                    steps.contains("email: ") && steps.contains("sms: ") && steps.contains(reason),
+                    "{}: {steps:?} should say {reason:?}",
+                    r.case
+                );
+                assert_eq!((mail.len(), texts), (0, 0), "{}", r.case);
             }
         }
     }
@@ -261,7 +291,10 @@ async fn hostile_and_broken_input_each_get_their_clear_outcome() {
         h.db.scalar::<i64>("SELECT count(*) FROM items").await,
         cases.len() as i64
     );
-    // and only the good rows reached a provider
-    let sent = cases.iter().filter(|r| matches!(r.expect, Expect::Sent(_))).count();
-    assert_eq!(emails.len(), sent);
+    // and only what was expected reached a provider
+    let emailed = cases
+        .iter()
+        .filter(|r| matches!(r.expect, Expect::Sent(_) | Expect::SmsFailed(_)))
+        .count();
+    assert_eq!(emails.len(), emailed);
 }

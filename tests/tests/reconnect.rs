@@ -53,6 +53,6 @@ async fn a_broken_connection_is_reopened_by_the_next_invocation() {
         }
         assert!(invocations < 2, "still failing on invocation {invocations}");
     }
-    assert_eq!(h.db.statuses().await, ["sent", "sent"]);
+    assert_eq!(h.db.statuses().await, ["completed", "completed"]);
     assert_eq!(h.moto.sms_to(&h.phone_of(2)).await.len(), 1);
 }

@@ -28,7 +28,7 @@ async fn the_functions_run_as_least_privilege_roles() {
     assert_eq!(h.tick().await.claimed, 1);
     assert!(h.deliver_all().await.is_empty());
     // THEN the log is sent
-    assert_eq!(h.db.statuses().await, ["sent"]);
+    assert_eq!(h.db.statuses().await, ["completed"]);
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
     // AND the scheduler's rescue works too (a lost message)
