@@ -42,8 +42,8 @@ pub async fn figures(db: &Client, h: &Herald) -> Figures {
     let rows = db
         .query(
             "SELECT l.id, l.status, t.phone,
-                    EXISTS (SELECT 1 FROM automation_deliveries d WHERE d.log_id = l.id AND d.channel = 'email' AND d.status = 'sent'),
-                    EXISTS (SELECT 1 FROM automation_deliveries d WHERE d.log_id = l.id AND d.channel = 'sms' AND d.status = 'sent')
+                    EXISTS (SELECT 1 FROM herald_sends d WHERE d.log_id = l.id AND d.channel = 'email' AND d.status = 'sent'),
+                    EXISTS (SELECT 1 FROM herald_sends d WHERE d.log_id = l.id AND d.channel = 'sms' AND d.status = 'sent')
              FROM automation_execution_logs l JOIN tasks t ON t.id::text = l.subject_id
              WHERE l.status <> 'suppressed' ORDER BY l.id",
             &[],
@@ -71,7 +71,8 @@ pub async fn figures(db: &Client, h: &Herald) -> Figures {
             .unwrap_or(0);
         let got_sms = sms.get(&phone).copied().unwrap_or(0);
         match status.as_str() {
-            "sent" => f.sent += 1,
+            // A one-shot log's end, and a workflow instance's (the column form runs as one).
+            "sent" | "completed" => f.sent += 1,
             "unknown" => f.unknown += 1,
             _ => f.lost += 1,
         }
@@ -101,7 +102,7 @@ pub async fn settle(h: &Herald, clock: &ManualClock) {
         h.deliver_all().await;
         let open: i64 = h
             .db
-            .scalar("SELECT count(*) FROM automation_execution_logs WHERE status IN ('pending', 'queued', 'running')")
+            .scalar("SELECT count(*) FROM automation_execution_logs WHERE status IN ('pending', 'queued', 'running', 'waiting')")
             .await;
         if open == 0 {
             return;

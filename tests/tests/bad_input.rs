@@ -149,8 +149,10 @@ async fn each_bad_message_or_log_fails_alone_and_the_good_one_is_sent() {
     assert_eq!(code, "MessageRejected");
     // nothing but the good log's two sends, job 3's SMS and the rejected email was attempted
     let sends: Vec<String> =
-        h.db.column("SELECT channel || ' ' || status FROM herald_sends WHERE recipient IS NOT NULL ORDER BY log_id, channel")
-            .await;
+        h.db.column(
+            "SELECT channel || ' ' || status FROM herald_sends WHERE recipient IS NOT NULL ORDER BY log_id, channel",
+        )
+        .await;
     assert_eq!(sends, ["email sent", "sms sent", "sms sent", "email failed"]);
 }
 
@@ -264,7 +266,10 @@ async fn a_transient_failure_is_retried_after_a_backoff_and_channels_already_sen
     let (error, kind): (String, String) = {
         let r =
             h.db.client
-                .query_one("SELECT error, error_kind FROM automation_step_runs WHERE step_id = 'sms'", &[])
+                .query_one(
+                    "SELECT error, error_kind FROM automation_step_runs WHERE step_id = 'sms'",
+                    &[],
+                )
                 .await
                 .unwrap();
         (r.get(0), r.get(1))

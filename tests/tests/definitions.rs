@@ -281,10 +281,8 @@ async fn references_to_the_data_are_checked_against_the_table() {
 #[tokio::test]
 async fn saving_refuses_a_definition_with_every_mistake_and_versions_a_sound_one() {
     let db = db().await;
-    db.exec(
-        "INSERT INTO automations (name, source_table) VALUES ('reminders', 'bookings')",
-    )
-    .await;
+    db.exec("INSERT INTO automations (name, source_table) VALUES ('reminders', 'bookings')")
+        .await;
     let bad = json!({"trigger": {"type": "status_change", "table": "bookings"}, "steps": [
         {"id": "a", "type": "wait", "for": "forever"},
         {"id": "a", "type": "send_sms", "to": "{{ phone }}"}
@@ -473,7 +471,10 @@ async fn the_column_form_is_saved_as_a_two_step_definition_and_a_document_replac
     db.exec("UPDATE automations SET sms_body = 'Booked: {{ starts_at }}' WHERE name = 'confirmed'")
         .await;
     let (v, doc) = definition("confirmed").await;
-    assert_eq!((v, doc["steps"][1]["body"].clone()), (2, json!("Booked: {{ starts_at }}")));
+    assert_eq!(
+        (v, doc["steps"][1]["body"].clone()),
+        (2, json!("Booked: {{ starts_at }}"))
+    );
     db.exec("UPDATE automations SET suppression_window = '1 minute', max_attempts = 3 WHERE name = 'confirmed'")
         .await;
     assert_eq!(definition("confirmed").await.0, 2);

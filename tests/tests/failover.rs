@@ -489,7 +489,7 @@ async fn scheduler_cut(cut: SchedulerCut) {
     h.tick().await;
     h.deliver_all().await;
     let early: i64 =
-        h.db.scalar("SELECT count(*) FROM automation_execution_logs WHERE status = 'sent'")
+        h.db.scalar("SELECT count(*) FROM automation_execution_logs WHERE status = 'completed'")
             .await;
     // Logs left queued without a message wait for their queue lease; released ones go at once.
     let want_early = if cut == SchedulerCut::SendReplyLost { 10 } else { 0 };

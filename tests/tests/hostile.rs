@@ -256,7 +256,12 @@ async fn hostile_and_broken_input_each_get_their_clear_outcome() {
         let texts = h.moto.sms_to(&r.phone).await.len();
         match r.expect {
             Expect::Sent(subject) => {
-                assert_eq!((status.as_str(), steps.as_str()), ("completed", ""), "{}: {error}", r.case);
+                assert_eq!(
+                    (status.as_str(), steps.as_str()),
+                    ("completed", ""),
+                    "{}: {error}",
+                    r.case
+                );
                 assert_eq!((mail.len(), texts), (1, 1), "{}", r.case);
                 assert_eq!(mail[0].subject, subject, "{}", r.case);
             }

@@ -458,5 +458,8 @@ async fn a_log_started_as_a_one_shot_before_schema_16_finishes_as_one_and_sends_
     let sends: Vec<String> =
         h.db.column("SELECT channel || ' ' || coalesce(step_id, '-') || ' ' || status FROM herald_sends ORDER BY log_id, channel")
             .await;
-    assert_eq!(sends, ["email - sent", "sms - sent", "email email sent", "sms sms sent"]);
+    assert_eq!(
+        sends,
+        ["email - sent", "sms - sent", "email email sent", "sms sms sent"]
+    );
 }

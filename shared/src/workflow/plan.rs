@@ -177,7 +177,11 @@ pub fn plan_next_step(
             OnError::Retry { times, backoff } => {
                 if *attempt > times {
                     let why = format!("step `{at}` failed {attempt} times, the last with: {error}");
-                    return Ok(if *transient { Decision::Dead(why) } else { Decision::Fail(why) });
+                    return Ok(if *transient {
+                        Decision::Dead(why)
+                    } else {
+                        Decision::Fail(why)
+                    });
                 }
                 if steps_run >= step_limit {
                     return Ok(Decision::Fail(limit_reached(step_limit)));
