@@ -53,7 +53,7 @@ GRANT EXECUTE ON FUNCTION herald_write_back(bigint[], bigint[], text[], text[], 
 -- Workflow instances. The scheduler learns only whether a log is an instance (to tell the
 -- executor); the executor loads the version an instance runs, keeps its place and records
 -- its steps.
-GRANT SELECT (version, automation_id) ON automation_execution_logs TO herald_scheduler;
+GRANT SELECT (version, automation_id, attempts) ON automation_execution_logs TO herald_scheduler;
 GRANT SELECT (id, version) ON automations TO herald_scheduler;
 GRANT SELECT (version, next_step, step_attempt, steps_run, outputs, started_at) ON automation_execution_logs
   TO herald_executor;

@@ -39,6 +39,8 @@ JOIN clients c ON c.id = j.client_id;
 -- Capture status changes of jobs.
 SELECT herald_attach('public.jobs', status_column => 'status', key_column => 'id');
 
+-- The column form: Herald saves it as a two-step workflow definition (email, then SMS, the
+-- email's failure not stopping the SMS); see automation_versions.
 INSERT INTO automations
   (name, source_table, to_status, context_relation, context_key_column,
    email_to, email_subject, email_text, email_html, sms_to, sms_body)

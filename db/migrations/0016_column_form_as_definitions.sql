@@ -444,3 +444,13 @@ BEGIN
   RETURN FOUND;
 END
 $$;
+
+-- The scheduler reads whether a log has been tried, to say which executor path takes it
+-- (db/roles.sql grants it too).
+DO $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'herald_scheduler') THEN
+    GRANT SELECT (attempts) ON automation_execution_logs TO herald_scheduler;
+  END IF;
+END
+$$;

@@ -218,3 +218,74 @@ async fn at_schema(n: usize) -> TestDb {
     }
     db
 }
+
+#[tokio::test]
+async fn automations_of_the_column_form_under_schema_15_become_definitions_after_upgrading() {
+    // GIVEN a database at schema 15 with a column-form automation, an automation saved as a
+    // document (over the placeholder columns it was first written with), and two logs of
+    // the first: one not tried yet, one whose one-shot executor sent its email
+    let db = at_schema(15).await;
+    db.exec(
+        r#"CREATE TABLE members (id bigint PRIMARY KEY, state text NOT NULL);
+           INSERT INTO members VALUES (1, 'new'), (2, 'new'), (3, 'new');
+           SELECT herald_attach('public.members', 'state', 'id');
+           INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text, sms_to, sms_body)
+             VALUES ('welcome', 'members', 'active', '{{ email }}', 'Hi', 'Welcome', '{{ phone }}', 'Welcome!'),
+                    ('farewell', 'members', 'left', 'x', 'x', 'x', NULL, NULL);
+           SELECT herald_save_automation('farewell', '{
+             "trigger": {"type": "status_change", "table": "public.members", "column": "state", "to": "left"},
+             "steps": [{"id": "bye", "type": "send_sms", "to": "{{ phone }}", "body": "Bye"}]}');
+           UPDATE members SET state = 'active' WHERE id IN (1, 2);
+           SELECT herald_ingest();
+           UPDATE automation_execution_logs SET attempts = 1 WHERE subject_id = '2';
+           INSERT INTO automation_deliveries (log_id, channel, recipient, status, provider_message_id, started_at, completed_at)
+           SELECT id, 'email', 'b@example.com', 'sent', 'ses-1', now(), now() FROM automation_execution_logs WHERE subject_id = '2';"#,
+    )
+    .await;
+
+    // WHEN the runner upgrades it
+    let mut c = db.connect().await;
+    migrate(&mut c).await.unwrap();
+
+    // THEN the column form has its two-step definition, the document keeps its own and the
+    // placeholder columns are gone
+    let welcome: serde_json::Value = db
+        .scalar(
+            "SELECT v.definition FROM automations a JOIN automation_versions v ON v.automation_id = a.id AND v.version = a.version
+             WHERE a.name = 'welcome'",
+        )
+        .await;
+    assert_eq!(welcome["trigger"]["column"], "state");
+    let steps: Vec<(&str, &str)> = welcome["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap(), s["on_error"].as_str().unwrap_or("stop")))
+        .collect();
+    assert_eq!(steps, [("email", "continue"), ("sms", "stop")]);
+    let farewell: Vec<String> = db
+        .column("SELECT version || ' ' || coalesce(email_to, '-') FROM automations WHERE name = 'farewell'")
+        .await;
+    assert_eq!(farewell, ["1 -"]);
+
+    // AND the scheduler's claim hands the untried log to the flow runner and the started one
+    // to the one-shot executor, which will not send its email again
+    let claim = herald_tests::repo_file("shared/sql/claim_due.sql");
+    let flows: Vec<String> = db
+        .client
+        .query(&claim, &[&std::time::SystemTime::now(), &10i64, &std::time::SystemTime::now()])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {}", r.get::<_, i64>(0), r.get::<_, bool>(2)))
+        .collect();
+    let ids: Vec<i64> = db
+        .column("SELECT id FROM automation_execution_logs ORDER BY subject_id")
+        .await;
+    assert_eq!(flows, [format!("{} true", ids[0]), format!("{} false", ids[1])]);
+
+    // AND the capture follows the definitions
+    db.exec("UPDATE members SET state = 'active' WHERE id = 3; UPDATE members SET state = 'left' WHERE id = 1")
+        .await;
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM herald_inbox").await, 2);
+}
