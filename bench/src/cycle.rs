@@ -1,6 +1,7 @@
-//! The full cycle: Herald's pending → queued → running → sent through the real scheduler and
-//! executor code, interleaved run by run with graphile-worker and pg-boss draining as many
-//! no-op jobs on the same server.
+//! The full cycle: Herald's pending → queued → running → completed through the real scheduler
+//! and executor code, for an automation of the column form (which runs as its two-step
+//! workflow: email, then SMS), interleaved run by run with graphile-worker and pg-boss
+//! draining as many no-op jobs on the same server.
 
 use crate::db::Server;
 use crate::peers::{self, Peer};
@@ -36,7 +37,7 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
     for run in 0..settings.runs {
         for (batch, s) in ours.iter_mut() {
             queue::refill(&herald, n).await?;
-            let (rate, per_log) = queue::full_cycle(&herald, n, *batch, WORKERS, queue::Work::OneShot).await?;
+            let (rate, per_log) = queue::full_cycle(&herald, n, *batch, WORKERS, queue::Work::Flows).await?;
             crate::progress(&format!(
                 "full cycle, run {}: Herald, batches of {batch}: {rate:.0} logs/s, {per_log:.1} rows written per log",
                 run + 1
@@ -70,7 +71,7 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
     for (batch, s) in ours {
         let variant = format!("Herald, executor batches of {batch}");
         let herald = Row::new("full cycle", variant.clone(), s.rates, "logs/s").note(format!(
-            "{n} logs, email + SMS each, {WORKERS} executors × 4 messages at once; {:.1} rows written per log",
+            "{n} logs, email + SMS each (the column form's two steps), {WORKERS} executors × 4 messages at once; {:.1} rows written per log",
             median(&s.writes)
         ));
         let versus = |what: &str, peer: &Row| {

@@ -1,6 +1,7 @@
 //! Workflow instances through the real drain and the real flow runner, with null senders:
 //! a three-step flow (email, a wait of zero, SMS), the two-step flow (email, SMS) that sends
-//! what a one-shot log sends, and, in the same run, that one-shot log, for the ratio.
+//! what a one-shot log sends, and, in the same run, that one-shot log (how a log its executor
+//! started before schema 16 finishes), for the ratio.
 
 use crate::db::{Db, Server};
 use crate::queue::{self, Work};
