@@ -273,7 +273,10 @@ async fn automations_of_the_column_form_under_schema_15_become_definitions_after
     let claim = herald_tests::repo_file("shared/sql/claim_due.sql");
     let flows: Vec<String> = db
         .client
-        .query(&claim, &[&std::time::SystemTime::now(), &10i64, &std::time::SystemTime::now()])
+        .query(
+            &claim,
+            &[&std::time::SystemTime::now(), &10i64, &std::time::SystemTime::now()],
+        )
         .await
         .unwrap()
         .iter()
