@@ -93,6 +93,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0016_column_form_as_definitions.sql",
         sql: include_str!("../migrations/0016_column_form_as_definitions.sql"),
     },
+    Migration {
+        version: 17,
+        name: "0017_saved_runs.sql",
+        sql: include_str!("../migrations/0017_saved_runs.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).
