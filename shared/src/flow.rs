@@ -801,7 +801,8 @@ impl<M: crate::model::EmailSender, S: crate::model::SmsSender, H: WebhookSender>
 /// any failure was, so that `on_error` may retry).
 fn notified(sent: Vec<(String, Result<String, Failure>)>) -> Result<Json, Failure> {
     let (ok, failed): (Vec<_>, Vec<_>) = sent.into_iter().partition(|(_, r)| r.is_ok());
-    let ids: Vec<String> = ok.into_iter().filter_map(|(_, r)| r.ok()).collect();
+    let reached: Vec<(String, String)> = ok.into_iter().filter_map(|(to, r)| r.ok().map(|id| (to, id))).collect();
+    let ids: Vec<&str> = reached.iter().map(|(_, id)| id.as_str()).collect();
     let failures: Vec<(String, Failure)> = failed
         .into_iter()
         .filter_map(|(to, r)| r.err().map(|f| (to, f)))
@@ -822,7 +823,12 @@ fn notified(sent: Vec<(String, Result<String, Failure>)>) -> Result<Json, Failur
             },
         );
     }
-    let mut output = serde_json::json!({"message_ids": ids});
+    // Each admin reached, with the provider's id (herald_sends lists them).
+    let sent: Vec<Json> = reached
+        .iter()
+        .map(|(to, id)| serde_json::json!({"to": to, "message_id": id}))
+        .collect();
+    let mut output = serde_json::json!({"message_ids": ids, "sent": sent});
     if !failures.is_empty() {
         output["not_reached"] = failures
             .iter()
@@ -1202,11 +1208,15 @@ mod tests {
             // answers, output or (failure kind, message)
             (
                 vec![sent("a@x"), sent("+1555")],
-                Ok(json!({"message_ids": ["id-a@x", "id-+1555"]})),
+                Ok(json!({"message_ids": ["id-a@x", "id-+1555"],
+                          "sent": [{"to": "a@x", "message_id": "id-a@x"}, {"to": "+1555", "message_id": "id-+1555"}]})),
             ),
             (
                 vec![sent("a@x"), lost("+1555", Failure::transient("throttled"))],
-                Ok(json!({"message_ids": ["id-a@x"], "not_reached": [{"to": "+1555", "error": "throttled"}]})),
+                Ok(
+                    json!({"message_ids": ["id-a@x"], "sent": [{"to": "a@x", "message_id": "id-a@x"}],
+                          "not_reached": [{"to": "+1555", "error": "throttled"}]}),
+                ),
             ),
             (
                 vec![

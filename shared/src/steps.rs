@@ -38,6 +38,8 @@ pub enum Effect {
         kind: LabelKind,
         add: bool,
         name: String,
+        /// Another row than the subject's: its table and its rendered key.
+        target: Option<(Relation, String)>,
     },
     Task {
         title: String,
@@ -134,10 +136,19 @@ pub fn prepare(
                     })
                     .collect::<Result<_, Failure>>()?,
             },
-            Action::Label { kind, add, name } => Effect::Label {
+            Action::Label {
+                kind,
+                add,
+                name,
+                target,
+            } => Effect::Label {
                 kind: *kind,
                 add: *add,
                 name: name.clone(),
+                target: match target {
+                    Some(t) => Some((t.table.clone(), text("label_key", &t.key, true)?)),
+                    None => None,
+                },
             },
             Action::CreateTask {
                 title,
@@ -287,6 +298,22 @@ mod tests {
                     kind: LabelKind::Segment,
                     add: true,
                     name: "regulars".into(),
+                    target: None,
+                },
+            ),
+            (
+                json!({"id": "p", "type": "remove_tag", "tag": "lapsed", "table": "club.members", "key": "{{ steps.hook.ticket }}"}),
+                Effect::Label {
+                    kind: LabelKind::Tag,
+                    add: false,
+                    name: "lapsed".into(),
+                    target: Some((
+                        Relation {
+                            schema: "club".into(),
+                            table: "members".into(),
+                        },
+                        "42".into(),
+                    )),
                 },
             ),
         ];

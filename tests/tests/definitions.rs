@@ -193,6 +193,54 @@ async fn mistakes_of_shape_are_refused_by_sql_and_by_herald_at_the_same_path() {
         (with("/admins", json!({})), "admins", "notify_admin steps need"),
         (with("/colour", json!("red")), "colour", "unknown key"),
         (with("/steps", json!("all of them")), "steps", "a list of steps"),
+        // What Herald's reader refuses is refused at save, with the same words where both
+        // can say it: a trigger's keys, the longest wait, templates that cannot compile.
+        (
+            with("/trigger/colour", json!("red")),
+            "trigger.colour",
+            "unknown key; expected type, table, column, to, from",
+        ),
+        (
+            with("/trigger/to", json!(["confirmed", 3])),
+            "trigger.to",
+            "is a list of text",
+        ),
+        (
+            with(
+                "/steps/1",
+                json!({"id": "night-before", "type": "wait", "for": "500 days"}),
+            ),
+            "steps[1].for",
+            "`500 days` is longer than the longest wait, 400 days",
+        ),
+        (
+            with(
+                "/steps/1",
+                json!({"id": "night-before", "type": "wait", "for": "14 months"}),
+            ),
+            "steps[1].for",
+            "`14 months` is longer than the longest wait, 400 days",
+        ),
+        (
+            with("/steps/0/text", json!("See you, {{ name")),
+            "steps[0].text",
+            "the template does not compile",
+        ),
+        (
+            with("/steps/3/body", json!("{% if vip %}VIP! Tomorrow")),
+            "steps[3].body",
+            "the template does not compile",
+        ),
+        (
+            with("/steps/5/set/reminded", json!("{{ true }")),
+            "steps[5].set.reminded",
+            "the template does not compile",
+        ),
+        (
+            with("/steps/2/else/0/key", json!("{{ id }}")),
+            "steps[2].else[0].table",
+            "is required",
+        ),
     ];
     for (doc, path, part) in cases {
         let sql = sql_problems(&db, &doc).await;
@@ -373,6 +421,272 @@ async fn saving_refuses_a_status_column_the_capture_does_not_watch() {
 }
 
 #[tokio::test]
+async fn a_status_change_trigger_without_a_column_watches_the_attached_one() {
+    let db = db().await;
+    db.exec(
+        "CREATE SCHEMA petcare;
+         CREATE TABLE petcare.bookings (id bigint PRIMARY KEY, state text, phone text);
+         SELECT herald_attach('petcare.bookings', 'state', 'id');
+         INSERT INTO automations (name, source_schema, source_table) VALUES ('confirmed', 'petcare', 'bookings');",
+    )
+    .await;
+    let doc = json!({"trigger": {"type": "status_change", "table": "petcare.bookings", "to": "confirmed"},
+                     "steps": [{"id": "hi", "type": "send_sms", "to": "{{ phone }}", "body": "Booked"}]});
+    let v: i32 = db
+        .client
+        .query_one("SELECT herald_save_automation('confirmed', $1)", &[&doc])
+        .await
+        .expect("saved: the trigger watches `state`, the column the table is attached with")
+        .get(0);
+    assert_eq!(v, 1);
+    db.exec(
+        "INSERT INTO petcare.bookings VALUES (1, 'requested', '+15550100');
+         UPDATE petcare.bookings SET state = 'confirmed' WHERE id = 1;",
+    )
+    .await;
+    assert_eq!(db.ingest().await, 1, "the change of `state` is captured");
+    // Naming another column is still refused, with the one the capture watches.
+    let mut other = doc.clone();
+    other["trigger"]["column"] = json!("phone");
+    let err = db
+        .client
+        .query_one("SELECT herald_save_automation('confirmed', $1)", &[&other])
+        .await
+        .unwrap_err();
+    let detail = err
+        .as_db_error()
+        .and_then(|e| e.detail())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("attached with status column `state`"), "{detail}");
+}
+
+/// Every JSON example in the README and docs/: whole definitions, and the triggers, steps,
+/// conditions and waits written inline, each made into a definition.
+fn documented_definitions() -> Vec<(String, Json)> {
+    let mut pages = vec![("README.md".to_owned(), herald_tests::repo_file("README.md"))];
+    if let Ok(dir) = std::fs::read_dir(herald_tests::repo_root().join("docs")) {
+        for entry in dir.flatten() {
+            let name = format!("docs/{}", entry.file_name().to_string_lossy());
+            if name.ends_with(".md") {
+                pages.push((name.clone(), herald_tests::repo_file(&name)));
+            }
+        }
+    }
+    let around = |trigger: Json, steps: Json| json!({"trigger": trigger, "admins": {"emails": ["owner@example.com"]}, "steps": steps});
+    let bookings = json!({"type": "status_change", "table": "public.bookings", "to": "confirmed"});
+    let mut found = Vec::new();
+    for (page, text) in pages {
+        // Documents saved with herald_save_automation, and ```json blocks.
+        let saved = text.split("herald_save_automation('").skip(1).filter_map(|s| {
+            let body = s.split_once("$${")?.1.split_once("}$$")?.0;
+            Some(format!("{{{body}}}"))
+        });
+        let blocks = text
+            .split("```json")
+            .skip(1)
+            .filter_map(|s| s.split_once("```").map(|b| b.0.to_owned()));
+        for source in saved.chain(blocks) {
+            if let Ok(doc) = serde_json::from_str::<Json>(&source) {
+                if doc.get("steps").is_some() {
+                    found.push((format!("{page}: {}", &source[..source.len().min(60)]), doc));
+                }
+            }
+        }
+        // Inline examples in backticks (they may wrap over lines).
+        for span in text.split('`').skip(1).step_by(2) {
+            let span = span.split_whitespace().collect::<Vec<_>>().join(" ");
+            let Ok(Json::Object(o)) = serde_json::from_str::<Json>(&span) else {
+                continue;
+            };
+            let kind = o.get("type").and_then(Json::as_str);
+            let doc = if o.contains_key("id") && kind.is_some() {
+                around(bookings.clone(), json!([o]))
+            } else if kind.is_some() {
+                around(
+                    Json::Object(o),
+                    json!([{"id": "hi", "type": "send_sms", "to": "{{ phone }}", "body": "Hi"}]),
+                )
+            } else if o.contains_key("for") || o.contains_key("until") {
+                let mut wait = o.clone();
+                wait.insert("id".into(), json!("wait"));
+                wait.insert("type".into(), json!("wait"));
+                around(bookings.clone(), json!([wait]))
+            } else if ["field", "all", "any", "not"].iter().any(|k| o.contains_key(*k))
+                && o.contains_key("op") != o.contains_key("all")
+            {
+                around(
+                    bookings.clone(),
+                    json!([{"id": "b", "type": "branch", "if": o, "then": []}]),
+                )
+            } else if !o.is_empty()
+                && o.keys()
+                    .all(|k| ["title", "assignee", "due", "notes"].contains(&k.as_str()))
+            {
+                let mut task = o.clone();
+                task.insert("id".into(), json!("task"));
+                task.insert("type".into(), json!("create_task"));
+                around(bookings.clone(), json!([task]))
+            } else {
+                continue; // outputs and values, not definitions
+            };
+            found.push((format!("{page}: `{span}`"), doc));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn every_documented_example_saves_and_is_read_back_by_herald() {
+    let db = db().await;
+    // The tables and columns the examples name. `bookings` is attached with `state`, as in
+    // the README's own example, and keeps a `status` column too for the examples that read it.
+    db.exec(
+        "ALTER TABLE bookings ADD COLUMN state text, ADD COLUMN room text, ADD COLUMN visits integer,
+                              ADD COLUMN renews_at timestamptz, ADD COLUMN tz text;
+         SELECT herald_attach('public.bookings', 'state', 'id');
+         CREATE TABLE member_stats (id bigint PRIMARY KEY, visits integer);
+         INSERT INTO automations (name, source_table) VALUES ('example', 'bookings');",
+    )
+    .await;
+    let examples = documented_definitions();
+    assert!(
+        examples.len() >= 11,
+        "the docs' examples were found: {}",
+        examples.len()
+    );
+    for (name, doc) in examples {
+        let saved = db
+            .client
+            .query_one("SELECT herald_save_automation('example', $1)", &[&doc])
+            .await;
+        if let Err(e) = &saved {
+            let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or_default();
+            panic!("{name}: refused at save: {e} {detail}\n{doc:#}");
+        }
+        let stored: Json = db
+            .client
+            .query_one(
+                "SELECT definition FROM automation_versions v JOIN automations a ON a.id = v.automation_id
+                 WHERE a.name = 'example' AND v.version = a.version",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if let Err(problems) = definition::parse(&stored) {
+            panic!("{name}: saved, but Herald cannot read it: {problems:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both() {
+    let db = db().await;
+    db.exec(
+        "CREATE TABLE members (id bigint PRIMARY KEY, email text);
+         SELECT herald_attach('public.bookings', 'status', 'id');
+         INSERT INTO automations (name, source_table) VALUES ('shapes', 'bookings');",
+    )
+    .await;
+    let sms = json!({"id": "hi", "type": "send_sms", "to": "{{ phone }}", "body": "Hi"});
+    let trigger = json!({"type": "status_change", "table": "public.bookings", "to": "confirmed"});
+    let doc =
+        |trigger: Json, steps: Json| json!({"trigger": trigger, "admins": {"phones": ["+15550199"]}, "steps": steps});
+    let triggers = [
+        json!({"type": "status_change", "table": "bookings", "column": "status", "from": ["new", "held"], "to": "confirmed"}),
+        json!({"type": "insert", "table": "public.bookings"}),
+        json!({"type": "insert", "table": "public.bookings", "to": "trial"}),
+        json!({"type": "insert", "table": "public.bookings", "to": ["trial", "paid"]}),
+        json!({"type": "update", "table": "public.bookings", "columns": ["starts_at"]}),
+        json!({"type": "delete", "table": "public.bookings"}),
+        json!({"type": "tag_added", "tag": "vip"}),
+        json!({"type": "tag_removed", "tag": "vip"}),
+        json!({"type": "segment_joined", "segment": "trial"}),
+        json!({"type": "segment_left", "segment": "trial"}),
+        json!({"type": "manual"}),
+    ];
+    let steps = [
+        json!({"id": "e", "type": "send_email", "from": "desk@example.com", "to": "{{ email }}", "subject": "S", "html": "<p>{{ name }}</p>", "on_unknown": "resend"}),
+        json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{% if vip %}VIP {% endif %}{{ name }}", "on_error": "continue"}),
+        json!({"id": "w", "type": "wait", "for": "400 days"}),
+        json!({"id": "w", "type": "wait", "for": "PT2H"}),
+        json!({"id": "w", "type": "wait", "until": {"field": "starts_at", "offset": "-1 day", "at": "18:00", "timezone": "Europe/London"}}),
+        json!({"id": "b", "type": "branch", "if": {"not": {"field": "vip", "op": "is null"}}, "then": [sms.clone()], "else": []}),
+        json!({"id": "u", "type": "update_field", "set": {"reminded": "{{ true }}"}}),
+        json!({"id": "t", "type": "add_tag", "tag": "vip"}),
+        json!({"id": "t", "type": "add_tag", "tag": "payer", "table": "public.members", "key": "{{ id }}"}),
+        json!({"id": "t", "type": "remove_from_segment", "segment": "trial", "table": "members", "key": "{{ id }}"}),
+        json!({"id": "h", "type": "webhook", "url": "https://x.example.com/{{ id }}", "body": "{}", "secret": "s", "timeout": "15 seconds"}),
+        json!({"id": "k", "type": "create_task", "title": "Call {{ name }}", "assignee": "sam", "due": "2 days", "notes": "n"}),
+        json!({"id": "n", "type": "notify_admin", "subject": "S", "text": "T", "on_unknown": "resend"}),
+    ];
+    let accepted = triggers
+        .iter()
+        .map(|t| doc(t.clone(), json!([sms])))
+        .chain(steps.iter().map(|s| doc(trigger.clone(), json!([s]))));
+    for d in accepted {
+        let saved = db
+            .client
+            .query_one("SELECT herald_save_automation('shapes', $1)", &[&d])
+            .await;
+        assert!(saved.is_ok(), "saved: {d}: {saved:?}");
+        assert!(
+            definition::parse(&d).is_ok(),
+            "read by Herald: {d}: {:?}",
+            definition::parse(&d).err()
+        );
+    }
+    let refused = [
+        doc(
+            json!({"type": "insert", "table": "public.bookings", "from": "x"}),
+            json!([sms]),
+        ),
+        doc(
+            json!({"type": "delete", "table": "public.bookings", "to": "x"}),
+            json!([sms]),
+        ),
+        doc(json!({"type": "manual", "table": "public.bookings"}), json!([sms])),
+        doc(json!({"type": "tag_added", "tag": "vip", "segment": "x"}), json!([sms])),
+        doc(trigger.clone(), json!([{"id": "w", "type": "wait", "for": "401 days"}])),
+        doc(trigger.clone(), json!([{"id": "w", "type": "wait", "for": "2 years"}])),
+        doc(
+            trigger.clone(),
+            json!([{"id": "s", "type": "send_sms", "to": "{{ phone", "body": "x"}]),
+        ),
+        doc(
+            trigger.clone(),
+            json!([{"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{% for x in y %}"}]),
+        ),
+        doc(
+            trigger.clone(),
+            json!([{"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{# note"}]),
+        ),
+        doc(
+            trigger.clone(),
+            json!([{"id": "h", "type": "webhook", "url": "https://x.example.com", "body": "{}", "secret": "s", "timeout": "16 seconds"}]),
+        ),
+        doc(
+            trigger.clone(),
+            json!([{"id": "t", "type": "add_tag", "tag": "x", "table": "public.members"}]),
+        ),
+        doc(
+            trigger.clone(),
+            json!([{"id": "t", "type": "add_tag", "tag": "x", "key": "{{ id }}"}]),
+        ),
+    ];
+    for d in refused {
+        let saved = db
+            .client
+            .query_one("SELECT herald_save_automation('shapes', $1)", &[&d])
+            .await;
+        let code = saved.as_ref().err().and_then(|e| e.code()).map(|c| c.code().to_owned());
+        assert_eq!(code.as_deref(), Some("22023"), "refused at save: {d}: {saved:?}");
+        assert!(definition::parse(&d).is_err(), "refused by Herald: {d}");
+    }
+}
+
+#[tokio::test]
 async fn conditions_are_checked_against_the_automations_context_relation() {
     let db = db().await;
     db.exec(
@@ -442,7 +756,8 @@ async fn the_column_form_is_saved_as_a_two_step_definition_and_a_document_replac
             (version, doc)
         }
     };
-    // Email first, continuing to the SMS when it fails; each channel's unknown-outcome policy.
+    // Email first, continuing to the SMS when it fails; each channel's unknown-outcome policy,
+    // which is `hold` for both unless the row says otherwise, as for a step of a document.
     assert_eq!(
         definition("confirmed").await,
         (
@@ -452,7 +767,7 @@ async fn the_column_form_is_saved_as_a_two_step_definition_and_a_document_replac
                 "steps": [
                     {"id": "email", "type": "send_email", "from": "desk@example.com", "to": "{{ email }}",
                      "subject": "Booked", "text": "See you, {{ name }}", "html": "<p>See you</p>",
-                     "on_unknown": "resend", "on_error": "continue"},
+                     "on_unknown": "hold", "on_error": "continue"},
                     {"id": "sms", "type": "send_sms", "to": "{{ phone }}", "body": "Booked!", "on_unknown": "hold"}
                 ]
             })
@@ -486,8 +801,9 @@ async fn the_column_form_is_saved_as_a_two_step_definition_and_a_document_replac
     assert_eq!(doc["steps"].as_array().unwrap().len(), 1);
     assert_eq!(doc["steps"][0].get("on_error"), None);
 
-    // A document saved replaces the columns, which no longer describe the automation, and a
-    // later change of another column keeps the document.
+    // A document saved replaces the columns, which no longer describe the automation (nor do
+    // their unknown-outcome policies: its steps say theirs), and a later change of another
+    // column keeps the document.
     let own = json!({
         "trigger": {"type": "status_change", "table": "public.bookings", "to": "confirmed"},
         "steps": [{"id": "hi", "type": "send_sms", "to": "{{ phone }}", "body": "Hi"}]
@@ -500,7 +816,7 @@ async fn the_column_form_is_saved_as_a_two_step_definition_and_a_document_replac
         .get(0);
     assert_eq!(v, 4);
     let left: i64 = db
-        .scalar("SELECT count(*) FROM automations WHERE name = 'confirmed' AND num_nonnulls(email_from, email_to, email_subject, email_text, email_html, sms_to, sms_body) > 0")
+        .scalar("SELECT count(*) FROM automations WHERE name = 'confirmed' AND num_nonnulls(email_from, email_to, email_subject, email_text, email_html, sms_to, sms_body, email_on_unknown, sms_on_unknown) > 0")
         .await;
     assert_eq!(left, 0);
     db.exec("UPDATE automations SET to_status = 'confirmed', suppression_window = '0' WHERE name = 'confirmed'")

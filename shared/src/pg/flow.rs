@@ -354,6 +354,10 @@ enum EffectEntry<'a> {
         kind: &'static str,
         add: bool,
         name: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        table: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
     },
     Task {
         title: &'a str,
@@ -381,13 +385,20 @@ fn effect_entry(e: &Effect) -> EffectEntry<'_> {
             key: key.as_deref(),
             set,
         },
-        Effect::Label { kind, add, name } => EffectEntry::Label {
+        Effect::Label {
+            kind,
+            add,
+            name,
+            target,
+        } => EffectEntry::Label {
             kind: match kind {
                 LabelKind::Tag => "tag",
                 LabelKind::Segment => "segment",
             },
             add: *add,
             name,
+            table: target.as_ref().map(|(t, _)| format!("{}.{}", t.schema, t.table)),
+            key: target.as_ref().map(|(_, k)| k.as_str()),
         },
         Effect::Task {
             title,

@@ -57,12 +57,15 @@ pub struct Document {
 pub enum Trigger {
     StatusChange {
         table: Relation,
-        column: String,
+        /// The status column; the one the table is attached with when `None`.
+        column: Option<String>,
         to: Vec<String>,
         from: Vec<String>,
     },
     Insert {
         table: Relation,
+        /// Statuses the new row must have (any when empty).
+        to: Vec<String>,
     },
     Update {
         table: Relation,
@@ -77,6 +80,14 @@ pub enum Trigger {
         name: String,
     },
     Manual,
+}
+
+/// The row a label step labels when it is not the instance's subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelTarget {
+    pub table: Relation,
+    /// A template of the row's key.
+    pub key: String,
 }
 
 /// A table named `schema.table` (`public` when the schema is left out).
@@ -156,6 +167,8 @@ pub enum Action {
         kind: LabelKind,
         add: bool,
         name: String,
+        /// Another row than the subject's: its table, and a template of its key.
+        target: Option<LabelTarget>,
     },
     Webhook {
         url: String,
@@ -382,8 +395,8 @@ impl Reader {
             "status_change" => {
                 self.only_keys(t, &table_keys(&["column", "to", "from"]), path);
                 let column = match t.get("column") {
-                    Some(_) => self.text(t, "column", path)?,
-                    None => "status".to_owned(),
+                    Some(_) => Some(self.text(t, "column", path)?),
+                    None => None,
                 };
                 Trigger::StatusChange {
                     table: self.relation(t, "table", path)?,
@@ -392,13 +405,17 @@ impl Reader {
                     from: self.texts(t, "from", path)?,
                 }
             }
-            "insert" | "delete" => {
+            "insert" => {
+                self.only_keys(t, &table_keys(&["to"]), path);
+                Trigger::Insert {
+                    table: self.relation(t, "table", path)?,
+                    to: self.texts(t, "to", path)?,
+                }
+            }
+            "delete" => {
                 self.only_keys(t, &table_keys(&[]), path);
-                let table = self.relation(t, "table", path)?;
-                if kind == "insert" {
-                    Trigger::Insert { table }
-                } else {
-                    Trigger::Delete { table }
+                Trigger::Delete {
+                    table: self.relation(t, "table", path)?,
                 }
             }
             "update" => {
@@ -612,11 +629,23 @@ impl Reader {
                 } else {
                     (LabelKind::Segment, "segment")
                 };
-                self.only_keys(s, &keys(&[key]), path);
+                self.only_keys(s, &keys(&[key, "table", "key"]), path);
+                let target = match s.contains_key("table") || s.contains_key("key") {
+                    true => {
+                        let table = self.relation(s, "table", path);
+                        let key = self.template(s, "key", path);
+                        Some(LabelTarget {
+                            table: table?,
+                            key: key?,
+                        })
+                    }
+                    false => None,
+                };
                 Action::Label {
                     kind: label,
                     add: kind.starts_with("add"),
                     name: self.text(s, key, path)?,
+                    target,
                 }
             }
             "webhook" => {
@@ -808,7 +837,7 @@ mod tests {
                     schema: "public".into(),
                     table: "bookings".into()
                 },
-                column: "status".into(),
+                column: None,
                 to: vec!["confirmed".into()],
                 from: vec![],
             }

@@ -51,6 +51,7 @@ pub fn parse(step: &serde_json::Map<String, Json>, path: &str) -> Result<Wait, V
     match (step.get("for"), step.get("until")) {
         (Some(span), None) => {
             let p = format!("{path}.for");
+            let text = span.as_str().unwrap_or_default();
             let span = span
                 .as_str()
                 .ok_or_else(|| "a wait's `for` is a span such as \"2 hours\"".to_owned())
@@ -64,7 +65,7 @@ pub fn parse(step: &serde_json::Map<String, Json>, path: &str) -> Result<Wait, V
             if shift(&start, span).map_err(|m| one(&p, m))? > longest {
                 return Err(one(
                     &p,
-                    format!("{span} is longer than the longest wait, {MAX_WAIT_DAYS} days"),
+                    format!("`{text}` is longer than the longest wait, {MAX_WAIT_DAYS} days"),
                 ));
             }
             Ok(Wait::For(span.fieldwise()))
