@@ -302,3 +302,46 @@ async fn a_transient_failure_is_retried_after_a_backoff_and_channels_already_sen
             .await;
     assert_eq!(runs, ["email 1 done", "sms 1 failed", "sms 2 done"]);
 }
+
+#[tokio::test]
+async fn a_flow_message_that_names_no_instance_fails_alone_in_its_batch() {
+    // GIVEN two instances queued, and a third already finished
+    let h = Herald::with_jobs_example().await;
+    h.db.exec(
+        "INSERT INTO jobs (id, client_id, title) VALUES (5, 1, 'Job five'), (6, 2, 'Job six');
+               UPDATE jobs SET status = 'completed' WHERE id = 1;",
+    )
+    .await;
+    assert_eq!(h.tick().await.sent, 1);
+    let first = h.moto.receive(&h.queue_url, 10).await;
+    let finished = first.records[0].body.clone().unwrap();
+    assert!(herald_tests::failed_ids(&h.execute(first).await).is_empty());
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id IN (5, 6)")
+        .await;
+    assert_eq!(h.tick().await.sent, 2);
+    let mut event = h.moto.receive(&h.queue_url, 10).await;
+    assert_eq!(event.records.len(), 2);
+    let flow: serde_json::Value = serde_json::from_str(event.records[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!(flow["flow"], true, "the scheduler hands instances to the flow runner");
+
+    // WHEN one batch also carries every message that names no instance to run: a log that
+    // does not exist, a lease that is not the log's, and a finished log's message again
+    let stale =
+        serde_json::json!({"log_id": flow["log_id"], "lease": flow["lease"].as_i64().unwrap() + 1000, "flow": true});
+    event.records.insert(
+        0,
+        synthetic("unknown-log", r#"{"log_id": 987654321, "lease": 1, "flow": true}"#),
+    );
+    event.records.push(synthetic("finished-log", &finished));
+    event.records.push(synthetic("stale-lease", &stale.to_string()));
+    let response = h.execute(event).await;
+
+    // THEN only the unknown log fails, as what it is, and both instances ran
+    assert_eq!(herald_tests::failed_ids(&response), ["unknown-log"]);
+    let statuses: Vec<String> =
+        h.db.column("SELECT status FROM automation_execution_logs ORDER BY subject_id::int")
+            .await;
+    assert_eq!(statuses, ["completed", "completed", "completed"]);
+    assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 2, "job 1 once, job 5 once");
+    assert_eq!(h.moto.sms_to(&h.phone_of(2)).await.len(), 1);
+}

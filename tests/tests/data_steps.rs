@@ -97,7 +97,11 @@ async fn fields_labels_and_tasks_change_once_with_column_types_respected() {
     let error: String =
         h.db.scalar("SELECT error FROM automation_step_runs WHERE step_id = 'bad'")
             .await;
-    assert!(error.contains("step `bad`") && error.contains("lots"), "{error}");
+    // Postgres's words, once: the step's id is the row's, not repeated in its error.
+    assert!(
+        error.starts_with("invalid input syntax for type integer") && error.contains("lots"),
+        "{error}"
+    );
     let sms = h.moto.sms_to(&format!("+1555{:07}", h.tag)).await;
     assert_eq!(sms.len(), 1);
     assert_eq!(sms[0].message, format!("onboarded: visits 1, 1 row, task {task_id}"));
@@ -298,4 +302,105 @@ async fn label_changes_start_the_automations_that_listen_to_them() {
         h.db.column("SELECT kind || ' ' || name FROM herald_labels ORDER BY 1")
             .await;
     assert_eq!(left, ["segment vip"]);
+}
+
+#[tokio::test]
+async fn a_data_step_that_stops_its_instance_says_why_once_with_its_sqlstate() {
+    let mut h = Herald::new().await;
+    let clock = h.manual_clock();
+    h.db.exec(
+        "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, visits integer NOT NULL DEFAULT 0);
+         INSERT INTO members (id, status) VALUES (1, 'new');
+         SELECT herald_attach('public.members', 'status', 'id');
+         INSERT INTO automations (name, source_table) VALUES ('count', 'members');",
+    )
+    .await;
+    let doc = json!({"trigger": {"type": "status_change", "table": "public.members", "to": "active"},
+                     "steps": [{"id": "set", "type": "update_field", "set": {"visits": "lots"}}]});
+    h.db.client
+        .query_one("SELECT herald_save_automation('count', $1)", &[&doc])
+        .await
+        .unwrap();
+    h.db.exec("UPDATE members SET status = 'active' WHERE id = 1").await;
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    let row =
+        h.db.client
+            .query_one("SELECT status, error, error_code FROM automation_execution_logs", &[])
+            .await
+            .unwrap();
+    let (status, error, code): (String, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(status, "failed");
+    assert!(
+        error.starts_with("step `set` failed: invalid input syntax for type integer"),
+        "{error}"
+    );
+    assert_eq!(error.matches("`set`").count(), 1, "{error}");
+    assert_eq!(code.as_deref(), Some("22P02"), "the instance keeps its step's SQLSTATE");
+}
+
+#[tokio::test]
+async fn label_steps_may_label_another_row_than_the_subject() {
+    // A payment's flow tags the member who made it, which starts the member's own flow.
+    let mut h = Herald::new().await;
+    let clock = h.manual_clock();
+    h.db.exec(&format!(
+        "CREATE SCHEMA club;
+         CREATE TABLE club.members (id bigint PRIMARY KEY, status text NOT NULL DEFAULT 'active', phone text);
+         CREATE TABLE club.payments (id bigint PRIMARY KEY, member_id bigint NOT NULL, status text NOT NULL);
+         INSERT INTO club.members (id, phone) VALUES (7, '+1555{tag:07}'), (8, '+1556{tag:07}');
+         SELECT herald_attach('club.members', 'status', 'id');
+         SELECT herald_attach('club.payments', 'status', 'id');
+         INSERT INTO automations (name, source_schema, source_table) VALUES ('payment-failed', 'club', 'payments'),
+           ('dunning', 'club', 'members');",
+        tag = h.tag
+    ))
+    .await;
+    let payment = json!({"trigger": {"type": "status_change", "table": "club.payments", "to": "failed"},
+                         "steps": [{"id": "flag", "type": "add_tag", "tag": "payment-failed",
+                                    "table": "club.members", "key": "{{ member_id }}"},
+                                   {"id": "nowhere", "type": "add_to_segment", "segment": "dunning",
+                                    "table": "club.members", "key": "{{ member_id + 100 }}", "on_error": "continue"}]});
+    let member = json!({"trigger": {"type": "tag_added", "tag": "payment-failed"},
+                        "steps": [{"id": "text", "type": "send_sms", "to": "{{ phone }}", "body": "Your payment failed"}]});
+    for (name, doc) in [("payment-failed", payment), ("dunning", member)] {
+        h.db.client
+            .query_one("SELECT herald_save_automation($1, $2)", &[&name, &doc])
+            .await
+            .unwrap();
+    }
+    h.db.exec(
+        "INSERT INTO club.payments VALUES (1, 7, 'pending'); UPDATE club.payments SET status = 'failed' WHERE id = 1;",
+    )
+    .await;
+    for _ in 0..2 {
+        clock.advance(Duration::from_secs(1));
+        h.tick().await;
+        assert!(h.deliver_all().await.is_empty());
+    }
+    let labels: Vec<String> =
+        h.db.column("SELECT concat_ws(' ', subject_schema, subject_table, subject_id, kind, name) FROM herald_labels")
+            .await;
+    assert_eq!(labels, ["club members 7 tag payment-failed"]);
+    let runs: Vec<String> = h
+        .db
+        .column("SELECT concat_ws(' ', step_id, status, error_code, error) FROM automation_step_runs WHERE step_id <> 'text' ORDER BY id")
+        .await;
+    assert_eq!(
+        runs,
+        [
+            "flag done".to_owned(),
+            "nowhere failed P0002 club.members has no row whose id is '107'".into()
+        ]
+    );
+    let flows: Vec<String> = h
+        .db
+        .column("SELECT concat_ws(' ', a.name, l.subject_table, l.subject_id, l.status) FROM automation_execution_logs l JOIN automations a ON a.id = l.automation_id ORDER BY l.id")
+        .await;
+    assert_eq!(
+        flows,
+        ["payment-failed payments 1 completed", "dunning members 7 completed"]
+    );
+    assert_eq!(h.moto.sms_to(&format!("+1555{:07}", h.tag)).await.len(), 1);
 }
