@@ -334,6 +334,19 @@ async fn notify_admin_reaches_every_admin_by_email_and_sms_and_a_branch_chooses_
     let sms = h.moto.sms_to(&owner_phone).await;
     assert_eq!(sms.len(), 1, "{sms:?}");
     assert_eq!(sms[0].message, "Boiler done: Bo Chen: Service the boiler");
+    // herald_sends lists every email and SMS: the admins' too, each with its provider's id.
+    let sends: Vec<String> = h
+        .db
+        .column("SELECT concat_ws(' ', step_id, channel, recipient, status, provider_message_id IS NOT NULL) FROM herald_sends ORDER BY step_id, channel")
+        .await;
+    assert_eq!(
+        sends,
+        [
+            format!("tell email {owner_email} sent t"),
+            format!("tell sms {owner_phone} sent t"),
+            format!("thanks email {} sent t", h.email_of(1)),
+        ]
+    );
     let decided: Vec<String> =
         h.db.column("SELECT output::text FROM automation_step_runs WHERE status = 'decided' ORDER BY log_id")
             .await;
