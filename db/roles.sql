@@ -4,7 +4,9 @@
 -- then give each role a password and put it in that function's secret:
 --   ALTER ROLE herald_scheduler PASSWORD '...';  ALTER ROLE herald_executor PASSWORD '...';
 -- and let the executor read the relations your automations use for template variables,
--- and change the columns their update_field steps set:
+-- and change the columns their update_field steps set, and use the schemas they live in
+-- (herald_attach warns when it cannot):
+--   GRANT USAGE ON SCHEMA club TO herald_executor;
 --   GRANT SELECT ON public.job_context TO herald_executor;
 --   GRANT SELECT (id), UPDATE (status) ON public.jobs TO herald_executor;
 

@@ -152,3 +152,47 @@ async fn workflow_instances_run_as_the_same_roles() {
         );
     }
 }
+
+#[tokio::test]
+async fn attaching_a_table_in_a_schema_the_executor_cannot_use_says_so() {
+    use tokio_postgres::AsyncMessage;
+    let h = Herald::new().await;
+    h.db.exec(&repo_file("db/roles.sql")).await;
+    let (client, mut connection) = h.db.config().connect(tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let Ok(AsyncMessage::Notice(n)) = message {
+                let _ = tx.send(n);
+            }
+        }
+    });
+    client
+        .batch_execute(
+            "CREATE SCHEMA club;
+             CREATE TABLE club.members (id bigint PRIMARY KEY, status text);
+             CREATE TABLE club.payments (id bigint PRIMARY KEY, status text);
+             SELECT herald_attach('club.members', 'status', 'id');",
+        )
+        .await
+        .unwrap();
+    let warning = tokio::time::timeout(Duration::from_secs(10), notices.recv())
+        .await
+        .expect("a warning")
+        .unwrap();
+    assert_eq!(warning.severity(), "WARNING");
+    assert_eq!(
+        warning.message(),
+        "herald_attach: the role herald_executor has no USAGE on schema club"
+    );
+    assert_eq!(warning.hint(), Some("GRANT USAGE ON SCHEMA club TO herald_executor;"));
+    // Granted, nothing more is said.
+    client
+        .batch_execute(
+            "GRANT USAGE ON SCHEMA club TO herald_executor;
+             SELECT herald_attach('club.payments', 'status', 'id');",
+        )
+        .await
+        .unwrap();
+    assert!(notices.try_recv().is_err(), "no warning once the executor may use the schema");
+}
