@@ -543,7 +543,8 @@ async fn every_documented_example_saves_and_is_read_back_by_herald() {
     // the README's own example, and keeps a `status` column too for the examples that read it.
     db.exec(
         "ALTER TABLE bookings ADD COLUMN state text, ADD COLUMN room text, ADD COLUMN visits integer,
-                              ADD COLUMN renews_at timestamptz, ADD COLUMN tz text;
+                              ADD COLUMN renews_at timestamptz, ADD COLUMN tz text, ADD COLUMN member_id bigint;
+         CREATE TABLE members (id bigint PRIMARY KEY);
          SELECT herald_attach('public.bookings', 'state', 'id');
          CREATE TABLE member_stats (id bigint PRIMARY KEY, visits integer);
          INSERT INTO automations (name, source_table) VALUES ('example', 'bookings');",

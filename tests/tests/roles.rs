@@ -194,5 +194,8 @@ async fn attaching_a_table_in_a_schema_the_executor_cannot_use_says_so() {
         )
         .await
         .unwrap();
-    assert!(notices.try_recv().is_err(), "no warning once the executor may use the schema");
+    assert!(
+        notices.try_recv().is_err(),
+        "no warning once the executor may use the schema"
+    );
 }
