@@ -351,7 +351,8 @@ async fn a_receipt_for_a_lease_taken_over_is_recorded_and_changes_nothing() {
     assert_eq!(late.records.len(), 10);
 
     // WHEN the leases expire without them: the rescue takes the logs over (an email in
-    // flight is resent, by default), and a second attempt sends everything
+    // flight is resent, as its automation says), and a second attempt sends everything
+    h.db.exec("UPDATE automations SET email_on_unknown = 'resend'").await;
     clock.advance(Duration::from_secs(150));
     settle(&h, &clock).await;
     let before: Vec<(i64, String)> = answers(&h).await;

@@ -141,7 +141,7 @@ async fn a_slow_executor_whose_lease_was_taken_over_cannot_overwrite_the_newer_a
 }
 
 #[tokio::test]
-async fn a_send_in_flight_when_the_executor_died_is_unknown_for_sms_and_resent_for_email() {
+async fn a_send_in_flight_when_the_executor_died_is_unknown_by_default_and_resent_when_its_policy_says_so() {
     // GIVEN two logs whose executor died in the middle of a send: one SMS, one email
     let mut h = Herald::with_jobs_example().await;
     h.db.exec(
@@ -177,8 +177,13 @@ async fn a_send_in_flight_when_the_executor_died_is_unknown_for_sms_and_resent_f
     assert_eq!(h.db.statuses().await, ["sent"]);
     assert_eq!(h.moto.sms_to("+14155550142").await.len(), 1);
 
-    // AND an email in the same situation is resent by default (email_on_unknown = 'resend')
-    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    // AND an email in the same situation is resent when its automation says so (the
+    // default is `hold`, as for SMS)
+    h.db.exec(
+        "UPDATE automations SET email_on_unknown = 'resend' WHERE name = 'job-completed';
+         UPDATE jobs SET status = 'completed' WHERE id = 1;",
+    )
+    .await;
     clock.advance(Duration::from_secs(1));
     h.tick().await;
     let (_, msg) = only_message(&h).await;
