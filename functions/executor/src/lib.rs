@@ -8,7 +8,7 @@ use herald_shared::aws::{load_config, SecretsManager, SesEmail, SnsSms, SqsRecei
 use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
 use herald_shared::deliver::{Deliverer, Outcome};
-use herald_shared::drain::time_left;
+use herald_shared::drain::invocation_time_left;
 use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
 use herald_shared::model::QueueMessage;
 use herald_shared::pg::Database;
@@ -102,12 +102,9 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
         clock: e.clock.as_ref(),
         default_from: &e.settings.default_from,
         lease: e.settings.lease,
-        // The invocation's end, on the function's clock. An invocation that starts with under a
-        // second left has an emulator's idea of time (cargo lambda's sends a deadline already
-        // past), not Lambda's: its end is not known, and the lease bounds the work.
-        ends_at: time_left(event.context.deadline, SystemTime::now())
-            .filter(|left| *left >= std::time::Duration::from_secs(1))
-            .map(|left| e.clock.now() + left),
+        // The invocation's end, on the function's clock. Unknown (an emulator's deadline, already
+        // past), the lease bounds the work.
+        ends_at: invocation_time_left(event.context.deadline, SystemTime::now()).map(|left| e.clock.now() + left),
     };
     let ends_at = deliverer.ends_at;
     // Workflow instances go to the flow runner; one-shot logs (and malformed messages, which
