@@ -59,7 +59,11 @@ impl Scheduler {
     pub async fn from_env() -> Result<Self, Error> {
         let aws = load_config().await;
         Ok(Self {
-            db: config::database_handle(&aws).await?,
+            // No receipts wait on the scheduler: its statements (an ingest of 10,000 events
+            // among them) may take longer than the executor's, and a hung one fails the run.
+            db: config::database_handle(&aws)
+                .await?
+                .timeout(config::db_timeout(10_000, 60_000)?),
             queue: SqsQueue::new(&aws, config::required("HERALD_QUEUE_URL")?),
             receipts: SqsReceipts::new(&aws, config::required("HERALD_RECEIPTS_QUEUE_URL")?),
             clock: Arc::new(SystemClock),
