@@ -1,6 +1,7 @@
 //! The functions' settings, from their environment.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use aws_config::SdkConfig;
 use serde::Deserialize;
@@ -57,6 +58,13 @@ where
         });
     }
     Ok(n)
+}
+
+/// How long a connect, or a round trip to Postgres, may go unanswered before the connection
+/// is taken for lost and the statement fails (`HERALD_DB_TIMEOUT_MS`): `default_ms`, from
+/// 100 to `max_ms`.
+pub fn db_timeout(default_ms: u64, max_ms: u64) -> Result<Duration, ConfigError> {
+    number("HERALD_DB_TIMEOUT_MS", default_ms, 100, max_ms).map(Duration::from_millis)
 }
 
 /// Where the database is: `DATABASE_URL` (local runs), or the Secrets Manager secret named

@@ -248,16 +248,22 @@ pub fn stop_before(deadline: Instant, margin: Duration) -> Instant {
     deadline.checked_sub(margin.min(left / 2)).unwrap_or(deadline)
 }
 
-/// Turns a Lambda deadline (milliseconds since the epoch; 0 when unknown) into an instant.
-pub fn deadline_instant(deadline_ms: u64, now: std::time::SystemTime) -> Option<Instant> {
-    time_left(deadline_ms, now).map(|left| Instant::now() + left)
-}
+/// An invocation that starts with less time than this left has an emulator's idea of time
+/// (`cargo lambda watch` sends a deadline already past), not Lambda's.
+pub const LEAST_TIME_LEFT: Duration = Duration::from_secs(1);
 
 /// The time left at `now` before a Lambda deadline (milliseconds since the epoch; 0 when
 /// unknown); zero once it has passed.
 pub fn time_left(deadline_ms: u64, now: std::time::SystemTime) -> Option<Duration> {
     let deadline = std::time::UNIX_EPOCH + Duration::from_millis(deadline_ms);
     (deadline_ms > 0).then(|| deadline.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The time an invocation has, from its deadline as it starts: `None` when the deadline is
+/// not known (0), or when under [`LEAST_TIME_LEFT`] is left, so that the work's own bounds
+/// (a drain's end, a lease) hold instead. Both functions read their deadline through this.
+pub fn invocation_time_left(deadline_ms: u64, started: std::time::SystemTime) -> Option<Duration> {
+    time_left(deadline_ms, started).filter(|left| *left >= LEAST_TIME_LEFT)
 }
 
 #[cfg(test)]
@@ -593,20 +599,30 @@ mod tests {
     }
 
     #[test]
-    fn deadlines_from_epoch_milliseconds() {
-        let now = std::time::SystemTime::now();
-        assert_eq!(deadline_instant(0, now), None);
-        let ms = (now + Duration::from_secs(30))
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        let d = deadline_instant(ms, now).unwrap();
-        let left = d - Instant::now();
-        assert!(
-            left > Duration::from_secs(29) && left <= Duration::from_secs(30),
-            "{left:?}"
+    fn an_invocation_knows_its_time_left_unless_it_starts_with_under_a_second() {
+        let start = std::time::UNIX_EPOCH + Duration::from_millis(1_800_000_000_000);
+        let ms = |offset: i64| (1_800_000_000_000 + offset) as u64;
+        let cases = [
+            (0, None, "no deadline"),
+            (ms(-60_000), None, "past by a minute (the emulator's)"),
+            (ms(-1), None, "just past"),
+            (ms(0), None, "ends as it starts"),
+            (ms(999), None, "under a second"),
+            (ms(1_000), Some(Duration::from_secs(1)), "a second"),
+            (
+                ms(3_000),
+                Some(Duration::from_secs(3)),
+                "close, but known: the drain stops",
+            ),
+            (ms(50_000), Some(Duration::from_secs(50)), "the scheduler's timeout"),
+        ];
+        for (deadline, expected, case) in cases {
+            assert_eq!(invocation_time_left(deadline, start), expected, "{case}");
+        }
+        // Read later, a deadline that passes while the work runs is zero, not unknown.
+        assert_eq!(
+            time_left(ms(3_000), start + Duration::from_secs(5)),
+            Some(Duration::ZERO)
         );
-        let past = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 - 1000;
-        assert!(deadline_instant(past, now).unwrap() <= Instant::now());
     }
 }

@@ -259,9 +259,13 @@ impl Moto {
 
 /// A Lambda context with a deadline `secs` from now.
 pub fn lambda_context(secs: u64) -> lambda_runtime::Context {
+    lambda_context_until(SystemTime::now() + Duration::from_secs(secs))
+}
+
+/// A Lambda context with this deadline (one already past, as `cargo lambda watch` sends).
+pub fn lambda_context_until(deadline: SystemTime) -> lambda_runtime::Context {
     let mut ctx = lambda_runtime::Context::default();
     ctx.request_id = "test-request".into();
-    let deadline = SystemTime::now() + Duration::from_secs(secs);
     ctx.deadline = deadline.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     ctx
 }

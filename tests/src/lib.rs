@@ -5,7 +5,7 @@
 mod aws;
 mod services;
 
-pub use aws::{lambda_context, Moto, SentEmail, SentSms};
+pub use aws::{lambda_context, lambda_context_until, Moto, SentEmail, SentSms};
 pub use services::{services, PgCluster, Services};
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,6 +1,7 @@
 //! A TCP proxy in front of a server (moto, Postgres), for fault tests: it can delay every
-//! chunk the client sends, be down (refusing new connections and cutting open ones), or
-//! lose one Postgres reply after its statement committed.
+//! chunk the client sends, be down (refusing new connections and cutting open ones), lose
+//! one Postgres reply after its statement committed, or hold every connection (a network
+//! that drops packets without a reset).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,10 @@ struct State {
     delay_ms: AtomicU64,
     /// Bumped when the proxy goes down, to cut the open connections.
     cut: watch::Sender<u64>,
+    /// While true, connections stay open and new ones are taken, but nothing is passed on in
+    /// either direction. Being a process, the proxy still has its kernel acknowledge what it
+    /// reads: the client's TCP keepalives and user timeout see a live peer.
+    held: watch::Sender<bool>,
 }
 
 pub struct Proxy {
@@ -38,6 +43,7 @@ impl Proxy {
             lose_reply: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
             cut: watch::channel(0).0,
+            held: watch::channel(false).0,
         });
         let s = state.clone();
         let task = tokio::spawn(async move {
@@ -67,6 +73,13 @@ impl Proxy {
         self.state.lose_reply.store(true, Ordering::SeqCst);
     }
 
+    /// Holds every connection, open and new: what either side sends is read and kept, not
+    /// passed on, until `set_held(false)`, when it goes on in order. Connections cut while
+    /// held (`set_up(false)`) lose what was kept.
+    pub fn set_held(&self, held: bool) {
+        self.state.held.send_replace(held);
+    }
+
     pub fn is_up(&self) -> bool {
         self.state.up.load(Ordering::SeqCst)
     }
@@ -88,6 +101,7 @@ async fn serve(client: TcpStream, target: String, state: Arc<State>) {
         return;
     };
     let mut cut = state.cut.subscribe();
+    let generation = *cut.borrow_and_update();
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let upstream = async {
@@ -101,7 +115,7 @@ async fn serve(client: TcpStream, target: String, state: Arc<State>) {
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            if sw.write_all(&buf[..n]).await.is_err() {
+            if !pass(&state, generation).await || sw.write_all(&buf[..n]).await.is_err() {
                 break;
             }
         }
@@ -117,6 +131,9 @@ async fn serve(client: TcpStream, target: String, state: Arc<State>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            if !pass(&state, generation).await {
+                break;
+            }
             if !state.lose_reply.load(Ordering::SeqCst) {
                 if cw.write_all(&buf[..n]).await.is_err() {
                     break;
@@ -146,6 +163,12 @@ async fn serve(client: TcpStream, target: String, state: Arc<State>) {
         _ = async { tokio::join!(upstream, downstream) } => {}
         _ = cut.changed() => {}
     }
+}
+
+/// Waits out a hold; false when the connection was cut meanwhile (what it held is lost).
+async fn pass(state: &State, generation: u64) -> bool {
+    let _ = state.held.subscribe().wait_for(|held| !*held).await;
+    *state.cut.borrow() == generation
 }
 
 /// Whether `bytes` (Postgres backend messages from the start of a reply) hold a whole

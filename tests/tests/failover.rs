@@ -28,7 +28,13 @@ enum Cut {
     Down,
     /// The next statement commits, its reply is lost, then down.
     AfterCommit,
+    /// Every connection hangs: nothing is answered, nothing is refused or reset (packets
+    /// dropped on the way).
+    Hold,
 }
+
+/// How long the functions wait for Postgres on a held connection, in these tests.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The test's clock: the functions' manual clock, which also brings the database back
 /// once its outage has lasted long enough (a retry's backoff is what moves it).
@@ -49,6 +55,7 @@ impl Clock for OutageClock {
         if back_at.is_some_and(|t| self.manual.now() >= t) {
             *back_at = None;
             self.proxy.set_up(true);
+            self.proxy.set_held(false);
         }
         Box::pin(tokio::task::yield_now())
     }
@@ -76,6 +83,7 @@ impl CuttingSenders {
         match self.cut {
             Cut::Down => self.clock.proxy.set_up(false),
             Cut::AfterCommit => self.clock.proxy.lose_next_reply(),
+            Cut::Hold => self.clock.proxy.set_held(true),
         }
     }
 }
@@ -129,6 +137,21 @@ fn via(h: &Herald, proxy: &Proxy) -> Database {
     Database::new(url.parse().unwrap())
 }
 
+/// The database through the proxy, as the functions reach it when cut this way.
+fn via_for(h: &Herald, proxy: &Proxy, cut: Cut) -> Database {
+    match cut {
+        Cut::Hold => via(h, proxy).timeout(HOLD_TIMEOUT),
+        Cut::Down | Cut::AfterCommit => via(h, proxy),
+    }
+}
+
+/// Ends the outage: what is still held is lost with its connection, then Postgres is back.
+fn end_outage(proxy: &Proxy) {
+    proxy.set_up(false);
+    proxy.set_held(false);
+    proxy.set_up(true);
+}
+
 /// The functions' clock and the providers, cutting Postgres as told.
 fn cutting(
     h: &Herald,
@@ -165,7 +188,7 @@ async fn execute_with_outage(
     cut_on: Vec<Channel>,
     outage: Option<Duration>,
 ) -> Vec<Outcome> {
-    let store = via(h, proxy).index_scans_only().store().await.unwrap();
+    let store = via_for(h, proxy, cut).index_scans_only().store().await.unwrap();
     let (clock, senders) = cutting(h, manual, proxy, cut, cut_on, outage);
     let deliverer = Deliverer {
         ledger: &store,
@@ -191,7 +214,7 @@ async fn execute_with_outage(
         .map(|(id, _)| id.clone())
         .collect();
     h.moto.delete_done(&h.queue_url, &event, &failed).await;
-    proxy.set_up(true);
+    end_outage(proxy);
     outcomes.into_iter().map(|(_, o)| o).collect()
 }
 
@@ -555,7 +578,7 @@ async fn run_flows_with_outage(
     cut_on: Vec<Channel>,
     outage: Option<Duration>,
 ) -> Vec<FlowOutcome> {
-    let store = via(h, proxy).store().await.unwrap();
+    let store = via_for(h, proxy, cut).store().await.unwrap();
     let (clock, senders) = cutting(h, manual, proxy, cut, cut_on, outage);
     let hooks = h.webhooks();
     let performers = Performers {
@@ -585,7 +608,7 @@ async fn run_flows_with_outage(
         .map(|(r, _)| r.message_id.clone().unwrap())
         .collect();
     h.moto.delete_done(&h.queue_url, &event, &failed).await;
-    proxy.set_up(true);
+    end_outage(proxy);
     outcomes
 }
 
@@ -660,14 +683,38 @@ async fn a_flow_waits_out_a_short_outage_and_a_lost_reply_and_sends_each_step_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_keeps_its_steps_ends_as_receipts_through_a_long_outage_and_goes_on_from_them() {
+    flow_through_a_long_outage(Cut::Down, "flow: Postgres away 60 s after the emails").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_whose_connections_hang_gives_up_in_time_and_keeps_its_steps_ends_as_receipts() {
+    flow_through_a_long_outage(Cut::Hold, "flow: Postgres connections hang after the emails").await;
+}
+
+/// Postgres goes away (as `cut` says) after the first email answer, for longer than the
+/// invocation; then the pipeline runs on.
+async fn flow_through_a_long_outage(cut: Cut, scenario: &str) {
     // GIVEN ten queued instances of email → SMS
     let (h, clock, proxy) = ten_queued_instances().await;
 
     // WHEN Postgres goes away after the first email answer for longer than the invocation
-    let out = run_flows_with_outage(&h, &clock, &proxy, Cut::Down, vec![Channel::Email], None).await;
+    // (a run that waited on a hung connection for ever would never end: bounded here)
+    let run = run_flows_with_outage(&h, &clock, &proxy, cut, vec![Channel::Email], None);
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .unwrap_or_else(|_| panic!("{scenario}: the executor was still waiting on Postgres after 120 s"));
 
     // THEN the executor gave up in time and kept each email's end as a receipt
+    println!("{scenario}: {out:?}");
     assert!(out.iter().all(|o| matches!(o, FlowOutcome::Deferred(_))), "{out:?}");
+    if cut == Cut::Hold {
+        let why = format!("no answer from Postgres within {HOLD_TIMEOUT:?}");
+        assert!(
+            out.iter()
+                .all(|o| matches!(o, FlowOutcome::Deferred(w) if w.contains(&why))),
+            "{out:?}"
+        );
+    }
     assert_eq!(h.moto.queue_depth(&h.receipts_url).await, 10);
 
     // WHEN Postgres is back: the scheduler applies the receipts, then (past the leases)

@@ -290,6 +290,34 @@ async fn two_schedulers_at_once_never_claim_the_same_log() {
 }
 
 #[tokio::test]
+async fn a_scheduler_invoked_with_a_deadline_already_past_drains_every_batch() {
+    // GIVEN 25 pending logs, and a scheduler claiming 10 at a time
+    let mut h = Herald::with_jobs_example().await;
+    h.db.exec(
+        "UPDATE automations SET suppression_window = '0'::interval;
+         INSERT INTO jobs (id, client_id, title) SELECT g, 1, 'job ' || g FROM generate_series(10, 34) g;
+         UPDATE jobs SET status = 'completed' WHERE id >= 10;",
+    )
+    .await;
+    h.scheduler.settings.claim_batch = 10;
+
+    // WHEN it is invoked with a deadline 5 s in the past, as `cargo lambda watch` sends
+    let event = lambda_runtime::LambdaEvent::new(
+        serde_json::from_str(&herald_tests::repo_file("events/scheduled.json")).unwrap(),
+        herald_tests::lambda_context_until(std::time::SystemTime::now() - std::time::Duration::from_secs(5)),
+    );
+    let summary = herald_scheduler::handle(&h.scheduler, event).await.unwrap();
+
+    // THEN the deadline is taken as unknown: every log is claimed and sent, in three claims
+    assert_eq!(
+        (summary.claimed, summary.sent, summary.stopped_by),
+        (25, 25, "drained"),
+        "{summary:?}"
+    );
+    assert_eq!(h.moto.queue_depth(&h.queue_url).await, 25);
+}
+
+#[tokio::test]
 async fn attach_checks_its_columns_and_can_be_undone() {
     let h = Herald::with_jobs_example().await;
     let err =

@@ -8,10 +8,11 @@ use herald_shared::aws::{load_config, SecretsManager, SesEmail, SnsSms, SqsRecei
 use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
 use herald_shared::deliver::{Deliverer, Outcome};
-use herald_shared::drain::time_left;
+use herald_shared::drain::invocation_time_left;
 use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
 use herald_shared::model::QueueMessage;
 use herald_shared::pg::Database;
+use herald_shared::receipt::RECEIPT_MARGIN;
 use herald_shared::recipient::redact;
 use herald_shared::webhook::{Guard, WebhookClient, Webhooks};
 use herald_shared::workflow::machine::Park;
@@ -80,7 +81,10 @@ impl Executor {
         Ok(Self {
             webhooks,
             secrets: SecretsManager::new(&aws),
-            db: config::database_handle(&aws).await?.index_scans_only(),
+            db: config::database_handle(&aws)
+                .await?
+                .index_scans_only()
+                .timeout(db_timeout()?),
             email: SesEmail::new(&aws, config::var("HERALD_SES_CONFIGURATION_SET")),
             sms: SnsSms::new(&aws, config::var("HERALD_SMS_SENDER_ID")),
             receipts: SqsReceipts::new(&aws, config::required("HERALD_RECEIPTS_QUEUE_URL")?),
@@ -88,6 +92,14 @@ impl Executor {
             settings: Settings::from_env()?,
         })
     }
+}
+
+/// How long a round trip to Postgres may go unanswered (`HERALD_DB_TIMEOUT_MS`): 3 s by
+/// default, 5 s at most. A write-back's last try starts up to [`RECEIPT_MARGIN`] before
+/// the invocation's end; one that hangs must still leave time to keep its receipts.
+fn db_timeout() -> Result<std::time::Duration, ConfigError> {
+    let margin = RECEIPT_MARGIN.as_millis() as u64;
+    config::db_timeout(margin / 2, margin - 1_000)
 }
 
 /// One SQS batch. Each message stands alone: the ones to retry are reported as batch
@@ -102,12 +114,9 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
         clock: e.clock.as_ref(),
         default_from: &e.settings.default_from,
         lease: e.settings.lease,
-        // The invocation's end, on the function's clock. An invocation that starts with under a
-        // second left has an emulator's idea of time (cargo lambda's sends a deadline already
-        // past), not Lambda's: its end is not known, and the lease bounds the work.
-        ends_at: time_left(event.context.deadline, SystemTime::now())
-            .filter(|left| *left >= std::time::Duration::from_secs(1))
-            .map(|left| e.clock.now() + left),
+        // The invocation's end, on the function's clock. Unknown (an emulator's deadline, already
+        // past), the lease bounds the work.
+        ends_at: invocation_time_left(event.context.deadline, SystemTime::now()).map(|left| e.clock.now() + left),
     };
     let ends_at = deliverer.ends_at;
     // Workflow instances go to the flow runner; one-shot logs (and malformed messages, which

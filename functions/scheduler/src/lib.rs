@@ -1,13 +1,13 @@
 //! The scheduler function: on each EventBridge tick, moves due logs to the SQS queue.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use herald_shared::aws::{load_config, SqsQueue, SqsReceipts};
 use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
-use herald_shared::drain::{deadline_instant, drain, serve, stop_before, DrainOptions, DrainSummary};
+use herald_shared::drain::{drain, invocation_time_left, serve, stop_before, DrainOptions, DrainSummary};
 use herald_shared::pg::Database;
 use lambda_runtime::{Error, LambdaEvent};
 use tracing::info;
@@ -59,7 +59,11 @@ impl Scheduler {
     pub async fn from_env() -> Result<Self, Error> {
         let aws = load_config().await;
         Ok(Self {
-            db: config::database_handle(&aws).await?,
+            // No receipts wait on the scheduler: its statements (an ingest of 10,000 events
+            // among them) may take longer than the executor's, and a hung one fails the run.
+            db: config::database_handle(&aws)
+                .await?
+                .timeout(config::db_timeout(10_000, 60_000)?),
             queue: SqsQueue::new(&aws, config::required("HERALD_QUEUE_URL")?),
             receipts: SqsReceipts::new(&aws, config::required("HERALD_RECEIPTS_QUEUE_URL")?),
             clock: Arc::new(SystemClock),
@@ -71,8 +75,11 @@ impl Scheduler {
 /// One scheduled run: drain until nothing is due or the deadline is near.
 pub async fn handle(s: &Scheduler, event: LambdaEvent<EventBridgeEvent>) -> Result<DrainSummary, Error> {
     let (tick, ctx) = event.into_parts();
-    let deadline = deadline_instant(ctx.deadline, s.clock.now());
-    let time_left_ms = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()).as_millis() as u64);
+    // Lambda's deadline is on the wall clock; one already past (an emulator's) is not known,
+    // and the drain runs to its own end.
+    let time_left = invocation_time_left(ctx.deadline, SystemTime::now());
+    let deadline = time_left.map(|left| Instant::now() + left);
+    let time_left_ms = time_left.map(|left| left.as_millis() as u64);
     info!(source = tick.source, time = ?tick.time, time_left_ms, "scheduled run");
     let options = DrainOptions {
         claim_batch: s.settings.claim_batch,

@@ -33,10 +33,8 @@ impl FlowLedger for PgStore {
         let ids: Vec<LogId> = messages.iter().map(|m| m.log_id).collect();
         let leases: Vec<i64> = messages.iter().map(|m| m.lease).collect();
         let rows = conn
-            .client
-            .query(stmt, &[&ids, &leases, &now, &lease_until])
-            .await
-            .map_err(conn.fail(context))?;
+            .round_trip(context, conn.client.query(stmt, &[&ids, &leases, &now, &lease_until]))
+            .await?;
         // A version's definition comes once per batch, on its first instance: read once, shared.
         let mut definitions: HashMap<VersionKey, Result<Arc<Document>, String>> = HashMap::new();
         Ok(messages
@@ -129,7 +127,8 @@ impl FlowLedger for PgStore {
                 false => conn.client.query(read_stmt, &[&ids]).await,
             }
         };
-        let (written, fresh) = futures::future::join(conn.client.query_one(write_stmt, &[&body, &now]), read).await;
+        let write = async { conn.client.query_one(write_stmt, &[&body, &now]).await };
+        let (written, fresh) = conn.within(context, futures::future::join(write, read)).await?;
         let written: Json = written.map_err(conn.fail(context))?.get(0);
         let fresh = fresh.map_err(conn.fail(context))?;
         let entries = |part: &str| -> Vec<Taken> {

@@ -1,9 +1,10 @@
 //! The ledger in Postgres, over tokio-postgres. Every statement is a named file in
 //! `shared/sql/`; values are always bound parameters.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Mutex, OnceCell};
 use tokio_postgres::config::SslMode as PgSslMode;
@@ -35,6 +36,9 @@ mod flow;
 mod tls;
 pub use tls::{SslMode, Tls};
 
+/// How long a connect, or one round trip on a connection, may take unless told otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One connection per container, opened lazily and re-opened when it was lost. Clones
 /// share the connection.
 #[derive(Clone)]
@@ -44,7 +48,32 @@ pub struct Database {
     client: Arc<Mutex<Option<Arc<Conn>>>>,
     /// Run on every new connection before its first statement.
     session_setup: Option<&'static str>,
+    /// The longest a connect, or a round trip, may go unanswered (see [`Database::timeout`]).
+    timeout: Duration,
 }
+
+/// The task that drives a connection being opened: stopped if the opening is given up on
+/// (the socket is closed, not left waiting), unless [`StopOnDrop::keep`] took it back.
+struct StopOnDrop(Option<tokio::task::AbortHandle>);
+
+impl StopOnDrop {
+    fn keep(mut self) -> tokio::task::AbortHandle {
+        self.0.take().expect("kept once")
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// No answer in time: the connection is taken for lost (its packets dropped, no reset).
+#[derive(Debug, thiserror::Error)]
+#[error("no answer from Postgres within {0:?}")]
+pub struct NoAnswer(pub Duration);
 
 /// A connection and the statements prepared on it (named, so that each later use is a
 /// single round trip).
@@ -52,9 +81,13 @@ pub struct Conn {
     client: Client,
     statements: [OnceCell<Statement>; 10],
     /// Set when a statement found the session ended (closed, or a FATAL error such as a
-    /// terminated backend): the next caller opens a new connection instead of waiting for
-    /// the client to notice.
+    /// terminated backend), or got no answer in time: the next caller opens a new
+    /// connection instead of waiting for the client to notice.
     broken: AtomicBool,
+    timeout: Duration,
+    /// The task that drives the connection; stopped with a broken connection, so that a
+    /// socket that will never answer is closed rather than left waiting.
+    driver: tokio::task::AbortHandle,
 }
 
 /// The statements, by their place in `Conn::statements`.
@@ -90,11 +123,13 @@ impl Sql {
 }
 
 impl Conn {
-    fn new(client: Client) -> Self {
+    fn new(client: Client, driver: tokio::task::AbortHandle, timeout: Duration) -> Self {
         Self {
             client,
             statements: Default::default(),
             broken: AtomicBool::new(false),
+            timeout,
+            driver,
         }
     }
 
@@ -117,12 +152,39 @@ impl Conn {
         }
     }
 
+    /// Waits for one round trip, at most the connection's timeout. A round trip that gets
+    /// no answer in time marks the connection broken and fails with [`NoAnswer`], as a lost
+    /// connection does: the write is retried on a new one (and, made again, a write whose
+    /// commit landed is taken as made).
+    async fn within<T>(&self, context: &'static str, round_trip: impl Future<Output = T>) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, round_trip).await.map_err(|_| {
+            self.broken.store(true, Ordering::Relaxed);
+            StoreError::new(context, NoAnswer(self.timeout))
+        })
+    }
+
+    /// One statement's round trip, bounded by [`Conn::within`].
+    async fn round_trip<T>(
+        &self,
+        context: &'static str,
+        statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        self.within(context, statement).await?.map_err(self.fail(context))
+    }
+
     /// The statement, prepared on this connection the first time it is used.
     async fn statement(&self, which: Sql, context: &'static str) -> Result<&Statement, StoreError> {
         self.statements[which as usize]
-            .get_or_try_init(|| self.client.prepare(which.text()))
+            .get_or_try_init(|| self.round_trip(context, self.client.prepare(which.text())))
             .await
-            .map_err(self.fail(context))
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.broken.load(Ordering::Relaxed) {
+            self.driver.abort();
+        }
     }
 }
 
@@ -143,6 +205,7 @@ impl Database {
             tls: None,
             client: Arc::new(Mutex::new(None)),
             session_setup: None,
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 
@@ -159,7 +222,18 @@ impl Database {
             tls: tls.connector()?,
             client: Arc::new(Mutex::new(None)),
             session_setup: None,
+            timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// Bounds every connect, and every round trip on a connection, to `timeout` (default
+    /// [`DEFAULT_TIMEOUT`]). A connection that hangs (its packets dropped, no reset) then
+    /// fails its statement in time, as one that was closed does, and is replaced. The socket
+    /// is also told to give up on its own: TCP keepalives and a user timeout of about as
+    /// long, unless the connection settings name their own.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// For sessions that only find rows by key (the executor's): sequential scans are
@@ -181,65 +255,86 @@ impl Database {
         if slot.is_some() {
             info!("database connection was closed; reconnecting");
         }
-        let client = match &self.tls {
-            None => self.connect(NoTls).await?,
-            Some(tls) => self.connect(tls.clone()).await?,
-        };
-        if let Some(setup) = self.session_setup {
-            client
-                .batch_execute(setup)
-                .await
-                .map_err(|e| StoreError::new("setting up the database session", e))?;
-        }
-        let client = Arc::new(Conn::new(client));
+        let context = "connecting to Postgres";
+        // The whole handshake is bounded, not only the socket's connect: a server that
+        // accepts and then says nothing hangs there.
+        let opened = tokio::time::timeout(self.timeout, async {
+            let (client, driver) = match &self.tls {
+                None => self.connect(NoTls).await?,
+                Some(tls) => self.connect(tls.clone()).await?,
+            };
+            if let Some(setup) = self.session_setup {
+                client
+                    .batch_execute(setup)
+                    .await
+                    .map_err(|e| StoreError::new("setting up the database session", e))?;
+            }
+            Ok((client, driver.keep()))
+        })
+        .await;
+        let (client, driver) = opened.map_err(|_| StoreError::new(context, NoAnswer(self.timeout)))??;
+        let client = Arc::new(Conn::new(client, driver, self.timeout));
         *slot = Some(Arc::clone(&client));
         Ok(client)
     }
 
-    async fn connect<T>(&self, tls: T) -> Result<Client, StoreError>
+    /// The connection settings, with the socket told to give up on a silent peer.
+    fn socket_config(&self) -> Config {
+        bounded(self.config.clone(), self.timeout)
+    }
+
+    async fn connect<T>(&self, tls: T) -> Result<(Client, StopOnDrop), StoreError>
     where
         T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
         T::Stream: Send + 'static,
     {
         let (client, connection) = self
-            .config
+            .socket_config()
             .connect(tls)
             .await
             .map_err(|e| StoreError::new("connecting to Postgres", e))?;
-        tokio::spawn(async move {
+        let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 warn!(error = %e, "database connection ended");
             }
         });
-        Ok(client)
+        Ok((client, StopOnDrop(Some(driver.abort_handle()))))
     }
 
     /// A connection of its own that listens on `channel`; every notification wakes the
     /// returned listener (notifications that arrive while nobody waits are kept as one).
     pub async fn listen(&self, channel: &str) -> Result<Listener, StoreError> {
+        let context = "listening for captured events";
         let woken = Arc::new(tokio::sync::Notify::new());
-        let client = match &self.tls {
-            None => self.listening(NoTls, woken.clone()).await?,
-            Some(tls) => self.listening(tls.clone(), woken.clone()).await?,
-        };
-        client
-            .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+        let listening = tokio::time::timeout(self.timeout, async {
+            let (client, driver) = match &self.tls {
+                None => self.listening(NoTls, woken.clone()).await?,
+                Some(tls) => self.listening(tls.clone(), woken.clone()).await?,
+            };
+            client
+                .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+                .await
+                .map_err(|e| StoreError::new(context, e))?;
+            driver.keep();
+            Ok(client)
+        });
+        let client = listening
             .await
-            .map_err(|e| StoreError::new("listening for captured events", e))?;
+            .map_err(|_| StoreError::new(context, NoAnswer(self.timeout)))??;
         Ok(Listener { _client: client, woken })
     }
 
-    async fn listening<T>(&self, tls: T, woken: Arc<tokio::sync::Notify>) -> Result<Client, StoreError>
+    async fn listening<T>(&self, tls: T, woken: Arc<tokio::sync::Notify>) -> Result<(Client, StopOnDrop), StoreError>
     where
         T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
         T::Stream: Send + 'static,
     {
         let (client, mut connection) = self
-            .config
+            .socket_config()
             .connect(tls)
             .await
             .map_err(|e| StoreError::new("connecting to Postgres", e))?;
-        tokio::spawn(async move {
+        let driver = tokio::spawn(async move {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                     Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => woken.notify_one(),
@@ -254,7 +349,7 @@ impl Database {
             // Whoever waits falls back to polling.
             woken.notify_one();
         });
-        Ok(client)
+        Ok((client, StopOnDrop(Some(driver.abort_handle()))))
     }
 
     /// A store over this database: each statement runs on the open connection, or on a
@@ -277,6 +372,30 @@ impl crate::model::Wakeups for Listener {
     }
 }
 
+/// `config` with the socket bounded by about `timeout`: the connect, data left unacknowledged
+/// (TCP user timeout), and an idle peer's silence (keepalives, probing every second, three
+/// times). Settings the connection string gave are kept.
+fn bounded(mut config: Config, timeout: Duration) -> Config {
+    let timeout = timeout.max(Duration::from_secs(1));
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(timeout);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(timeout);
+    }
+    // tokio-postgres's own default idle time, two hours, means the settings named none.
+    if config.get_keepalives() && config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(timeout);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(1));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+    config
+}
+
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -292,11 +411,7 @@ impl DueLogs for PgStore {
         let context = "moving captured events to the ledger";
         let conn = self.db.client().await?;
         let stmt = conn.statement(Sql::Ingest, context).await?;
-        let r = conn
-            .client
-            .query_one(stmt, &[&limit])
-            .await
-            .map_err(conn.fail(context))?;
+        let r = conn.round_trip(context, conn.client.query_one(stmt, &[&limit])).await?;
         Ok(r.get::<_, i32>(0) as u64)
     }
 
@@ -304,7 +419,7 @@ impl DueLogs for PgStore {
         let context = "rescuing expired leases";
         let conn = self.db.client().await?;
         let stmt = conn.statement(Sql::Rescue, context).await?;
-        let r = conn.client.query_one(stmt, &[&now]).await.map_err(conn.fail(context))?;
+        let r = conn.round_trip(context, conn.client.query_one(stmt, &[&now])).await?;
         let n = |i: usize| r.get::<_, i32>(i) as u64;
         Ok(Rescued {
             requeued: n(0),
@@ -324,10 +439,8 @@ impl DueLogs for PgStore {
         let conn = self.db.client().await?;
         let stmt = conn.statement(Sql::ClaimDue, context).await?;
         let rows = conn
-            .client
-            .query(stmt, &[&now, &limit, &lease_until])
-            .await
-            .map_err(conn.fail(context))?;
+            .round_trip(context, conn.client.query(stmt, &[&now, &limit, &lease_until]))
+            .await?;
         Ok(rows
             .iter()
             .map(|r| QueueMessage {
@@ -342,10 +455,7 @@ impl DueLogs for PgStore {
         let context = "releasing logs";
         let conn = self.db.client().await?;
         let stmt = conn.statement(Sql::Release, context).await?;
-        conn.client
-            .execute(stmt, &[&ids, &now])
-            .await
-            .map_err(conn.fail(context))
+        conn.round_trip(context, conn.client.execute(stmt, &[&ids, &now])).await
     }
 
     async fn apply_receipts(&self, receipts: &[Receipt], now: SystemTime) -> Result<u64, StoreError> {
@@ -354,10 +464,8 @@ impl DueLogs for PgStore {
         let stmt = conn.statement(Sql::ApplyReceipts, context).await?;
         let body = serde_json::to_value(receipts).map_err(|e| StoreError::new(context, e))?;
         let r = conn
-            .client
-            .query_one(stmt, &[&body, &now])
-            .await
-            .map_err(conn.fail(context))?;
+            .round_trip(context, conn.client.query_one(stmt, &[&body, &now]))
+            .await?;
         Ok(r.get::<_, i64>(0) as u64)
     }
 }
@@ -375,10 +483,8 @@ impl Ledger for PgStore {
         let ids: Vec<LogId> = messages.iter().map(|m| m.log_id).collect();
         let leases: Vec<i64> = messages.iter().map(|m| m.lease).collect();
         let rows = conn
-            .client
-            .query(stmt, &[&ids, &leases, &now, &lease_until])
-            .await
-            .map_err(conn.fail(context))?;
+            .round_trip(context, conn.client.query(stmt, &[&ids, &leases, &now, &lease_until]))
+            .await?;
         Ok(messages
             .iter()
             .zip(rows.iter())
@@ -427,31 +533,32 @@ impl Ledger for PgStore {
             .map(|f| f.as_ref().and_then(|f| f.code.as_deref()))
             .collect();
         let rows = conn
-            .client
-            .query(
-                stmt,
-                &[
-                    &f_ids,
-                    &f_leases,
-                    &f_channels,
-                    &f_status,
-                    &f_message_id,
-                    &f_error,
-                    &s_ids,
-                    &s_leases,
-                    &s_channels,
-                    &s_recipients,
-                    &r_ids,
-                    &r_leases,
-                    &r_outcome,
-                    &r_error,
-                    &r_kind,
-                    &r_code,
-                    &now,
-                ],
+            .round_trip(
+                context,
+                conn.client.query(
+                    stmt,
+                    &[
+                        &f_ids,
+                        &f_leases,
+                        &f_channels,
+                        &f_status,
+                        &f_message_id,
+                        &f_error,
+                        &s_ids,
+                        &s_leases,
+                        &s_channels,
+                        &s_recipients,
+                        &r_ids,
+                        &r_leases,
+                        &r_outcome,
+                        &r_error,
+                        &r_kind,
+                        &r_code,
+                        &now,
+                    ],
+                ),
             )
-            .await
-            .map_err(conn.fail(context))?;
+            .await?;
         let mut out = WrittenBack {
             finished: vec![false; f.len()],
             started: vec![false; s.len()],
@@ -555,6 +662,50 @@ fn is_transient_sqlstate(code: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn sockets_give_up_on_a_silent_server_unless_the_settings_say_otherwise() {
+        let secs = Duration::from_secs;
+        // url → connect timeout, user timeout, keepalives (on, idle, interval, probes)
+        let cases = [
+            (
+                "postgres://h/db",
+                secs(3),
+                (Some(secs(3)), Some(secs(3)), (true, secs(3), Some(secs(1)), Some(3))),
+            ),
+            (
+                "postgres://h/db",
+                Duration::from_millis(200),
+                (Some(secs(1)), Some(secs(1)), (true, secs(1), Some(secs(1)), Some(3))),
+            ),
+            (
+                "postgres://h/db?connect_timeout=20&tcp_user_timeout=9&keepalives_idle=30&keepalives_interval=5&keepalives_retries=9",
+                secs(3),
+                (Some(secs(20)), Some(secs(9)), (true, secs(30), Some(secs(5)), Some(9))),
+            ),
+            (
+                "postgres://h/db?keepalives=0",
+                secs(3),
+                (Some(secs(3)), Some(secs(3)), (false, secs(2 * 60 * 60), Some(secs(1)), Some(3))),
+            ),
+        ];
+        for (url, timeout, expected) in cases {
+            let c = super::bounded(url.parse().unwrap(), timeout);
+            let got = (
+                c.get_connect_timeout().copied(),
+                c.get_tcp_user_timeout().copied(),
+                (
+                    c.get_keepalives(),
+                    c.get_keepalives_idle(),
+                    c.get_keepalives_interval(),
+                    c.get_keepalives_retries(),
+                ),
+            );
+            assert_eq!(got, expected, "{url} with {timeout:?}");
+        }
+    }
+
     #[test]
     fn transient_sqlstates() {
         for code in ["08006", "40001", "53300", "57P01", "58030"] {
