@@ -570,6 +570,7 @@ DECLARE
   inner_r  jsonb;
   arm      text;
   retry    jsonb;
+  why      text;
 BEGIN
   IF jsonb_typeof(p_steps) IS DISTINCT FROM 'array' THEN
     RETURN jsonb_build_object('problems', jsonb_build_array(jsonb_build_array(p_path, 'is a list of steps')), 'ids', '[]'::jsonb);
@@ -650,15 +651,17 @@ BEGIN
                WHEN 'notify_admin' THEN ARRAY['subject', 'text']
                WHEN 'add_tag' THEN ARRAY['key'] WHEN 'remove_tag' THEN ARRAY['key']
                WHEN 'add_to_segment' THEN ARRAY['key'] WHEN 'remove_from_segment' THEN ARRAY['key'] END) LOOP
-      IF jsonb_typeof(step -> k) = 'string' AND herald_template_problem(step ->> k) IS NOT NULL THEN
-        problems := problems || jsonb_build_array(jsonb_build_array(path || '.' || k, herald_template_problem(step ->> k)));
+      why := CASE WHEN jsonb_typeof(step -> k) = 'string' THEN herald_template_problem(step ->> k) END;
+      IF why IS NOT NULL THEN
+        problems := problems || jsonb_build_array(jsonb_build_array(path || '.' || k, why));
       END IF;
     END LOOP;
     IF kind = 'update_field' AND jsonb_typeof(step -> 'set') = 'object' THEN
       problems := problems || coalesce((
-        SELECT jsonb_agg(jsonb_build_array(path || '.set.' || s.key, herald_template_problem(s.value #>> '{}')) ORDER BY s.key)
+        SELECT jsonb_agg(jsonb_build_array(path || '.set.' || s.key, w.why) ORDER BY s.key)
         FROM jsonb_each(step -> 'set') s
-        WHERE jsonb_typeof(s.value) = 'string' AND herald_template_problem(s.value #>> '{}') IS NOT NULL), '[]');
+        CROSS JOIN LATERAL (SELECT herald_template_problem(s.value #>> '{}') AS why) w
+        WHERE jsonb_typeof(s.value) = 'string' AND w.why IS NOT NULL), '[]');
     END IF;
     CASE kind
       WHEN 'send_email' THEN

@@ -71,6 +71,18 @@ async fn sql_problems(db: &TestDb, doc: &Json) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Saves `doc` as automation `name`'s next version; a refusal as its SQLSTATE and detail.
+async fn save(db: &TestDb, name: &str, doc: &Json) -> Result<i32, (String, String)> {
+    db.client
+        .query_one("SELECT herald_save_automation($1, $2)", &[&name, doc])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| match e.as_db_error() {
+            Some(d) => (d.code().code().to_owned(), d.detail().unwrap_or_default().to_owned()),
+            None => (String::new(), e.to_string()),
+        })
+}
+
 fn rust_paths(doc: &Json) -> Vec<String> {
     match definition::parse(doc) {
         Ok(_) => Vec::new(),
@@ -403,16 +415,7 @@ async fn saving_refuses_a_status_column_the_capture_does_not_watch() {
     .await;
     let mut doc = runnable();
     doc["trigger"] = json!({"type": "status_change", "table": "bookings", "column": "vip", "to": ["a", "b"]});
-    let err = db
-        .client
-        .query_one("SELECT herald_save_automation('reminders', $1)", &[&doc])
-        .await
-        .unwrap_err();
-    let detail = err
-        .as_db_error()
-        .and_then(|e| e.detail())
-        .unwrap_or_default()
-        .to_owned();
+    let (_, detail) = save(&db, "reminders", &doc).await.unwrap_err();
     assert!(!detail.contains("trigger.to"), "several statuses are fine: {detail}");
     assert!(
         detail.contains("trigger.column: public.bookings is attached with status column `status`"),
@@ -432,12 +435,9 @@ async fn a_status_change_trigger_without_a_column_watches_the_attached_one() {
     .await;
     let doc = json!({"trigger": {"type": "status_change", "table": "petcare.bookings", "to": "confirmed"},
                      "steps": [{"id": "hi", "type": "send_sms", "to": "{{ phone }}", "body": "Booked"}]});
-    let v: i32 = db
-        .client
-        .query_one("SELECT herald_save_automation('confirmed', $1)", &[&doc])
+    let v = save(&db, "confirmed", &doc)
         .await
-        .expect("saved: the trigger watches `state`, the column the table is attached with")
-        .get(0);
+        .expect("saved: the trigger watches `state`, the column the table is attached with");
     assert_eq!(v, 1);
     db.exec(
         "INSERT INTO petcare.bookings VALUES (1, 'requested', '+15550100');
@@ -448,16 +448,7 @@ async fn a_status_change_trigger_without_a_column_watches_the_attached_one() {
     // Naming another column is still refused, with the one the capture watches.
     let mut other = doc.clone();
     other["trigger"]["column"] = json!("phone");
-    let err = db
-        .client
-        .query_one("SELECT herald_save_automation('confirmed', $1)", &[&other])
-        .await
-        .unwrap_err();
-    let detail = err
-        .as_db_error()
-        .and_then(|e| e.detail())
-        .unwrap_or_default()
-        .to_owned();
+    let (_, detail) = save(&db, "confirmed", &other).await.unwrap_err();
     assert!(detail.contains("attached with status column `state`"), "{detail}");
 }
 
@@ -552,18 +543,13 @@ async fn every_documented_example_saves_and_is_read_back_by_herald() {
     .await;
     let examples = documented_definitions();
     assert!(
-        examples.len() >= 11,
+        examples.len() >= 13,
         "the docs' examples were found: {}",
         examples.len()
     );
     for (name, doc) in examples {
-        let saved = db
-            .client
-            .query_one("SELECT herald_save_automation('example', $1)", &[&doc])
-            .await;
-        if let Err(e) = &saved {
-            let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or_default();
-            panic!("{name}: refused at save: {e} {detail}\n{doc:#}");
+        if let Err((code, detail)) = save(&db, "example", &doc).await {
+            panic!("{name}: refused at save: {code} {detail}\n{doc:#}");
         }
         let stored: Json = db
             .client
@@ -627,10 +613,7 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
         .map(|t| doc(t.clone(), json!([sms])))
         .chain(steps.iter().map(|s| doc(trigger.clone(), json!([s]))));
     for d in accepted {
-        let saved = db
-            .client
-            .query_one("SELECT herald_save_automation('shapes', $1)", &[&d])
-            .await;
+        let saved = save(&db, "shapes", &d).await;
         assert!(saved.is_ok(), "saved: {d}: {saved:?}");
         assert!(
             definition::parse(&d).is_ok(),
@@ -677,12 +660,9 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
         ),
     ];
     for d in refused {
-        let saved = db
-            .client
-            .query_one("SELECT herald_save_automation('shapes', $1)", &[&d])
-            .await;
-        let code = saved.as_ref().err().and_then(|e| e.code()).map(|c| c.code().to_owned());
-        assert_eq!(code.as_deref(), Some("22023"), "refused at save: {d}: {saved:?}");
+        let saved = save(&db, "shapes", &d).await;
+        let code = saved.as_ref().err().map(|(code, _)| code.as_str());
+        assert_eq!(code, Some("22023"), "refused at save: {d}: {saved:?}");
         assert!(definition::parse(&d).is_err(), "refused by Herald: {d}");
     }
 }
