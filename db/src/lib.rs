@@ -1,5 +1,11 @@
-//! Herald's SQL migrations, compiled in, and a runner that is safe when several
-//! processes start at once: the whole run holds a transaction-scoped advisory lock.
+//! Herald's schema, compiled in, and a runner that is safe when several processes start at
+//! once: the whole run holds a transaction-scoped advisory lock.
+//!
+//! Two kinds of file make the schema. Numbered migrations (`db/migrations/`) hold what
+//! cannot be replaced: tables, indexes, data moves. They apply once, in order, and one that
+//! was edited after it was applied is refused. Schema files (`db/schema/`) hold every
+//! function, view and trigger function, each in exactly one file, written with `CREATE OR
+//! REPLACE`: they apply after the migrations, and again whenever a file's text changes.
 
 use tokio_postgres::Client;
 
@@ -12,93 +18,51 @@ pub struct Migration {
 }
 
 /// Every migration, in the order they apply.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "0001_ledger.sql",
-        sql: include_str!("../migrations/0001_ledger.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "0002_guarantees.sql",
-        sql: include_str!("../migrations/0002_guarantees.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "0003_inbox.sql",
-        sql: include_str!("../migrations/0003_inbox.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "0004_batches.sql",
-        sql: include_str!("../migrations/0004_batches.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "0005_batch_reads.sql",
-        sql: include_str!("../migrations/0005_batch_reads.sql"),
-    },
-    Migration {
-        version: 6,
-        name: "0006_receipts.sql",
-        sql: include_str!("../migrations/0006_receipts.sql"),
-    },
-    Migration {
-        version: 7,
-        name: "0007_lean_ledger.sql",
-        sql: include_str!("../migrations/0007_lean_ledger.sql"),
-    },
-    Migration {
-        version: 8,
-        name: "0008_definitions.sql",
-        sql: include_str!("../migrations/0008_definitions.sql"),
-    },
-    Migration {
-        version: 9,
-        name: "0009_control_and_steps.sql",
-        sql: include_str!("../migrations/0009_control_and_steps.sql"),
-    },
-    Migration {
-        version: 10,
-        name: "0010_set_based_flow_write.sql",
-        sql: include_str!("../migrations/0010_set_based_flow_write.sql"),
-    },
-    Migration {
-        version: 11,
-        name: "0011_flow_receipts.sql",
-        sql: include_str!("../migrations/0011_flow_receipts.sql"),
-    },
-    Migration {
-        version: 12,
-        name: "0012_statement_capture.sql",
-        sql: include_str!("../migrations/0012_statement_capture.sql"),
-    },
-    Migration {
-        version: 13,
-        name: "0013_capture_conditions.sql",
-        sql: include_str!("../migrations/0013_capture_conditions.sql"),
-    },
-    Migration {
-        version: 14,
-        name: "0014_step_failures.sql",
-        sql: include_str!("../migrations/0014_step_failures.sql"),
-    },
-    Migration {
-        version: 15,
-        name: "0015_fewer_row_versions.sql",
-        sql: include_str!("../migrations/0015_fewer_row_versions.sql"),
-    },
-    Migration {
-        version: 16,
-        name: "0016_column_form_as_definitions.sql",
-        sql: include_str!("../migrations/0016_column_form_as_definitions.sql"),
-    },
-    Migration {
-        version: 17,
-        name: "0017_saved_runs.sql",
-        sql: include_str!("../migrations/0017_saved_runs.sql"),
-    },
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_baseline.sql",
+    sql: include_str!("../migrations/0001_baseline.sql"),
+}];
+
+/// One file under `db/schema/`: the current text of the functions, views and trigger
+/// functions of one concern.
+#[derive(Debug, Clone, Copy)]
+pub struct SchemaFile {
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+macro_rules! schema_files {
+    ($($name:literal),* $(,)?) => {
+        &[$(SchemaFile { name: $name, sql: include_str!(concat!("../schema/", $name)) }),*]
+    };
+}
+
+/// Every schema file, in the order they apply (a later file may use an earlier one's objects
+/// in its SQL-language functions and views).
+pub const SCHEMA: &[SchemaFile] = schema_files![
+    "capture.sql",
+    "claim.sql",
+    "flow.sql",
+    "control.sql",
+    "definitions.sql",
+    "receipts.sql",
+    "operations.sql",
 ];
+
+/// What a run applied: the migrations the database lacked, and the schema files that were
+/// new or changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub migrations: Vec<i32>,
+    pub schema_files: Vec<&'static str>,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.migrations.is_empty() && self.schema_files.is_empty()
+    }
+}
 
 /// Key of the advisory lock that serializes migration runs ("herald" in ASCII).
 const LOCK_KEY: i64 = 0x6865_7261_6c64;
@@ -109,7 +73,7 @@ pub enum MigrateError {
     Changed { version: i32, name: &'static str },
     #[error("the database has migration {0}, which this build does not know; it is older than the schema")]
     Unknown(i32),
-    #[error("migration {name} failed: {source}")]
+    #[error("{name} failed: {source}")]
     Apply {
         name: &'static str,
         #[source]
@@ -119,15 +83,19 @@ pub enum MigrateError {
     Db(#[from] tokio_postgres::Error),
 }
 
-/// Applies every migration the database lacks, in one transaction, and returns the
-/// versions it applied (empty when the schema was already current).
-pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, MigrateError> {
+/// Applies, in one transaction, every migration the database lacks and then every schema
+/// file that is new or whose text changed since it was applied.
+pub async fn migrate(client: &mut Client) -> Result<Applied, MigrateError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS herald_migrations (
            version    integer PRIMARY KEY,
            name       text NOT NULL,
+           checksum   text NOT NULL,
+           applied_at timestamptz NOT NULL DEFAULT now());
+         CREATE TABLE IF NOT EXISTS herald_schema_files (
+           name       text PRIMARY KEY,
            checksum   text NOT NULL,
            applied_at timestamptz NOT NULL DEFAULT now())",
     )
@@ -151,7 +119,7 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, MigrateError> {
         }
         done.push(version);
     }
-    let mut now_applied = Vec::new();
+    let mut report = Applied::default();
     for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
         tx.batch_execute(m.sql)
             .await
@@ -161,10 +129,34 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, MigrateError> {
             &[&m.version, &m.name, &m.sql],
         )
         .await?;
-        now_applied.push(m.version);
+        report.migrations.push(m.version);
+    }
+    let current = tx
+        .query(
+            "SELECT f.name FROM unnest($1::text[], $2::text[]) AS f(name, sql) \
+             LEFT JOIN herald_schema_files s ON s.name = f.name \
+             WHERE s.checksum IS DISTINCT FROM md5(f.sql)",
+            &[
+                &SCHEMA.iter().map(|f| f.name).collect::<Vec<_>>(),
+                &SCHEMA.iter().map(|f| f.sql).collect::<Vec<_>>(),
+            ],
+        )
+        .await?;
+    let stale: Vec<String> = current.iter().map(|r| r.get(0)).collect();
+    for f in SCHEMA.iter().filter(|f| stale.iter().any(|s| s == f.name)) {
+        tx.batch_execute(f.sql)
+            .await
+            .map_err(|source| MigrateError::Apply { name: f.name, source })?;
+        tx.execute(
+            "INSERT INTO herald_schema_files (name, checksum) VALUES ($1, md5($2::text)) \
+             ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()",
+            &[&f.name, &f.sql],
+        )
+        .await?;
+        report.schema_files.push(f.name);
     }
     tx.commit().await?;
-    Ok(now_applied)
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -189,6 +181,20 @@ mod tests {
             .collect();
         files.sort();
         let names: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+        assert_eq!(files, names);
+    }
+
+    #[test]
+    fn every_schema_file_is_compiled_in() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/schema");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let mut names: Vec<&str> = SCHEMA.iter().map(|f| f.name).collect();
+        names.sort();
         assert_eq!(files, names);
     }
 }

@@ -15,7 +15,12 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(applied) => {
-            println!("applied migrations {applied:?}");
+            if !applied.migrations.is_empty() {
+                println!("applied migrations {:?}", applied.migrations);
+            }
+            if !applied.schema_files.is_empty() {
+                println!("applied schema files {}", applied.schema_files.join(", "));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -25,7 +30,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(url: &str) -> Result<Vec<i32>, Box<dyn std::error::Error>> {
+async fn run(url: &str) -> Result<herald_db::Applied, Box<dyn std::error::Error>> {
     let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     let conn = tokio::spawn(connection);
     let applied = herald_db::migrate(&mut client).await?;

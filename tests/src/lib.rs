@@ -51,6 +51,9 @@ async fn template() -> &'static str {
             for m in herald_db::MIGRATIONS {
                 m.sql.hash(&mut h);
             }
+            for f in herald_db::SCHEMA {
+                f.sql.hash(&mut h);
+            }
             let name = format!("herald_template_{:016x}", h.finish());
             let admin = connect(&services().admin_url()).await;
             // Serialize template creation across processes sharing one server.

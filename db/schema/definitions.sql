@@ -1,40 +1,23 @@
--- Herald schema 8: automations as workflow definitions, saved through one checked path.
-
--- Every saved definition of every automation; an instance keeps the version it started with.
-CREATE TABLE automation_versions (
-  automation_id bigint NOT NULL REFERENCES automations (id) ON DELETE CASCADE,
-  version       integer NOT NULL,
-  definition    jsonb NOT NULL,
-  checksum      text NOT NULL,  -- 'sha256:' and the hex digest of the definition as stored
-  created_at    timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (automation_id, version)
-);
-
-ALTER TABLE automations ADD COLUMN version integer;
-
--- A span as definitions write it: "2 hours", "-1 day", "1 week 2 days", "30m", or ISO 8601
--- ("PT2H"). Herald reads the same forms; this is the subset both sides agree on.
-CREATE FUNCTION herald_span_problem(p_value jsonb, p_what text) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-  SELECT CASE
-    WHEN jsonb_typeof(p_value) IS DISTINCT FROM 'string' THEN
-      format('%s is a span such as "2 hours" or "-1 day"', p_what)
-    WHEN p_value #>> '{}' ~* '^\s*[+-]?\s*(\d+\s*(years?|y|months?|mo|weeks?|w|days?|d|hours?|hrs?|h|minutes?|mins?|m|seconds?|secs?|s)\s*,?\s*)+$'
-      OR p_value #>> '{}' ~ '^[+-]?P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$'
-         AND p_value #>> '{}' !~ '^[+-]?PT?$' THEN NULL
-    ELSE format('`%s` is not a span such as "2 hours" or "-1 day"', p_value #>> '{}')
-  END
-$$;
+-- Definitions: checking a document before it is saved, saving it as a new version,
+-- and the column form saved as its two-step definition.
+-- Each object here is defined in this file only; herald-migrate re-applies the file when
+-- it changes (see docs/deploying.md).
 
 -- One problem as a list of [path, message], or an empty list when there is no message.
-CREATE FUNCTION herald_problem(p_path text, p_message text) RETURNS jsonb
+CREATE OR REPLACE FUNCTION herald_problem(p_path text, p_message text) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
   SELECT CASE WHEN p_message IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(jsonb_build_array(p_path, p_message)) END
 $$;
 
+-- A relation named in a definition, or NULL when there is none by that name.
+CREATE OR REPLACE FUNCTION herald_relation(p_name text) RETURNS regclass
+LANGUAGE sql STABLE AS $$
+  SELECT to_regclass(CASE WHEN position('.' IN p_name) > 0 THEN p_name ELSE 'public.' || p_name END)
+$$;
+
 -- The kinds of value each column of a relation holds, as conditions compare them:
 -- number, text, bool, time, list or other.
-CREATE FUNCTION herald_column_kinds(p_relation regclass) RETURNS jsonb
+CREATE OR REPLACE FUNCTION herald_column_kinds(p_relation regclass) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
   SELECT coalesce(jsonb_object_agg(a.attname, CASE
            WHEN t.typcategory = 'N' THEN 'number'
@@ -47,15 +30,104 @@ LANGUAGE sql STABLE AS $$
   WHERE a.attrelid = p_relation AND a.attnum > 0 AND NOT a.attisdropped
 $$;
 
--- A relation named in a definition, or NULL when there is none by that name.
-CREATE FUNCTION herald_relation(p_name text) RETURNS regclass
-LANGUAGE sql STABLE AS $$
-  SELECT to_regclass(CASE WHEN position('.' IN p_name) > 0 THEN p_name ELSE 'public.' || p_name END)
+-- A span as definitions write it: "2 hours", "-1 day", "1 week 2 days", "30m", or ISO 8601
+-- ("PT2H"). Herald reads the same forms; this is the subset both sides agree on.
+CREATE OR REPLACE FUNCTION herald_span_problem(p_value jsonb, p_what text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE
+    WHEN jsonb_typeof(p_value) IS DISTINCT FROM 'string' THEN
+      format('%s is a span such as "2 hours" or "-1 day"', p_what)
+    WHEN p_value #>> '{}' ~* '^\s*[+-]?\s*(\d+\s*(years?|y|months?|mo|weeks?|w|days?|d|hours?|hrs?|h|minutes?|mins?|m|seconds?|secs?|s)\s*,?\s*)+$'
+      OR p_value #>> '{}' ~ '^[+-]?P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$'
+         AND p_value #>> '{}' !~ '^[+-]?PT?$' THEN NULL
+    ELSE format('`%s` is not a span such as "2 hours" or "-1 day"', p_value #>> '{}')
+  END
+$$;
+
+-- Whether a span (as a definition writes it) is longer than p_limit, counted from a fixed
+-- instant on the UTC calendar as Herald's reader counts it. NULL for a form Postgres cannot
+-- read.
+CREATE OR REPLACE FUNCTION herald_span_exceeds(p_span text, p_limit interval) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  RETURN timestamp '1970-01-01' + regexp_replace(p_span, '(\d)\s*mo(?![a-z])', '\1 mons', 'gi')::interval
+         > timestamp '1970-01-01' + p_limit;
+EXCEPTION WHEN OTHERS THEN
+  RETURN NULL;
+END
+$$;
+
+-- Why a template cannot compile, as far as its delimiters and blocks show; NULL when they
+-- close. (Herald's reader compiles it whole; this catches what is most often mistyped.)
+CREATE OR REPLACE FUNCTION herald_template_problem(p_source text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+  rest    text := p_source;
+  i       integer;
+  j       integer;
+  opener  text;
+  closer  text;
+  inner_t text;
+  tag     text;
+  open_b  text[] := '{}';
+BEGIN
+  LOOP
+    i := (SELECT min(p) FROM unnest(ARRAY[strpos(rest, '{{'), strpos(rest, '{%'), strpos(rest, '{#')]) p WHERE p > 0);
+    EXIT WHEN i IS NULL;
+    opener := substr(rest, i, 2);
+    closer := CASE opener WHEN '{{' THEN '}}' WHEN '{%' THEN '%}' ELSE '#}' END;
+    rest := substr(rest, i + 2);
+    j := strpos(rest, closer);
+    IF j = 0 THEN
+      RETURN format('the template does not compile: `%s` is never closed by `%s`', opener, closer);
+    END IF;
+    inner_t := substr(rest, 1, j - 1);
+    rest := substr(rest, j + 2);
+    CONTINUE WHEN opener <> '{%';
+    tag := lower(substring(inner_t FROM '^[-+]?\s*([A-Za-z_]+)'));
+    IF tag IS NULL THEN
+      RETURN 'the template does not compile: `{%` names no tag';
+    ELSIF tag = 'raw' THEN
+      j := strpos(rest, 'endraw');
+      IF j = 0 THEN
+        RETURN 'the template does not compile: `{% raw %}` is never closed by `{% endraw %}`';
+      END IF;
+      rest := substr(rest, j);
+      rest := substr(rest, strpos(rest, '%}') + 2);
+    ELSIF tag IN ('if', 'for', 'macro', 'call', 'filter', 'with', 'autoescape', 'block')
+          OR (tag = 'set' AND strpos(inner_t, '=') = 0) THEN
+      open_b := open_b || tag;
+    ELSIF tag LIKE 'end%' THEN
+      IF cardinality(open_b) = 0 OR open_b[cardinality(open_b)] <> substr(tag, 4) THEN
+        RETURN format('the template does not compile: `{%% %s %%}` closes no `{%% %s %%}`', tag, substr(tag, 4));
+      END IF;
+      open_b := open_b[1:cardinality(open_b) - 1];
+    END IF;
+  END LOOP;
+  IF cardinality(open_b) > 0 THEN
+    RETURN format('the template does not compile: `{%% %s %%}` is never closed by `{%% end%s %%}`',
+                  open_b[cardinality(open_b)], open_b[cardinality(open_b)]);
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+-- A template's text: required, non-empty text. (Whether it compiles is checked where
+-- templates run, in the executor; this checks what SQL can.)
+CREATE OR REPLACE FUNCTION herald_text_problem(p_step jsonb, p_key text, p_path text, p_required boolean DEFAULT true)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE
+    WHEN NOT p_step ? p_key THEN
+      CASE WHEN p_required THEN jsonb_build_array(jsonb_build_array(p_path || '.' || p_key, 'is required')) ELSE '[]' END
+    WHEN jsonb_typeof(p_step -> p_key) <> 'string' THEN jsonb_build_array(jsonb_build_array(p_path || '.' || p_key, 'is text'))
+    WHEN btrim(p_step ->> p_key) = '' THEN jsonb_build_array(jsonb_build_array(p_path || '.' || p_key, 'is empty'))
+    ELSE '[]' END
 $$;
 
 -- The mistakes in a condition, as [path, message] pairs. p_kinds: the data's columns and
 -- their kinds (NULL when the data's relation is not known when saving).
-CREATE FUNCTION herald_condition_problems(p_cond jsonb, p_path text, p_depth integer, p_kinds jsonb)
+CREATE OR REPLACE FUNCTION herald_condition_problems(p_cond jsonb, p_path text, p_depth integer, p_kinds jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -190,22 +262,62 @@ BEGIN
 END
 $$;
 
--- A template's text: required, non-empty text. (Whether it compiles is checked where
--- templates run, in the executor; this checks what SQL can.)
-CREATE FUNCTION herald_text_problem(p_step jsonb, p_key text, p_path text, p_required boolean DEFAULT true)
-RETURNS jsonb
-LANGUAGE sql IMMUTABLE AS $$
-  SELECT CASE
-    WHEN NOT p_step ? p_key THEN
-      CASE WHEN p_required THEN jsonb_build_array(jsonb_build_array(p_path || '.' || p_key, 'is required')) ELSE '[]' END
-    WHEN jsonb_typeof(p_step -> p_key) <> 'string' THEN jsonb_build_array(jsonb_build_array(p_path || '.' || p_key, 'is text'))
-    WHEN btrim(p_step ->> p_key) = '' THEN jsonb_build_array(jsonb_build_array(p_path || '.' || p_key, 'is empty'))
-    ELSE '[]' END
+-- The checks of steps that need the catalog: the columns update_field steps name, checked
+-- against the catalog (each column of `set` and the key column exist in the table the step
+-- changes: its `table`, else the subject's, p_subject; p_key is the subject's key column,
+-- the key of a named table when it names none); and the bounds of a webhook's timeout.
+CREATE OR REPLACE FUNCTION herald_step_detail_problems(p_steps jsonb, p_path text, p_subject regclass, p_key text)
+RETURNS TABLE (path text, message text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  i      integer;
+  step   jsonb;
+  p      text;
+  target regclass;
+  cols   jsonb;
+  keycol text;
+  secs   numeric;
+BEGIN
+  IF jsonb_typeof(p_steps) IS DISTINCT FROM 'array' THEN
+    RETURN;
+  END IF;
+  FOR i IN 0 .. jsonb_array_length(p_steps) - 1 LOOP
+    step := p_steps -> i;
+    p := format('%s[%s]', p_path, i);
+    IF step ->> 'type' = 'branch' THEN
+      RETURN QUERY SELECT * FROM herald_step_detail_problems(step -> 'then', p || '.then', p_subject, p_key);
+      RETURN QUERY SELECT * FROM herald_step_detail_problems(step -> 'else', p || '.else', p_subject, p_key);
+    ELSIF step ->> 'type' = 'webhook' AND jsonb_typeof(step -> 'timeout') = 'string'
+          AND herald_span_problem(step -> 'timeout', 'a timeout') IS NULL THEN
+      BEGIN
+        secs := extract(epoch FROM (step ->> 'timeout')::interval);
+      EXCEPTION WHEN OTHERS THEN
+        secs := NULL;  -- a form Postgres does not read; Herald reads it when it runs
+      END;
+      IF secs < 1 OR secs > 15 THEN
+        RETURN QUERY SELECT p || '.timeout', 'is from 1 to 15 seconds';
+      END IF;
+    ELSIF step ->> 'type' = 'update_field' AND jsonb_typeof(step -> 'set') = 'object' THEN
+      target := CASE WHEN step ? 'table' THEN herald_relation(step ->> 'table') ELSE p_subject END;
+      CONTINUE WHEN target IS NULL;  -- a table that does not exist is reported by the shape check
+      cols := herald_column_kinds(target);
+      RETURN QUERY SELECT p || '.set.' || k, format('%s has no column `%s`', target, k)
+                   FROM jsonb_object_keys(step -> 'set') k WHERE NOT cols ? k ORDER BY k;
+      keycol := coalesce(step ->> 'key', p_key);
+      IF keycol IS NOT NULL AND NOT cols ? keycol THEN
+        RETURN QUERY SELECT p || CASE WHEN step ? 'key' THEN '.key' ELSE '.table' END,
+          format('%s has no column `%s` to find the subject''s row by%s', target, keycol,
+                 CASE WHEN step ? 'key' THEN '' ELSE ' (name it with `key`)' END);
+      END IF;
+    END IF;
+  END LOOP;
+END
 $$;
 
--- The mistakes in a list of steps, and the ids they use in order:
--- {"problems": [[path, message], ...], "ids": [[path, id], ...]}.
-CREATE FUNCTION herald_steps_problems(p_steps jsonb, p_path text, p_depth integer, p_kinds jsonb)
+-- Every problem of a list of steps (and of the steps nested in its branches), each with its
+-- path: shapes and keys, ids, waits (at most 400 days), templates' delimiters and blocks,
+-- webhooks, and a label step's other row.
+CREATE OR REPLACE FUNCTION herald_steps_problems(p_steps jsonb, p_path text, p_depth integer, p_kinds jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -220,6 +332,7 @@ DECLARE
   inner_r  jsonb;
   arm      text;
   retry    jsonb;
+  why      text;
 BEGIN
   IF jsonb_typeof(p_steps) IS DISTINCT FROM 'array' THEN
     RETURN jsonb_build_object('problems', jsonb_build_array(jsonb_build_array(p_path, 'is a list of steps')), 'ids', '[]'::jsonb);
@@ -262,16 +375,17 @@ BEGIN
     END IF;
     kind := step ->> 'type';
     allowed := CASE kind
-      WHEN 'send_email' THEN ARRAY['from', 'to', 'subject', 'text', 'html']
-      WHEN 'send_sms' THEN ARRAY['to', 'body']
+      WHEN 'send_email' THEN ARRAY['from', 'to', 'subject', 'text', 'html', 'on_unknown']
+      WHEN 'send_sms' THEN ARRAY['to', 'body', 'on_unknown']
       WHEN 'wait' THEN ARRAY['for', 'until']
       WHEN 'branch' THEN ARRAY['if', 'then', 'else']
       WHEN 'update_field' THEN ARRAY['table', 'key', 'set']
-      WHEN 'add_tag' THEN ARRAY['tag'] WHEN 'remove_tag' THEN ARRAY['tag']
-      WHEN 'add_to_segment' THEN ARRAY['segment'] WHEN 'remove_from_segment' THEN ARRAY['segment']
-      WHEN 'webhook' THEN ARRAY['url', 'body', 'secret', 'timeout']
+      WHEN 'add_tag' THEN ARRAY['tag', 'table', 'key'] WHEN 'remove_tag' THEN ARRAY['tag', 'table', 'key']
+      WHEN 'add_to_segment' THEN ARRAY['segment', 'table', 'key']
+      WHEN 'remove_from_segment' THEN ARRAY['segment', 'table', 'key']
+      WHEN 'webhook' THEN ARRAY['url', 'body', 'secret', 'timeout', 'on_unknown']
       WHEN 'create_task' THEN ARRAY['title', 'assignee', 'due', 'notes']
-      WHEN 'notify_admin' THEN ARRAY['subject', 'text']
+      WHEN 'notify_admin' THEN ARRAY['subject', 'text', 'on_unknown']
     END;
     IF kind IS NULL THEN
       problems := problems || jsonb_build_array(jsonb_build_array(path || '.type', 'is required'));
@@ -287,6 +401,30 @@ BEGIN
       problems := problems || jsonb_build_array(jsonb_build_array(path || '.' || k,
         format('unknown key; expected %s', array_to_string(ARRAY['id', 'type', 'on_error'] || allowed, ', '))));
     END LOOP;
+    IF step ? 'on_unknown' AND 'on_unknown' = ANY (allowed) AND step -> 'on_unknown' NOT IN ('"hold"', '"resend"') THEN
+      problems := problems || jsonb_build_array(jsonb_build_array(path || '.on_unknown', 'is "hold" or "resend"'));
+    END IF;
+    -- Templates: at least their delimiters and blocks must close (Herald compiles them).
+    FOR k IN SELECT unnest(CASE kind
+               WHEN 'send_email' THEN ARRAY['from', 'to', 'subject', 'text', 'html']
+               WHEN 'send_sms' THEN ARRAY['to', 'body']
+               WHEN 'webhook' THEN ARRAY['url', 'body']
+               WHEN 'create_task' THEN ARRAY['title', 'assignee', 'notes']
+               WHEN 'notify_admin' THEN ARRAY['subject', 'text']
+               WHEN 'add_tag' THEN ARRAY['key'] WHEN 'remove_tag' THEN ARRAY['key']
+               WHEN 'add_to_segment' THEN ARRAY['key'] WHEN 'remove_from_segment' THEN ARRAY['key'] END) LOOP
+      why := CASE WHEN jsonb_typeof(step -> k) = 'string' THEN herald_template_problem(step ->> k) END;
+      IF why IS NOT NULL THEN
+        problems := problems || jsonb_build_array(jsonb_build_array(path || '.' || k, why));
+      END IF;
+    END LOOP;
+    IF kind = 'update_field' AND jsonb_typeof(step -> 'set') = 'object' THEN
+      problems := problems || coalesce((
+        SELECT jsonb_agg(jsonb_build_array(path || '.set.' || s.key, w.why) ORDER BY s.key)
+        FROM jsonb_each(step -> 'set') s
+        CROSS JOIN LATERAL (SELECT herald_template_problem(s.value #>> '{}') AS why) w
+        WHERE jsonb_typeof(s.value) = 'string' AND w.why IS NOT NULL), '[]');
+    END IF;
     CASE kind
       WHEN 'send_email' THEN
         problems := problems || herald_text_problem(step, 'to', path) || herald_text_problem(step, 'subject', path)
@@ -305,6 +443,9 @@ BEGIN
             problems := problems || jsonb_build_array(jsonb_build_array(path || '.for', herald_span_problem(step -> 'for', 'a wait''s `for`')));
           ELSIF (step ->> 'for') ~ '^\s*-' THEN
             problems := problems || jsonb_build_array(jsonb_build_array(path || '.for', 'a wait cannot last a negative span'));
+          ELSIF herald_span_exceeds(step ->> 'for', '400 days') THEN
+            problems := problems || jsonb_build_array(jsonb_build_array(path || '.for',
+              format('`%s` is longer than the longest wait, 400 days', step ->> 'for')));
           END IF;
         ELSIF jsonb_typeof(step -> 'until') = 'object' THEN
           IF jsonb_typeof(step #> '{until,field}') IS DISTINCT FROM 'string' THEN
@@ -378,16 +519,40 @@ BEGIN
         problems := problems || herald_text_problem(step, 'subject', path) || herald_text_problem(step, 'text', path);
       ELSE
         problems := problems || herald_text_problem(step, CASE WHEN kind LIKE '%tag' THEN 'tag' ELSE 'segment' END, path);
+        -- Another row than the instance's subject: a table and its key, both or neither.
+        IF step ? 'table' OR step ? 'key' THEN
+          problems := problems || herald_text_problem(step, 'table', path) || herald_text_problem(step, 'key', path);
+          IF jsonb_typeof(step -> 'table') = 'string' AND herald_relation(step ->> 'table') IS NULL THEN
+            problems := problems || jsonb_build_array(jsonb_build_array(path || '.table', format('no table `%s`', step ->> 'table')));
+          ELSIF jsonb_typeof(step -> 'table') = 'string' AND herald_key_column(herald_relation(step ->> 'table')) IS NULL THEN
+            problems := problems || jsonb_build_array(jsonb_build_array(path || '.table', format(
+              '`%s` has no key column to find its row by: attach it with herald_attach or give it a one-column primary key',
+              step ->> 'table')));
+          END IF;
+        END IF;
     END CASE;
   END LOOP;
   RETURN jsonb_build_object('problems', problems, 'ids', ids);
 END
 $$;
 
--- Every mistake in a definition, each with its path in the document. p_data: the relation
--- the templates' data comes from when it is not the trigger's table (an automation's
--- context relation); conditions and waits are checked against its columns.
-CREATE FUNCTION herald_definition_problems(p_definition jsonb, p_data regclass DEFAULT NULL)
+-- A status_change trigger must watch the column its table is attached with (a trigger
+-- without `column` watches that one).
+CREATE OR REPLACE FUNCTION herald_capture_problems(p_definition jsonb) RETURNS TABLE (path text, message text)
+LANGUAGE sql STABLE AS $$
+  SELECT 'trigger.column', format('%s is attached with status column `%s`', att.table_schema || '.' || att.table_name,
+                                  att.status_column)
+  FROM herald_attachments att
+  JOIN pg_class c ON c.relname = att.table_name
+  JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = att.table_schema
+  WHERE p_definition #>> '{trigger,type}' = 'status_change'
+    AND c.oid = herald_relation(p_definition #>> '{trigger,table}')
+    AND att.status_column <> coalesce(p_definition #>> '{trigger,column}', att.status_column)
+$$;
+
+-- Every problem of a definition, each with its path: the trigger's keys as Herald's reader
+-- checks them, the data source, conditions, settings and steps.
+CREATE OR REPLACE FUNCTION herald_definition_problems(p_definition jsonb, p_data regclass DEFAULT NULL)
 RETURNS TABLE (path text, message text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -401,6 +566,8 @@ DECLARE
   item     jsonb;
   i        integer := 0;
   col      text;
+  tkeys    text[];
+  status_c text;
 BEGIN
   IF jsonb_typeof(p_definition) IS DISTINCT FROM 'object' THEN
     RETURN QUERY SELECT '(document)'::text, 'a definition is an object'::text;
@@ -414,6 +581,30 @@ BEGIN
   -- The trigger, and the relation whose columns conditions and waits read.
   IF jsonb_typeof(trig) IS DISTINCT FROM 'object' THEN
     problems := problems || jsonb_build_array(jsonb_build_array('trigger', 'is required: an object with a type'));
+  END IF;
+  -- A trigger's keys, as Herald's reader takes them.
+  tkeys := CASE trig ->> 'type'
+    WHEN 'status_change' THEN ARRAY['type', 'table', 'column', 'to', 'from']
+    WHEN 'insert' THEN ARRAY['type', 'table', 'to']
+    WHEN 'update' THEN ARRAY['type', 'table', 'columns']
+    WHEN 'delete' THEN ARRAY['type', 'table']
+    WHEN 'tag_added' THEN ARRAY['type', 'tag'] WHEN 'tag_removed' THEN ARRAY['type', 'tag']
+    WHEN 'segment_joined' THEN ARRAY['type', 'segment'] WHEN 'segment_left' THEN ARRAY['type', 'segment']
+    WHEN 'manual' THEN ARRAY['type'] END;
+  IF tkeys IS NOT NULL THEN
+    FOR k IN SELECT key FROM jsonb_object_keys(trig) key WHERE key <> ALL (tkeys) ORDER BY 1 LOOP
+      problems := problems || jsonb_build_array(jsonb_build_array('trigger.' || k,
+        format('unknown key; expected %s', array_to_string(tkeys, ', '))));
+    END LOOP;
+    FOREACH k IN ARRAY ARRAY['to', 'from', 'columns'] LOOP
+      IF trig ? k AND k = ANY (tkeys) AND NOT (jsonb_typeof(trig -> k) = 'string'
+         OR (jsonb_typeof(trig -> k) = 'array' AND NOT jsonb_path_exists(trig -> k, 'strict $[*] ? (@.type() != "string")'))) THEN
+        problems := problems || jsonb_build_array(jsonb_build_array('trigger.' || k, 'is a list of text'));
+      END IF;
+    END LOOP;
+  END IF;
+  IF jsonb_typeof(trig) IS DISTINCT FROM 'object' THEN
+    NULL;
   ELSIF trig ->> 'type' IN ('status_change', 'insert', 'update', 'delete') THEN
     IF jsonb_typeof(trig -> 'table') IS DISTINCT FROM 'string' THEN
       problems := problems || jsonb_build_array(jsonb_build_array('trigger.table', 'is required'));
@@ -425,9 +616,11 @@ BEGIN
         tkinds := herald_column_kinds(rel);
       END IF;
     END IF;
-    IF tkinds IS NOT NULL AND trig ->> 'type' = 'status_change' AND NOT tkinds ? coalesce(trig ->> 'column', 'status') THEN
+    -- A status_change trigger without a column watches the column its table is attached with.
+    status_c := coalesce(trig ->> 'column', herald_status_column(rel), 'status');
+    IF tkinds IS NOT NULL AND trig ->> 'type' = 'status_change' AND NOT tkinds ? status_c THEN
       problems := problems || jsonb_build_array(jsonb_build_array('trigger.column',
-        format('`%s` has no column `%s`', trig ->> 'table', coalesce(trig ->> 'column', 'status'))));
+        format('`%s` has no column `%s`', trig ->> 'table', status_c)));
     END IF;
     IF trig ->> 'type' = 'update' THEN
       IF jsonb_typeof(trig -> 'columns') IS DISTINCT FROM 'array' OR jsonb_array_length(trig -> 'columns') = 0 THEN
@@ -495,43 +688,30 @@ BEGIN
 END
 $$;
 
--- Saves an automation's definition as its next version, or refuses it with every mistake
--- (SQLSTATE 22023, one "path: message" line each in the error's detail). Returns the version.
-CREATE FUNCTION herald_save_automation(p_name text, p_definition jsonb) RETURNS integer
+-- Saves a definition as its automation's next version (or changes nothing when it is the
+-- current one), after checking all of it; refuses it with every problem and its path.
+-- Saving a document clears the column form's columns, which no longer describe it.
+CREATE OR REPLACE FUNCTION herald_save_automation(p_name text, p_definition jsonb) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
   mistakes text;
   n        integer;
   auto_id  bigint;
   v        integer;
+  subject  regclass := herald_relation(p_definition #>> '{trigger,table}');
 BEGIN
   SELECT string_agg(path || ': ' || message, E'\n'), count(*) INTO mistakes, n
   FROM (
     SELECT * FROM herald_definition_problems(p_definition,
                                              (SELECT to_regclass(context_relation) FROM automations WHERE name = p_name))
     UNION ALL
-    -- What the language has but this version of Herald cannot run yet.
-    SELECT 'trigger.type', format('`%s` triggers cannot be used yet; status_change and insert can', p_definition #>> '{trigger,type}')
-    WHERE p_definition #>> '{trigger,type}' NOT IN ('status_change', 'insert')
+    SELECT * FROM herald_step_detail_problems(p_definition -> 'steps', 'steps', subject,
+      (SELECT att.key_column FROM herald_attachments att
+       JOIN pg_class c ON c.relname = att.table_name
+       JOIN pg_namespace ns ON ns.oid = c.relnamespace AND ns.nspname = att.table_schema
+       WHERE c.oid = subject))
     UNION ALL
-    SELECT 'steps', format('`%s` steps cannot run yet', t)
-    FROM (SELECT DISTINCT t #>> '{}' AS t FROM jsonb_path_query(p_definition, 'lax $.steps.**.type') t) types
-    WHERE t IN ('webhook', 'update_field', 'add_tag', 'remove_tag', 'add_to_segment', 'remove_from_segment', 'create_task')
-    UNION ALL
-    SELECT 'trigger.' || k, format('one status for now, not %s', p_definition #> ARRAY['trigger', k])
-    FROM unnest(ARRAY['from', 'to']) k
-    WHERE CASE WHEN jsonb_typeof(p_definition #> ARRAY['trigger', k]) = 'array'
-               THEN jsonb_array_length(p_definition #> ARRAY['trigger', k]) > 1 ELSE false END
-    UNION ALL
-    -- The capture trigger watches the status column the table was attached with.
-    SELECT 'trigger.column', format('%s is attached with status column `%s`', att.table_schema || '.' || att.table_name,
-                                    att.status_column)
-    FROM herald_attachments att
-    JOIN pg_class c ON c.relname = att.table_name
-    JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = att.table_schema
-    WHERE p_definition #>> '{trigger,type}' = 'status_change'
-      AND c.oid = herald_relation(p_definition #>> '{trigger,table}')
-      AND att.status_column <> coalesce(p_definition #>> '{trigger,column}', 'status')
+    SELECT * FROM herald_capture_problems(p_definition)
   ) p;
   IF n > 0 THEN
     RAISE EXCEPTION 'automation % refused: % mistake(s) in its definition', p_name, n
@@ -547,12 +727,12 @@ BEGIN
   -- Status-change and insert triggers are captured as the column form's are.
   UPDATE automations
   SET version = v, updated_at = now(),
-      source_schema = coalesce((SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                                WHERE c.oid = herald_relation(p_definition #>> '{trigger,table}')), source_schema),
-      source_table = coalesce((SELECT c.relname FROM pg_class c
-                               WHERE c.oid = herald_relation(p_definition #>> '{trigger,table}')), source_table),
-      trigger_event = CASE WHEN p_definition #>> '{trigger,type}' IN ('status_change', 'insert')
-                           THEN p_definition #>> '{trigger,type}' ELSE trigger_event END,
+      email_from = NULL, email_to = NULL, email_subject = NULL, email_text = NULL, email_html = NULL,
+      sms_to = NULL, sms_body = NULL, email_on_unknown = NULL, sms_on_unknown = NULL,
+      source_schema = coalesce((SELECT ns.nspname FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+                                WHERE c.oid = subject), source_schema),
+      source_table = coalesce((SELECT c.relname FROM pg_class c WHERE c.oid = subject), source_table),
+      trigger_event = p_definition #>> '{trigger,type}',
       to_status = CASE jsonb_typeof(p_definition #> '{trigger,to}')
                     WHEN 'string' THEN p_definition #>> '{trigger,to}'
                     WHEN 'array' THEN p_definition #>> '{trigger,to,0}' END,
@@ -560,293 +740,73 @@ BEGIN
                       WHEN 'string' THEN p_definition #>> '{trigger,from}'
                       WHEN 'array' THEN p_definition #>> '{trigger,from,0}' END
   WHERE id = auto_id;
+  -- What the capture listens to comes from the version's trigger (lists of statuses, columns).
+  PERFORM herald_compile(source_schema, source_table) FROM automations WHERE id = auto_id;
   RETURN v;
 END
 $$;
-
--- Saving is for the owner of Herald's tables (and whom they grant it), not the functions.
 REVOKE EXECUTE ON FUNCTION herald_save_automation(text, jsonb) FROM PUBLIC;
 
--- Instances: a ledger row that runs a version of a workflow definition keeps its place.
-ALTER TABLE automation_execution_logs
-  ADD COLUMN version      integer,                       -- NULL: a one-shot log of the column form
-  ADD COLUMN next_step    text,                          -- the step to run next (NULL: none left)
-  ADD COLUMN step_attempt integer NOT NULL DEFAULT 0,    -- attempts of next_step so far
-  ADD COLUMN steps_run    integer NOT NULL DEFAULT 0,    -- steps run, retries included
-  ADD COLUMN outputs      jsonb NOT NULL DEFAULT '{}',   -- each finished step's output, by id
-  ADD COLUMN exit_reason  text;
-ALTER TABLE ONLY automation_execution_logs
-  DROP CONSTRAINT automation_execution_logs_status_check,
-  ADD CONSTRAINT automation_execution_logs_status_check CHECK
-    (status IN ('pending', 'queued', 'running', 'waiting', 'sent', 'completed', 'failed', 'exited', 'dead', 'unknown',
-                'cancelled', 'suppressed')) NO INHERIT;
-
--- A waiting instance is due at its wake-up time, as a pending log is at its run_at.
-DROP INDEX automation_execution_logs_due;
-CREATE INDEX automation_execution_logs_due ON automation_execution_logs (run_at, id)
-  WHERE status IN ('pending', 'waiting');
-
--- Every step an instance ran: effects recorded as started before they are performed and
--- as done or failed after; decisions made without an effect (an exit condition, a branch,
--- a wait) recorded as decided, with what they saw.
-CREATE TABLE automation_step_runs (
-  id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-  log_id      bigint NOT NULL REFERENCES automation_execution_logs (id) ON DELETE CASCADE,
-  step_id     text NOT NULL,
-  step_type   text NOT NULL,
-  attempt     integer NOT NULL,
-  lease_token bigint NOT NULL,
-  status      text NOT NULL CHECK (status IN ('started', 'done', 'failed', 'decided', 'unknown')),
-  started_at  timestamptz NOT NULL,
-  finished_at timestamptz,
-  effect      jsonb,   -- what it was about to do
-  output      jsonb,   -- what it did: a provider's message id, a webhook's answer, the values a condition saw
-  error       text,
-  error_kind  text CHECK (error_kind IN ('permanent', 'transient')),
-  error_code  text
-);
-CREATE INDEX automation_step_runs_by_log ON automation_step_runs (log_id, id);
-CREATE UNIQUE INDEX automation_step_runs_effect ON automation_step_runs (log_id, step_id, attempt)
-  WHERE status <> 'decided';
-
--- Executor: claims each message's instance (p_ids, under the leases p_leases name) until
--- p_until with one new token, opens its attempt, and loads the definition of its version,
--- its place and its data. One row per message, in order; lease NULL when not claimable.
-CREATE FUNCTION herald_flow_start(p_ids bigint[], p_leases bigint[], p_now timestamptz, p_until timestamptz)
-RETURNS TABLE (lease bigint, attempt integer, status text, definition jsonb, next_step text, step_attempt integer,
-               steps_run integer, outputs jsonb, context jsonb, run_status text, run_output jsonb, run_error text,
-               event text, old_status text, new_status text, subject_table text, subject_id text)
-LANGUAGE sql AS $$
-  WITH msg AS (
-    SELECT m.log_id, m.lease, m.ord, row_number() OVER (PARTITION BY m.log_id ORDER BY m.ord) AS nth
-    FROM unnest(p_ids, p_leases) WITH ORDINALITY AS m(log_id, lease, ord)
-  ), claimed AS (
-    -- An instance takes its automation's current version at its first claim, and keeps it.
-    UPDATE ONLY automation_execution_logs l
-    SET status = 'running', attempts = l.attempts + 1, started_at = coalesce(l.started_at, p_now), updated_at = p_now,
-        lease_token = (SELECT nextval('herald_lease_tokens')), lease_expires_at = p_until,
-        version = coalesce(l.version, a.version),
-        next_step = CASE WHEN l.version IS NULL THEN v.definition #>> '{steps,0,id}' ELSE l.next_step END
-    FROM msg m, automations a
-    LEFT JOIN automation_versions v ON v.automation_id = a.id AND v.version = a.version
-    WHERE m.nth = 1 AND l.id = m.log_id AND l.status = 'queued' AND l.lease_token = m.lease
-      AND a.id = l.automation_id AND (l.version IS NOT NULL OR a.version IS NOT NULL)
-    RETURNING l.id, l.attempts, l.lease_token, l.automation_id, l.version, l.next_step, l.step_attempt, l.steps_run, l.outputs
-  ), opened AS (
-    INSERT INTO automation_attempts (log_id, attempt, lease_token, started_at)
-    SELECT id, attempts, lease_token, p_now FROM claimed
-  ), ctx AS (
-    SELECT * FROM herald_contexts(ARRAY(SELECT id FROM claimed))
-  )
-  SELECT c.lease_token, c.attempts,
-         CASE WHEN m.nth > 1 THEN 'claimed by another message of this batch' ELSE l.status END,
-         v.definition, c.next_step, c.step_attempt, c.steps_run, c.outputs, x.context,
-         r.status, r.output, r.error,
-         l.event, l.old_status, l.new_status, format('%I.%I', l.subject_schema, l.subject_table), l.subject_id
-  FROM msg m
-  LEFT JOIN claimed c ON c.id = m.log_id AND m.nth = 1
-  LEFT JOIN ctx x ON x.log_id = c.id
-  LEFT JOIN ONLY automation_execution_logs l ON l.id = m.log_id
-  LEFT JOIN automation_versions v ON v.automation_id = c.automation_id AND v.version = c.version
-  -- The effect of the step the instance is at, if an earlier invocation started it.
-  LEFT JOIN automation_step_runs r
-    ON r.log_id = c.id AND r.step_id = c.next_step AND r.attempt = c.step_attempt
-   AND r.status IN ('started', 'done', 'failed')
-  ORDER BY m.ord
+-- The column form: the email and SMS columns of `automations` are a shorthand for the
+-- common two-step definition: a `send_email` step (`on_error: continue`, so an email that
+-- cannot go out does not stop the SMS) and a `send_sms` step, each with the automation's
+-- policy for an unknown outcome. Writing the columns saves that definition as the
+-- automation's next version, as herald_save_automation does for a document of one's own.
+-- The document the column form stands for. A table attached with a status column of its
+-- own names it, as herald_save_automation requires of a status_change trigger.
+CREATE OR REPLACE FUNCTION herald_column_definition(a automations) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+  SELECT jsonb_build_object(
+    'trigger', jsonb_strip_nulls(jsonb_build_object(
+      'type', a.trigger_event,
+      'table', format('%I.%I', a.source_schema, a.source_table),
+      'column', CASE WHEN a.trigger_event = 'status_change' THEN
+                  (SELECT att.status_column FROM herald_attachments att
+                   WHERE att.table_schema = a.source_schema AND att.table_name = a.source_table
+                     AND att.status_column <> 'status') END,
+      'from', a.from_status,
+      'to', a.to_status)),
+    'steps', coalesce(jsonb_agg(s.step ORDER BY s.ord) FILTER (WHERE s.step IS NOT NULL), '[]'::jsonb))
+  FROM (VALUES
+    (1, CASE WHEN a.email_to IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
+          'id', 'email', 'type', 'send_email',
+          'from', a.email_from, 'to', a.email_to, 'subject', a.email_subject,
+          'text', a.email_text, 'html', a.email_html,
+          'on_unknown', a.email_on_unknown,
+          'on_error', CASE WHEN a.sms_to IS NOT NULL THEN 'continue' END)) END),
+    (2, CASE WHEN a.sms_to IS NOT NULL THEN jsonb_build_object(
+          'id', 'sms', 'type', 'send_sms', 'to', a.sms_to, 'body', a.sms_body,
+          'on_unknown', a.sms_on_unknown) END)
+  ) AS s(ord, step)
 $$;
 
--- Executor: one write of a round. Every entry names its instance's lease and is applied only
--- while that lease holds (the instance is running under it). Returns, per part, whether each
--- entry was applied: {"ended": [...], "started": [...], "parked": [...]}.
-CREATE FUNCTION herald_flow_write(p_write jsonb, p_now timestamptz) RETURNS jsonb
+-- Saves an automation's column form as its next version, unless that version is the one it
+-- runs already (an update of another column changes nothing).
+CREATE OR REPLACE FUNCTION herald_save_column_form() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-  e       jsonb;
-  ok      boolean;
-  ended   jsonb := '[]';
-  started jsonb := '[]';
-  parked  jsonb := '[]';
+  doc jsonb := herald_column_definition(NEW);
+  v   integer;
 BEGIN
-  FOR e IN SELECT value FROM jsonb_array_elements(p_write -> 'ended') LOOP
-    UPDATE automation_step_runs r
-    SET status = CASE WHEN e ? 'error' THEN 'failed' ELSE 'done' END, finished_at = p_now,
-        output = e -> 'output', error = e ->> 'error', error_kind = e ->> 'error_kind', error_code = e ->> 'error_code'
-    FROM ONLY automation_execution_logs l
-    WHERE r.log_id = (e ->> 'log_id')::bigint AND r.step_id = e ->> 'step' AND r.attempt = (e ->> 'attempt')::int
-      AND r.status = 'started' AND l.id = r.log_id AND l.status = 'running' AND l.lease_token = (e ->> 'token')::bigint;
-    ok := FOUND;
-    IF NOT ok AND e ? 'error' THEN
-      -- A step that failed before its effect started (it could not be made ready).
-      INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, finished_at,
-                                        error, error_kind, error_code)
-      SELECT l.id, e ->> 'step', e ->> 'type', (e ->> 'attempt')::int, l.lease_token, 'failed', p_now, p_now,
-             e ->> 'error', e ->> 'error_kind', e ->> 'error_code'
-      FROM ONLY automation_execution_logs l
-      WHERE l.id = (e ->> 'log_id')::bigint AND l.status = 'running' AND l.lease_token = (e ->> 'token')::bigint
-      ON CONFLICT DO NOTHING;
-      ok := FOUND;
-    END IF;
-    ended := ended || to_jsonb(ok);
-  END LOOP;
-  INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, finished_at, output)
-  SELECT l.id, d ->> 'step', d ->> 'kind', l.step_attempt, l.lease_token, 'decided', p_now, p_now, d -> 'detail'
-  FROM jsonb_array_elements(p_write -> 'decided') d
-  JOIN ONLY automation_execution_logs l
-    ON l.id = (d ->> 'log_id')::bigint AND l.status = 'running' AND l.lease_token = (d ->> 'token')::bigint;
-  FOR e IN SELECT value FROM jsonb_array_elements(p_write -> 'started') LOOP
-    INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, effect)
-    SELECT l.id, e ->> 'step', e ->> 'type', (e ->> 'attempt')::int, l.lease_token, 'started', p_now, e -> 'effect'
-    FROM ONLY automation_execution_logs l
-    WHERE l.id = (e ->> 'log_id')::bigint AND l.status = 'running' AND l.lease_token = (e ->> 'token')::bigint
-    ON CONFLICT DO NOTHING;
-    ok := FOUND;
-    IF ok THEN
-      -- The instance's place as the effect starts: where a later invocation resumes.
-      UPDATE ONLY automation_execution_logs
-      SET next_step = e ->> 'next_step', step_attempt = (e ->> 'step_attempt')::int,
-          steps_run = (e ->> 'steps_run')::int, outputs = e -> 'outputs', updated_at = p_now
-      WHERE id = (e ->> 'log_id')::bigint;
-    END IF;
-    started := started || to_jsonb(ok);
-  END LOOP;
-  FOR e IN SELECT value FROM jsonb_array_elements(p_write -> 'parked') LOOP
-    UPDATE ONLY automation_execution_logs l
-    SET status = e ->> 'status', next_step = e ->> 'next_step', step_attempt = (e ->> 'step_attempt')::int,
-        steps_run = (e ->> 'steps_run')::int, outputs = e -> 'outputs',
-        run_at = CASE WHEN e ->> 'status' = 'pending' THEN p_now ELSE coalesce((e ->> 'run_at')::timestamptz, l.run_at) END, error = e ->> 'error', exit_reason = e ->> 'exit_reason',
-        completed_at = CASE WHEN e ->> 'status' IN ('completed', 'failed', 'exited') THEN p_now END,
-        updated_at = p_now, lease_token = NULL, lease_expires_at = NULL
-    WHERE l.id = (e ->> 'log_id')::bigint AND l.status = 'running' AND l.lease_token = (e ->> 'token')::bigint;
-    ok := FOUND;
-    IF ok THEN
-      UPDATE automation_attempts SET finished_at = p_now
-      WHERE log_id = (e ->> 'log_id')::bigint AND lease_token = (e ->> 'token')::bigint AND finished_at IS NULL;
-    END IF;
-    parked := parked || to_jsonb(ok);
-  END LOOP;
-  RETURN jsonb_build_object('ended', ended, 'started', started, 'parked', parked);
-END
-$$;
-
--- The rescue, for instances too (see the first branch of the loop).
-CREATE OR REPLACE FUNCTION herald_rescue(p_now timestamptz)
-RETURNS TABLE (requeued integer, retried integer, dead integer, unknown integer)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-DECLARE
-  l        record;
-  holds    text[];
-  last     boolean;
-BEGIN
-  requeued := 0; retried := 0; dead := 0; unknown := 0;
-
-  WITH lost AS (
-    UPDATE ONLY automation_execution_logs
-    SET status = 'pending', run_at = p_now, lease_token = NULL, lease_expires_at = NULL,
-        queued_at = NULL, updated_at = p_now
-    WHERE status = 'queued' AND lease_expires_at < p_now
-    RETURNING 1
-  )
-  SELECT count(*) INTO requeued FROM lost;
-
-  FOR l IN
-    SELECT g.id, g.attempts, g.version, a.max_attempts, a.retry_base, a.retry_cap, a.email_on_unknown, a.sms_on_unknown
-    FROM ONLY automation_execution_logs g
-    LEFT JOIN automations a ON a.id = g.automation_id
-    WHERE g.status = 'running' AND g.lease_expires_at < p_now
-    FOR UPDATE OF g SKIP LOCKED
-  LOOP
-    -- A workflow instance goes back to pending at once. It resumes from its checkpoint; the
-    -- claim that takes it finds any effect whose end was never recorded and holds it.
-    IF l.version IS NOT NULL THEN
-      UPDATE ONLY automation_execution_logs
-      SET status = 'pending', run_at = p_now, lease_token = NULL, lease_expires_at = NULL, updated_at = p_now,
-          error = 'the executor vanished (lease expired); resuming', error_kind = 'transient', error_code = 'LeaseExpired'
-      WHERE id = l.id;
-      UPDATE automation_attempts SET outcome = 'lease_expired', finished_at = p_now
-      WHERE log_id = l.id AND attempt = l.attempts;
-      retried := retried + 1;
-      CONTINUE;
-    END IF;
-    -- Sends that were in flight: their outcome is unknown.
-    WITH inflight AS (
-      UPDATE automation_deliveries
-      SET status = 'unknown', completed_at = p_now,
-          error = 'the executor lost its lease while this send was in flight'
-      WHERE log_id = l.id AND status = 'sending'
-      RETURNING channel
-    )
-    SELECT coalesce(array_agg(channel) FILTER (WHERE
-             (channel = 'email' AND coalesce(l.email_on_unknown, 'hold') = 'hold') OR
-             (channel = 'sms' AND coalesce(l.sms_on_unknown, 'hold') = 'hold')), '{}')
-    INTO holds
-    FROM inflight;
-
-    IF cardinality(holds) > 0 THEN
-      UPDATE ONLY automation_execution_logs
-      SET status = 'unknown', lease_token = NULL, lease_expires_at = NULL, updated_at = p_now,
-          error = format('outcome unknown for %s: the executor vanished during the send', array_to_string(holds, ', ')),
-          error_kind = 'transient', error_code = 'OutcomeUnknown'
-      WHERE id = l.id;
-      UPDATE automation_attempts SET outcome = 'unknown', finished_at = p_now,
-             error = 'the executor vanished during the send'
-      WHERE log_id = l.id AND attempt = l.attempts;
-      unknown := unknown + 1;
-    ELSE
-      -- Retried after a backoff, or dead when that was the last attempt.
-      last := l.attempts >= coalesce(l.max_attempts, 1);
-      UPDATE ONLY automation_execution_logs
-      SET status = CASE WHEN last THEN 'dead' ELSE 'pending' END,
-          run_at = CASE WHEN last THEN run_at ELSE p_now + herald_backoff(l.attempts, l.retry_base, l.retry_cap) END,
-          completed_at = CASE WHEN last THEN p_now END,
-          lease_token = NULL, lease_expires_at = NULL, updated_at = p_now,
-          error = CASE WHEN last THEN 'the executor vanished (lease expired) on the last attempt'
-                       ELSE 'the executor vanished (lease expired); retrying' END,
-          error_kind = 'transient', error_code = 'LeaseExpired'
-      WHERE id = l.id;
-      UPDATE automation_attempts SET outcome = 'lease_expired', finished_at = p_now
-      WHERE log_id = l.id AND attempt = l.attempts;
-      IF last THEN
-        dead := dead + 1;
-      ELSE
-        retried := retried + 1;
-      END IF;
-    END IF;
-  END LOOP;
-  RETURN NEXT;
-END
-$$;
-
--- Operator: run a dead, failed or unknown log again. An instance runs the step it stopped
--- at again, as a new attempt (an effect whose outcome was unknown is marked so, and sent
--- again: the operator decided).
-CREATE OR REPLACE FUNCTION herald_retry(p_log_id bigint) RETURNS boolean
-LANGUAGE plpgsql AS $$
-BEGIN
-  UPDATE automation_step_runs r SET status = 'unknown', finished_at = herald_now()
-  FROM ONLY automation_execution_logs l
-  WHERE r.log_id = p_log_id AND r.status = 'started' AND l.id = r.log_id AND l.status IN ('dead', 'failed', 'unknown');
-  UPDATE ONLY automation_execution_logs
-  SET status = 'pending', run_at = herald_now(), updated_at = herald_now(), completed_at = NULL,
-      lease_token = NULL, lease_expires_at = NULL,
-      step_attempt = CASE WHEN version IS NOT NULL THEN step_attempt + 1 ELSE step_attempt END
-  WHERE id = p_log_id AND status IN ('dead', 'failed', 'unknown');
-  RETURN FOUND;
-END
-$$;
-
--- Operator: cancel a log that has not been sent, or an instance that has not finished:
--- pending (in the ledger or still in the inbox), queued (its message will be skipped),
--- waiting, or unknown. Returns whether it did.
-CREATE OR REPLACE FUNCTION herald_cancel(p_log_id bigint) RETURNS boolean
-LANGUAGE plpgsql AS $$
-BEGIN
-  IF EXISTS (SELECT 1 FROM herald_inbox WHERE id = p_log_id) THEN
-    PERFORM herald_ingest();
+  IF NEW.version IS NOT NULL AND doc = (SELECT definition FROM automation_versions
+                                        WHERE automation_id = NEW.id AND version = NEW.version) THEN
+    RETURN NULL;
   END IF;
-  UPDATE ONLY automation_execution_logs
-  SET status = 'cancelled', updated_at = herald_now(), completed_at = herald_now(),
-      lease_token = NULL, lease_expires_at = NULL
-  WHERE id = p_log_id AND status IN ('pending', 'queued', 'waiting', 'unknown');
-  RETURN FOUND;
+  SELECT coalesce(max(version), 0) + 1 INTO v FROM automation_versions WHERE automation_id = NEW.id;
+  INSERT INTO automation_versions (automation_id, version, definition, checksum)
+  VALUES (NEW.id, v, doc, 'sha256:' || encode(sha256(convert_to(doc::text, 'UTF8')), 'hex'));
+  UPDATE automations SET version = v WHERE id = NEW.id;
+  RETURN NULL;
 END
 $$;
+
+-- Row triggers fire before the statement triggers that recompile the capture functions, so
+-- those read the new version.
+DROP TRIGGER IF EXISTS herald_column_form_saved ON automations;
+CREATE TRIGGER herald_column_form_saved
+  AFTER INSERT OR UPDATE OF email_from, email_to, email_subject, email_text, email_html, sms_to, sms_body,
+                            email_on_unknown, sms_on_unknown, trigger_event, from_status, to_status,
+                            source_schema, source_table
+  ON automations FOR EACH ROW
+  WHEN (NEW.email_to IS NOT NULL OR NEW.sms_to IS NOT NULL)
+  EXECUTE FUNCTION herald_save_column_form();

@@ -1,59 +1,147 @@
--- Schema 15: fewer row versions per workflow instance, and room on each page for the ones
--- that remain.
---
--- A step run and an attempt are updated once each, at their end, without changing an
--- indexed column: Postgres can write the new row version on the same page without new
--- index entries (a heap-only update), but only when the page has room, and tables filled by
--- inserts leave none. A log is updated several times in its life (queued, claimed,
--- finished), and those updates change indexed columns (its status, its lease), so they add
--- index entries anyway; room on the page still keeps each new version beside the old one.
--- A fillfactor keeps that room on pages filled from now on.
-ALTER TABLE automation_execution_logs SET (fillfactor = 70);
-ALTER TABLE automation_step_runs SET (fillfactor = 70);
-ALTER TABLE automation_attempts SET (fillfactor = 80);
-ALTER TABLE automation_deliveries SET (fillfactor = 80);
+-- The flow runner's reads and writes: claiming a batch of instances with their data,
+-- writing a round's step runs and places, and the steps whose effect is in this database.
+-- Each object here is defined in this file only; herald-migrate re-applies the file when
+-- it changes (see docs/deploying.md).
 
--- A step run's end changed its status, which was in the condition of the index that lets an
--- effect start once (started, done and failed runs; not decisions), so no end could be
--- heap-only. The index now keys on a column that is true for effects and NULL for
--- decisions: NULLs never collide, so decisions repeat freely, and the column never changes,
--- since a run is a decision or not from its first version.
-ALTER TABLE automation_step_runs
-  ADD COLUMN is_effect boolean GENERATED ALWAYS AS (CASE WHEN status = 'decided' THEN NULL ELSE true END) STORED;
-CREATE UNIQUE INDEX automation_step_runs_once ON automation_step_runs (log_id, step_id, attempt, is_effect);
-DROP INDEX automation_step_runs_effect;
+-- Herald's own statements below read and change the ledger only (ONLY), never the inbox.
+-- A log's template variables: its context relation's row (or the subject row) whose key
+-- equals the subject's, cast to the key column's own type so that column's index finds it.
+CREATE OR REPLACE FUNCTION herald_context(p_log_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  l       record;
+  rel     regclass;
+  keycol  text;
+  keytype text;
+  hits    jsonb[];
+BEGIN
+  SELECT g.subject_schema, g.subject_table, g.subject_key_column, g.subject_id,
+         a.context_relation, a.context_key_column
+  INTO l
+  FROM ONLY automation_execution_logs g
+  LEFT JOIN automations a ON a.id = g.automation_id
+  WHERE g.id = p_log_id;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'no execution log %', p_log_id USING ERRCODE = 'no_data_found';
+  END IF;
 
--- Where an instance resumes is recorded with each effect's start, in the effect's run
--- (`place`: the step, its attempt, the steps run and the outputs so far, as the instance's
--- own columns hold them when it parks), instead of by an update of the instance at every
--- start. An instance is written when it is claimed, when it parks and when it ends, as a
--- one-shot log is; between them its place is its last started effect's.
-ALTER TABLE automation_step_runs ADD COLUMN place jsonb;
+  IF l.context_relation IS NOT NULL THEN
+    rel := to_regclass(l.context_relation);
+    keycol := l.context_key_column;
+    IF rel IS NULL THEN
+      RAISE EXCEPTION 'context relation % does not exist', l.context_relation
+        USING ERRCODE = 'undefined_table';
+    END IF;
+  ELSE
+    rel := to_regclass(format('%I.%I', l.subject_schema, l.subject_table));
+    keycol := l.subject_key_column;
+    IF rel IS NULL THEN
+      RAISE EXCEPTION 'subject table %.% does not exist', l.subject_schema, l.subject_table
+        USING ERRCODE = 'undefined_table';
+    END IF;
+  END IF;
+  SELECT format_type(atttypid, atttypmod) INTO keytype
+  FROM pg_attribute WHERE attrelid = rel AND attname = keycol AND attnum > 0 AND NOT attisdropped;
+  IF keytype IS NULL THEN
+    RAISE EXCEPTION 'column "%" of % does not exist', keycol, rel USING ERRCODE = 'undefined_column';
+  END IF;
 
--- Instances open when this migration runs: the effect at their recorded place carries it.
-UPDATE automation_step_runs r
-SET place = jsonb_build_object('next_step', g.next_step, 'step_attempt', g.step_attempt,
-                               'steps_run', g.steps_run, 'outputs', g.outputs)
-FROM ONLY automation_execution_logs g
-WHERE r.log_id = g.id AND r.step_id = g.next_step AND r.attempt = g.step_attempt AND r.is_effect
-  AND g.version IS NOT NULL AND g.completed_at IS NULL;
+  EXECUTE format('SELECT array_agg(to_jsonb(c)) FROM (SELECT * FROM %s WHERE %I = $1::%s LIMIT 2) c',
+                 rel, keycol, keytype)
+    INTO hits USING l.subject_id;
+
+  IF hits IS NULL THEN
+    RAISE EXCEPTION 'no row in % where % = %', rel, keycol, l.subject_id USING ERRCODE = 'no_data_found';
+  ELSIF array_length(hits, 1) > 1 THEN
+    RAISE EXCEPTION 'more than one row in % where % = %', rel, keycol, l.subject_id
+      USING ERRCODE = 'too_many_rows';
+  END IF;
+  RETURN hits[1];
+END
+$$;
+
+-- A log's template variables (see herald_context), or why they could not be read, without
+-- failing the statement that asks: {"context": {...}} or {"error": "...", "sqlstate": "..."}.
+-- The executor reads a batch's contexts in the statement that claims it.
+CREATE OR REPLACE FUNCTION herald_try_context(p_log_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  RETURN jsonb_build_object('context', herald_context(p_log_id));
+EXCEPTION WHEN OTHERS THEN
+  RETURN jsonb_build_object('error', SQLERRM, 'sqlstate', SQLSTATE);
+END
+$$;
+
+-- The template variables of many logs at once: one row per log of p_log_ids that exists,
+-- with {"context": {...}} or {"error": "...", "sqlstate": "..."} as herald_try_context
+-- gives them. Logs that read the same relation by the same key column are read together
+-- (one query, an index lookup per key). A log whose key matches no row or several, and
+-- every log of a relation whose query fails (a missing relation or column, a key that does
+-- not cast, an error raised by a view), is read alone by herald_try_context, so it gets
+-- its own error and fails only itself.
+CREATE OR REPLACE FUNCTION herald_contexts(p_log_ids bigint[])
+RETURNS TABLE (log_id bigint, context jsonb)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  grp     record;
+  rel     regclass;
+  keytype text;
+  got_ids bigint[];
+  got     jsonb[];
+BEGIN
+  FOR grp IN
+    SELECT coalesce(a.context_relation, format('%I.%I', g.subject_schema, g.subject_table)) AS relname,
+           coalesce(a.context_key_column, g.subject_key_column) AS keycol,
+           array_agg(g.id) AS ids, array_agg(g.subject_id) AS keys
+    FROM ONLY automation_execution_logs g
+    LEFT JOIN automations a ON a.id = g.automation_id
+    WHERE g.id = ANY (p_log_ids)
+    GROUP BY 1, 2
+  LOOP
+    rel := to_regclass(grp.relname);
+    keytype := NULL;
+    got_ids := NULL;
+    IF rel IS NOT NULL THEN
+      SELECT format_type(atttypid, atttypmod) INTO keytype
+      FROM pg_attribute WHERE attrelid = rel AND attname = grp.keycol AND attnum > 0 AND NOT attisdropped;
+    END IF;
+    IF keytype IS NOT NULL THEN
+      -- Collected in arrays first: rows already returned could not be taken back if the
+      -- query failed halfway.
+      BEGIN
+        EXECUTE format(
+          'SELECT array_agg(id), array_agg(ctx) FROM (
+             SELECT k.id, CASE WHEN count(x.row) = 1 THEN jsonb_build_object(''context'', (array_agg(x.row))[1])
+                               ELSE herald_try_context(k.id) END AS ctx
+             FROM unnest($1::bigint[], $2::text[]) AS k(id, key)
+             LEFT JOIN LATERAL (SELECT to_jsonb(c) AS row FROM %s c WHERE c.%I = k.key::%s LIMIT 2) x ON true
+             GROUP BY k.id) r',
+          rel, grp.keycol, keytype)
+          INTO got_ids, got USING grp.ids, grp.keys;
+      EXCEPTION WHEN OTHERS THEN
+        got_ids := NULL;  -- read these logs one by one below, each with its own error
+      END;
+    END IF;
+    IF got_ids IS NOT NULL THEN
+      RETURN QUERY SELECT * FROM unnest(got_ids, got);
+    ELSE
+      RETURN QUERY SELECT i, herald_try_context(i) FROM unnest(grp.ids) AS i;
+    END IF;
+  END LOOP;
+END
+$$;
 
 -- A started entry of herald_flow_write's document, as the place its run records.
-CREATE FUNCTION herald_place_of(p_entry jsonb) RETURNS jsonb
+CREATE OR REPLACE FUNCTION herald_place_of(p_entry jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
   SELECT jsonb_build_object('next_step', p_entry -> 'next_step', 'step_attempt', p_entry -> 'step_attempt',
                             'steps_run', p_entry -> 'steps_run', 'outputs', p_entry -> 'outputs')
 $$;
 
--- herald_flow_start as schema 14 wrote it, but for where an instance resumes: at the place
--- of the last effect an earlier invocation started, unless that invocation parked the
--- instance afterwards, and otherwise at the instance's own place. It answers with each
--- instance's automation and version too, and sends a version's definition once per batch,
--- on the first instance that runs it (the executor reads it once for all of them). And it is
--- PL/pgSQL now, so that its plan is kept: as an SQL function it was planned again at every
--- call, about 1 ms, as much as a whole batch of ten one-shot logs' claim.
-DROP FUNCTION herald_flow_start(bigint[], bigint[], timestamptz, timestamptz);
-CREATE FUNCTION herald_flow_start(p_ids bigint[], p_leases bigint[], p_now timestamptz, p_until timestamptz)
+-- Executor: claims a batch of instances (each message's log and lease) and loads what their
+-- rounds need: the definition (once per version in the batch), the place, the data, and the
+-- last effect an earlier invocation started. A message naming no log is answered as unknown.
+CREATE OR REPLACE FUNCTION herald_flow_start(p_ids bigint[], p_leases bigint[], p_now timestamptz, p_until timestamptz)
 RETURNS TABLE (lease bigint, attempt integer, status text, definition jsonb, next_step text, step_attempt integer,
                steps_run integer, outputs jsonb, context jsonb, run_status text, run_output jsonb, run_error text,
                event text, old_status text, new_status text, subject_table text, subject_id text, payload jsonb,
@@ -95,7 +183,8 @@ BEGIN
          -- A deleted row is gone: its instance's data is the row as it was deleted.
          CASE WHEN l.event = 'delete' THEN jsonb_build_object('context', l.payload) ELSE x.context END,
          r.status, r.output, r.error,
-         l.event, l.old_status, l.new_status, format('%I.%I', l.subject_schema, l.subject_table), l.subject_id,
+         l.event, l.old_status, l.new_status,
+         CASE WHEN l.id IS NOT NULL THEN format('%I.%I', l.subject_schema, l.subject_table) END, l.subject_id,
          CASE WHEN l.event = 'delete' THEN NULL ELSE l.payload END,
          r.error_kind, c.max_attempts, extract(epoch FROM c.retry_base)::float8, extract(epoch FROM c.retry_cap)::float8,
          c.automation_id, c.version
@@ -121,17 +210,92 @@ BEGIN
   ORDER BY m.ord;
 END
 $$;
--- The executor keeps its right to it (db/roles.sql grants it too).
-DO $$
+
+-- Performs a step whose effect is in this database (update_field, labels, tasks) and returns
+-- its output; a label step may name another row than the subject.
+CREATE OR REPLACE FUNCTION herald_perform_local(p_type text, p_effect jsonb, p_log_id bigint, p_step text, p_schema text,
+                                     p_table text, p_key_column text, p_subject text, p_now timestamptz)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+  target  regclass;
+  keycol  text;
+  keytype text;
+  cols    text;
+  vals    text;
+  n       bigint;
+  made    bigint;
 BEGIN
-  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'herald_executor') THEN
-    GRANT EXECUTE ON FUNCTION herald_flow_start(bigint[], bigint[], timestamptz, timestamptz) TO herald_executor;
+  -- A label step may name another row than the subject: a table and that row's key.
+  IF p_type IN ('add_tag', 'remove_tag', 'add_to_segment', 'remove_from_segment') AND p_effect ? 'table' THEN
+    target := herald_relation(p_effect ->> 'table');
+    keycol := herald_key_column(target);
+    IF target IS NULL OR keycol IS NULL THEN
+      RAISE EXCEPTION 'no table % with a key column', p_effect ->> 'table' USING ERRCODE = '42P01';
+    END IF;
+    SELECT format_type(a.atttypid, a.atttypmod) INTO keytype
+    FROM pg_attribute a WHERE a.attrelid = target AND a.attname = keycol AND a.attnum > 0 AND NOT a.attisdropped;
+    -- The key as the table holds it, so that the label names the row as its triggers do.
+    EXECUTE format('SELECT %I::text FROM %s WHERE %I = $1::%s LIMIT 1', keycol, target, keycol, keytype)
+      INTO p_subject USING p_effect ->> 'key';
+    IF p_subject IS NULL THEN
+      RAISE EXCEPTION '% has no row whose % is %', target, quote_ident(keycol), quote_literal(p_effect ->> 'key')
+        USING ERRCODE = 'P0002';
+    END IF;
+    SELECT ns.nspname, c.relname INTO p_schema, p_table
+    FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE c.oid = target;
   END IF;
+  CASE p_type
+    WHEN 'update_field' THEN
+      target := CASE WHEN p_effect ? 'table' AND p_effect ->> 'table' IS NOT NULL
+                     THEN herald_relation(p_effect ->> 'table')
+                     ELSE to_regclass(format('%I.%I', p_schema, p_table)) END;
+      IF target IS NULL THEN
+        RAISE EXCEPTION 'no table %', coalesce(p_effect ->> 'table', format('%I.%I', p_schema, p_table))
+          USING ERRCODE = '42P01';
+      END IF;
+      keycol := coalesce(p_effect ->> 'key', p_key_column);
+      SELECT format_type(a.atttypid, a.atttypmod) INTO keytype
+      FROM pg_attribute a WHERE a.attrelid = target AND a.attname = keycol AND a.attnum > 0 AND NOT a.attisdropped;
+      IF keytype IS NULL THEN
+        RAISE EXCEPTION '% has no column %', target, quote_ident(keycol) USING ERRCODE = '42703';
+      END IF;
+      SELECT string_agg(format('%I', k), ', ' ORDER BY k), string_agg(format('r.%I', k), ', ' ORDER BY k)
+      INTO cols, vals FROM jsonb_object_keys(p_effect -> 'set') k;
+      -- Values are bound, and read as their columns' types; identifiers are quoted.
+      EXECUTE format('UPDATE %s t SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1) r) WHERE t.%I = $2::%s',
+                     target, cols, vals, target, keycol, keytype)
+        USING p_effect -> 'set', p_subject;
+      GET DIAGNOSTICS n = ROW_COUNT;
+      RETURN jsonb_build_object('rows', n);
+    WHEN 'add_tag', 'add_to_segment' THEN
+      INSERT INTO herald_labels (subject_schema, subject_table, subject_id, kind, name, added_at, added_by)
+      VALUES (p_schema, p_table, p_subject, p_effect ->> 'kind', p_effect ->> 'name', p_now, p_log_id)
+      ON CONFLICT DO NOTHING;
+      GET DIAGNOSTICS n = ROW_COUNT;
+      RETURN jsonb_build_object('changed', n > 0);
+    WHEN 'remove_tag', 'remove_from_segment' THEN
+      DELETE FROM herald_labels
+      WHERE subject_schema = p_schema AND subject_table = p_table AND subject_id = p_subject
+        AND kind = p_effect ->> 'kind' AND name = p_effect ->> 'name';
+      GET DIAGNOSTICS n = ROW_COUNT;
+      RETURN jsonb_build_object('changed', n > 0);
+    WHEN 'create_task' THEN
+      INSERT INTO herald_tasks (subject_schema, subject_table, subject_id, title, assignee, notes, due_at, created_at,
+                                log_id, step_id)
+      VALUES (p_schema, p_table, p_subject, p_effect ->> 'title', p_effect ->> 'assignee', p_effect ->> 'notes',
+              (p_effect ->> 'due')::timestamptz, p_now, p_log_id, p_step)
+      RETURNING id INTO made;
+      RETURN jsonb_build_object('task_id', made);
+    ELSE
+      RAISE EXCEPTION 'step type % is not performed in the database', quote_literal(p_type) USING ERRCODE = '22023';
+  END CASE;
 END
 $$;
 
--- herald_flow_write as schema 14 wrote it, but for the place: a started effect's run records
--- it, and the instance is no longer updated at each start.
+-- Executor: writes a round of many instances in one call (steps started, ended and decided,
+-- local effects performed, instances parked or ended), each fenced by its lease. A step that
+-- fails in this database says its error once, and an instance that fails keeps its SQLSTATE.
 CREATE OR REPLACE FUNCTION herald_flow_write(p_write jsonb, p_now timestamptz) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -316,7 +480,7 @@ BEGIN
     EXCEPTION WHEN OTHERS THEN
       -- Undone with everything it changed; the step failed, and its instance's on_error decides.
       GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
-      answer := jsonb_build_object('error', format('step `%s`: %s', entry ->> 'step', msg), 'error_code', code,
+      answer := jsonb_build_object('error', msg, 'error_code', code,
         'error_kind', CASE WHEN code IN ('40001', '40P01', '55P03', '57014') THEN 'transient' ELSE 'permanent' END);
       UPDATE automation_step_runs
       SET status = 'failed', finished_at = p_now, error = answer ->> 'error', error_kind = answer ->> 'error_kind',
@@ -346,8 +510,15 @@ BEGIN
         next_step = l.v ->> 'next_step', step_attempt = (l.v ->> 'step_attempt')::int,
         steps_run = (l.v ->> 'steps_run')::int, outputs = l.v -> 'outputs',
         run_at = CASE WHEN l.want = 'pending' THEN p_now ELSE coalesce((l.v ->> 'run_at')::timestamptz, g.run_at) END,
-        error = l.v ->> 'error', exit_reason = l.v ->> 'exit_reason',
-        completed_at = CASE WHEN coalesce(l.held, l.want) IN ('completed', 'failed', 'exited', 'cancelled') THEN p_now END,
+        error = l.v ->> 'error', error_kind = l.v ->> 'error_kind', exit_reason = l.v ->> 'exit_reason',
+        -- A failed instance's SQLSTATE: that of the step it failed at, in this invocation.
+        error_code = CASE WHEN l.want IN ('failed', 'dead') THEN
+                       (SELECT r.error_code FROM automation_step_runs r
+                        WHERE r.log_id = g.id AND r.step_id = l.v ->> 'next_step' AND r.lease_token = l.token
+                          AND r.status = 'failed'
+                        ORDER BY r.id DESC LIMIT 1) END,
+        completed_at = CASE WHEN coalesce(l.held, l.want) IN ('completed', 'failed', 'dead', 'exited', 'cancelled')
+                            THEN p_now END,
         updated_at = p_now, lease_token = NULL, lease_expires_at = NULL
     FROM l
     WHERE g.id = l.id

@@ -1,3 +1,8 @@
+-- Receipts: results an executor could not write back when it made them, applied later
+-- by the scheduler, fenced by lease as the direct write-backs are.
+-- Each object here is defined in this file only; herald-migrate re-applies the file when
+-- it changes (see docs/deploying.md).
+
 -- Write-backs that outlive a database outage.
 --
 -- The executor's write-back becomes a function, so that the scheduler can apply receipts
@@ -6,7 +11,6 @@
 -- Running it again with the same entries and the same time gives the same answer: a
 -- write-back whose commit reached the database but whose reply was lost is retried, and
 -- what it already recorded (same time, same values, same lease) counts as written.
-
 -- One write-back for a batch, each entry only while its lease holds:
 --   providers' answers (f_*: log, lease, channel, 'sent' or 'failed', message id, error),
 --   deliveries about to be sent (s_*: log, lease, channel, recipient),
@@ -14,7 +18,7 @@
 --   retry is scheduled with backoff, or the log is dead when it has no attempts left),
 -- at p_now. Returns what was written: ('finished' | 'started' | 'result', the entry's
 -- position from 1, the log's new status for results). An entry not returned lost its lease.
-CREATE FUNCTION herald_write_back(
+CREATE OR REPLACE FUNCTION herald_write_back(
   f_log bigint[], f_lease bigint[], f_channel text[], f_status text[], f_message_id text[], f_error text[],
   s_log bigint[], s_lease bigint[], s_channel text[], s_recipient text[],
   r_log bigint[], r_lease bigint[], r_outcome text[], r_error text[], r_kind text[], r_code text[],
@@ -98,28 +102,11 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION herald_write_back(bigint[], bigint[], text[], text[], text[], text[], bigint[], bigint[], text[], text[], bigint[], bigint[], text[], text[], text[], text[], timestamptz) FROM PUBLIC;
 
--- Every receipt the scheduler took from the receipts queue: the answers and result one
--- attempt (its lease) could not write back, and whether they were applied. A receipt whose
--- lease was no longer the log's (the scheduler had rescued it, another attempt holds it)
--- is kept here with applied = false and changed nothing else.
-CREATE TABLE automation_receipts (
-  log_id      bigint NOT NULL REFERENCES automation_execution_logs (id) ON DELETE CASCADE,
-  lease_token bigint NOT NULL,
-  attempt     integer NOT NULL,
-  -- When the executor first tried to write it back: the time the ledger records.
-  answered_at timestamptz NOT NULL,
-  received_at timestamptz NOT NULL,
-  applied     boolean NOT NULL,
-  -- As the executor sent it: deliveries (channel, status, message_id, error) and result.
-  receipt     jsonb NOT NULL,
-  PRIMARY KEY (log_id, lease_token, answered_at)
-);
-
 -- Scheduler: applies receipts (a JSON array, as the executor wrote them) through
 -- herald_write_back, each at the time it was answered, and records them. Returns each
 -- recorded receipt and whether all of it was applied. Receipts of logs that no longer exist
 -- are skipped. Applying the same receipt twice changes nothing the first did not.
-CREATE FUNCTION herald_apply_receipts(p_receipts jsonb, p_now timestamptz)
+CREATE OR REPLACE FUNCTION herald_apply_receipts(p_receipts jsonb, p_now timestamptz)
 RETURNS TABLE (log_id bigint, lease_token bigint, applied boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 #variable_conflict use_column
@@ -194,3 +181,63 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION herald_apply_receipts(jsonb, timestamptz) FROM PUBLIC;
+
+-- Receipts for workflow instances.
+--
+-- When the executor cannot write how a step's effect ended (the database is away for
+-- longer than it may wait), it keeps the end on the receipts queue, as it does for one-shot
+-- logs: a receipt with `steps` (step, type, attempt, and output or error, as
+-- herald_flow_write's `ended` entries have them) instead of deliveries and a result. The
+-- scheduler applies receipts before it rescues leases, so the instance is rescued with its
+-- step recorded as done or failed and goes on from there instead of being held as unknown.
+-- Scheduler: applies workflow receipts (a JSON array, as the executor wrote them) through
+-- herald_flow_write, each at the time it was answered, and records them. Returns each
+-- recorded receipt and whether all of it was applied. Receipts of logs that no longer
+-- exist are skipped; applying one again changes nothing (a write at the same time with the
+-- same result counts as written).
+CREATE OR REPLACE FUNCTION herald_apply_step_receipts(p_receipts jsonb, p_now timestamptz)
+RETURNS TABLE (log_id bigint, lease_token bigint, applied boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+#variable_conflict use_column
+DECLARE
+  at_us   bigint;
+  at      timestamptz;
+  batch   jsonb;  -- the receipts answered at `at`, of logs that exist
+  written jsonb;
+BEGIN
+  FOR at_us, batch IN
+    SELECT (x.r ->> 'at_us')::bigint, jsonb_agg(x.r ORDER BY x.n)
+    FROM jsonb_array_elements(p_receipts) WITH ORDINALITY x(r, n)
+    WHERE EXISTS (SELECT 1 FROM ONLY automation_execution_logs l WHERE l.id = (x.r ->> 'log_id')::bigint)
+    GROUP BY 1 ORDER BY 1
+  LOOP
+    at := timestamptz 'epoch' + at_us * interval '1 microsecond';
+    written := herald_flow_write(jsonb_build_object('ended', (
+      SELECT coalesce(jsonb_agg(s.x || jsonb_build_object('log_id', e.r -> 'log_id', 'token', e.r -> 'lease')
+                                ORDER BY e.n, s.k), '[]')
+      FROM jsonb_array_elements(batch) WITH ORDINALITY e(r, n)
+      CROSS JOIN LATERAL jsonb_array_elements(e.r -> 'steps') WITH ORDINALITY s(x, k))), at);
+    RETURN QUERY
+    WITH entries AS (
+      SELECT e.n, row_number() OVER (ORDER BY e.n, s.k) - 1 AS i
+      FROM jsonb_array_elements(batch) WITH ORDINALITY e(r, n)
+      CROSS JOIN LATERAL jsonb_array_elements(e.r -> 'steps') WITH ORDINALITY s(x, k)
+    ), verdict AS (
+      SELECT n, bool_and(coalesce((written -> 'ended' ->> i::int)::boolean, false)) AS ok
+      FROM entries GROUP BY n
+    ), recorded AS (
+      INSERT INTO automation_receipts AS t
+        (log_id, lease_token, attempt, answered_at, received_at, applied, receipt)
+      SELECT (e.r ->> 'log_id')::bigint, (e.r ->> 'lease')::bigint, (e.r ->> 'attempt')::integer, at, p_now,
+             coalesce(v.ok, false), e.r
+      FROM jsonb_array_elements(batch) WITH ORDINALITY e(r, n)
+      LEFT JOIN verdict v ON v.n = e.n
+      ON CONFLICT (log_id, lease_token, answered_at) DO UPDATE
+        SET applied = t.applied OR excluded.applied, received_at = excluded.received_at
+      RETURNING t.log_id, t.lease_token, t.applied
+    )
+    SELECT * FROM recorded;
+  END LOOP;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION herald_apply_step_receipts(jsonb, timestamptz) FROM PUBLIC;

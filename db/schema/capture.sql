@@ -1,9 +1,83 @@
--- Herald schema 13: a workflow trigger's conditions, checked when the change is captured.
---
--- A definition's `conditions` were checked only when an instance was first claimed: an
--- event that failed them still cost an inbox row, a ledger row, a claim and an `exited`
--- instance. Now the capture functions also test them against the row as the change left it
--- (the snapshot they record), and an event that fails them is not recorded at all.
+-- Capture: attaching tables, compiling their capture triggers from the automations
+-- that listen to them, and the label triggers. Re-applying this file recompiles the
+-- triggers of every attached table.
+-- Each object here is defined in this file only; herald-migrate re-applies the file when
+-- it changes (see docs/deploying.md).
+
+-- The error a NULL key raises, as the row-level capture functions raised it. It is only
+-- ever reached through a COALESCE in a select list, evaluated row by row. STABLE, not
+-- VOLATILE: a volatile function would keep the query that reads the rows from being folded
+-- into the one that inserts them.
+CREATE OR REPLACE FUNCTION herald_null_key(p_column text, p_schema text, p_table text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  RAISE EXCEPTION 'herald: key column "%" of %.% is NULL', p_column, p_schema, p_table;
+END
+$$;
+
+-- The column a table's rows are found by: its attached key column, else its one-column
+-- primary key; NULL when it has neither.
+CREATE OR REPLACE FUNCTION herald_key_column(p_table regclass) RETURNS text
+LANGUAGE sql STABLE AS $$
+  SELECT coalesce(
+    (SELECT att.key_column FROM herald_attachments att
+     JOIN pg_class c ON c.relname = att.table_name AND c.oid = p_table
+     JOIN pg_namespace ns ON ns.oid = c.relnamespace AND ns.nspname = att.table_schema),
+    (SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+     WHERE i.indrelid = p_table AND i.indisprimary AND i.indnatts = 1))
+$$;
+
+-- The status column a table is attached with.
+CREATE OR REPLACE FUNCTION herald_status_column(p_table regclass) RETURNS text
+LANGUAGE sql STABLE AS $$
+  SELECT att.status_column FROM herald_attachments att
+  JOIN pg_class c ON c.oid = p_table AND c.relname = att.table_name
+  JOIN pg_namespace ns ON ns.oid = c.relnamespace AND ns.nspname = att.table_schema
+$$;
+
+-- `expr = 'a'`, or `expr IN ('a', 'b')`, with the values quoted.
+CREATE OR REPLACE FUNCTION herald_in_list(p_expr text, p_values text[]) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN cardinality(p_values) = 1 THEN format('%s = %L', p_expr, p_values[1])
+              ELSE format('%s IN (%s)', p_expr, (SELECT string_agg(format('%L', v), ', ') FROM unnest(p_values) v)) END
+$$;
+
+-- Which rows a trigger captures: a status change (optionally from / to some statuses), an
+-- `update` of any of a named set of columns, an insert, a delete. A definition's trigger
+-- (its version's document) decides what its automation listens to.
+-- A trigger's list: NULL (absent), one string, or an array of strings.
+CREATE OR REPLACE FUNCTION herald_trigger_list(p_value jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE jsonb_typeof(p_value)
+           WHEN 'string' THEN ARRAY[p_value #>> '{}']
+           WHEN 'array' THEN ARRAY(SELECT jsonb_array_elements_text(p_value)) END
+$$;
+
+-- One comparison of a field's value v (a jsonb expression, present and not null) with a
+-- value of the definition, as the evaluator orders values: text by its bytes, true/false,
+-- numbers (whole ones exactly, others as binary floating point: decided here only when both
+-- have at most 15 digits, where the two agree). NULL when it cannot be decided here; the
+-- expression is NULL when the field holds another kind of value (an error to the evaluator).
+CREATE OR REPLACE FUNCTION herald_condition_compare(v text, op text, lit jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE jsonb_typeof(lit)
+    WHEN 'string' THEN
+      format('CASE jsonb_typeof(%1$s) WHEN ''string'' THEN (%1$s #>> ''{}'') COLLATE "C" %2$s %3$L COLLATE "C" END',
+             v, op, lit #>> '{}')
+    WHEN 'boolean' THEN
+      CASE WHEN op IN ('=', '<>') THEN
+        format('CASE jsonb_typeof(%1$s) WHEN ''boolean'' THEN %1$s %2$s %3$L::jsonb END', v, op, lit::text) END
+    WHEN 'number' THEN
+      CASE WHEN lit::text ~ '^-?[0-9]+(\.[0-9]+)?$' AND length(regexp_replace(lit::text, '\D', '', 'g')) <= 15 THEN
+        format('CASE WHEN jsonb_typeof(%1$s) = ''number'' AND (%1$s)::text ~ ''^-?[0-9]+(\.[0-9]+)?$'' '
+               'AND length(regexp_replace((%1$s)::text, ''\D'', '''', ''g'')) <= 15 '
+               'THEN (%1$s)::text::numeric %2$s %3$s END', v, op, lit::text) END
+  END
+$$;
+
+-- A definition's trigger `conditions` are tested when the change is captured, against the
+-- row as the change left it (the snapshot recorded), so an event that fails them costs no
+-- inbox row, ledger row or claim.
 --
 -- Only what the capture function can decide exactly as the executor's evaluator would is
 -- tested there: comparisons of the row's own columns (top-level fields, not `herald.*` or
@@ -13,14 +87,13 @@
 -- a number of more than 15 digits, or a value of another kind than the definition's is left
 -- undecided, and so is every part after it in an `all` or `any` (the evaluator reads them in
 -- order and stops at the first error). An undecided condition records the event, and the
--- executor decides as before, against fresh data at the first claim.
-
+-- executor decides, against fresh data at the first claim.
 -- The SQL test of a trigger condition over p_row (a jsonb expression: the row's snapshot):
 -- an expression that is true or false where the executor's evaluator would answer the same
 -- for that data, and NULL where it might answer otherwise or fail. NULL when nothing of the
 -- condition can be decided here. Values are written with %L, field names as literals: the
 -- result never reads anything but p_row, and never raises.
-CREATE FUNCTION herald_condition_sql(p_cond jsonb, p_row text) RETURNS text
+CREATE OR REPLACE FUNCTION herald_condition_sql(p_cond jsonb, p_row text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
   k     text;
@@ -125,44 +198,18 @@ BEGIN
 END
 $$;
 
--- One comparison of a field's value v (a jsonb expression, present and not null) with a
--- value of the definition, as the evaluator orders values: text by its bytes, true/false,
--- numbers (whole ones exactly, others as binary floating point: decided here only when both
--- have at most 15 digits, where the two agree). NULL when it cannot be decided here; the
--- expression is NULL when the field holds another kind of value (an error to the evaluator).
-CREATE FUNCTION herald_condition_compare(v text, op text, lit jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-  SELECT CASE jsonb_typeof(lit)
-    WHEN 'string' THEN
-      format('CASE jsonb_typeof(%1$s) WHEN ''string'' THEN (%1$s #>> ''{}'') COLLATE "C" %2$s %3$L COLLATE "C" END',
-             v, op, lit #>> '{}')
-    WHEN 'boolean' THEN
-      CASE WHEN op IN ('=', '<>') THEN
-        format('CASE jsonb_typeof(%1$s) WHEN ''boolean'' THEN %1$s %2$s %3$L::jsonb END', v, op, lit::text) END
-    WHEN 'number' THEN
-      CASE WHEN lit::text ~ '^-?[0-9]+(\.[0-9]+)?$' AND length(regexp_replace(lit::text, '\D', '', 'g')) <= 15 THEN
-        format('CASE WHEN jsonb_typeof(%1$s) = ''number'' AND (%1$s)::text ~ ''^-?[0-9]+(\.[0-9]+)?$'' '
-               'AND length(regexp_replace((%1$s)::text, ''\D'', '''', ''g'')) <= 15 '
-               'THEN (%1$s)::text::numeric %2$s %3$s END', v, op, lit::text) END
-  END
-$$;
-
--- The active automations that capture on a table's `op` ('insert', 'update' or 'delete'), in
--- id order, as both compilers read them: the event, the from and to status lists, the named
--- columns of an update trigger, and the trigger's conditions where the capture functions may
--- test them (the automation's data is the trigger's table).
-CREATE FUNCTION herald_automations_capturing(p_schema text, p_table text, p_op text)
+-- The active automations with a definition that capture an operation on a table, with their
+-- trigger's statuses, columns and (when their data is the table itself) conditions.
+CREATE OR REPLACE FUNCTION herald_automations_capturing(p_schema text, p_table text, p_op text)
 RETURNS TABLE (id bigint, ev text, froms text[], tos text[], cols text[], conds jsonb)
 LANGUAGE sql STABLE AS $$
   SELECT au.id, au.trigger_event,
-         herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,from}'
-                                  ELSE to_jsonb(au.from_status) END),
-         herald_trigger_list(CASE WHEN v.definition IS NOT NULL THEN v.definition #> '{trigger,to}'
-                                  ELSE to_jsonb(au.to_status) END),
+         herald_trigger_list(v.definition #> '{trigger,from}'),
+         herald_trigger_list(v.definition #> '{trigger,to}'),
          herald_trigger_list(v.definition #> '{trigger,columns}'),
          CASE WHEN au.context_relation IS NULL THEN v.definition -> 'conditions' END
   FROM automations au
-  LEFT JOIN automation_versions v ON v.automation_id = au.id AND v.version = au.version
+  JOIN automation_versions v ON v.automation_id = au.id AND v.version = au.version
   WHERE au.is_active AND au.source_schema = p_schema AND au.source_table = p_table
     AND au.trigger_event = ANY (CASE p_op WHEN 'insert' THEN ARRAY['insert']
                                           WHEN 'update' THEN ARRAY['status_change', 'update']
@@ -170,8 +217,8 @@ LANGUAGE sql STABLE AS $$
   ORDER BY au.id
 $$;
 
--- The row-level compiler of schema 9 (renamed in 12), with the trigger's conditions tested
--- in each automation's block against the snapshot; the WHEN clause is as before.
+-- The row-level compiler: one trigger function per operation, with a block per automation
+-- that tests its trigger's statuses and conditions against the snapshot.
 CREATE OR REPLACE FUNCTION herald_compile_by_row(p_schema text, p_table text) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -252,7 +299,7 @@ BEGIN
     CONTINUE WHEN cardinality(status_w) + cardinality(other_w) = 0;
     fn := format('%I.%I', hs, format('herald_cap_%s_%s', tbl::oid, op));
     -- The body is passed as a quoted literal, so no name or value in it can end it early.
-    EXECUTE format('CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS %L', fn, format('
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS %L', fn, format('
 DECLARE
   ts timestamptz := %s;
   snap jsonb := to_jsonb(%s);
@@ -286,8 +333,9 @@ END
 END
 $$;
 
--- The statement-level compiler of schema 12, with the trigger's conditions tested in a branch
--- of each automation that has them, against the snapshot.
+-- Compiles an attached table's capture triggers from the automations listening to it: by
+-- statement (transition tables) or, for tables attached so, by row (herald_compile_by_row).
+-- A trigger's conditions are tested in a branch of each automation that has them.
 CREATE OR REPLACE FUNCTION herald_compile(p_schema text, p_table text) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -415,7 +463,7 @@ BEGIN
     -- one changed row may pair rows by a nested loop: quadratic in the rows of a later bulk
     -- statement. Without nested loops, pairing is a hash join whatever the sizes.
     -- The body is passed as a quoted literal, so no name or value in it can end it early.
-    EXECUTE format('CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off AS %L',
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off AS %L',
       fn, format('
 DECLARE
   ts timestamptz := %s;
@@ -455,5 +503,165 @@ END
 END
 $$;
 
--- Every attached table gets its functions from the compilers above.
+-- Drops Herald's capture triggers from a table, and the functions generated for them.
+CREATE OR REPLACE FUNCTION herald_uncompile(tbl regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  t record;
+BEGIN
+  FOR t IN
+    SELECT tg.tgname, p.oid::regprocedure AS fn, p.proname LIKE 'herald\_cap\_%' AS generated
+    FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
+    WHERE tg.tgrelid = tbl AND (p.proname LIKE 'herald\_cap\_%' OR p.proname = 'herald_capture')
+  LOOP
+    EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, tbl);
+    IF t.generated THEN
+      EXECUTE format('DROP FUNCTION IF EXISTS %s', t.fn);
+    END IF;
+  END LOOP;
+END
+$$;
+
+-- Attaches a table: records its status and key columns and how it is captured, compiles
+-- its triggers, and warns when the executor's role cannot use the table's schema.
+CREATE OR REPLACE FUNCTION herald_attach(tbl regclass, status_column text, key_column text DEFAULT 'id',
+                              capture text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  col text;
+  sch text;
+  rel text;
+BEGIN
+  FOREACH col IN ARRAY ARRAY[status_column, key_column] LOOP
+    PERFORM 1 FROM pg_attribute
+    WHERE attrelid = tbl AND attname = col AND attnum > 0 AND NOT attisdropped;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'herald_attach: % has no column "%"', tbl, col;
+    END IF;
+  END LOOP;
+  IF capture IS NOT NULL AND capture NOT IN ('row', 'statement') THEN
+    RAISE EXCEPTION 'herald_attach: capture is ''row'' or ''statement'', not %', quote_literal(capture)
+      USING ERRCODE = '22023';
+  END IF;
+  -- Statement triggers on a partitioned table see only statements that name it, not those
+  -- that change a partition directly; its row triggers are cloned onto every partition.
+  IF capture = 'statement' AND (SELECT relkind FROM pg_class WHERE oid = tbl) = 'p' THEN
+    RAISE EXCEPTION 'herald_attach: % is partitioned; capture it by row', tbl
+      USING ERRCODE = '22023',
+            DETAIL = 'By statement, a change made to a partition directly would not be captured.';
+  END IF;
+  SELECT n.nspname, c.relname INTO sch, rel
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+  INSERT INTO herald_attachments (table_schema, table_name, status_column, key_column, capture)
+  VALUES (sch, rel, status_column, key_column, coalesce(capture, 'row'))
+  ON CONFLICT (table_schema, table_name) DO UPDATE
+    SET status_column = excluded.status_column, key_column = excluded.key_column,
+        capture = coalesce(herald_attach.capture, herald_attachments.capture);
+  PERFORM herald_compile(sch, rel);
+  -- The executor reads the table (and its context relations) by name: it needs its schema.
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'herald_executor')
+     AND NOT has_schema_privilege('herald_executor', sch, 'USAGE') THEN
+    RAISE WARNING 'herald_attach: the role herald_executor has no USAGE on schema %', quote_ident(sch)
+      USING HINT = format('GRANT USAGE ON SCHEMA %I TO herald_executor;', sch),
+            DETAIL = 'Without it every instance of this table fails with "permission denied for schema".';
+  END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION herald_detach(tbl regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  DELETE FROM herald_attachments a
+  USING pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.oid = tbl AND a.table_schema = n.nspname AND a.table_name = c.relname;
+  PERFORM herald_uncompile(tbl);
+END
+$$;
+
+-- When automations change, the tables whose matching rules changed get new triggers.
+CREATE OR REPLACE FUNCTION herald_automations_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  t record;
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    FOR t IN SELECT DISTINCT source_schema, source_table FROM new_rows LOOP
+      PERFORM herald_compile(t.source_schema, t.source_table);
+    END LOOP;
+  ELSIF TG_OP = 'DELETE' THEN
+    FOR t IN SELECT DISTINCT source_schema, source_table FROM old_rows LOOP
+      PERFORM herald_compile(t.source_schema, t.source_table);
+    END LOOP;
+  ELSE
+    FOR t IN
+      SELECT DISTINCT source_schema, source_table FROM (
+        (SELECT id, source_schema, source_table, is_active, trigger_event, from_status, to_status FROM new_rows
+         EXCEPT SELECT id, source_schema, source_table, is_active, trigger_event, from_status, to_status FROM old_rows)
+        UNION ALL
+        (SELECT id, source_schema, source_table, is_active, trigger_event, from_status, to_status FROM old_rows
+         EXCEPT SELECT id, source_schema, source_table, is_active, trigger_event, from_status, to_status FROM new_rows)
+      ) changed
+    LOOP
+      PERFORM herald_compile(t.source_schema, t.source_table);
+    END LOOP;
+  END IF;
+  RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS herald_automations_inserted ON automations;
+DROP TRIGGER IF EXISTS herald_automations_updated ON automations;
+DROP TRIGGER IF EXISTS herald_automations_deleted ON automations;
+CREATE TRIGGER herald_automations_inserted AFTER INSERT ON automations
+  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_automations_changed();
+CREATE TRIGGER herald_automations_updated AFTER UPDATE ON automations
+  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_automations_changed();
+CREATE TRIGGER herald_automations_deleted AFTER DELETE ON automations
+  REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_automations_changed();
+
+-- A label added or removed is an event of its subject row for every active automation whose
+-- trigger is that change of that label (tag_added, tag_removed, segment_joined,
+-- segment_left), recorded in the same transaction. A label changed by a step carries the
+-- step's cascade depth, as an update_field's change does. Runs as Herald's owner: whoever
+-- may change labels may record their events.
+CREATE OR REPLACE FUNCTION herald_label_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+  r      herald_labels;
+  change text;
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    r := NEW;
+    change := CASE r.kind WHEN 'tag' THEN 'tag_added' ELSE 'segment_joined' END;
+  ELSE
+    r := OLD;
+    change := CASE r.kind WHEN 'tag' THEN 'tag_removed' ELSE 'segment_left' END;
+  END IF;
+  INSERT INTO herald_inbox (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event,
+                            snapshot, run_at, created_at, updated_at)
+  SELECT a.id, r.subject_schema, r.subject_table,
+         coalesce(herald_key_column(to_regclass(format('%I.%I', r.subject_schema, r.subject_table))), 'id'),
+         r.subject_id, change, to_jsonb(r), herald_now(), herald_now(), herald_now()
+  FROM automations a
+  JOIN automation_versions v ON v.automation_id = a.id AND v.version = a.version
+  WHERE a.is_active AND a.trigger_event = change
+    AND v.definition #>> ARRAY['trigger', r.kind] = r.name;
+  RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS herald_label_changed ON herald_labels;
+CREATE TRIGGER herald_label_changed AFTER INSERT OR DELETE ON herald_labels
+  FOR EACH ROW EXECUTE FUNCTION herald_label_changed();
+
+-- Low-latency mode on or off: SELECT herald_low_latency(true). Recompiles every attached
+-- table's capture function (run it as their owner, like herald_attach).
+CREATE OR REPLACE FUNCTION herald_low_latency(p_on boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE herald_settings SET notify = p_on;
+  PERFORM herald_compile(table_schema, table_name) FROM herald_attachments;
+END
+$$;
+
+-- Recompile the capture triggers of every attached table with the functions above.
 SELECT herald_compile(table_schema, table_name) FROM herald_attachments;

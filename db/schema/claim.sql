@@ -1,0 +1,217 @@
+-- Claims: moving captured events into the ledger, backoff and rescuing expired leases.
+-- Each object here is defined in this file only; herald-migrate re-applies the file when
+-- it changes (see docs/deploying.md).
+
+-- Scheduler: moves captured events from the inbox to the ledger, applying suppression
+-- windows; an event of a paused automation is recorded as paused (held, never dropped).
+CREATE OR REPLACE FUNCTION herald_ingest(p_limit integer DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+  batch  herald_inbox[];
+  placed integer;
+  r      record;
+  holder bigint;
+  deepest integer := (SELECT cascade_limit FROM herald_settings);
+  moved   integer;
+BEGIN
+  -- The migration runner's key ("herald" in ASCII) plus one; pausing takes it too.
+  PERFORM pg_advisory_xact_lock(114784919972965);
+  WITH taken AS (
+    DELETE FROM herald_inbox
+    WHERE ctid = ANY (ARRAY(SELECT ctid FROM herald_inbox LIMIT p_limit))
+    RETURNING *
+  )
+  SELECT array_agg(taken) INTO batch FROM taken;
+  IF batch IS NULL THEN
+    RETURN 0;
+  END IF;
+  moved := cardinality(batch);
+
+  -- Past the cascade limit: recorded as suppressed by the instance whose step made the
+  -- change, with the reason; nothing fires and no window opens.
+  INSERT INTO automation_execution_logs
+    (id, automation_id, subject_schema, subject_table, subject_key_column, subject_id,
+     event, old_status, new_status, snapshot, payload, status, suppressed_by, error, error_kind, error_code,
+     cascade_depth, caused_by, run_at, created_at, completed_at, updated_at)
+  SELECT b.id, b.automation_id, b.subject_schema, b.subject_table, b.subject_key_column, b.subject_id,
+         b.event, b.old_status, b.new_status, b.snapshot, b.payload, 'suppressed', b.caused_by,
+         format('cascade depth %s is past the limit of %s: a step of log %s made this change', b.cascade_depth,
+                deepest, b.caused_by), 'permanent', 'CascadeLimit',
+         b.cascade_depth, b.caused_by, b.run_at, b.created_at, b.created_at, b.updated_at
+  FROM unnest(batch) b
+  WHERE b.cascade_depth > deepest AND b.caused_by IS NOT NULL;
+  IF FOUND THEN
+    batch := ARRAY(SELECT b FROM unnest(batch) b WHERE NOT (b.cascade_depth > deepest AND b.caused_by IS NOT NULL));
+  END IF;
+
+  -- The first event of each (automation, row) opens its window, unless one is open.
+  INSERT INTO automation_suppression_windows AS w
+    (automation_id, subject_schema, subject_table, subject_id, log_id, opened_at, closes_at)
+  SELECT DISTINCT ON (b.automation_id, b.subject_schema, b.subject_table, b.subject_id)
+         b.automation_id, b.subject_schema, b.subject_table, b.subject_id, b.id, b.created_at,
+         b.created_at + coalesce(a.suppression_window, interval '0')
+  FROM unnest(batch) b
+  LEFT JOIN automations a ON a.id = b.automation_id
+  ORDER BY b.automation_id, b.subject_schema, b.subject_table, b.subject_id, b.created_at, b.id
+  ON CONFLICT (automation_id, subject_schema, subject_table, subject_id) DO UPDATE
+    SET log_id = excluded.log_id, opened_at = excluded.opened_at, closes_at = excluded.closes_at
+    WHERE w.closes_at <= excluded.opened_at;
+
+  -- Every event that opened a window is pending (paused, when its automation is); every
+  -- event inside a window is suppressed.
+  INSERT INTO automation_execution_logs
+    (id, automation_id, subject_schema, subject_table, subject_key_column, subject_id,
+     event, old_status, new_status, snapshot, payload, status, held_from, suppressed_by, cascade_depth, caused_by, run_at,
+     created_at, completed_at, updated_at)
+  SELECT b.id, b.automation_id, b.subject_schema, b.subject_table, b.subject_key_column, b.subject_id,
+         b.event, b.old_status, b.new_status, b.snapshot, b.payload,
+         CASE WHEN w.log_id <> b.id THEN 'suppressed' WHEN a.paused_at IS NOT NULL THEN 'paused' ELSE 'pending' END,
+         CASE WHEN w.log_id = b.id AND a.paused_at IS NOT NULL THEN 'pending' END,
+         CASE WHEN w.log_id = b.id THEN NULL ELSE w.log_id END,
+         b.cascade_depth, b.caused_by, b.run_at, b.created_at,
+         CASE WHEN w.log_id = b.id THEN NULL ELSE b.created_at END,
+         b.updated_at
+  FROM unnest(batch) b
+  JOIN automation_suppression_windows w
+    ON w.automation_id = b.automation_id AND w.subject_schema = b.subject_schema
+   AND w.subject_table = b.subject_table AND w.subject_id = b.subject_id
+  LEFT JOIN automations a ON a.id = b.automation_id
+  WHERE w.log_id = b.id OR b.created_at < w.closes_at;
+  GET DIAGNOSTICS placed = ROW_COUNT;
+
+  -- The rest came after their row's window closed (a short window, or a long backlog):
+  -- decided one at a time, in order, each opening the next window or falling inside it.
+  IF placed < cardinality(batch) THEN
+    FOR r IN
+      SELECT b.*, coalesce(a.suppression_window, interval '0') AS win, a.paused_at IS NOT NULL AS paused
+      FROM unnest(batch) b
+      LEFT JOIN automations a ON a.id = b.automation_id
+      WHERE NOT EXISTS (SELECT 1 FROM ONLY automation_execution_logs l WHERE l.id = b.id)
+      ORDER BY b.created_at, b.id
+    LOOP
+      INSERT INTO automation_suppression_windows AS w
+        (automation_id, subject_schema, subject_table, subject_id, log_id, opened_at, closes_at)
+      VALUES (r.automation_id, r.subject_schema, r.subject_table, r.subject_id, r.id, r.created_at,
+              r.created_at + r.win)
+      ON CONFLICT (automation_id, subject_schema, subject_table, subject_id) DO UPDATE
+        SET log_id = excluded.log_id, opened_at = excluded.opened_at, closes_at = excluded.closes_at
+        WHERE w.closes_at <= excluded.opened_at
+      RETURNING w.log_id INTO holder;
+      IF holder IS NULL THEN
+        SELECT w.log_id INTO holder FROM automation_suppression_windows w
+        WHERE w.automation_id = r.automation_id AND w.subject_schema = r.subject_schema
+          AND w.subject_table = r.subject_table AND w.subject_id = r.subject_id;
+      ELSE
+        holder := NULL;  -- this event opened the window
+      END IF;
+      INSERT INTO automation_execution_logs
+        (id, automation_id, subject_schema, subject_table, subject_key_column, subject_id,
+         event, old_status, new_status, snapshot, payload, status, held_from, suppressed_by, cascade_depth, caused_by, run_at,
+         created_at, completed_at, updated_at)
+      VALUES
+        (r.id, r.automation_id, r.subject_schema, r.subject_table, r.subject_key_column, r.subject_id,
+         r.event, r.old_status, r.new_status, r.snapshot, r.payload,
+         CASE WHEN holder IS NOT NULL THEN 'suppressed' WHEN r.paused THEN 'paused' ELSE 'pending' END,
+         CASE WHEN holder IS NULL AND r.paused THEN 'pending' END,
+         holder, r.cascade_depth, r.caused_by, r.run_at, r.created_at, CASE WHEN holder IS NULL THEN NULL ELSE r.created_at END, r.updated_at);
+    END LOOP;
+  END IF;
+  RETURN moved;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION herald_ingest(integer) FROM PUBLIC;
+
+-- The delay before attempt n+1: exponential backoff with full jitter.
+CREATE OR REPLACE FUNCTION herald_backoff(attempts integer, base interval, cap interval) RETURNS interval
+LANGUAGE sql VOLATILE AS $$
+  SELECT least(cap, base * power(2, least(greatest(attempts - 1, 0), 30))) * random()
+$$;
+
+-- The rescue, for instances too (see the first branch of the loop).
+CREATE OR REPLACE FUNCTION herald_rescue(p_now timestamptz)
+RETURNS TABLE (requeued integer, retried integer, dead integer, unknown integer)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+  l        record;
+  holds    text[];
+  last     boolean;
+BEGIN
+  requeued := 0; retried := 0; dead := 0; unknown := 0;
+
+  WITH lost AS (
+    UPDATE ONLY automation_execution_logs
+    SET status = 'pending', run_at = p_now, lease_token = NULL, lease_expires_at = NULL,
+        queued_at = NULL, updated_at = p_now
+    WHERE status = 'queued' AND lease_expires_at < p_now
+    RETURNING 1
+  )
+  SELECT count(*) INTO requeued FROM lost;
+
+  FOR l IN
+    SELECT g.id, g.attempts, g.version, a.max_attempts, a.retry_base, a.retry_cap, a.email_on_unknown, a.sms_on_unknown
+    FROM ONLY automation_execution_logs g
+    LEFT JOIN automations a ON a.id = g.automation_id
+    WHERE g.status = 'running' AND g.lease_expires_at < p_now
+    FOR UPDATE OF g SKIP LOCKED
+  LOOP
+    -- A workflow instance goes back to pending at once. It resumes from its checkpoint; the
+    -- claim that takes it finds any effect whose end was never recorded and holds it.
+    IF l.version IS NOT NULL THEN
+      UPDATE ONLY automation_execution_logs
+      SET status = 'pending', run_at = p_now, lease_token = NULL, lease_expires_at = NULL, updated_at = p_now,
+          error = 'the executor vanished (lease expired); resuming', error_kind = 'transient', error_code = 'LeaseExpired'
+      WHERE id = l.id;
+      UPDATE automation_attempts SET outcome = 'lease_expired', finished_at = p_now
+      WHERE log_id = l.id AND attempt = l.attempts;
+      retried := retried + 1;
+      CONTINUE;
+    END IF;
+    -- Sends that were in flight: their outcome is unknown.
+    WITH inflight AS (
+      UPDATE automation_deliveries
+      SET status = 'unknown', completed_at = p_now,
+          error = 'the executor lost its lease while this send was in flight'
+      WHERE log_id = l.id AND status = 'sending'
+      RETURNING channel
+    )
+    SELECT coalesce(array_agg(channel) FILTER (WHERE
+             (channel = 'email' AND coalesce(l.email_on_unknown, 'hold') = 'hold') OR
+             (channel = 'sms' AND coalesce(l.sms_on_unknown, 'hold') = 'hold')), '{}')
+    INTO holds
+    FROM inflight;
+
+    IF cardinality(holds) > 0 THEN
+      UPDATE ONLY automation_execution_logs
+      SET status = 'unknown', lease_token = NULL, lease_expires_at = NULL, updated_at = p_now,
+          error = format('outcome unknown for %s: the executor vanished during the send', array_to_string(holds, ', ')),
+          error_kind = 'transient', error_code = 'OutcomeUnknown'
+      WHERE id = l.id;
+      UPDATE automation_attempts SET outcome = 'unknown', finished_at = p_now,
+             error = 'the executor vanished during the send'
+      WHERE log_id = l.id AND attempt = l.attempts;
+      unknown := unknown + 1;
+    ELSE
+      -- Retried after a backoff, or dead when that was the last attempt.
+      last := l.attempts >= coalesce(l.max_attempts, 1);
+      UPDATE ONLY automation_execution_logs
+      SET status = CASE WHEN last THEN 'dead' ELSE 'pending' END,
+          run_at = CASE WHEN last THEN run_at ELSE p_now + herald_backoff(l.attempts, l.retry_base, l.retry_cap) END,
+          completed_at = CASE WHEN last THEN p_now END,
+          lease_token = NULL, lease_expires_at = NULL, updated_at = p_now,
+          error = CASE WHEN last THEN 'the executor vanished (lease expired) on the last attempt'
+                       ELSE 'the executor vanished (lease expired); retrying' END,
+          error_kind = 'transient', error_code = 'LeaseExpired'
+      WHERE id = l.id;
+      UPDATE automation_attempts SET outcome = 'lease_expired', finished_at = p_now
+      WHERE log_id = l.id AND attempt = l.attempts;
+      IF last THEN
+        dead := dead + 1;
+      ELSE
+        retried := retried + 1;
+      END IF;
+    END IF;
+  END LOOP;
+  RETURN NEXT;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION herald_rescue(timestamptz) FROM PUBLIC;

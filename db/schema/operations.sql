@@ -1,0 +1,35 @@
+-- Views for operators.
+-- Each object here is defined in this file only; herald-migrate re-applies the file when
+-- it changes (see docs/deploying.md).
+
+-- Every email and SMS: one-shot deliveries, send steps, and each admin a notify_admin step
+-- reached or tried.
+CREATE OR REPLACE VIEW herald_sends AS
+SELECT d.log_id, NULL::text AS step_id, NULL::integer AS attempt, d.channel, d.recipient, d.status,
+       d.provider_message_id, d.error, d.started_at, d.completed_at
+FROM automation_deliveries d
+UNION ALL
+SELECT r.log_id, r.step_id, r.attempt, CASE r.step_type WHEN 'send_email' THEN 'email' ELSE 'sms' END,
+       r.effect ->> 'to',
+       CASE r.status WHEN 'started' THEN 'sending' WHEN 'done' THEN 'sent' ELSE r.status END,
+       r.output ->> 'message_id', r.error, r.started_at, r.finished_at
+FROM automation_step_runs r
+WHERE r.step_type IN ('send_email', 'send_sms') AND r.status <> 'decided'
+UNION ALL
+SELECT r.log_id, r.step_id, r.attempt, a.channel, a.recipient,
+       CASE WHEN r.status = 'started' THEN 'sending'
+            WHEN r.status = 'done' AND miss.error IS NULL THEN 'sent'
+            WHEN r.status = 'done' THEN 'failed'
+            ELSE r.status END,
+       hit.message_id, coalesce(miss.error, CASE WHEN r.status <> 'done' THEN r.error END), r.started_at, r.finished_at
+FROM automation_step_runs r
+CROSS JOIN LATERAL (
+  SELECT 'email' AS channel, e AS recipient FROM jsonb_array_elements_text(r.effect -> 'emails') e
+  UNION ALL
+  SELECT 'sms', p FROM jsonb_array_elements_text(r.effect -> 'phones') p
+) a
+LEFT JOIN LATERAL (SELECT s ->> 'message_id' AS message_id FROM jsonb_array_elements(r.output -> 'sent') s
+                   WHERE s ->> 'to' = a.recipient LIMIT 1) hit ON true
+LEFT JOIN LATERAL (SELECT s ->> 'error' AS error FROM jsonb_array_elements(r.output -> 'not_reached') s
+                   WHERE s ->> 'to' = a.recipient LIMIT 1) miss ON true
+WHERE r.step_type = 'notify_admin' AND r.status <> 'decided';
