@@ -119,12 +119,11 @@ async fn a_changed_schema_file_is_applied_again_and_recompiles_the_capture_trigg
         }
     );
     // AND the function is the file's again
-    assert_eq!(
+    assert!(
         db.scalar::<bool>(
             "SELECT herald_backoff(1, interval '30 seconds', interval '1 hour') <= interval '30 seconds'"
         )
-        .await,
-        true
+        .await
     );
     // AND the attached table captures again
     db.exec("UPDATE orders SET state = 'paid'").await;
@@ -144,7 +143,7 @@ async fn the_psql_order_the_docs_give_builds_the_schema_the_runner_builds() {
         .filter_map(|l| l.trim().strip_prefix("psql -v ON_ERROR_STOP=1 -f "))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert!(order.len() >= 1 + SCHEMA.len(), "{order:?}");
+    assert!(order.len() > SCHEMA.len(), "{order:?}");
     for file in &order {
         by_hand.exec(&repo_file(file)).await;
     }
