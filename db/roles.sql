@@ -31,13 +31,12 @@ GRANT UPDATE (status, queued_at, updated_at, lease_token, lease_expires_at) ON a
 GRANT USAGE ON SEQUENCE herald_lease_tokens TO herald_scheduler;
 GRANT EXECUTE ON FUNCTION herald_rescue(timestamptz) TO herald_scheduler;
 GRANT EXECUTE ON FUNCTION herald_ingest(integer) TO herald_scheduler;
--- Receipts are applied by a function of the owner's: the scheduler still reads no
--- deliveries, attempts or definitions.
-GRANT EXECUTE ON FUNCTION herald_apply_receipts(jsonb, timestamptz) TO herald_scheduler;
+-- Receipts are applied by a function of the owner's: the scheduler still reads no step runs
+-- or definitions.
 GRANT EXECUTE ON FUNCTION herald_apply_step_receipts(jsonb, timestamptz) TO herald_scheduler;
 
--- The executor: claims one log, reads its definition and template variables, records
--- deliveries and attempts, writes the result. It cannot change definitions, and it does not
+-- The executor: claims its logs, reads their definitions and template variables, records
+-- their steps, writes the result. It cannot change definitions, and it does not
 -- read the trigger's row snapshots (it reads fresh data through the context relations).
 GRANT SELECT (id, automation_id, subject_schema, subject_table, subject_key_column, subject_id,
               event, old_status, new_status, status, attempts, run_at, lease_token)
@@ -46,20 +45,16 @@ GRANT UPDATE (status, attempts, started_at, completed_at, updated_at, run_at, le
               lease_expires_at, error, error_kind, error_code)
   ON automation_execution_logs TO herald_executor;
 GRANT SELECT ON automations TO herald_executor;
-GRANT SELECT, INSERT, UPDATE ON automation_deliveries TO herald_executor;
-GRANT SELECT, INSERT, UPDATE ON automation_attempts TO herald_executor;
 GRANT USAGE ON SEQUENCE herald_lease_tokens TO herald_executor;
-GRANT EXECUTE ON FUNCTION herald_write_back(bigint[], bigint[], text[], text[], text[], text[], bigint[], bigint[],
-  text[], text[], bigint[], bigint[], text[], text[], text[], text[], timestamptz) TO herald_executor;
 
 -- Workflow instances. The scheduler learns only whether a log is an instance (to tell the
 -- executor); the executor loads the version an instance runs, keeps its place and records
 -- its steps.
 GRANT SELECT (version, automation_id, attempts) ON automation_execution_logs TO herald_scheduler;
 GRANT SELECT (id, version) ON automations TO herald_scheduler;
-GRANT SELECT (version, next_step, step_attempt, steps_run, outputs, started_at) ON automation_execution_logs
+GRANT SELECT (version, next_step, step_attempt, steps_run, outputs, started_at, parked_lease) ON automation_execution_logs
   TO herald_executor;
-GRANT UPDATE (version, next_step, step_attempt, steps_run, outputs, exit_reason) ON automation_execution_logs
+GRANT UPDATE (version, next_step, step_attempt, steps_run, outputs, exit_reason, parked_lease) ON automation_execution_logs
   TO herald_executor;
 GRANT SELECT ON automation_versions TO herald_executor;
 GRANT SELECT, INSERT, UPDATE ON automation_step_runs TO herald_executor;

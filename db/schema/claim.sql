@@ -127,91 +127,32 @@ LANGUAGE sql VOLATILE AS $$
   SELECT least(cap, base * power(2, least(greatest(attempts - 1, 0), 30))) * random()
 $$;
 
--- The rescue, for instances too (see the first branch of the loop).
+-- Scheduler: logs whose lease ran out. A queued one (its message was never run) goes back to
+-- pending as it was. A running one goes back to pending at once and resumes from its place;
+-- the claim that takes it finds any effect whose end was never recorded and holds it as
+-- unknown, or sends it again, by its step's policy.
 CREATE OR REPLACE FUNCTION herald_rescue(p_now timestamptz)
-RETURNS TABLE (requeued integer, retried integer, dead integer, unknown integer)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-DECLARE
-  l        record;
-  holds    text[];
-  last     boolean;
-BEGIN
-  requeued := 0; retried := 0; dead := 0; unknown := 0;
-
+RETURNS TABLE (requeued integer, resumed integer)
+LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
   WITH lost AS (
     UPDATE ONLY automation_execution_logs
     SET status = 'pending', run_at = p_now, lease_token = NULL, lease_expires_at = NULL,
         queued_at = NULL, updated_at = p_now
     WHERE status = 'queued' AND lease_expires_at < p_now
     RETURNING 1
+  ), expired AS (
+    -- (An instance locked by an executor's write is left for the next run.)
+    SELECT id FROM ONLY automation_execution_logs
+    WHERE status = 'running' AND lease_expires_at < p_now
+    FOR UPDATE SKIP LOCKED
+  ), vanished AS (
+    UPDATE ONLY automation_execution_logs g
+    SET status = 'pending', run_at = p_now, lease_token = NULL, lease_expires_at = NULL, updated_at = p_now,
+        error = 'the executor vanished (lease expired); resuming', error_kind = 'transient', error_code = 'LeaseExpired'
+    FROM expired e
+    WHERE g.id = e.id
+    RETURNING 1
   )
-  SELECT count(*) INTO requeued FROM lost;
-
-  FOR l IN
-    SELECT g.id, g.attempts, g.version, a.max_attempts, a.retry_base, a.retry_cap, a.email_on_unknown, a.sms_on_unknown
-    FROM ONLY automation_execution_logs g
-    LEFT JOIN automations a ON a.id = g.automation_id
-    WHERE g.status = 'running' AND g.lease_expires_at < p_now
-    FOR UPDATE OF g SKIP LOCKED
-  LOOP
-    -- A workflow instance goes back to pending at once. It resumes from its checkpoint; the
-    -- claim that takes it finds any effect whose end was never recorded and holds it.
-    IF l.version IS NOT NULL THEN
-      UPDATE ONLY automation_execution_logs
-      SET status = 'pending', run_at = p_now, lease_token = NULL, lease_expires_at = NULL, updated_at = p_now,
-          error = 'the executor vanished (lease expired); resuming', error_kind = 'transient', error_code = 'LeaseExpired'
-      WHERE id = l.id;
-      UPDATE automation_attempts SET outcome = 'lease_expired', finished_at = p_now
-      WHERE log_id = l.id AND attempt = l.attempts;
-      retried := retried + 1;
-      CONTINUE;
-    END IF;
-    -- Sends that were in flight: their outcome is unknown.
-    WITH inflight AS (
-      UPDATE automation_deliveries
-      SET status = 'unknown', completed_at = p_now,
-          error = 'the executor lost its lease while this send was in flight'
-      WHERE log_id = l.id AND status = 'sending'
-      RETURNING channel
-    )
-    SELECT coalesce(array_agg(channel) FILTER (WHERE
-             (channel = 'email' AND coalesce(l.email_on_unknown, 'hold') = 'hold') OR
-             (channel = 'sms' AND coalesce(l.sms_on_unknown, 'hold') = 'hold')), '{}')
-    INTO holds
-    FROM inflight;
-
-    IF cardinality(holds) > 0 THEN
-      UPDATE ONLY automation_execution_logs
-      SET status = 'unknown', lease_token = NULL, lease_expires_at = NULL, updated_at = p_now,
-          error = format('outcome unknown for %s: the executor vanished during the send', array_to_string(holds, ', ')),
-          error_kind = 'transient', error_code = 'OutcomeUnknown'
-      WHERE id = l.id;
-      UPDATE automation_attempts SET outcome = 'unknown', finished_at = p_now,
-             error = 'the executor vanished during the send'
-      WHERE log_id = l.id AND attempt = l.attempts;
-      unknown := unknown + 1;
-    ELSE
-      -- Retried after a backoff, or dead when that was the last attempt.
-      last := l.attempts >= coalesce(l.max_attempts, 1);
-      UPDATE ONLY automation_execution_logs
-      SET status = CASE WHEN last THEN 'dead' ELSE 'pending' END,
-          run_at = CASE WHEN last THEN run_at ELSE p_now + herald_backoff(l.attempts, l.retry_base, l.retry_cap) END,
-          completed_at = CASE WHEN last THEN p_now END,
-          lease_token = NULL, lease_expires_at = NULL, updated_at = p_now,
-          error = CASE WHEN last THEN 'the executor vanished (lease expired) on the last attempt'
-                       ELSE 'the executor vanished (lease expired); retrying' END,
-          error_kind = 'transient', error_code = 'LeaseExpired'
-      WHERE id = l.id;
-      UPDATE automation_attempts SET outcome = 'lease_expired', finished_at = p_now
-      WHERE log_id = l.id AND attempt = l.attempts;
-      IF last THEN
-        dead := dead + 1;
-      ELSE
-        retried := retried + 1;
-      END IF;
-    END IF;
-  END LOOP;
-  RETURN NEXT;
-END
+  SELECT (SELECT count(*) FROM lost)::integer, (SELECT count(*) FROM vanished)::integer
 $$;
 REVOKE EXECUTE ON FUNCTION herald_rescue(timestamptz) FROM PUBLIC;

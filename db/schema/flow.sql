@@ -166,10 +166,7 @@ BEGIN
     WHERE m.nth = 1 AND l.id = m.log_id AND l.status = 'queued' AND l.lease_token = m.lease
       AND a.id = l.automation_id AND (l.version IS NOT NULL OR a.version IS NOT NULL)
     RETURNING l.id, l.attempts, l.lease_token, l.automation_id, l.version, l.next_step, l.step_attempt, l.steps_run, l.outputs,
-              a.max_attempts, a.retry_base, a.retry_cap
-  ), opened AS (
-    INSERT INTO automation_attempts (log_id, attempt, lease_token, started_at)
-    SELECT id, attempts, lease_token, p_now FROM claimed
+              l.parked_lease, a.max_attempts, a.retry_base, a.retry_cap
   ), ctx AS (
     SELECT * FROM herald_contexts(ARRAY(SELECT id FROM claimed))
   )
@@ -194,7 +191,8 @@ BEGIN
   LEFT JOIN ONLY automation_execution_logs l ON l.id = m.log_id
   LEFT JOIN automation_versions v ON v.automation_id = c.automation_id AND v.version = c.version
   -- The last effect an earlier invocation started, if it did not park the instance after it
-  -- (a park is the last write of an invocation, and records the place on the instance):
+  -- (a park is the last write of an invocation: it records the place, and its lease as
+  -- parked_lease, on the instance):
   -- the instance resumes at that effect's place. Lease tokens grow with every claim.
   -- (LIMIT, and the order of the runs' index by log, keep the lookup a probe of that index for
   -- each instance, rather than a walk back through every run.)
@@ -204,8 +202,7 @@ BEGIN
           WHERE y.log_id = c.id AND y.place IS NOT NULL
           ORDER BY y.log_id DESC, y.id DESC
           LIMIT 1) x
-    WHERE NOT EXISTS (SELECT 1 FROM automation_attempts t
-                      WHERE t.log_id = x.log_id AND t.outcome = 'parked' AND t.lease_token >= x.lease_token)
+    WHERE x.lease_token > coalesce(c.parked_lease, 0)
   ) r ON true
   ORDER BY m.ord;
 END
@@ -390,14 +387,10 @@ BEGIN
         next_step = l.v ->> 'next_step', step_attempt = (l.v ->> 'step_attempt')::int - 1,
         steps_run = (l.v ->> 'steps_run')::int - 1, outputs = l.v -> 'outputs', run_at = p_now,
         completed_at = CASE l.held WHEN 'cancelled' THEN p_now END,
-        updated_at = p_now, lease_token = NULL, lease_expires_at = NULL
+        updated_at = p_now, lease_token = NULL, lease_expires_at = NULL, parked_lease = l.lease_token
     FROM l
     WHERE g.id = l.id AND l.held IS NOT NULL
     RETURNING l.n, l.held
-  ), stopped_attempts AS (
-    UPDATE automation_attempts t SET finished_at = p_now, outcome = 'parked'
-    FROM l
-    WHERE l.held IS NOT NULL AND t.log_id = l.id AND t.lease_token = l.lease_token AND t.finished_at IS NULL
   ), runs AS (
     INSERT INTO automation_step_runs (log_id, step_id, step_type, attempt, lease_token, status, started_at, effect, place)
     SELECT l.id, l.v ->> 'step', l.v ->> 'type', (l.v ->> 'attempt')::int, l.lease_token, 'started', p_now, l.v -> 'effect',
@@ -445,10 +438,8 @@ BEGIN
           next_step = entry ->> 'next_step', step_attempt = (entry ->> 'step_attempt')::int - 1,
           steps_run = (entry ->> 'steps_run')::int - 1, outputs = entry -> 'outputs', run_at = p_now,
           completed_at = CASE loc.held WHEN 'cancelled' THEN p_now END,
-          updated_at = p_now, lease_token = NULL, lease_expires_at = NULL
+          updated_at = p_now, lease_token = NULL, lease_expires_at = NULL, parked_lease = loc.lease_token
       WHERE id = loc.id;
-      UPDATE automation_attempts SET finished_at = p_now, outcome = 'parked'
-      WHERE log_id = loc.id AND lease_token = loc.lease_token AND finished_at IS NULL;
       started := started || jsonb_build_object(k::text, loc.held);
       CONTINUE;
     END IF;
@@ -519,26 +510,21 @@ BEGIN
                         ORDER BY r.id DESC LIMIT 1) END,
         completed_at = CASE WHEN coalesce(l.held, l.want) IN ('completed', 'failed', 'dead', 'exited', 'cancelled')
                             THEN p_now END,
-        updated_at = p_now, lease_token = NULL, lease_expires_at = NULL
+        updated_at = p_now, lease_token = NULL, lease_expires_at = NULL, parked_lease = l.token
     FROM l
     WHERE g.id = l.id
     RETURNING l.n, l.held
-  ), closed AS (
-    UPDATE automation_attempts t SET finished_at = p_now, outcome = 'parked'
-    FROM l
-    WHERE t.log_id = l.id AND t.lease_token = l.token AND t.finished_at IS NULL
   )
-  -- A park this same write made before (its commit landed, its answer was lost) closed the
-  -- attempt of its lease at this write's time: taken.
+  -- A park this same write made before (its commit landed, its answer was lost) left its
+  -- lease on the instance, at this write's time: taken. (A lease parks an instance once.)
   SELECT coalesce(jsonb_agg(CASE WHEN d.n IS NOT NULL THEN coalesce(to_jsonb(d.held), 'true')
-                                 WHEN EXISTS (SELECT 1 FROM automation_attempts t
-                                              WHERE t.log_id = p.log_id AND t.lease_token = p.token
-                                                AND t.finished_at = p_now AND t.outcome = 'parked') THEN 'true'
+                                 WHEN g.parked_lease = p.token AND g.updated_at = p_now THEN 'true'
                                  ELSE 'false' END
                             ORDER BY p.n), '[]')
   INTO parked
   FROM p
-  LEFT JOIN done d ON d.n = p.n;
+  LEFT JOIN done d ON d.n = p.n
+  LEFT JOIN ONLY automation_execution_logs g ON g.id = p.log_id;
 
   RETURN jsonb_build_object(
     'ended', ended,

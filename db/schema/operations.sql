@@ -2,17 +2,12 @@
 -- Each object here is defined in this file only; herald-migrate re-applies the file when
 -- it changes (see docs/deploying.md).
 
--- Every email and SMS: one-shot deliveries, send steps, and each admin a notify_admin step
--- reached or tried.
+-- Every email and SMS: send steps, and each admin a notify_admin step reached or tried.
 CREATE OR REPLACE VIEW herald_sends AS
-SELECT d.log_id, NULL::text AS step_id, NULL::integer AS attempt, d.channel, d.recipient, d.status,
-       d.provider_message_id, d.error, d.started_at, d.completed_at
-FROM automation_deliveries d
-UNION ALL
-SELECT r.log_id, r.step_id, r.attempt, CASE r.step_type WHEN 'send_email' THEN 'email' ELSE 'sms' END,
-       r.effect ->> 'to',
-       CASE r.status WHEN 'started' THEN 'sending' WHEN 'done' THEN 'sent' ELSE r.status END,
-       r.output ->> 'message_id', r.error, r.started_at, r.finished_at
+SELECT r.log_id, r.step_id, r.attempt, CASE r.step_type WHEN 'send_email' THEN 'email' ELSE 'sms' END AS channel,
+       r.effect ->> 'to' AS recipient,
+       CASE r.status WHEN 'started' THEN 'sending' WHEN 'done' THEN 'sent' ELSE r.status END AS status,
+       r.output ->> 'message_id' AS provider_message_id, r.error, r.started_at, r.finished_at AS completed_at
 FROM automation_step_runs r
 WHERE r.step_type IN ('send_email', 'send_sms') AND r.status <> 'decided'
 UNION ALL
