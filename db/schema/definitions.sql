@@ -3,6 +3,77 @@
 -- Each object here is defined in this file only; herald-migrate re-applies the file when
 -- it changes (see docs/deploying.md).
 
+-- The shape of a definition: its keys, each trigger type and each step type with the keys
+-- it takes (in the order messages list them), and which of a step's keys are templates.
+-- Herald's two readers follow this one text: the checks in this file read it through this
+-- function, and the executor's parser compiles in the JSON it selects, from this file
+-- (shared/src/workflow/shape.rs). A new trigger or step type starts here.
+CREATE OR REPLACE FUNCTION herald_definition_shape() RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $shape$ SELECT $json$
+{
+  "document": ["trigger", "conditions", "exit", "timezone", "admins", "steps"],
+  "triggers": [
+    {"type": "status_change", "keys": ["type", "table", "column", "to", "from"]},
+    {"type": "insert", "keys": ["type", "table", "to"]},
+    {"type": "update", "keys": ["type", "table", "columns"]},
+    {"type": "delete", "keys": ["type", "table"]},
+    {"type": "tag_added", "keys": ["type", "tag"]},
+    {"type": "tag_removed", "keys": ["type", "tag"]},
+    {"type": "segment_joined", "keys": ["type", "segment"]},
+    {"type": "segment_left", "keys": ["type", "segment"]},
+    {"type": "manual", "keys": ["type"]}
+  ],
+  "admins": ["emails", "phones"],
+  "exit": ["if", "reason"],
+  "retry": ["times", "backoff"],
+  "step": ["id", "type", "on_error"],
+  "steps": [
+    {"type": "send_email", "keys": ["from", "to", "subject", "text", "html", "on_unknown"],
+     "templates": ["from", "to", "subject", "text", "html"]},
+    {"type": "send_sms", "keys": ["to", "body", "on_unknown"], "templates": ["to", "body"]},
+    {"type": "wait", "keys": ["for", "until"], "templates": []},
+    {"type": "branch", "keys": ["if", "then", "else"], "templates": []},
+    {"type": "update_field", "keys": ["table", "key", "set"], "templates": []},
+    {"type": "add_tag", "keys": ["tag", "table", "key"], "templates": ["key"]},
+    {"type": "remove_tag", "keys": ["tag", "table", "key"], "templates": ["key"]},
+    {"type": "add_to_segment", "keys": ["segment", "table", "key"], "templates": ["key"]},
+    {"type": "remove_from_segment", "keys": ["segment", "table", "key"], "templates": ["key"]},
+    {"type": "webhook", "keys": ["url", "body", "secret", "timeout", "on_unknown"], "templates": ["url", "body"]},
+    {"type": "create_task", "keys": ["title", "assignee", "due", "notes"], "templates": ["title", "assignee", "notes"]},
+    {"type": "notify_admin", "keys": ["subject", "text", "on_unknown"], "templates": ["subject", "text"]}
+  ]
+}
+$json$::jsonb $shape$;
+
+-- The part of the shape for one trigger or step type (`triggers` or `steps`), or NULL.
+CREATE OR REPLACE FUNCTION herald_shape_of(p_list text, p_type text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT s FROM jsonb_array_elements(herald_definition_shape() -> p_list) s WHERE s ->> 'type' = p_type
+$$;
+
+-- The types of a list of the shape, for messages: "status_change, insert, …".
+CREATE OR REPLACE FUNCTION herald_shape_types(p_list text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT string_agg(s ->> 'type', ', ' ORDER BY n)
+  FROM jsonb_array_elements(herald_definition_shape() -> p_list) WITH ORDINALITY AS x(s, n)
+$$;
+
+-- A JSON array of text as a text[].
+CREATE OR REPLACE FUNCTION herald_texts(p_value jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT ARRAY(SELECT jsonb_array_elements_text(p_value))
+$$;
+
+-- A problem for each key of an object that is not one of p_keys (a JSON array of text).
+CREATE OR REPLACE FUNCTION herald_unknown_keys(p_object jsonb, p_keys jsonb, p_path text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT coalesce(jsonb_agg(jsonb_build_array(concat_ws('.', nullif(p_path, ''), k),
+                                              'unknown key; expected ' || array_to_string(herald_texts(p_keys), ', '))
+                            ORDER BY k), '[]')
+  FROM jsonb_object_keys(CASE jsonb_typeof(p_object) WHEN 'object' THEN p_object ELSE '{}' END) k
+  WHERE NOT p_keys ? k
+$$;
+
 -- One problem as a list of [path, message], or an empty list when there is no message.
 CREATE OR REPLACE FUNCTION herald_problem(p_path text, p_message text) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
@@ -328,6 +399,8 @@ DECLARE
   path     text;
   kind     text;
   allowed  text[];
+  common   text[];
+  shape    jsonb;
   k        text;
   inner_r  jsonb;
   arm      text;
@@ -360,6 +433,7 @@ BEGIN
         NULL;
       ELSIF jsonb_typeof(step #> '{on_error,retry}') = 'object' THEN
         retry := step #> '{on_error,retry}';
+        problems := problems || herald_unknown_keys(retry, herald_definition_shape() -> 'retry', path || '.on_error.retry');
         IF jsonb_typeof(retry -> 'times') IS DISTINCT FROM 'number'
            OR (retry ->> 'times')::numeric NOT IN (1, 2, 3, 4, 5, 6, 7, 8, 9, 10) THEN
           problems := problems || jsonb_build_array(jsonb_build_array(path || '.on_error.retry.times', 'is a count from 1 to 10'));
@@ -374,45 +448,23 @@ BEGIN
       END IF;
     END IF;
     kind := step ->> 'type';
-    allowed := CASE kind
-      WHEN 'send_email' THEN ARRAY['from', 'to', 'subject', 'text', 'html', 'on_unknown']
-      WHEN 'send_sms' THEN ARRAY['to', 'body', 'on_unknown']
-      WHEN 'wait' THEN ARRAY['for', 'until']
-      WHEN 'branch' THEN ARRAY['if', 'then', 'else']
-      WHEN 'update_field' THEN ARRAY['table', 'key', 'set']
-      WHEN 'add_tag' THEN ARRAY['tag', 'table', 'key'] WHEN 'remove_tag' THEN ARRAY['tag', 'table', 'key']
-      WHEN 'add_to_segment' THEN ARRAY['segment', 'table', 'key']
-      WHEN 'remove_from_segment' THEN ARRAY['segment', 'table', 'key']
-      WHEN 'webhook' THEN ARRAY['url', 'body', 'secret', 'timeout', 'on_unknown']
-      WHEN 'create_task' THEN ARRAY['title', 'assignee', 'due', 'notes']
-      WHEN 'notify_admin' THEN ARRAY['subject', 'text', 'on_unknown']
-    END;
+    shape := herald_shape_of('steps', kind);
+    allowed := herald_texts(shape -> 'keys');
     IF kind IS NULL THEN
       problems := problems || jsonb_build_array(jsonb_build_array(path || '.type', 'is required'));
       CONTINUE;
-    ELSIF allowed IS NULL THEN
+    ELSIF shape IS NULL THEN
       problems := problems || jsonb_build_array(jsonb_build_array(path || '.type', format(
-        'unknown step type `%s`; expected one of send_email, send_sms, wait, branch, update_field, add_tag, '
-        'remove_tag, add_to_segment, remove_from_segment, webhook, create_task, notify_admin', kind)));
+        'unknown step type `%s`; expected one of %s', kind, herald_shape_types('steps'))));
       CONTINUE;
     END IF;
-    FOR k IN SELECT key FROM jsonb_object_keys(step) key
-             WHERE key <> ALL (allowed || ARRAY['id', 'type', 'on_error']) ORDER BY 1 LOOP
-      problems := problems || jsonb_build_array(jsonb_build_array(path || '.' || k,
-        format('unknown key; expected %s', array_to_string(ARRAY['id', 'type', 'on_error'] || allowed, ', '))));
-    END LOOP;
+    common := herald_texts(herald_definition_shape() -> 'step');
+    problems := problems || herald_unknown_keys(step, to_jsonb(common || allowed), path);
     IF step ? 'on_unknown' AND 'on_unknown' = ANY (allowed) AND step -> 'on_unknown' NOT IN ('"hold"', '"resend"') THEN
       problems := problems || jsonb_build_array(jsonb_build_array(path || '.on_unknown', 'is "hold" or "resend"'));
     END IF;
     -- Templates: at least their delimiters and blocks must close (Herald compiles them).
-    FOR k IN SELECT unnest(CASE kind
-               WHEN 'send_email' THEN ARRAY['from', 'to', 'subject', 'text', 'html']
-               WHEN 'send_sms' THEN ARRAY['to', 'body']
-               WHEN 'webhook' THEN ARRAY['url', 'body']
-               WHEN 'create_task' THEN ARRAY['title', 'assignee', 'notes']
-               WHEN 'notify_admin' THEN ARRAY['subject', 'text']
-               WHEN 'add_tag' THEN ARRAY['key'] WHEN 'remove_tag' THEN ARRAY['key']
-               WHEN 'add_to_segment' THEN ARRAY['key'] WHEN 'remove_from_segment' THEN ARRAY['key'] END) LOOP
+    FOR k IN SELECT jsonb_array_elements_text(shape -> 'templates') LOOP
       why := CASE WHEN jsonb_typeof(step -> k) = 'string' THEN herald_template_problem(step ->> k) END;
       IF why IS NOT NULL THEN
         problems := problems || jsonb_build_array(jsonb_build_array(path || '.' || k, why));
@@ -573,29 +625,19 @@ BEGIN
     RETURN QUERY SELECT '(document)'::text, 'a definition is an object'::text;
     RETURN;
   END IF;
-  FOR k IN SELECT key FROM jsonb_object_keys(p_definition) key
-           WHERE key NOT IN ('trigger', 'conditions', 'exit', 'timezone', 'admins', 'steps') ORDER BY 1 LOOP
-    problems := problems || jsonb_build_array(jsonb_build_array(k,
-      'unknown key; expected trigger, conditions, exit, timezone, admins, steps'));
-  END LOOP;
+  problems := problems || herald_unknown_keys(p_definition, herald_definition_shape() -> 'document', '')
+                       || herald_unknown_keys(p_definition -> 'admins', herald_definition_shape() -> 'admins', 'admins');
   -- The trigger, and the relation whose columns conditions and waits read.
   IF jsonb_typeof(trig) IS DISTINCT FROM 'object' THEN
     problems := problems || jsonb_build_array(jsonb_build_array('trigger', 'is required: an object with a type'));
   END IF;
   -- A trigger's keys, as Herald's reader takes them.
-  tkeys := CASE trig ->> 'type'
-    WHEN 'status_change' THEN ARRAY['type', 'table', 'column', 'to', 'from']
-    WHEN 'insert' THEN ARRAY['type', 'table', 'to']
-    WHEN 'update' THEN ARRAY['type', 'table', 'columns']
-    WHEN 'delete' THEN ARRAY['type', 'table']
-    WHEN 'tag_added' THEN ARRAY['type', 'tag'] WHEN 'tag_removed' THEN ARRAY['type', 'tag']
-    WHEN 'segment_joined' THEN ARRAY['type', 'segment'] WHEN 'segment_left' THEN ARRAY['type', 'segment']
-    WHEN 'manual' THEN ARRAY['type'] END;
+  tkeys := herald_texts(herald_shape_of('triggers', trig ->> 'type') -> 'keys');
+  IF cardinality(tkeys) = 0 THEN
+    tkeys := NULL;
+  END IF;
   IF tkeys IS NOT NULL THEN
-    FOR k IN SELECT key FROM jsonb_object_keys(trig) key WHERE key <> ALL (tkeys) ORDER BY 1 LOOP
-      problems := problems || jsonb_build_array(jsonb_build_array('trigger.' || k,
-        format('unknown key; expected %s', array_to_string(tkeys, ', '))));
-    END LOOP;
+    problems := problems || herald_unknown_keys(trig, to_jsonb(tkeys), 'trigger');
     FOREACH k IN ARRAY ARRAY['to', 'from', 'columns'] LOOP
       IF trig ? k AND k = ANY (tkeys) AND NOT (jsonb_typeof(trig -> k) = 'string'
          OR (jsonb_typeof(trig -> k) = 'array' AND NOT jsonb_path_exists(trig -> k, 'strict $[*] ? (@.type() != "string")'))) THEN
@@ -605,7 +647,7 @@ BEGIN
   END IF;
   IF jsonb_typeof(trig) IS DISTINCT FROM 'object' THEN
     NULL;
-  ELSIF trig ->> 'type' IN ('status_change', 'insert', 'update', 'delete') THEN
+  ELSIF 'table' = ANY (tkeys) THEN
     IF jsonb_typeof(trig -> 'table') IS DISTINCT FROM 'string' THEN
       problems := problems || jsonb_build_array(jsonb_build_array('trigger.table', 'is required'));
     ELSE
@@ -634,12 +676,11 @@ BEGIN
         END LOOP;
       END IF;
     END IF;
-  ELSIF trig ->> 'type' IN ('tag_added', 'tag_removed', 'segment_joined', 'segment_left') THEN
-    problems := problems || herald_text_problem(trig, CASE WHEN trig ->> 'type' LIKE 'tag%' THEN 'tag' ELSE 'segment' END, 'trigger');
-  ELSIF trig ->> 'type' IS DISTINCT FROM 'manual' THEN
+  ELSIF tkeys && ARRAY['tag', 'segment'] THEN
+    problems := problems || herald_text_problem(trig, CASE WHEN 'tag' = ANY (tkeys) THEN 'tag' ELSE 'segment' END, 'trigger');
+  ELSIF tkeys IS NULL THEN
     problems := problems || jsonb_build_array(jsonb_build_array('trigger.type', format(
-      'unknown trigger type `%s`; expected one of status_change, insert, update, delete, tag_added, tag_removed, '
-      'segment_joined, segment_left, manual', coalesce(trig ->> 'type', ''))));
+      'unknown trigger type `%s`; expected one of %s', coalesce(trig ->> 'type', ''), herald_shape_types('triggers'))));
   END IF;
   -- What conditions and waits read: the data's relation, else the trigger's table.
   kinds := CASE WHEN p_data IS NOT NULL THEN herald_column_kinds(p_data) ELSE tkinds END;
@@ -651,6 +692,7 @@ BEGIN
       problems := problems || jsonb_build_array(jsonb_build_array('exit', 'is a list of {if, reason}'));
     ELSE
       FOR item IN SELECT value FROM jsonb_array_elements(p_definition -> 'exit') LOOP
+        problems := problems || herald_unknown_keys(item, herald_definition_shape() -> 'exit', format('exit[%s]', i));
         IF NOT item ? 'if' THEN
           problems := problems || jsonb_build_array(jsonb_build_array(format('exit[%s].if', i), 'is required: the condition that ends the flow'));
         ELSE

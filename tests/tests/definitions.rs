@@ -658,6 +658,17 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
             trigger.clone(),
             json!([{"id": "t", "type": "add_tag", "tag": "x", "key": "{{ id }}"}]),
         ),
+        // Keys the shape (herald_definition_shape) does not list, wherever they are.
+        json!({"trigger": trigger, "admins": {"phones": ["+15550199"], "sms": ["+15550199"]}, "steps": [sms]}),
+        json!({"trigger": trigger, "exit": [{"if": {"field": "status", "op": "=", "value": "x"}, "reason": "r", "colour": 1}], "steps": [sms]}),
+        doc(
+            trigger.clone(),
+            json!([{"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "x", "on_error": {"retry": {"times": 2, "jitter": true}}}]),
+        ),
+        doc(
+            trigger.clone(),
+            json!([{"id": "w", "type": "wait", "for": "1 hour", "on_unknown": "hold"}]),
+        ),
     ];
     for d in refused {
         let saved = save(&db, "shapes", &d).await;

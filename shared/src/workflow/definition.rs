@@ -24,6 +24,7 @@ use jiff::{Span, SpanFieldwise};
 use serde_json::{Map, Value as Json};
 
 use super::condition::{self, Condition};
+use super::shape::shape;
 use super::time::{parse_span, zone};
 use super::wait::{self, Wait};
 use super::Problem;
@@ -224,11 +225,6 @@ impl Action {
     }
 }
 
-const STEP_TYPES: &str = "send_email, send_sms, wait, branch, update_field, add_tag, remove_tag, add_to_segment, \
-                          remove_from_segment, webhook, create_task, notify_admin";
-const TRIGGER_TYPES: &str =
-    "status_change, insert, update, delete, tag_added, tag_removed, segment_joined, segment_left, manual";
-
 /// Reads a definition, or every mistake in it, each with its path (`steps[2].then[0].to`).
 pub fn parse(document: &Json) -> Result<Document, Vec<Problem>> {
     let mut r = Reader::default();
@@ -259,8 +255,9 @@ impl Reader {
         }
     }
 
-    fn only_keys(&mut self, object: &Map<String, Json>, allowed: &[&str], path: &str) {
-        for key in object.keys().filter(|k| !allowed.contains(&k.as_str())) {
+    /// A problem for each key the shape does not list for this object.
+    fn only_keys(&mut self, object: &Map<String, Json>, allowed: &[String], path: &str) {
+        for key in object.keys().filter(|k| !allowed.contains(k)) {
             let message = format!("unknown key; expected {}", allowed.join(", "));
             self.problems.push(Problem::new(format!("{path}.{key}"), message));
         }
@@ -340,11 +337,7 @@ impl Reader {
 
     fn document(&mut self, value: &Json) -> Option<Document> {
         let doc = self.object(value, "(document)", "a definition")?;
-        self.only_keys(
-            doc,
-            &["trigger", "conditions", "exit", "timezone", "admins", "steps"],
-            "",
-        );
+        self.only_keys(doc, &shape().document, "");
         // Paths of top-level keys read "trigger", not ".trigger".
         for p in &mut self.problems {
             p.path = p.path.trim_start_matches('.').to_owned();
@@ -390,10 +383,12 @@ impl Reader {
         let path = "trigger";
         let t = self.object(value, path, "a trigger")?;
         let kind = self.text(t, "type", path)?;
-        let table_keys = |extra: &[&'static str]| [&["type", "table"][..], extra].concat();
+        let Some(of_kind) = shape().trigger(&kind) else {
+            return self.unknown_trigger(&kind);
+        };
+        self.only_keys(t, &of_kind.keys, path);
         Some(match kind.as_str() {
             "status_change" => {
-                self.only_keys(t, &table_keys(&["column", "to", "from"]), path);
                 let column = match t.get("column") {
                     Some(_) => Some(self.text(t, "column", path)?),
                     None => None,
@@ -405,21 +400,14 @@ impl Reader {
                     from: self.texts(t, "from", path)?,
                 }
             }
-            "insert" => {
-                self.only_keys(t, &table_keys(&["to"]), path);
-                Trigger::Insert {
-                    table: self.relation(t, "table", path)?,
-                    to: self.texts(t, "to", path)?,
-                }
-            }
-            "delete" => {
-                self.only_keys(t, &table_keys(&[]), path);
-                Trigger::Delete {
-                    table: self.relation(t, "table", path)?,
-                }
-            }
+            "insert" => Trigger::Insert {
+                table: self.relation(t, "table", path)?,
+                to: self.texts(t, "to", path)?,
+            },
+            "delete" => Trigger::Delete {
+                table: self.relation(t, "table", path)?,
+            },
             "update" => {
-                self.only_keys(t, &table_keys(&["columns"]), path);
                 let columns = self.texts(t, "columns", path)?;
                 if columns.is_empty() {
                     return self.problem(
@@ -438,24 +426,28 @@ impl Reader {
                 } else {
                     (LabelKind::Segment, "segment")
                 };
-                self.only_keys(t, &["type", key], path);
                 Trigger::Label {
                     kind: label,
                     added: matches!(kind.as_str(), "tag_added" | "segment_joined"),
                     name: self.text(t, key, path)?,
                 }
             }
-            "manual" => {
-                self.only_keys(t, &["type"], path);
-                Trigger::Manual
-            }
-            other => {
-                return self.problem(
-                    &format!("{path}.type"),
-                    format!("unknown trigger type `{other}`; expected one of {TRIGGER_TYPES}"),
-                )
-            }
+            "manual" => Trigger::Manual,
+            other => return self.unknown_trigger(other),
         })
+    }
+
+    fn unknown_step<T>(&mut self, path: &str, kind: &str) -> Option<T> {
+        let message = format!("unknown step type `{kind}`; expected one of {}", shape().step_types());
+        self.problem(&format!("{path}.type"), message)
+    }
+
+    fn unknown_trigger<T>(&mut self, kind: &str) -> Option<T> {
+        let message = format!(
+            "unknown trigger type `{kind}`; expected one of {}",
+            shape().trigger_types()
+        );
+        self.problem("trigger.type", message)
     }
 
     fn exits(&mut self, value: Option<&Json>) -> Option<Vec<Exit>> {
@@ -469,7 +461,7 @@ impl Reader {
             .map(|(i, item)| {
                 let path = format!("exit[{i}]");
                 let o = self.object(item, &path, "an exit condition")?;
-                self.only_keys(o, &["if", "reason"], &path);
+                self.only_keys(o, &shape().exit, &path);
                 let reason = self.text(o, "reason", &path);
                 let when = match o.get("if") {
                     Some(c) => self.condition(c, &format!("{path}.if")),
@@ -489,7 +481,7 @@ impl Reader {
             return Some(Admins::default());
         };
         let o = self.object(value, "admins", "admins")?;
-        self.only_keys(o, &["emails", "phones"], "admins");
+        self.only_keys(o, &shape().admins, "admins");
         Some(Admins {
             emails: self.texts(o, "emails", "admins")?,
             phones: self.texts(o, "phones", "admins")?,
@@ -517,15 +509,13 @@ impl Reader {
         let id = self.step_id(s, path);
         let on_error = self.on_error(s.get("on_error"), &format!("{path}.on_error"));
         let kind = self.text(s, "type", path)?;
-        let common = ["id", "type", "on_error"];
-        let keys = |extra: &[&'static str]| [&common[..], extra].concat();
+        let Some(of_kind) = shape().step_type(&kind) else {
+            return self.unknown_step(path, &kind);
+        };
+        self.only_keys(s, &[&shape().step[..], &of_kind.keys[..]].concat(), path);
         // Steps whose effect leaves this database may say what to do when its outcome is
         // unknown.
-        let sends = ["send_email", "send_sms", "notify_admin", "webhook"].contains(&kind.as_str());
-        let keys = |extra: &[&'static str]| match sends {
-            true => [&keys(extra)[..], &["on_unknown"]].concat(),
-            false => keys(extra),
-        };
+        let sends = of_kind.sends();
         let on_unknown = match (s.get("on_unknown"), kind.as_str()) {
             (None, "webhook") => Some(OnUnknown::Resend),
             (None, _) => Some(OnUnknown::Hold),
@@ -536,7 +526,6 @@ impl Reader {
         };
         let action = match kind.as_str() {
             "send_email" => {
-                self.only_keys(s, &keys(&["from", "to", "subject", "text", "html"]), path);
                 let (text, html) = (
                     self.optional_template(s, "text", path),
                     self.optional_template(s, "html", path),
@@ -553,25 +542,18 @@ impl Reader {
                     html: html?,
                 })
             }
-            "send_sms" => {
-                self.only_keys(s, &keys(&["to", "body"]), path);
-                Action::SendSms(SmsTemplates {
-                    to: self.template(s, "to", path)?,
-                    body: self.template(s, "body", path)?,
-                })
-            }
-            "wait" => {
-                self.only_keys(s, &keys(&["for", "until"]), path);
-                match wait::parse(s, path) {
-                    Ok(w) => Action::Wait(w),
-                    Err(problems) => {
-                        self.problems.extend(problems);
-                        return None;
-                    }
+            "send_sms" => Action::SendSms(SmsTemplates {
+                to: self.template(s, "to", path)?,
+                body: self.template(s, "body", path)?,
+            }),
+            "wait" => match wait::parse(s, path) {
+                Ok(w) => Action::Wait(w),
+                Err(problems) => {
+                    self.problems.extend(problems);
+                    return None;
                 }
-            }
+            },
             "branch" => {
-                self.only_keys(s, &keys(&["if", "then", "else"]), path);
                 if depth + 1 > MAX_BRANCH_DEPTH {
                     return self.problem(path, format!("branches may nest at most {MAX_BRANCH_DEPTH} deep"));
                 }
@@ -594,7 +576,6 @@ impl Reader {
                 }
             }
             "update_field" => {
-                self.only_keys(s, &keys(&["table", "key", "set"]), path);
                 let table = match s.get("table") {
                     Some(_) => Some(self.relation(s, "table", path)?),
                     None => None,
@@ -629,7 +610,6 @@ impl Reader {
                 } else {
                     (LabelKind::Segment, "segment")
                 };
-                self.only_keys(s, &keys(&[key, "table", "key"]), path);
                 let target = match s.contains_key("table") || s.contains_key("key") {
                     true => {
                         let table = self.relation(s, "table", path);
@@ -649,7 +629,6 @@ impl Reader {
                 }
             }
             "webhook" => {
-                self.only_keys(s, &keys(&["url", "body", "secret", "timeout"]), path);
                 let url = self.text(s, "url", path)?;
                 if !url.starts_with("https://") {
                     self.problems
@@ -668,7 +647,6 @@ impl Reader {
                 }
             }
             "create_task" => {
-                self.only_keys(s, &keys(&["title", "assignee", "due", "notes"]), path);
                 let due = match s.get("due") {
                     None => None,
                     Some(d) => match d.as_str().map(parse_span) {
@@ -689,19 +667,11 @@ impl Reader {
                     notes: self.optional_template(s, "notes", path)?,
                 }
             }
-            "notify_admin" => {
-                self.only_keys(s, &keys(&["subject", "text"]), path);
-                Action::NotifyAdmin {
-                    subject: self.template(s, "subject", path)?,
-                    text: self.template(s, "text", path)?,
-                }
-            }
-            other => {
-                return self.problem(
-                    &format!("{path}.type"),
-                    format!("unknown step type `{other}`; expected one of {STEP_TYPES}"),
-                )
-            }
+            "notify_admin" => Action::NotifyAdmin {
+                subject: self.template(s, "subject", path)?,
+                text: self.template(s, "text", path)?,
+            },
+            other => return self.unknown_step(path, other),
         };
         Some(Step {
             id: id?,
@@ -734,7 +704,7 @@ impl Reader {
                 let Some(retry) = o["retry"].as_object() else {
                     return self.problem(&p, "is {times, backoff}");
                 };
-                self.only_keys(retry, &["times", "backoff"], &p);
+                self.only_keys(retry, &shape().retry, &p);
                 let times = match retry.get("times").and_then(Json::as_u64) {
                     Some(n) if (1..=u64::from(MAX_RETRIES)).contains(&n) => n as u32,
                     _ => return self.problem(&format!("{p}.times"), format!("is a count from 1 to {MAX_RETRIES}")),

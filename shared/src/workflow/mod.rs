@@ -5,6 +5,7 @@ pub mod condition;
 pub mod definition;
 pub mod machine;
 pub mod plan;
+pub mod shape;
 pub mod time;
 pub mod wait;
 
