@@ -210,14 +210,14 @@ async fn the_monitoring_queries_work_verbatim() {
             .unwrap();
     assert_eq!(rows.len(), 2);
 
-    // Every query of the README's monitoring section runs as written.
-    let readme = herald_tests::repo_file("README.md");
-    let section = readme
+    // Every query of the monitoring section of docs/operating.md runs as written.
+    let page = herald_tests::repo_file("docs/operating.md");
+    let section = page
         .split("## Monitoring SQL")
         .nth(1)
         .and_then(|s| s.split("```sql").nth(1))
         .and_then(|s| s.split("```").next())
-        .expect("the README has a monitoring SQL block");
+        .expect("docs/operating.md has a monitoring SQL block");
     let queries: Vec<&str> = section
         .split(';')
         .map(str::trim)
