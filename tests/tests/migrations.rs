@@ -152,9 +152,9 @@ async fn the_psql_order_the_docs_give_builds_the_schema_the_runner_builds() {
     let catalog = "SELECT string_agg(x, E'\\n' ORDER BY x) FROM (
          SELECT p.oid::regprocedure::text || md5(pg_get_functiondef(p.oid)) AS x
          FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
-         UNION ALL SELECT c.relkind || c.relname FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace
+         UNION ALL SELECT c.relkind::text || c.relname::text FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace
            AND c.relname NOT IN ('herald_migrations', 'herald_schema_files', 'herald_migrations_pkey', 'herald_schema_files_pkey')
-         UNION ALL SELECT tgname || tgrelid::regclass::text FROM pg_trigger WHERE NOT tgisinternal) s";
+         UNION ALL SELECT tgname::text || tgrelid::regclass::text FROM pg_trigger WHERE NOT tgisinternal) s";
     let want: String = by_runner.scalar(catalog).await;
     let got: String = by_hand.scalar(catalog).await;
     assert_eq!(got, want);
