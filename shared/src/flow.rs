@@ -72,6 +72,9 @@ pub enum FlowStarted {
     NotClaimable {
         status: String,
     },
+    /// Failed by the ledger at its claim, for this reason: it has no version to run (its
+    /// automation was deleted).
+    Failed(String),
     Unknown,
 }
 
@@ -292,6 +295,7 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                 FlowStarted::NotClaimable { status } => {
                     outcomes[index] = Some(FlowOutcome::Skipped(format!("log {} is {status}", msg.log_id)))
                 }
+                FlowStarted::Failed(why) => outcomes[index] = Some(FlowOutcome::Stopped(Stop::Park(Park::Failed(why)))),
                 FlowStarted::Claimed { lease, flow } => {
                     let LoadedFlow {
                         definition,

@@ -26,6 +26,7 @@ mod sql {
     pub const START_BATCH: &str = include_str!("../../sql/start_batch.sql");
     pub const WRITE_BACK: &str = include_str!("../../sql/write_back.sql");
     pub const APPLY_RECEIPTS: &str = include_str!("../../sql/apply_receipts.sql");
+    pub const FLOW_ORPHANS: &str = include_str!("../../sql/flow_orphans.sql");
     pub const FLOW_START: &str = include_str!("../../sql/flow_start.sql");
     pub const FLOW_WRITE: &str = include_str!("../../sql/flow_write.sql");
     pub const FLOW_CONTEXTS: &str = include_str!("../../sql/flow_contexts.sql");
@@ -79,7 +80,7 @@ pub struct NoAnswer(pub Duration);
 /// single round trip).
 pub struct Conn {
     client: Client,
-    statements: [OnceCell<Statement>; 10],
+    statements: [OnceCell<Statement>; 11],
     /// Set when a statement found the session ended (closed, or a FATAL error such as a
     /// terminated backend), or got no answer in time: the next caller opens a new
     /// connection instead of waiting for the client to notice.
@@ -100,6 +101,7 @@ enum Sql {
     StartBatch,
     WriteBack,
     ApplyReceipts,
+    FlowOrphans,
     FlowStart,
     FlowWrite,
     FlowContexts,
@@ -115,6 +117,7 @@ impl Sql {
             Sql::StartBatch => sql::START_BATCH,
             Sql::WriteBack => sql::WRITE_BACK,
             Sql::ApplyReceipts => sql::APPLY_RECEIPTS,
+            Sql::FlowOrphans => sql::FLOW_ORPHANS,
             Sql::FlowStart => sql::FLOW_START,
             Sql::FlowWrite => sql::FLOW_WRITE,
             Sql::FlowContexts => sql::FLOW_CONTEXTS,
