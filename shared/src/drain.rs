@@ -319,7 +319,6 @@ mod tests {
                 .map(|log_id| QueueMessage {
                     log_id,
                     lease: log_id * 10,
-                    flow: false,
                 })
                 .collect())
         }

@@ -15,9 +15,6 @@ pub type LogId = i64;
 pub struct QueueMessage {
     pub log_id: LogId,
     pub lease: i64,
-    /// The log is an instance of a workflow definition (the executor's flow runner takes it).
-    #[serde(default)]
-    pub flow: bool,
 }
 
 impl QueueMessage {
@@ -34,25 +31,14 @@ impl QueueMessage {
                 _ => Err(bad(format!("{name} {v} is not a positive integer"))),
             }
         };
-        let flow = match obj.get("flow") {
-            None => false,
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| bad(format!("flow {v} is not true or false")))?,
-        };
         Ok(Self {
             log_id: field("log_id")?,
             lease: field("lease")?,
-            flow,
         })
     }
 
     pub fn to_body(self) -> String {
-        if self.flow {
-            format!("{{\"log_id\":{},\"lease\":{},\"flow\":true}}", self.log_id, self.lease)
-        } else {
-            format!("{{\"log_id\":{},\"lease\":{}}}", self.log_id, self.lease)
-        }
+        format!("{{\"log_id\":{},\"lease\":{}}}", self.log_id, self.lease)
     }
 }
 
@@ -418,20 +404,12 @@ mod tests {
 
     #[test]
     fn message_round_trips_and_rejects_junk() {
-        let m = QueueMessage {
-            log_id: 42,
-            lease: 9,
-            flow: false,
-        };
+        let m = QueueMessage { log_id: 42, lease: 9 };
         assert_eq!(m.to_body(), r#"{"log_id":42,"lease":9}"#);
         assert_eq!(QueueMessage::parse(&m.to_body()), Ok(m));
         assert_eq!(
             QueueMessage::parse(r#"{"lease":3,"log_id":7,"extra":1}"#),
-            Ok(QueueMessage {
-                log_id: 7,
-                lease: 3,
-                flow: false
-            })
+            Ok(QueueMessage { log_id: 7, lease: 3 })
         );
         for bad in [
             "",

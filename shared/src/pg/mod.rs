@@ -449,7 +449,6 @@ impl DueLogs for PgStore {
             .map(|r| QueueMessage {
                 log_id: r.get(0),
                 lease: r.get(1),
-                flow: r.get(2),
             })
             .collect())
     }
