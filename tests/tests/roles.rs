@@ -59,7 +59,6 @@ async fn the_functions_run_as_least_privilege_roles() {
         denied("herald_scheduler", "SELECT snapshot FROM automation_execution_logs"),
         denied("herald_scheduler", "SELECT subject_id FROM automation_execution_logs"),
         denied("herald_scheduler", "SELECT email_to FROM automations"),
-        denied("herald_scheduler", "SELECT recipient FROM automation_deliveries"),
         denied("herald_scheduler", "UPDATE automations SET is_active = false"),
         denied("herald_scheduler", "DELETE FROM automation_execution_logs"),
         denied("herald_scheduler", "SELECT * FROM job_context"),
