@@ -207,8 +207,6 @@ pub async fn serve<D: DueLogs, Q: Queue, R: ReceiptSource, W: Wakeups>(
         total.receipts_malformed += s.receipts_malformed;
         total.rescued.requeued += s.rescued.requeued;
         total.rescued.retried += s.rescued.retried;
-        total.rescued.dead += s.rescued.dead;
-        total.rescued.unknown += s.rescued.unknown;
         total.claimed += s.claimed;
         total.sent += s.sent;
         total.failed += s.failed;
@@ -369,7 +367,7 @@ mod tests {
 
     fn receipt_body(log_id: LogId) -> String {
         format!(
-            r#"{{"log_id":{log_id},"lease":7,"attempt":1,"at_us":1,"deliveries":[],"result":{{"outcome":"sent","error":null,"kind":null,"code":null}}}}"#
+            r#"{{"log_id":{log_id},"lease":7,"attempt":1,"at_us":1,"steps":[{{"step":"sms","type":"send_sms","attempt":1,"output":{{"message_id":"m"}}}}]}}"#
         )
     }
 

@@ -595,8 +595,7 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
     }
 }
 
-/// The data with the event under `herald` (as one-shot templates see it) and a manual
-/// start's payload under `payload`.
+/// The data with the event under `herald` and a manual start's payload under `payload`.
 fn with_event(data: Json, event: &(Json, Option<Json>)) -> Json {
     match data {
         Json::Object(mut map) => {
@@ -644,8 +643,6 @@ fn step_receipts(ended: &[StepEnd], at: SystemTime) -> Vec<Receipt> {
                 lease: end.lease.token,
                 attempt: end.lease.attempt,
                 at_us: micros(at),
-                deliveries: Vec::new(),
-                result: None,
                 steps: vec![step],
             }),
         }
@@ -843,7 +840,7 @@ fn notified(sent: Vec<(String, Result<String, Failure>)>) -> Result<Json, Failur
 }
 
 /// Logs how an effect that leaves this database went, recipients masked and reasons
-/// redacted (they can quote addresses), as the one-shot deliverer logs its sends.
+/// redacted (they can quote addresses).
 fn log_effect(log_id: LogId, step: &str, effect: &Effect, result: &Result<Json, Failure>) {
     let (kind, to) = match effect {
         Effect::Email(e) => ("email", mask_email(&e.to)),

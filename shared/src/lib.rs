@@ -1,7 +1,7 @@
 //! Herald's shared library.
 //!
-//! The core (`model`, `clock`, `recipient`, `render`, `deliver`, `drain`,
-//! `receipt`, `workflow`, `steps`, `flow`) knows no AWS or
+//! The core (`model`, `clock`, `recipient`, `render`, `drain`, `receipt`, `workflow`,
+//! `steps`, `flow`) knows no AWS or
 //! Postgres types: it works through the narrow traits in `model`. The adapters implement
 //! those traits: `pg` over tokio-postgres, `aws` over the AWS SDK, `webhook` over reqwest. `config` reads the
 //! functions' environment.
@@ -9,7 +9,6 @@
 pub mod aws;
 pub mod clock;
 pub mod config;
-pub mod deliver;
 pub mod drain;
 pub mod flow;
 pub mod model;

@@ -12,13 +12,20 @@ use herald_shared::clock::{Clock, ManualClock, Sleep};
 use herald_shared::drain::{drain, DrainOptions};
 use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
 use herald_shared::model::{
-    Channel, DueLogs, Email, EmailSender, Failure, LogId, Queue, QueueMessage, Rescued, Sms, SmsSender, StoreError,
+    DueLogs, Email, EmailSender, Failure, LogId, Queue, QueueMessage, Rescued, Sms, SmsSender, StoreError,
 };
 use herald_shared::pg::{Database, PgStore};
 use herald_shared::receipt::Receipt;
 use herald_shared::workflow::machine::Park;
 use herald_tests::fault::{figures, report, settle, tasks_sql, Figures};
 use herald_tests::{Herald, Proxy};
+
+/// Which provider answered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    Email,
+    Sms,
+}
 
 /// How the database goes away after a provider's answer.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -91,7 +91,7 @@ impl Executor {
 }
 
 /// How long a round trip to Postgres may go unanswered (`HERALD_DB_TIMEOUT_MS`): 3 s by
-/// default, 5 s at most. A write-back's last try starts up to [`RECEIPT_MARGIN`] before
+/// default, 5 s at most. A write's last try starts up to [`RECEIPT_MARGIN`] before
 /// the invocation's end; one that hangs must still leave time to keep its receipts.
 fn db_timeout() -> Result<std::time::Duration, ConfigError> {
     let margin = RECEIPT_MARGIN.as_millis() as u64;
