@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use herald_shared::clock::SystemClock;
 use herald_shared::drain::{drain, DrainOptions};
-use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
-use herald_shared::model::{
-    DueLogs, Email, EmailSender, Failure, LogId, Queue, QueueMessage, ReceiptSink, ReceiptSource, Sms, SmsSender,
-};
+use herald_shared::flow::{FlowOutcome, FlowRunner, Performers};
+use herald_shared::ledger::{DueLogs, Stop};
+use herald_shared::model::{Email, EmailSender, Failure, LogId, Queue, QueueMessage, Sms, SmsSender};
 use herald_shared::pg::{Database, PgStore};
-use herald_shared::receipt::Receipt;
+use herald_shared::receipt::{Receipt, ReceiptSink, ReceiptSource};
 use herald_shared::webhook::{WebhookSender, WebhookStep};
 use herald_shared::workflow::machine::Park;
 use tokio::sync::{mpsc, Mutex};

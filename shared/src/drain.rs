@@ -8,8 +8,9 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::clock::Clock;
-use crate::model::{DueLogs, LogId, Queue, QueueMessage, ReceiptSource, Rescued, StoreError, Wakeups};
-use crate::receipt::Receipt;
+use crate::ledger::DueLogs;
+use crate::model::{LogId, Queue, QueueMessage, Rescued, StoreError, Wakeups};
+use crate::receipt::{Receipt, ReceiptSource};
 
 /// SQS takes at most this many messages per SendMessageBatch.
 pub const QUEUE_BATCH: usize = 10;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -173,45 +173,6 @@ pub struct Rescued {
     /// Running instances whose executor vanished: pending again, to resume where they were
     /// (an effect whose end was never recorded is held or resent, as its step says).
     pub retried: u64,
-}
-
-/// The scheduler's view of the ledger.
-pub trait DueLogs: Sync {
-    /// Moves up to `limit` captured events from the inbox to the ledger (pending or
-    /// suppressed); returns how many it moved.
-    fn ingest(&self, limit: i32) -> impl Future<Output = Result<u64, StoreError>> + Send;
-    /// Rescues logs whose lease expired before `now`.
-    fn rescue(&self, now: SystemTime) -> impl Future<Output = Result<Rescued, StoreError>> + Send;
-    /// Marks up to `limit` due pending logs as queued, leased until `lease_until`, and
-    /// returns the messages to send for them.
-    fn claim_due(
-        &self,
-        limit: i64,
-        now: SystemTime,
-        lease_until: SystemTime,
-    ) -> impl Future<Output = Result<Vec<QueueMessage>, StoreError>> + Send;
-    /// Puts queued logs back to pending (their messages never reached the queue).
-    fn release(&self, ids: &[LogId], now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send;
-    /// Applies receipts (writes an executor could not make) while their leases hold,
-    /// and records every one; returns how many were applied.
-    fn apply_receipts(
-        &self,
-        receipts: &[crate::receipt::Receipt],
-        now: SystemTime,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
-}
-
-/// Where the executor leaves the writes it could not make (the receipts queue).
-pub trait ReceiptSink: Sync {
-    fn put(&self, receipts: &[crate::receipt::Receipt]) -> impl Future<Output = Result<(), Failure>> + Send;
-}
-
-/// Where the scheduler finds them.
-pub trait ReceiptSource: Sync {
-    /// Up to 10 waiting messages, as (handle, body); none when the queue is empty.
-    fn take(&self) -> impl Future<Output = Result<Vec<(String, String)>, Failure>> + Send;
-    /// Removes messages that were dealt with.
-    fn delete(&self, handles: &[String]) -> impl Future<Output = Result<(), Failure>> + Send;
 }
 
 /// What wakes the scheduler between drains in low-latency mode: a notice that events were

@@ -3,13 +3,14 @@
 //! them as receipts (one per instance, outside Postgres) for the scheduler to apply before
 //! it rescues leases.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use crate::clock::Clock;
-use crate::model::{LogId, ReceiptSink, StoreError};
+use crate::model::{Failure, LogId, StoreError};
 
 /// The first wait before retrying a write; it doubles up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -35,6 +36,19 @@ pub fn give_up_at(now: SystemTime, lease_until: SystemTime, ends_at: Option<Syst
         .map_or(lease_until, |end| end.min(lease_until))
         .checked_sub(RECEIPT_MARGIN)
         .unwrap_or(now)
+}
+
+/// Where the executor leaves the writes it could not make (the receipts queue).
+pub trait ReceiptSink: Sync {
+    fn put(&self, receipts: &[Receipt]) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// Where the scheduler finds them.
+pub trait ReceiptSource: Sync {
+    /// Up to 10 waiting messages, as (handle, body); none when the queue is empty.
+    fn take(&self) -> impl Future<Output = Result<Vec<(String, String)>, Failure>> + Send;
+    /// Removes messages that were dealt with.
+    fn delete(&self, handles: &[String]) -> impl Future<Output = Result<(), Failure>> + Send;
 }
 
 /// Runs `write` until it succeeds, on a fresh connection each time (the store's), with

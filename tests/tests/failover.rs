@@ -10,9 +10,10 @@ use std::time::{Duration, SystemTime};
 use herald_shared::aws::{SesEmail, SnsSms, SqsQueue};
 use herald_shared::clock::{Clock, ManualClock, Sleep};
 use herald_shared::drain::{drain, DrainOptions};
-use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
+use herald_shared::flow::{FlowOutcome, FlowRunner, Performers};
+use herald_shared::ledger::{DueLogs, Stop};
 use herald_shared::model::{
-    DueLogs, Email, EmailSender, Failure, LogId, Queue, QueueMessage, Rescued, Sms, SmsSender, StoreError,
+    Email, EmailSender, Failure, LogId, Queue, QueueMessage, Rescued, Sms, SmsSender, StoreError,
 };
 use herald_shared::pg::{Database, PgStore};
 use herald_shared::receipt::Receipt;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use aws_lambda_events::sqs::SqsEvent;
 use herald_shared::aws::SnsSms;
 use herald_shared::clock::{Clock, ManualClock};
-use herald_shared::flow::{FlowLedger, FlowStarted, FlowWrite, Parked, StepStart, Stop, Taken};
+use herald_shared::ledger::{FlowLedger, FlowStarted, FlowWrite, Parked, StepStart, Stop, Taken};
 use herald_shared::model::{Email, Lease, QueueMessage, Sms};
 use herald_shared::pg::PgStore;
 use herald_shared::steps::Effect;

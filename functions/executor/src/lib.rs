@@ -9,7 +9,8 @@ use herald_shared::aws::{load_config, SecretsManager, SesEmail, SnsSms, SqsRecei
 use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
 use herald_shared::drain::invocation_time_left;
-use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
+use herald_shared::flow::{FlowOutcome, FlowRunner, Performers};
+use herald_shared::ledger::Stop;
 use herald_shared::pg::Database;
 use herald_shared::receipt::RECEIPT_MARGIN;
 use herald_shared::recipient::redact;

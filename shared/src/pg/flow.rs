@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 use tokio_postgres::types::Json as PgJson;
 
 use super::{context_of, PgStore, Sql};
-use crate::flow::{FlowLedger, FlowStarted, FlowWrite, FlowWritten, LoadedFlow, Resumed, Stop, Taken};
+use crate::ledger::{FlowLedger, FlowStarted, FlowWrite, FlowWritten, LoadedFlow, Resumed, Stop, Taken};
 use crate::model::{EventInfo, Failure, Lease, LogId, QueueMessage, StoreError};
 use crate::steps::Effect;
 use crate::workflow::definition::{self, Document, LabelKind};
@@ -434,7 +434,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::flow::{Parked, StepEnd, StepStart};
+    use crate::ledger::{Parked, StepEnd, StepStart};
     use crate::model::Email;
     use crate::workflow::machine::Decided;
 

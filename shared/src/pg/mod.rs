@@ -12,7 +12,8 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{info, warn};
 
-use crate::model::{ContextError, DueLogs, LogId, QueueMessage, Rescued, StoreError};
+use crate::ledger::DueLogs;
+use crate::model::{ContextError, LogId, QueueMessage, Rescued, StoreError};
 use crate::receipt::Receipt;
 
 mod sql {
