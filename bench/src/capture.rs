@@ -155,7 +155,7 @@ pub async fn bulk(db: &Db, v: Variant, n: i64) -> Result<f64, String> {
                 "bulk capture recorded {inbox} events ({done} for to-done), not {n}"
             ));
         }
-        db.exec("TRUNCATE ONLY automation_execution_logs, automation_deliveries, automation_attempts, automation_receipts, automation_step_runs, automation_suppression_windows")
+        db.exec("TRUNCATE ONLY automation_execution_logs, automation_receipts, automation_step_runs, automation_suppression_windows CASCADE")
             .await?;
         db.exec("SELECT herald_ingest()").await?;
         let pending = db

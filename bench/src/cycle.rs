@@ -37,7 +37,7 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
     for run in 0..settings.runs {
         for (batch, s) in ours.iter_mut() {
             queue::refill(&herald, n).await?;
-            let (rate, per_log) = queue::full_cycle(&herald, n, *batch, WORKERS, queue::Work::Flows).await?;
+            let (rate, per_log) = queue::full_cycle(&herald, n, *batch, WORKERS).await?;
             crate::progress(&format!(
                 "full cycle, run {}: Herald, batches of {batch}: {rate:.0} logs/s, {per_log:.1} rows written per log",
                 run + 1

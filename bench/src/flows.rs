@@ -1,10 +1,8 @@
 //! Workflow instances through the real drain and the real flow runner, with null senders:
-//! a three-step flow (email, a wait of zero, SMS), the two-step flow (email, SMS) that sends
-//! what a one-shot log sends, and, in the same run, that one-shot log (how a log its executor
-//! started before schema 16 finishes), for the ratio.
+//! a three-step flow (email, a wait of zero, SMS) and a two-step one (email, SMS).
 
 use crate::db::{Db, Server};
-use crate::queue::{self, Work};
+use crate::queue;
 use crate::report::{median, Row};
 use crate::Settings;
 
@@ -33,8 +31,6 @@ const TWO_STEPS: &str = r#"SELECT herald_save_automation('welcome', '{
 struct Shape {
     name: &'static str,
     db: Db,
-    work: Work,
-    unit: &'static str,
     /// Per batch size: each run's rate and rows written per log.
     runs: Vec<(Vec<f64>, Vec<f64>)>,
 }
@@ -42,39 +38,16 @@ struct Shape {
 pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, String> {
     let n = settings.size(20_000, 500);
     let mut shapes = Vec::new();
-    for (name, db_name, definition, work, unit) in [
-        (
-            "email, wait 0, SMS",
-            "bench_flows",
-            Some(THREE_STEPS),
-            Work::Flows,
-            "instances/s",
-        ),
-        (
-            "email, SMS",
-            "bench_flows_two",
-            Some(TWO_STEPS),
-            Work::Flows,
-            "instances/s",
-        ),
-        (
-            "one-shot log, email + SMS",
-            "bench_flows_once",
-            None,
-            Work::OneShot,
-            "logs/s",
-        ),
+    for (name, db_name, definition) in [
+        ("email, wait 0, SMS", "bench_flows", THREE_STEPS),
+        ("email, SMS", "bench_flows_two", TWO_STEPS),
     ] {
         let db = queue::prepare(server, db_name, n).await?;
-        // The automation the pending logs belong to becomes a workflow: its logs are instances.
-        if let Some(sql) = definition {
-            db.exec(sql).await?;
-        }
+        // The automation the pending logs belong to runs this definition.
+        db.exec(definition).await?;
         shapes.push(Shape {
             name,
             db,
-            work,
-            unit,
             runs: BATCHES.iter().map(|_| (Vec::new(), Vec::new())).collect(),
         });
     }
@@ -82,12 +55,11 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
         for (b, batch) in BATCHES.iter().enumerate() {
             for shape in shapes.iter_mut() {
                 queue::refill(&shape.db, n).await?;
-                let (rate, per) = queue::full_cycle(&shape.db, n, *batch, WORKERS, shape.work).await?;
+                let (rate, per) = queue::full_cycle(&shape.db, n, *batch, WORKERS).await?;
                 crate::progress(&format!(
-                    "workflow instances, run {}: {}, batches of {batch}: {rate:.0} {}, {per:.1} rows written each",
+                    "workflow instances, run {}: {}, batches of {batch}: {rate:.0} instances/s, {per:.1} rows written each",
                     run + 1,
-                    shape.name,
-                    shape.unit
+                    shape.name
                 ));
                 shape.runs[b].0.push(rate);
                 shape.runs[b].1.push(per);
@@ -96,32 +68,22 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
     }
     let mut rows = Vec::new();
     for (b, batch) in BATCHES.iter().enumerate() {
-        let once = shapes.iter().find(|s| s.work == Work::OneShot).map(|s| {
-            Row::new(
-                "workflow instances",
-                format!("{}; executor batches of {batch}", s.name),
-                s.runs[b].0.clone(),
-                s.unit,
-            )
-        });
         for shape in &shapes {
             let (rates, writes) = &shape.runs[b];
             let note = format!(
                 "{n} each, {WORKERS} executors × 4 at once, null senders; {:.1} rows written each",
                 median(writes)
             );
-            let row = Row::new(
-                "workflow instances",
-                format!("{}; executor batches of {batch}", shape.name),
-                rates.clone(),
-                shape.unit,
-            )
-            .note(note);
-            rows.push(match (shape.work, &once) {
-                (Work::Flows, Some(once)) if shape.name == "email, SMS" => row.against(once),
-                (Work::Flows, _) => row.bar("≥ 2,000 instances/s"),
-                _ => row,
-            });
+            rows.push(
+                Row::new(
+                    "workflow instances",
+                    format!("{}; executor batches of {batch}", shape.name),
+                    rates.clone(),
+                    "instances/s",
+                )
+                .note(note)
+                .bar("≥ 2,000 instances/s"),
+            );
         }
     }
     Ok(rows)

@@ -44,7 +44,7 @@ async fn measure(db: &Db, n: i64, spread: Duration, mode: Mode) -> Result<Vec<f6
     db.exec(
         "UPDATE members SET status = 'new';
          TRUNCATE herald_inbox;
-         TRUNCATE ONLY automation_execution_logs, automation_deliveries, automation_attempts, automation_receipts, automation_step_runs, automation_suppression_windows;",
+         TRUNCATE ONLY automation_execution_logs, automation_receipts, automation_step_runs, automation_suppression_windows CASCADE;",
     )
     .await?;
     db.settle().await?;

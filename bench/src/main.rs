@@ -59,6 +59,12 @@ impl Settings {
         }
     }
 
+    /// Where cargo builds: `CARGO_TARGET_DIR` (relative to the repository), or target/.
+    pub fn cargo_target(&self) -> PathBuf {
+        let dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| "target".into(), PathBuf::from);
+        self.repo.join(dir)
+    }
+
     /// A Postgres program (`HERALD_PG_BIN`, or Debian's PostgreSQL 15).
     pub fn pg_bin(&self, tool: &str) -> PathBuf {
         let dir = std::env::var("HERALD_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());

@@ -6,14 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_shared::clock::SystemClock;
-use herald_shared::deliver::{Deliverer, Outcome};
 use herald_shared::drain::{drain, DrainOptions};
-use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
-use herald_shared::model::{
-    DueLogs, Email, EmailSender, Failure, LogId, Queue, QueueMessage, ReceiptSink, ReceiptSource, Sms, SmsSender,
-};
+use herald_shared::flow::{FlowOutcome, FlowRunner, Performers};
+use herald_shared::ledger::{DueLogs, Stop};
+use herald_shared::model::{Email, EmailSender, Failure, LogId, Queue, QueueMessage, Sms, SmsSender};
 use herald_shared::pg::{Database, PgStore};
-use herald_shared::receipt::Receipt;
+use herald_shared::receipt::{Receipt, ReceiptSink, ReceiptSource};
 use herald_shared::webhook::{WebhookSender, WebhookStep};
 use herald_shared::workflow::machine::Park;
 use tokio::sync::{mpsc, Mutex};
@@ -60,23 +58,6 @@ impl ReceiptSource for NoReceipts {
     }
 }
 
-/// The executor's core over `ledger`, sending through the null senders.
-fn null_deliverer<'a>(
-    ledger: &'a PgStore,
-    senders: &'a NullSenders,
-) -> Deliverer<'a, PgStore, NullSenders, NullSenders, NoReceipts> {
-    Deliverer {
-        ledger,
-        email: senders,
-        sms: senders,
-        receipts: &NoReceipts,
-        clock: &SystemClock,
-        default_from: "club@example.com",
-        lease: Duration::from_secs(120),
-        ends_at: None,
-    }
-}
-
 /// A queue that hands every message to in-process executors, or drops it.
 pub struct ChannelQueue(pub Option<mpsc::UnboundedSender<QueueMessage>>);
 
@@ -116,7 +97,7 @@ pub async fn add_members(db: &Db, n: i64) -> Result<(), String> {
 /// Empties the ledger and makes `n` due pending logs.
 pub async fn refill(db: &Db, n: i64) -> Result<(), String> {
     db.exec(
-        "TRUNCATE ONLY automation_execution_logs, automation_deliveries, automation_attempts, automation_receipts, automation_step_runs, automation_suppression_windows",
+        "TRUNCATE ONLY automation_execution_logs, automation_receipts, automation_step_runs, automation_suppression_windows CASCADE",
     )
     .await?;
     add_pending(db, n).await?;
@@ -214,7 +195,7 @@ pub async fn bare_drain(db: &Db, n: i64) -> Result<f64, String> {
 /// Moving `n` captured events from the inbox to the ledger: events per second.
 pub async fn ingest(db: &Db, n: i64) -> Result<f64, String> {
     db.exec(
-        "TRUNCATE ONLY automation_execution_logs, automation_deliveries, automation_attempts, automation_receipts, automation_step_runs, automation_suppression_windows",
+        "TRUNCATE ONLY automation_execution_logs, automation_receipts, automation_step_runs, automation_suppression_windows CASCADE",
     )
     .await?;
     db.exec(&format!(
@@ -243,24 +224,6 @@ pub async fn ingest(db: &Db, n: i64) -> Result<f64, String> {
     Ok(n as f64 / secs)
 }
 
-/// What the executors run: one-shot logs through the deliverer, or workflow instances
-/// through the flow runner.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Work {
-    OneShot,
-    Flows,
-}
-
-impl Work {
-    /// The status every log ends in.
-    fn done(self) -> &'static str {
-        match self {
-            Work::OneShot => "sent",
-            Work::Flows => "completed",
-        }
-    }
-}
-
 /// No webhooks: the benchmark's flows send none.
 struct NoWebhooks;
 
@@ -270,56 +233,38 @@ impl WebhookSender for NoWebhooks {
     }
 }
 
-/// One batch through the executor's core for `work`: how many of its messages finished.
-async fn execute(ledger: &PgStore, senders: &NullSenders, work: Work, bodies: Vec<String>) -> Result<u64, String> {
-    match work {
-        Work::OneShot => {
-            let messages = bodies
-                .into_iter()
-                .enumerate()
-                .map(|(i, b)| (i.to_string(), b))
-                .collect();
-            let mut done = 0;
-            for (_, outcome) in null_deliverer(ledger, senders).handle_batch(messages, 4).await {
-                if outcome != Outcome::Sent {
-                    return Err(format!("a log was not sent: {outcome:?}"));
-                }
-                done += 1;
-            }
-            Ok(done)
+/// One batch through the executor's core, the flow runner: how many of its messages ran
+/// to their end.
+async fn execute(ledger: &PgStore, senders: &NullSenders, bodies: Vec<String>) -> Result<u64, String> {
+    let performers = Performers {
+        email: senders,
+        sms: senders,
+        webhooks: &NoWebhooks,
+    };
+    let runner = FlowRunner {
+        ledger,
+        effects: &performers,
+        receipts: &NoReceipts,
+        clock: &SystemClock,
+        default_from: "club@example.com",
+        lease: Duration::from_secs(120),
+        ends_at: None,
+        step_limit: 100,
+    };
+    let mut done = 0;
+    for outcome in runner.run(&bodies, 4).await {
+        if outcome != FlowOutcome::Stopped(Stop::Park(Park::Completed)) {
+            return Err(format!("an instance did not complete: {outcome:?}"));
         }
-        Work::Flows => {
-            let performers = Performers {
-                email: senders,
-                sms: senders,
-                webhooks: &NoWebhooks,
-            };
-            let runner = FlowRunner {
-                ledger,
-                effects: &performers,
-                receipts: &NoReceipts,
-                clock: &SystemClock,
-                default_from: "club@example.com",
-                lease: Duration::from_secs(120),
-                ends_at: None,
-                step_limit: 100,
-            };
-            let mut done = 0;
-            for outcome in runner.run(&bodies, 4).await {
-                if outcome != FlowOutcome::Stopped(Stop::Park(Park::Completed)) {
-                    return Err(format!("an instance did not complete: {outcome:?}"));
-                }
-                done += 1;
-            }
-            Ok(done)
-        }
+        done += 1;
     }
+    Ok(done)
 }
 
-/// Pending → queued → running → sent (or completed, for workflow instances) for every due
-/// log, through the real drain and the real executor core, `workers` executors taking
-/// `batch` messages at a time. Returns logs per second and rows written per log.
-pub async fn full_cycle(db: &Db, n: i64, batch: usize, workers: usize, work: Work) -> Result<(f64, f64), String> {
+/// Pending → queued → running → completed for every due log, through the real drain and
+/// the real executor core, `workers` executors taking `batch` messages at a time. Returns
+/// logs per second and rows written per log.
+pub async fn full_cycle(db: &Db, n: i64, batch: usize, workers: usize) -> Result<(f64, f64), String> {
     let written_before = db.rows_written().await?;
     let (tx, rx) = mpsc::unbounded_channel::<QueueMessage>();
     let rx = Arc::new(Mutex::new(rx));
@@ -339,7 +284,7 @@ pub async fn full_cycle(db: &Db, n: i64, batch: usize, workers: usize, work: Wor
                     return Ok::<_, String>(());
                 }
                 let bodies = buf.iter().map(|m| m.to_body()).collect();
-                done.fetch_add(execute(&ledger, &senders, work, bodies).await?, Ordering::Relaxed);
+                done.fetch_add(execute(&ledger, &senders, bodies).await?, Ordering::Relaxed);
             }
         }));
     }
@@ -359,16 +304,12 @@ pub async fn full_cycle(db: &Db, n: i64, batch: usize, workers: usize, work: Wor
     }
     let secs = start.elapsed().as_secs_f64();
     let finished = db
-        .count(&format!(
-            "SELECT count(*) FROM ONLY automation_execution_logs WHERE status = '{}'",
-            work.done()
-        ))
+        .count("SELECT count(*) FROM ONLY automation_execution_logs WHERE status = 'completed'")
         .await?;
     if summary.claimed != n as u64 || finished != n || done.load(Ordering::Relaxed) != n as u64 {
         return Err(format!(
-            "full cycle: claimed {}, {} {finished}, not {n}",
-            summary.claimed,
-            work.done()
+            "full cycle: claimed {}, completed {finished}, not {n}",
+            summary.claimed
         ));
     }
     let written = db.rows_written().await? - written_before;
@@ -415,7 +356,7 @@ pub async fn round_trips(server: &Server) -> Result<(f64, f64), String> {
     for batch in messages.chunks(10) {
         proxy.reset();
         let bodies = batch.iter().map(|m| m.to_body()).collect();
-        execute(&ledger, &senders, Work::Flows, bodies)
+        execute(&ledger, &senders, bodies)
             .await
             .map_err(|e| format!("round trips: {e}"))?;
         trips.push(proxy.round_trips() as f64);
@@ -478,7 +419,7 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
         )
         .bar("≤ 3 per batch")
         .note(format!(
-            "{cold} on a new connection, which sets up its session and prepares its two statements first"
+            "{cold} on a new connection, which sets up its session and prepares its statements first"
         )),
     );
     Ok(rows)

@@ -20,7 +20,7 @@ const FUNCTIONS: [(&str, &str); 2] = [("scheduler", "SchedulerFunction"), ("exec
 async fn bootstrap(settings: &Settings, bin: &str, sam_name: &str) -> Result<PathBuf, String> {
     let candidates = [
         settings.repo.join(".aws-sam/build").join(sam_name).join("bootstrap"),
-        settings.repo.join("target/lambda").join(bin).join("bootstrap"),
+        settings.cargo_target().join("lambda").join(bin).join("bootstrap"),
     ];
     if let Some(found) = candidates.iter().find(|p| p.exists()) {
         return Ok(found.clone());
@@ -133,7 +133,7 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
     }
     let db = server.database("bench_start", true).await?;
     for (bin, _) in FUNCTIONS {
-        let binary = settings.repo.join("target").join(profile).join(bin);
+        let binary = settings.cargo_target().join(profile).join(bin);
         let mut times = Vec::new();
         for _ in 0..settings.runs.max(3) {
             times.push(start_time(&binary, &db.url).await?);

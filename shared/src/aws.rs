@@ -10,10 +10,8 @@ use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
 use aws_sdk_sns::types::MessageAttributeValue;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
-use crate::model::{
-    Email, EmailSender, ErrorKind, Failure, LogId, Queue, QueueMessage, ReceiptSink, ReceiptSource, Sms, SmsSender,
-};
-use crate::receipt::Receipt;
+use crate::model::{Email, EmailSender, ErrorKind, Failure, LogId, Queue, QueueMessage, Sms, SmsSender};
+use crate::receipt::{Receipt, ReceiptSink, ReceiptSource};
 
 /// The SDK configuration from the environment (region, credentials, and
 /// `AWS_ENDPOINT_URL` for emulators), with timeouts that fit inside a Lambda invocation.

@@ -8,8 +8,9 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::clock::Clock;
-use crate::model::{DueLogs, LogId, Queue, QueueMessage, ReceiptSource, Rescued, StoreError, Wakeups};
-use crate::receipt::Receipt;
+use crate::ledger::DueLogs;
+use crate::model::{LogId, Queue, QueueMessage, Rescued, StoreError, Wakeups};
+use crate::receipt::{Receipt, ReceiptSource};
 
 /// SQS takes at most this many messages per SendMessageBatch.
 pub const QUEUE_BATCH: usize = 10;
@@ -206,9 +207,7 @@ pub async fn serve<D: DueLogs, Q: Queue, R: ReceiptSource, W: Wakeups>(
         total.receipts_applied += s.receipts_applied;
         total.receipts_malformed += s.receipts_malformed;
         total.rescued.requeued += s.rescued.requeued;
-        total.rescued.retried += s.rescued.retried;
-        total.rescued.dead += s.rescued.dead;
-        total.rescued.unknown += s.rescued.unknown;
+        total.rescued.resumed += s.rescued.resumed;
         total.claimed += s.claimed;
         total.sent += s.sent;
         total.failed += s.failed;
@@ -319,7 +318,6 @@ mod tests {
                 .map(|log_id| QueueMessage {
                     log_id,
                     lease: log_id * 10,
-                    flow: false,
                 })
                 .collect())
         }
@@ -370,7 +368,7 @@ mod tests {
 
     fn receipt_body(log_id: LogId) -> String {
         format!(
-            r#"{{"log_id":{log_id},"lease":7,"attempt":1,"at_us":1,"deliveries":[],"result":{{"outcome":"sent","error":null,"kind":null,"code":null}}}}"#
+            r#"{{"log_id":{log_id},"lease":7,"attempt":1,"at_us":1,"steps":[{{"step":"sms","type":"send_sms","attempt":1,"output":{{"message_id":"m"}}}}]}}"#
         )
     }
 

@@ -18,165 +18,20 @@ use jiff::Timestamp;
 use serde_json::Value as Json;
 
 use crate::clock::Clock;
-use crate::model::{ContextError, Failure, Lease, LogId, QueueMessage, ReceiptSink, StoreError};
-use crate::receipt::{give_up_at, keep, micros, write_retrying, Receipt, ReceiptStep};
+use crate::ledger::{
+    FlowLedger, FlowStarted, FlowWrite, FlowWritten, LoadedFlow, Parked, Resumed, StepEnd, StepStart, Stop, Taken,
+};
+use crate::model::{ContextError, Failure, Lease, LogId, QueueMessage, StoreError};
+use crate::receipt::{give_up_at, keep, micros, write_retrying, Receipt, ReceiptSink, ReceiptStep};
 use crate::recipient::{mask_email, mask_phone, redact};
 use crate::steps::{prepare, Effect};
 use crate::webhook::{WebhookSender, WebhookStep};
 use crate::workflow::definition::{Document, OnUnknown};
-use crate::workflow::machine::{advance, variables, Advance, Decided, Instance, Park, Performed};
+use crate::workflow::machine::{advance, variables, Advance, Instance, Park, Performed};
 use crate::workflow::plan::{find, is_last, Policy, TransientRetry};
 
 /// No new effect starts later than this before the invocation ends.
 pub const EFFECT_MARGIN: Duration = Duration::from_secs(10);
-
-/// One claimed instance, as the ledger loads it.
-#[derive(Debug, Clone)]
-pub struct LoadedFlow {
-    /// The definition of the version the instance runs, or why it cannot be read.
-    pub definition: Result<Arc<Document>, String>,
-    pub instance: Instance,
-    /// The subject's data as templates and conditions see it, read fresh.
-    pub data: Result<Json, ContextError>,
-    /// The event that started the instance, which templates and conditions see as `herald`.
-    pub event: Json,
-    /// What a manual start gave the instance, seen as `payload`.
-    pub payload: Option<Json>,
-    /// What the ledger knows of the step the instance is at, from an earlier invocation.
-    pub resumed: Resumed,
-    /// How its automation tries again an effect that failed transiently (`jitter` unused:
-    /// each decision draws its own).
-    pub retry: TransientRetry,
-}
-
-/// The step an instance is at, as an earlier invocation left it.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub enum Resumed {
-    /// Not started: run it.
-    #[default]
-    Fresh,
-    /// Its effect ended and was recorded, but the instance did not move on: go on from
-    /// that result without performing it again.
-    Ended(Performed),
-    /// Its effect started and no end was recorded: it may or may not have happened.
-    InDoubt,
-}
-
-#[derive(Debug, Clone)]
-pub enum FlowStarted {
-    Claimed {
-        lease: Lease,
-        flow: Box<LoadedFlow>,
-    },
-    /// Not queued under the message's lease (a redelivery or a stale message).
-    NotClaimable {
-        status: String,
-    },
-    Unknown,
-}
-
-/// An effect about to be performed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepStart {
-    pub lease: Lease,
-    pub step: String,
-    /// The step's type, as definitions write it.
-    pub kind: &'static str,
-    pub attempt: u32,
-    pub effect: Effect,
-    /// The instance's place as the effect starts, kept with it: the checkpoint an instance
-    /// resumes from.
-    pub place: Instance,
-}
-
-/// How a performed effect ended: its output, or the failure.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepEnd {
-    pub lease: Lease,
-    pub step: String,
-    pub kind: &'static str,
-    pub attempt: u32,
-    pub result: Result<Json, Failure>,
-}
-
-/// Where an instance stops in this invocation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Stop {
-    Park(Park),
-    /// A step's effect started in an earlier invocation that ended before recording how it
-    /// went, and resending it could repeat it: an operator decides.
-    Unknown(String),
-    /// Out of time: the instance waits for the scheduler, at its next step.
-    Later,
-    /// Paused or cancelled by an operator (the instance or its automation): the ledger
-    /// parked it in this status at its step boundary.
-    Held(String),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Parked {
-    pub lease: Lease,
-    pub instance: Instance,
-    pub stop: Stop,
-}
-
-/// One write of the ledger.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct FlowWrite {
-    pub ended: Vec<StepEnd>,
-    pub decided: Vec<(Lease, Decided)>,
-    pub started: Vec<StepStart>,
-    pub parked: Vec<Parked>,
-}
-
-impl FlowWrite {
-    fn is_empty(&self) -> bool {
-        self.ended.is_empty() && self.decided.is_empty() && self.started.is_empty() && self.parked.is_empty()
-    }
-}
-
-/// How the ledger took an effect about to start, or a stop.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Taken {
-    Yes,
-    /// A change to this database (`Effect::is_local`), made by the write itself in the
-    /// transaction that recorded it: how it went.
-    Performed(Result<Json, Failure>),
-    /// The lease was no longer the instance's.
-    Lost,
-    /// The instance is paused or to be cancelled: the ledger parked it in this status
-    /// instead (an effect about to start did not start).
-    Held(String),
-}
-
-/// What the ledger took, entry by entry (ended: false when the lease was no longer the
-/// instance's), and the fresh data of the instances asked for, read after the write.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct FlowWritten {
-    pub ended: Vec<bool>,
-    pub started: Vec<Taken>,
-    pub parked: Vec<Taken>,
-    pub data: HashMap<LogId, Result<Json, ContextError>>,
-}
-
-/// The executor's view of the ledger for workflow instances.
-pub trait FlowLedger: Sync {
-    /// Claims every message's instance under a new lease and loads it; one answer per
-    /// message, in order.
-    fn start(
-        &self,
-        messages: &[QueueMessage],
-        now: SystemTime,
-        lease_until: SystemTime,
-    ) -> impl Future<Output = Result<Vec<FlowStarted>, StoreError>> + Send;
-    /// Writes `write`, then reads the data of `fresh_for`.
-    fn write(
-        &self,
-        write: &FlowWrite,
-        fresh_for: &[Lease],
-        now: SystemTime,
-    ) -> impl Future<Output = Result<FlowWritten, StoreError>> + Send;
-}
 
 /// Performs effects. `key` is stable for one instance's step, so a receiver can drop a
 /// repeat (the webhook id).
@@ -292,6 +147,7 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                 FlowStarted::NotClaimable { status } => {
                     outcomes[index] = Some(FlowOutcome::Skipped(format!("log {} is {status}", msg.log_id)))
                 }
+                FlowStarted::Failed(why) => outcomes[index] = Some(FlowOutcome::Stopped(Stop::Park(Park::Failed(why)))),
                 FlowStarted::Claimed { lease, flow } => {
                     let LoadedFlow {
                         definition,
@@ -591,8 +447,7 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
     }
 }
 
-/// The data with the event under `herald` (as one-shot templates see it) and a manual
-/// start's payload under `payload`.
+/// The data with the event under `herald` and a manual start's payload under `payload`.
 fn with_event(data: Json, event: &(Json, Option<Json>)) -> Json {
     match data {
         Json::Object(mut map) => {
@@ -640,8 +495,6 @@ fn step_receipts(ended: &[StepEnd], at: SystemTime) -> Vec<Receipt> {
                 lease: end.lease.token,
                 attempt: end.lease.attempt,
                 at_us: micros(at),
-                deliveries: Vec::new(),
-                result: None,
                 steps: vec![step],
             }),
         }
@@ -839,7 +692,7 @@ fn notified(sent: Vec<(String, Result<String, Failure>)>) -> Result<Json, Failur
 }
 
 /// Logs how an effect that leaves this database went, recipients masked and reasons
-/// redacted (they can quote addresses), as the one-shot deliverer logs its sends.
+/// redacted (they can quote addresses).
 fn log_effect(log_id: LogId, step: &str, effect: &Effect, result: &Result<Json, Failure>) {
     let (kind, to) = match effect {
         Effect::Email(e) => ("email", mask_email(&e.to)),

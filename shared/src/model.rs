@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,9 +15,6 @@ pub type LogId = i64;
 pub struct QueueMessage {
     pub log_id: LogId,
     pub lease: i64,
-    /// The log is an instance of a workflow definition (the executor's flow runner takes it).
-    #[serde(default)]
-    pub flow: bool,
 }
 
 impl QueueMessage {
@@ -34,55 +31,14 @@ impl QueueMessage {
                 _ => Err(bad(format!("{name} {v} is not a positive integer"))),
             }
         };
-        let flow = match obj.get("flow") {
-            None => false,
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| bad(format!("flow {v} is not true or false")))?,
-        };
         Ok(Self {
             log_id: field("log_id")?,
             lease: field("lease")?,
-            flow,
         })
     }
 
     pub fn to_body(self) -> String {
-        if self.flow {
-            format!("{{\"log_id\":{},\"lease\":{},\"flow\":true}}", self.log_id, self.lease)
-        } else {
-            format!("{{\"log_id\":{},\"lease\":{}}}", self.log_id, self.lease)
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Channel {
-    Email,
-    Sms,
-}
-
-impl Channel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Email => "email",
-            Channel::Sms => "sms",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "email" => Some(Channel::Email),
-            "sms" => Some(Channel::Sms),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Channel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        format!("{{\"log_id\":{},\"lease\":{}}}", self.log_id, self.lease)
     }
 }
 
@@ -174,15 +130,6 @@ pub enum ContextError {
     Transient(String),
 }
 
-/// An automation's templates, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Definition {
-    pub name: String,
-    pub is_active: bool,
-    pub email: Option<EmailTemplates>,
-    pub sms: Option<SmsTemplates>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmailTemplates {
     /// Sender address; `None` means the function's configured default.
@@ -199,17 +146,6 @@ pub struct SmsTemplates {
     pub body: String,
 }
 
-/// What the executor needs to know of a claimed log.
-#[derive(Debug, Clone)]
-pub struct LoadedLog {
-    pub automation_id: i64,
-    pub event: EventInfo,
-    /// `None` when the automation no longer exists.
-    pub definition: Option<Definition>,
-    /// Channels already delivered by an earlier attempt; they are not sent again.
-    pub delivered: Vec<Channel>,
-}
-
 /// The event that created a log; templates see it as `herald.*`.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventInfo {
@@ -221,7 +157,7 @@ pub struct EventInfo {
     pub subject_id: String,
 }
 
-/// A claimed log, and the fencing token every write-back must present.
+/// A claimed log, and the fencing token every write must present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
     pub log_id: LogId,
@@ -229,147 +165,14 @@ pub struct Lease {
     pub attempt: i32,
 }
 
-/// What the executor learns of one message's log when it claims the batch.
-#[derive(Debug, Clone)]
-pub enum Started {
-    Claimed {
-        lease: Lease,
-        /// `None` when the log vanished after it was claimed.
-        log: Option<Box<LoadedLog>>,
-        /// The template variables, read fresh.
-        context: Result<serde_json::Value, ContextError>,
-    },
-    NotClaimable {
-        status: String,
-    },
-    Unknown,
-}
-
-/// A delivery about to be sent: recorded as `sending` before the provider is called.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryStart {
-    pub lease: Lease,
-    pub channel: Channel,
-    pub recipient: String,
-}
-
-/// A provider's answer to a delivery: its message id, or why it failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryEnd {
-    pub lease: Lease,
-    pub channel: Channel,
-    pub result: Result<String, Failure>,
-}
-
-/// One write-back round trip: answers of the sends just made, deliveries about to start,
-/// and attempts that ended. Every entry names its lease; an entry whose lease is no longer
-/// the log's changes nothing.
-#[derive(Debug, Clone, Default)]
-pub struct WriteBack {
-    pub finished: Vec<DeliveryEnd>,
-    pub started: Vec<DeliveryStart>,
-    pub results: Vec<(Lease, LogResult)>,
-}
-
-impl WriteBack {
-    pub fn is_empty(&self) -> bool {
-        self.finished.is_empty() && self.started.is_empty() && self.results.is_empty()
-    }
-}
-
-/// What a write-back changed, entry by entry in the order given.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WrittenBack {
-    /// Whether each finished delivery was recorded (false: the lease was lost).
-    pub finished: Vec<bool>,
-    /// Whether each delivery was recorded as started (false: the lease was lost; do not send).
-    pub started: Vec<bool>,
-    /// Each log's new status (`None`: the lease was lost).
-    pub results: Vec<Option<String>>,
-}
-
-/// How a log's attempt ended, as written back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogResult {
-    Sent,
-    /// A permanent failure: the log is `failed`.
-    Failed(Failure),
-    /// A transient failure: the log is `pending` again after a backoff, or `dead` when it
-    /// has no attempts left.
-    Retry(Failure),
-}
-
 /// What the scheduler's rescue did with expired leases.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Rescued {
     /// Queued logs whose message never came: pending again.
     pub requeued: u64,
-    /// Running logs whose executor vanished: pending again, after a backoff.
-    pub retried: u64,
-    /// ... and those with no attempts left: dead.
-    pub dead: u64,
-    /// ... and those with a send in flight on a channel whose policy is `hold`: unknown.
-    pub unknown: u64,
-}
-
-/// The executor's view of the ledger, a whole queue batch at a time (one round trip per
-/// call). Every write names the lease; a write whose lease is no longer the log's changes
-/// nothing and says so.
-pub trait Ledger: Sync {
-    /// Claims every message's log under a new lease until `lease_until`, opens its attempt,
-    /// and loads its definition and fresh template variables; one answer per message, in
-    /// order.
-    fn start(
-        &self,
-        messages: &[QueueMessage],
-        now: SystemTime,
-        lease_until: SystemTime,
-    ) -> impl Future<Output = Result<Vec<Started>, StoreError>> + Send;
-    /// Records providers' answers, deliveries about to be sent, and attempts' results.
-    fn write_back(
-        &self,
-        batch: &WriteBack,
-        now: SystemTime,
-    ) -> impl Future<Output = Result<WrittenBack, StoreError>> + Send;
-}
-
-/// The scheduler's view of the ledger.
-pub trait DueLogs: Sync {
-    /// Moves up to `limit` captured events from the inbox to the ledger (pending or
-    /// suppressed); returns how many it moved.
-    fn ingest(&self, limit: i32) -> impl Future<Output = Result<u64, StoreError>> + Send;
-    /// Rescues logs whose lease expired before `now`.
-    fn rescue(&self, now: SystemTime) -> impl Future<Output = Result<Rescued, StoreError>> + Send;
-    /// Marks up to `limit` due pending logs as queued, leased until `lease_until`, and
-    /// returns the messages to send for them.
-    fn claim_due(
-        &self,
-        limit: i64,
-        now: SystemTime,
-        lease_until: SystemTime,
-    ) -> impl Future<Output = Result<Vec<QueueMessage>, StoreError>> + Send;
-    /// Puts queued logs back to pending (their messages never reached the queue).
-    fn release(&self, ids: &[LogId], now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send;
-    /// Applies receipts (write-backs an executor could not make) while their leases hold,
-    /// and records every one; returns how many were applied.
-    fn apply_receipts(
-        &self,
-        receipts: &[crate::receipt::Receipt],
-        now: SystemTime,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
-}
-
-/// Where the executor leaves the write-backs it could not make (the receipts queue).
-pub trait ReceiptSink: Sync {
-    fn put(&self, receipts: &[crate::receipt::Receipt]) -> impl Future<Output = Result<(), Failure>> + Send;
-}
-
-/// Where the scheduler finds them.
-pub trait ReceiptSource: Sync {
-    /// Up to 10 waiting messages, as (handle, body); none when the queue is empty.
-    fn take(&self) -> impl Future<Output = Result<Vec<(String, String)>, Failure>> + Send;
-    /// Removes messages that were dealt with.
-    fn delete(&self, handles: &[String]) -> impl Future<Output = Result<(), Failure>> + Send;
+    /// Running instances whose executor vanished: pending again, to resume where they were
+    /// (an effect whose end was never recorded is held or resent, as its step says).
+    pub resumed: u64,
 }
 
 /// What wakes the scheduler between drains in low-latency mode: a notice that events were
@@ -418,20 +221,12 @@ mod tests {
 
     #[test]
     fn message_round_trips_and_rejects_junk() {
-        let m = QueueMessage {
-            log_id: 42,
-            lease: 9,
-            flow: false,
-        };
+        let m = QueueMessage { log_id: 42, lease: 9 };
         assert_eq!(m.to_body(), r#"{"log_id":42,"lease":9}"#);
         assert_eq!(QueueMessage::parse(&m.to_body()), Ok(m));
         assert_eq!(
             QueueMessage::parse(r#"{"lease":3,"log_id":7,"extra":1}"#),
-            Ok(QueueMessage {
-                log_id: 7,
-                lease: 3,
-                flow: false
-            })
+            Ok(QueueMessage { log_id: 7, lease: 3 })
         );
         for bad in [
             "",

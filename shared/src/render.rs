@@ -1,4 +1,4 @@
-//! Renders an automation's templates against a log's variables, all or nothing.
+//! Renders a step's templates against an instance's variables, all or nothing.
 //!
 //! Strict: a variable the data lacks, or one whose value is null, fails the whole render
 //! with an error that names it. Nothing half-rendered ever leaves this module. The HTML
@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use serde_json::Value as Json;
 
-use crate::model::{Definition, Email, EmailTemplates, EventInfo, Sms, SmsTemplates};
+use crate::model::{Email, EmailTemplates, Sms, SmsTemplates};
 
 /// SNS refuses SMS bodies longer than this.
 pub const SMS_MAX_CHARS: usize = 1600;
@@ -32,39 +32,6 @@ pub enum RenderError {
 
 fn list(names: &[String]) -> String {
     names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-}
-
-/// What one log sends, ready for the providers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rendered {
-    pub email: Option<Email>,
-    pub sms: Option<Sms>,
-}
-
-/// The variables templates see: the context row's columns, and `herald` for the event.
-pub fn variables(context: Json, event: &EventInfo) -> Json {
-    let mut vars = match context {
-        Json::Object(map) => map,
-        other => {
-            let mut map = serde_json::Map::new();
-            map.insert("row".to_owned(), other);
-            map
-        }
-    };
-    vars.insert("herald".to_owned(), serde_json::to_value(event).unwrap_or(Json::Null));
-    Json::Object(vars)
-}
-
-/// Renders every template of `def`. `default_from` is used when the automation sets none.
-pub fn render(def: &Definition, vars: &Json, default_from: &str) -> Result<Rendered, RenderError> {
-    Ok(Rendered {
-        email: def
-            .email
-            .as_ref()
-            .map(|t| render_email(t, vars, default_from))
-            .transpose()?,
-        sms: def.sms.as_ref().map(|t| render_sms(t, vars)).transpose()?,
-    })
 }
 
 /// Renders an email's templates. `default_from` is used when they set no sender.
@@ -235,25 +202,41 @@ fn lookup<'a>(vars: &'a Json, path: &str) -> Option<&'a Json> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EmailTemplates, SmsTemplates};
     use serde_json::json;
 
-    fn def(subject: &str, html: &str, sms: &str) -> Definition {
-        Definition {
-            name: "t".into(),
-            is_active: true,
-            email: Some(EmailTemplates {
+    /// An email's and an SMS's templates, rendered together.
+    struct Templates {
+        email: EmailTemplates,
+        sms: SmsTemplates,
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Rendered {
+        email: Option<Email>,
+        sms: Option<Sms>,
+    }
+
+    fn def(subject: &str, html: &str, sms: &str) -> Templates {
+        Templates {
+            email: EmailTemplates {
                 from: None,
                 to: "{{ client_email }}".into(),
                 subject: subject.into(),
                 text: Some("Hi {{ client_name }}".into()),
                 html: Some(html.into()),
-            }),
-            sms: Some(SmsTemplates {
+            },
+            sms: SmsTemplates {
                 to: "{{ client_phone }}".into(),
                 body: sms.into(),
-            }),
+            },
         }
+    }
+
+    fn render(t: &Templates, vars: &Json, default_from: &str) -> Result<Rendered, RenderError> {
+        Ok(Rendered {
+            email: Some(render_email(&t.email, vars, default_from)?),
+            sms: Some(render_sms(&t.sms, vars)?),
+        })
     }
 
     fn vars() -> Json {
@@ -377,21 +360,5 @@ mod tests {
             json!({"client_name": "{{ 7 * 7 }}{% raw %}", "client_email": "a@b.co", "client_phone": "+14155550123"});
         let r = render(&d, &v, "n@x.com").unwrap();
         assert_eq!(r.email.unwrap().subject, "{{ 7 * 7 }}{% raw %}");
-    }
-
-    #[test]
-    fn variables_include_the_event() {
-        let ev = EventInfo {
-            log_id: 9,
-            event: "status_change".into(),
-            old_status: Some("open".into()),
-            new_status: Some("done".into()),
-            subject_table: "public.jobs".into(),
-            subject_id: "3".into(),
-        };
-        let v = variables(json!({"id": 3}), &ev);
-        assert_eq!(v["id"], 3);
-        assert_eq!(v["herald"]["new_status"], "done");
-        assert_eq!(v["herald"]["log_id"], 9);
     }
 }

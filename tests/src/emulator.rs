@@ -121,7 +121,9 @@ impl Watch {
     /// SIGKILLs the running instances of function binary `name` started by this emulator;
     /// returns how many.
     pub fn kill_function(&self, name: &str) -> usize {
-        let binary = repo_root().join("target/debug").join(name);
+        // Where cargo builds: `CARGO_TARGET_DIR` (relative to the repository), or target/.
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| "target".into(), std::path::PathBuf::from);
+        let binary = repo_root().join(target).join("debug").join(name);
         let mut killed = 0;
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {

@@ -71,8 +71,8 @@ pub async fn figures(db: &Client, h: &Herald) -> Figures {
             .unwrap_or(0);
         let got_sms = sms.get(&phone).copied().unwrap_or(0);
         match status.as_str() {
-            // A one-shot log's end, and a workflow instance's (the column form runs as one).
-            "sent" | "completed" => f.sent += 1,
+            // The column form runs as a two-step workflow: an instance that ran to its end.
+            "completed" => f.sent += 1,
             "unknown" => f.unknown += 1,
             _ => f.lost += 1,
         }

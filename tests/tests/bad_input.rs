@@ -321,17 +321,14 @@ async fn a_flow_message_that_names_no_instance_fails_alone_in_its_batch() {
     assert_eq!(h.tick().await.sent, 2);
     let mut event = h.moto.receive(&h.queue_url, 10).await;
     assert_eq!(event.records.len(), 2);
-    let flow: serde_json::Value = serde_json::from_str(event.records[0].body.as_deref().unwrap()).unwrap();
-    assert_eq!(flow["flow"], true, "the scheduler hands instances to the flow runner");
+    let queued: serde_json::Value = serde_json::from_str(event.records[0].body.as_deref().unwrap()).unwrap();
 
     // WHEN one batch also carries every message that names no instance to run: a log that
     // does not exist, a lease that is not the log's, and a finished log's message again
-    let stale =
-        serde_json::json!({"log_id": flow["log_id"], "lease": flow["lease"].as_i64().unwrap() + 1000, "flow": true});
-    event.records.insert(
-        0,
-        synthetic("unknown-log", r#"{"log_id": 987654321, "lease": 1, "flow": true}"#),
-    );
+    let stale = serde_json::json!({"log_id": queued["log_id"], "lease": queued["lease"].as_i64().unwrap() + 1000});
+    event
+        .records
+        .insert(0, synthetic("unknown-log", r#"{"log_id": 987654321, "lease": 1}"#));
     event.records.push(synthetic("finished-log", &finished));
     event.records.push(synthetic("stale-lease", &stale.to_string()));
     let response = h.execute(event).await;

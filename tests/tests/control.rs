@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use herald_shared::clock::ManualClock;
-use herald_shared::flow::{FlowLedger, FlowOutcome, FlowRunner, FlowStarted, FlowWrite, FlowWritten, Performers, Stop};
+use herald_shared::flow::{FlowOutcome, FlowRunner, Performers};
+use herald_shared::ledger::{FlowLedger, FlowStarted, FlowWrite, FlowWritten, Stop};
 use herald_shared::model::{Lease, QueueMessage, StoreError};
 use herald_shared::pg::{Database, PgStore};
 use herald_shared::workflow::machine::Park;

@@ -9,17 +9,24 @@ use std::time::{Duration, SystemTime};
 
 use herald_shared::aws::{SesEmail, SnsSms, SqsQueue};
 use herald_shared::clock::{Clock, ManualClock, Sleep};
-use herald_shared::deliver::{Deliverer, Outcome};
 use herald_shared::drain::{drain, DrainOptions};
-use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
+use herald_shared::flow::{FlowOutcome, FlowRunner, Performers};
+use herald_shared::ledger::{DueLogs, Stop};
 use herald_shared::model::{
-    Channel, DueLogs, Email, EmailSender, Failure, LogId, Queue, QueueMessage, Rescued, Sms, SmsSender, StoreError,
+    Email, EmailSender, Failure, LogId, Queue, QueueMessage, Rescued, Sms, SmsSender, StoreError,
 };
 use herald_shared::pg::{Database, PgStore};
 use herald_shared::receipt::Receipt;
 use herald_shared::workflow::machine::Park;
 use herald_tests::fault::{figures, report, settle, tasks_sql, Figures};
 use herald_tests::{Herald, Proxy};
+
+/// Which provider answered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    Email,
+    Sms,
+}
 
 /// How the database goes away after a provider's answer.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -121,13 +128,6 @@ async fn ten_due() -> (Herald, Arc<ManualClock>, Arc<Proxy>) {
     (h, clock, proxy)
 }
 
-/// The same, queued by the scheduler.
-async fn ten_queued() -> (Herald, Arc<ManualClock>, Arc<Proxy>) {
-    let (h, clock, proxy) = ten_due().await;
-    assert_eq!(h.tick().await.sent, 10);
-    (h, clock, proxy)
-}
-
 /// The test database, reached through the proxy.
 fn via(h: &Herald, proxy: &Proxy) -> Database {
     let port = proxy.url.rsplit(':').next().unwrap();
@@ -178,251 +178,12 @@ fn cutting(
     (clock, senders)
 }
 
-/// One SQS batch of the ten through the executor's core, its database behind the proxy,
-/// cutting as told, within a 30 s invocation. Returns each message's outcome.
-async fn execute_with_outage(
-    h: &Herald,
-    manual: &Arc<ManualClock>,
-    proxy: &Arc<Proxy>,
-    cut: Cut,
-    cut_on: Vec<Channel>,
-    outage: Option<Duration>,
-) -> Vec<Outcome> {
-    let store = via_for(h, proxy, cut).index_scans_only().store().await.unwrap();
-    let (clock, senders) = cutting(h, manual, proxy, cut, cut_on, outage);
-    let deliverer = Deliverer {
-        ledger: &store,
-        email: &senders,
-        sms: &senders,
-        receipts: &h.executor.receipts,
-        clock: clock.as_ref(),
-        default_from: &h.from,
-        lease: Duration::from_secs(120),
-        ends_at: Some(clock.now() + Duration::from_secs(30)),
-    };
-    let event = h.moto.receive(&h.queue_url, 10).await;
-    assert_eq!(event.records.len(), 10);
-    let messages = event
-        .records
-        .iter()
-        .map(|r| (r.message_id.clone().unwrap(), r.body.clone().unwrap()))
-        .collect();
-    let outcomes = deliverer.handle_batch(messages, 4).await;
-    let failed: Vec<String> = outcomes
-        .iter()
-        .filter(|(_, o)| o.is_batch_failure())
-        .map(|(id, _)| id.clone())
-        .collect();
-    h.moto.delete_done(&h.queue_url, &event, &failed).await;
-    end_outage(proxy);
-    outcomes.into_iter().map(|(_, o)| o).collect()
-}
-
-/// Every delivery the ledger calls sent carries a provider message id.
-async fn sent_deliveries_with_ids(h: &Herald) -> i64 {
-    h.db.scalar("SELECT count(*) FROM automation_deliveries WHERE status = 'sent' AND provider_message_id IS NOT NULL")
-        .await
-}
-
 fn all_sent(n: usize) -> Figures {
     Figures {
         logs: n,
         sent: n,
         ..Default::default()
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_gone_for_two_seconds_after_the_providers_answered_loses_no_outcome() {
-    // GIVEN ten queued logs (email and SMS each)
-    let (h, clock, proxy) = ten_queued().await;
-    let t0 = clock.now();
-
-    // WHEN Postgres goes away for 2 s right after the first email answer, and again after
-    // the first SMS answer
-    let outcomes = execute_with_outage(
-        &h,
-        &clock,
-        &proxy,
-        Cut::Down,
-        vec![Channel::Email, Channel::Sms],
-        Some(Duration::from_secs(2)),
-    )
-    .await;
-
-    // THEN the write-backs waited it out: every log is sent in its first attempt, once,
-    // with every provider id recorded, and nothing went to the receipts queue
-    assert!(outcomes.iter().all(|o| *o == Outcome::Sent), "{outcomes:?}");
-    assert!(
-        clock.now() >= t0 + Duration::from_secs(4),
-        "both outages were waited out"
-    );
-    let f = figures(&h.db.client, &h).await;
-    report("Postgres away 2 s after the answers (twice)", &f);
-    assert_eq!(f, all_sent(10));
-    assert_eq!(sent_deliveries_with_ids(&h).await, 20);
-    assert_eq!(
-        h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE attempts = 1")
-            .await,
-        10
-    );
-    assert_eq!(h.moto.queue_depth(&h.receipts_url).await, 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_back_that_committed_but_whose_reply_was_lost_counts_as_written() {
-    // GIVEN ten queued logs
-    let (h, clock, proxy) = ten_queued().await;
-
-    // WHEN each channel's write-back commits but its reply is lost with the connection,
-    // and Postgres is back 2 s later
-    let outcomes = execute_with_outage(
-        &h,
-        &clock,
-        &proxy,
-        Cut::AfterCommit,
-        vec![Channel::Email, Channel::Sms],
-        Some(Duration::from_secs(2)),
-    )
-    .await;
-
-    // THEN the retry recognizes what the lost write-back did: every log is sent, not
-    // skipped as if its lease were lost
-    assert!(outcomes.iter().all(|o| *o == Outcome::Sent), "{outcomes:?}");
-    let f = figures(&h.db.client, &h).await;
-    report("write-back committed, reply lost", &f);
-    assert_eq!(f, all_sent(10));
-    assert_eq!(sent_deliveries_with_ids(&h).await, 20);
-    assert_eq!(
-        h.db.column::<String>("SELECT DISTINCT outcome FROM automation_attempts")
-            .await,
-        vec!["sent".to_owned()]
-    );
-}
-
-/// Postgres goes away after the first answer of `channel` and stays away past the
-/// executor's timeout; then the pipeline runs on.
-async fn gone_past_the_timeout(channel: Channel, scenario: &str) -> Herald {
-    // GIVEN ten queued logs
-    let (h, clock, proxy) = ten_queued().await;
-
-    // WHEN Postgres goes away for longer than the invocation (60 s against 30 s)
-    let outcomes = execute_with_outage(&h, &clock, &proxy, Cut::Down, vec![channel], None).await;
-
-    // THEN the executor gave up in time and kept every answer as a receipt
-    assert!(
-        outcomes.iter().all(|o| matches!(o, Outcome::Deferred(_))),
-        "{outcomes:?}"
-    );
-    assert_eq!(h.moto.queue_depth(&h.receipts_url).await, 10);
-
-    // WHEN Postgres is back, and the scheduler and executor run on past the leases
-    clock.advance(Duration::from_secs(30));
-    let first = h.tick().await;
-    assert_eq!((first.receipts, first.receipts_applied), (10, 10), "{first:?}");
-    settle(&h, &clock).await;
-
-    // THEN every log went out once per channel, none is held as unknown, and every
-    // delivery has its provider id
-    let f = figures(&h.db.client, &h).await;
-    report(scenario, &f);
-    assert_eq!(f, all_sent(10));
-    assert_eq!(sent_deliveries_with_ids(&h).await, 20);
-    assert_eq!(h.moto.queue_depth(&h.receipts_url).await, 0);
-    assert_eq!(
-        h.db.scalar::<i64>("SELECT count(*) FROM automation_receipts WHERE applied")
-            .await,
-        10
-    );
-    h
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_gone_past_the_timeout_after_the_emails_keeps_their_ids_as_receipts() {
-    let h = gone_past_the_timeout(Channel::Email, "Postgres away 60 s after the emails").await;
-    // The emails' receipts were applied; the SMS went in a second attempt.
-    assert_eq!(
-        h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE attempts = 2")
-            .await,
-        10
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_gone_past_the_timeout_after_the_sms_keeps_the_results_as_receipts() {
-    let h = gone_past_the_timeout(Channel::Sms, "Postgres away 60 s after the SMS").await;
-    // The receipts carried the results: done in the first attempt.
-    assert_eq!(
-        h.db.scalar::<i64>("SELECT count(*) FROM automation_attempts WHERE outcome = 'sent' AND attempt = 1")
-            .await,
-        10
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receipt_for_a_lease_taken_over_is_recorded_and_changes_nothing() {
-    // GIVEN ten logs whose executor kept its email answers as receipts (Postgres away)
-    let (h, clock, proxy) = ten_queued().await;
-    let outcomes = execute_with_outage(&h, &clock, &proxy, Cut::Down, vec![Channel::Email], None).await;
-    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Deferred(_))));
-    let first_ids: Vec<String> =
-        h.db.column("SELECT coalesce(provider_message_id, '') FROM automation_deliveries WHERE channel = 'email'")
-            .await;
-    assert!(first_ids.iter().all(String::is_empty), "not recorded yet");
-    // ... and the receipts are delayed (received by someone else, invisible for now)
-    let late = h.moto.receive(&h.receipts_url, 10).await;
-    assert_eq!(late.records.len(), 10);
-
-    // WHEN the leases expire without them: the rescue takes the logs over (an email in
-    // flight is resent, as its automation says), and a second attempt sends everything
-    h.db.exec("UPDATE automations SET email_on_unknown = 'resend'").await;
-    clock.advance(Duration::from_secs(150));
-    settle(&h, &clock).await;
-    let before: Vec<(i64, String)> = answers(&h).await;
-
-    // AND the late receipts arrive
-    let ids: Vec<String> = late.records.iter().map(|r| r.message_id.clone().unwrap()).collect();
-    h.moto.make_visible(&h.receipts_url, &late, &ids).await;
-    let tick = h.tick().await;
-
-    // THEN they are recorded as not applied, and the newer attempt's result stands
-    assert_eq!((tick.receipts, tick.receipts_applied), (10, 0), "{tick:?}");
-    assert_eq!(answers(&h).await, before);
-    assert_eq!(
-        h.db.scalar::<i64>(
-            "SELECT count(*) FROM automation_receipts r JOIN automation_attempts a
-               ON a.log_id = r.log_id AND a.lease_token = r.lease_token AND a.attempt = r.attempt
-             WHERE NOT r.applied AND a.outcome = 'lease_expired'"
-        )
-        .await,
-        10
-    );
-    assert_eq!(
-        h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE status = 'sent' AND attempts = 2")
-            .await,
-        10
-    );
-    let f = figures(&h.db.client, &h).await;
-    report("late receipts (lease taken over)", &f);
-    assert_eq!((f.sent, f.lost, f.unknown), (10, 0, 0));
-    // The emails whose answers came too late were resent, as the policy for an email in
-    // flight says; nothing else was.
-    assert_eq!(f.duplicated, 10);
-}
-
-/// Every delivery's channel and provider id, in order.
-async fn answers(h: &Herald) -> Vec<(i64, String)> {
-    h.db.client
-        .query(
-            "SELECT log_id, channel || ' ' || status || ' ' || coalesce(provider_message_id, '-')
-             FROM automation_deliveries ORDER BY log_id, channel",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
 }
 
 /// Where the scheduler's claim → SendMessageBatch → release sequence is cut.
@@ -544,13 +305,14 @@ async fn a_send_whose_reply_is_lost_is_delivered_once() {
 }
 
 /// The tasks' automation as a workflow: an email, then an SMS (to the addresses `figures`
-/// counts).
-async fn as_flow(h: &Herald) {
+/// counts). An email whose outcome is unknown is held, or sent again when `email_on_unknown`
+/// says `resend`.
+async fn as_flow(h: &Herald, email_on_unknown: &str) {
     let doc = serde_json::json!({
         "trigger": {"type": "status_change", "table": "public.tasks", "to": "go"},
         "steps": [
             {"id": "mail", "type": "send_email", "to": format!("log{{{{ herald.log_id }}}}@t{}.example.com", h.tag),
-             "subject": "Task {{ id }}", "text": "Task {{ id }} is go"},
+             "subject": "Task {{ id }}", "text": "Task {{ id }} is go", "on_unknown": email_on_unknown},
             {"id": "text", "type": "send_sms", "to": "{{ phone }}", "body": "Task {{ id }} is go"}
         ]
     });
@@ -562,8 +324,13 @@ async fn as_flow(h: &Herald) {
 
 /// Ten instances of the flow, queued by the scheduler.
 async fn ten_queued_instances() -> (Herald, Arc<ManualClock>, Arc<Proxy>) {
+    ten_queued_instances_holding("hold").await
+}
+
+/// [`ten_queued_instances`], their email's policy for an unknown outcome as told.
+async fn ten_queued_instances_holding(email_on_unknown: &str) -> (Herald, Arc<ManualClock>, Arc<Proxy>) {
     let (h, clock, proxy) = ten_due().await;
-    as_flow(&h).await;
+    as_flow(&h, email_on_unknown).await;
     assert_eq!(h.tick().await.sent, 10);
     (h, clock, proxy)
 }
@@ -654,6 +421,7 @@ async fn a_flow_waits_out_a_short_outage_and_a_lost_reply_and_sends_each_step_on
     ] {
         // GIVEN ten queued instances of email → SMS
         let (h, clock, proxy) = ten_queued_instances().await;
+        let t0 = clock.now();
 
         // WHEN Postgres goes away (or a committed write's reply is lost) right after the
         // first email answer and the first SMS answer, for 2 s
@@ -667,44 +435,78 @@ async fn a_flow_waits_out_a_short_outage_and_a_lost_reply_and_sends_each_step_on
         )
         .await;
 
-        // THEN the writes of the steps' ends were retried until they landed: every instance
-        // completed in this invocation, each step ran once, nothing went to the receipts queue
+        // THEN the writes of the steps' ends were retried until they landed (a write whose
+        // commit landed is recognized, not taken for a lost lease): every instance completed
+        // in its first attempt, each step ran once with its provider id recorded, both
+        // outages were waited out, and nothing went to the receipts queue
         println!("{scenario}: {out:?}");
         assert!(
             out.iter()
                 .all(|o| *o == FlowOutcome::Stopped(Stop::Park(Park::Completed))),
             "{scenario}: {out:?}"
         );
+        assert!(
+            clock.now() >= t0 + Duration::from_secs(4),
+            "{scenario}: both outages were waited out"
+        );
+        let f = figures(&h.db.client, &h).await;
+        report(scenario, &f);
+        assert_eq!(f, all_sent(10), "{scenario}");
         assert_eq!(flow_record(&h).await, once_each(), "{scenario}");
         assert_eq!(h.db.statuses().await, vec!["completed"; 10]);
+        // One attempt each, which ended the instance itself.
+        let attempts: Vec<String> =
+            h.db.column("SELECT DISTINCT attempts || ' ' || (parked_lease = (SELECT max(lease_token) FROM automation_step_runs r WHERE r.log_id = l.id)) FROM automation_execution_logs l")
+                .await;
+        assert_eq!(attempts, ["1 true"], "{scenario}");
         assert_eq!(h.moto.queue_depth(&h.receipts_url).await, 0);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_keeps_its_steps_ends_as_receipts_through_a_long_outage_and_goes_on_from_them() {
-    flow_through_a_long_outage(Cut::Down, "flow: Postgres away 60 s after the emails").await;
+    flow_through_a_long_outage(Cut::Down, Channel::Email, "flow: Postgres away 60 s after the emails").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_keeps_its_last_steps_ends_as_receipts_and_completes_without_sending_again() {
+    flow_through_a_long_outage(Cut::Down, Channel::Sms, "flow: Postgres away 60 s after the SMS").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_whose_connections_hang_gives_up_in_time_and_keeps_its_steps_ends_as_receipts() {
-    flow_through_a_long_outage(Cut::Hold, "flow: Postgres connections hang after the emails").await;
+    flow_through_a_long_outage(
+        Cut::Hold,
+        Channel::Email,
+        "flow: Postgres connections hang after the emails",
+    )
+    .await;
 }
 
-/// Postgres goes away (as `cut` says) after the first email answer, for longer than the
-/// invocation; then the pipeline runs on.
-async fn flow_through_a_long_outage(cut: Cut, scenario: &str) {
+/// The flow's step that sends on `channel`.
+fn step_of(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Email => "mail",
+        Channel::Sms => "text",
+    }
+}
+
+/// Postgres goes away (as `cut` says) after the first answer on `channel`, for longer than
+/// the invocation; then the pipeline runs on.
+async fn flow_through_a_long_outage(cut: Cut, channel: Channel, scenario: &str) {
     // GIVEN ten queued instances of email → SMS
     let (h, clock, proxy) = ten_queued_instances().await;
 
-    // WHEN Postgres goes away after the first email answer for longer than the invocation
-    // (a run that waited on a hung connection for ever would never end: bounded here)
-    let run = run_flows_with_outage(&h, &clock, &proxy, cut, vec![Channel::Email], None);
+    // WHEN Postgres goes away after the first answer on that channel for longer than the
+    // invocation (a run that waited on a hung connection for ever would never end: bounded
+    // here)
+    let run = run_flows_with_outage(&h, &clock, &proxy, cut, vec![channel], None);
     let out = tokio::time::timeout(Duration::from_secs(120), run)
         .await
         .unwrap_or_else(|_| panic!("{scenario}: the executor was still waiting on Postgres after 120 s"));
 
-    // THEN the executor gave up in time and kept each email's end as a receipt
+    // THEN the executor gave up in time and kept the end of each send on that channel as a
+    // receipt
     println!("{scenario}: {out:?}");
     assert!(out.iter().all(|o| matches!(o, FlowOutcome::Deferred(_))), "{out:?}");
     if cut == Cut::Hold {
@@ -722,14 +524,21 @@ async fn flow_through_a_long_outage(cut: Cut, scenario: &str) {
     clock.advance(Duration::from_secs(30));
     let first = h.tick().await;
     assert_eq!((first.receipts, first.receipts_applied), (10, 10), "{first:?}");
-    let mails: Vec<String> =
-        h.db.column("SELECT status FROM automation_step_runs WHERE step_id = 'mail' ORDER BY log_id")
-            .await;
-    assert_eq!(mails, vec!["done"; 10], "the receipts recorded the emails");
+    let ended: Vec<String> =
+        h.db.column(&format!(
+            "SELECT status FROM automation_step_runs WHERE step_id = '{}' ORDER BY log_id",
+            step_of(channel)
+        ))
+        .await;
+    assert_eq!(ended, vec!["done"; 10], "the receipts recorded the sends");
     settle(&h, &clock).await;
 
-    // THEN every instance completed, each email and SMS was sent once, none is unknown, and
-    // applying the receipts again changes nothing
+    // THEN every instance completed, in the invocation after the rescue (which sends the SMS,
+    // or, when the receipts carried the SMS, only records the end); each email and SMS was
+    // sent once, none is unknown, and applying the receipts again changes nothing
+    let f = figures(&h.db.client, &h).await;
+    report(scenario, &f);
+    assert_eq!(f, all_sent(10));
     assert_eq!(h.db.statuses().await, vec!["completed"; 10]);
     let (runs, counts) = flow_record(&h).await;
     assert_eq!((runs.clone(), counts), once_each());
@@ -737,7 +546,7 @@ async fn flow_through_a_long_outage(cut: Cut, scenario: &str) {
         h.db.scalar::<i64>("SELECT count(*) FROM automation_execution_logs WHERE attempts = 2")
             .await,
         10,
-        "the SMS went in the invocation after the rescue"
+        "completed in the invocation after the rescue"
     );
     let kept: serde_json::Value =
         h.db.scalar("SELECT jsonb_agg(receipt ORDER BY log_id) FROM automation_receipts WHERE applied")
@@ -755,4 +564,61 @@ async fn flow_through_a_long_outage(cut: Cut, scenario: &str) {
     assert_eq!(again, 10, "a repeat counts as applied");
     assert_eq!(flow_record(&h).await.0, runs);
     assert_eq!(h.moto.queue_depth(&h.receipts_url).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_receipt_for_a_lease_taken_over_is_recorded_and_changes_nothing() {
+    // GIVEN ten instances whose executor kept its emails' ends as receipts (Postgres away),
+    // their email step resent when its outcome is unknown
+    let (h, clock, proxy) = ten_queued_instances_holding("resend").await;
+    let out = run_flows_with_outage(&h, &clock, &proxy, Cut::Down, vec![Channel::Email], None).await;
+    assert!(out.iter().all(|o| matches!(o, FlowOutcome::Deferred(_))), "{out:?}");
+    let mails: Vec<String> =
+        h.db.column("SELECT status FROM automation_step_runs WHERE step_id = 'mail' ORDER BY log_id")
+            .await;
+    assert_eq!(mails, vec!["started"; 10], "not recorded yet");
+    // ... and the receipts are delayed (received by someone else, invisible for now)
+    let late = h.moto.receive(&h.receipts_url, 10).await;
+    assert_eq!(late.records.len(), 10);
+
+    // WHEN the leases expire without them: the rescue takes the instances over (the email
+    // in flight is resent, as its step says), and a second attempt sends everything
+    clock.advance(Duration::from_secs(150));
+    settle(&h, &clock).await;
+    let before = flow_record(&h).await;
+
+    // AND the late receipts arrive
+    let ids: Vec<String> = late.records.iter().map(|r| r.message_id.clone().unwrap()).collect();
+    h.moto.make_visible(&h.receipts_url, &late, &ids).await;
+    let tick = h.tick().await;
+
+    // THEN they are recorded as not applied, and the newer attempt's record stands
+    assert_eq!((tick.receipts, tick.receipts_applied), (10, 0), "{tick:?}");
+    assert_eq!(flow_record(&h).await, before);
+    assert_eq!(
+        before.0,
+        vec!["mail started 1, mail done 2 id, text done 1 id".to_owned(); 10]
+    );
+    assert_eq!(
+        h.db.scalar::<i64>(
+            "SELECT count(*) FROM automation_receipts r JOIN automation_execution_logs l
+               ON l.id = r.log_id AND r.lease_token < l.parked_lease
+             WHERE NOT r.applied"
+        )
+        .await,
+        10
+    );
+    assert_eq!(
+        h.db.scalar::<i64>(
+            "SELECT count(*) FROM automation_execution_logs WHERE status = 'completed' AND attempts = 2"
+        )
+        .await,
+        10
+    );
+    let f = figures(&h.db.client, &h).await;
+    report("flow: late receipts (lease taken over)", &f);
+    assert_eq!((f.sent, f.lost, f.unknown), (10, 0, 0));
+    // The emails whose ends came too late were resent, as the step's policy for an email in
+    // flight says; nothing else was.
+    assert_eq!(f.duplicated, 10);
 }

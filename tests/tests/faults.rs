@@ -236,7 +236,7 @@ async fn postgres_restarted_while_the_scheduler_drains() {
         let db = connect(&url).await;
         let open: i64 = db
             .query_one(
-                "SELECT count(*) FROM automation_execution_logs WHERE status <> 'sent'",
+                "SELECT count(*) FROM automation_execution_logs WHERE status <> 'completed'",
                 &[],
             )
             .await

@@ -4,7 +4,8 @@ use std::time::{Duration, SystemTime};
 
 use herald_shared::aws::{SesEmail, SnsSms, SqsReceipts};
 use herald_shared::clock::{Clock, ManualClock};
-use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
+use herald_shared::flow::{FlowOutcome, FlowRunner, Performers};
+use herald_shared::ledger::Stop;
 use herald_shared::pg::Database;
 use herald_shared::workflow::machine::Park;
 use herald_tests::Herald;
@@ -174,22 +175,22 @@ struct FailingWrite<'a> {
     writes: std::sync::atomic::AtomicUsize,
 }
 
-impl herald_shared::flow::FlowLedger for FailingWrite<'_> {
+impl herald_shared::ledger::FlowLedger for FailingWrite<'_> {
     async fn start(
         &self,
         messages: &[herald_shared::model::QueueMessage],
         now: SystemTime,
         until: SystemTime,
-    ) -> Result<Vec<herald_shared::flow::FlowStarted>, herald_shared::model::StoreError> {
+    ) -> Result<Vec<herald_shared::ledger::FlowStarted>, herald_shared::model::StoreError> {
         self.inner.start(messages, now, until).await
     }
 
     async fn write(
         &self,
-        write: &herald_shared::flow::FlowWrite,
+        write: &herald_shared::ledger::FlowWrite,
         fresh_for: &[herald_shared::model::Lease],
         now: SystemTime,
-    ) -> Result<herald_shared::flow::FlowWritten, herald_shared::model::StoreError> {
+    ) -> Result<herald_shared::ledger::FlowWritten, herald_shared::model::StoreError> {
         let n = self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         if self.fail_at > 0 && n >= self.fail_at {
             return Err(herald_shared::model::StoreError::new(
@@ -254,7 +255,7 @@ async fn an_invocation_that_stops_mid_flow_is_resumed_without_sending_twice() {
     assert_eq!(h.db.statuses().await, ["running", "running"]);
     h.db.exec("UPDATE automation_execution_logs SET lease_expires_at = now() - interval '1 second'")
         .await;
-    let retried: i32 = h.db.scalar("SELECT retried FROM herald_rescue(now())").await;
+    let retried: i32 = h.db.scalar("SELECT resumed FROM herald_rescue(now())").await;
     assert_eq!(retried, 2);
     assert_eq!(h.db.statuses().await, ["pending", "pending"]);
     h.db.exec("UPDATE automation_execution_logs SET status = 'queued', lease_token = 8")
@@ -977,7 +978,7 @@ async fn invoke_batch(
 async fn expire_and_queue(h: &Herald, lease: i64, retried: i32) {
     h.db.exec("UPDATE automation_execution_logs SET lease_expires_at = now() - interval '1 second'")
         .await;
-    let n: i32 = h.db.scalar("SELECT retried FROM herald_rescue(now())").await;
+    let n: i32 = h.db.scalar("SELECT resumed FROM herald_rescue(now())").await;
     assert_eq!(n, retried);
     h.db.exec(&format!(
         "UPDATE automation_execution_logs SET status = 'queued', lease_token = {lease}, lease_expires_at = now() + interval '1 hour'"

@@ -1,18 +1,18 @@
 //! Leases, fencing tokens, rescue, the dead and unknown states, and the operator functions.
 //!
-//! Automations written with the email and SMS columns run as two-step workflows. The tests
-//! that claim a log through the one-shot executor's own store (`claim_and_vanish`) are of
-//! one-shot logs, which is how a log its executor had started before schema 16 finishes.
+//! Automations written with the email and SMS columns run as two-step workflows (`email`,
+//! then `sms`).
 
 use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsEvent;
 use herald_shared::aws::SnsSms;
 use herald_shared::clock::{Clock, ManualClock};
-use herald_shared::model::{
-    Channel, DeliveryStart, Failure, Lease, Ledger, LogResult, QueueMessage, Started, WriteBack,
-};
+use herald_shared::ledger::{FlowLedger, FlowStarted, FlowWrite, Parked, StepStart, Stop, Taken};
+use herald_shared::model::{Email, Lease, QueueMessage, Sms};
 use herald_shared::pg::PgStore;
+use herald_shared::steps::Effect;
+use herald_shared::workflow::machine::{Instance, Park};
 use herald_tests::Herald;
 
 /// The one message on the queue, as the executor would get it.
@@ -23,37 +23,76 @@ async fn only_message(h: &Herald) -> (SqsEvent, QueueMessage) {
     (event, msg)
 }
 
-/// An executor that claims the log and then stops responding, through the real store.
+/// An executor that claims the instance and then stops responding, through the real store.
 async fn claim_and_vanish(h: &Herald, msg: QueueMessage, clock_now: std::time::SystemTime) -> (PgStore, Lease) {
     let store = h.executor.db.store().await.unwrap();
-    let started = store
-        .start(&[msg], clock_now, clock_now + Duration::from_secs(120))
+    let started = FlowLedger::start(&store, &[msg], clock_now, clock_now + Duration::from_secs(120))
         .await
         .unwrap();
-    let Some(Started::Claimed { lease, .. }) = started.into_iter().next() else {
+    let Some(FlowStarted::Claimed { lease, .. }) = started.into_iter().next() else {
         panic!("claim failed");
     };
     (store, lease)
 }
 
-/// Records a delivery as started, as the executor does before calling the provider;
-/// answers whether the lease still allowed it.
-async fn delivery_started(
+/// The instance's place at its first step `step`, as the executor records it there.
+fn at_first(step: &str) -> Instance {
+    Instance {
+        next: Some(step.to_owned()),
+        steps_run: 1,
+        attempt: 1,
+        outputs: Default::default(),
+    }
+}
+
+/// Records the effect of the instance's first step as started, as the executor does before
+/// calling the provider; answers how the ledger took it.
+async fn effect_started(
     store: &PgStore,
     lease: Lease,
-    channel: Channel,
-    to: &str,
+    step: &str,
+    effect: Effect,
     now: std::time::SystemTime,
-) -> bool {
-    let wb = WriteBack {
-        started: vec![DeliveryStart {
+) -> Taken {
+    let kind = match effect {
+        Effect::Email(_) => "send_email",
+        _ => "send_sms",
+    };
+    let write = FlowWrite {
+        started: vec![StepStart {
             lease,
-            channel,
-            recipient: to.to_owned(),
+            step: step.to_owned(),
+            kind,
+            attempt: 1,
+            effect,
+            place: at_first(step),
         }],
         ..Default::default()
     };
-    store.write_back(&wb, now).await.unwrap().started[0]
+    store.write(&write, &[], now).await.unwrap().started.remove(0)
+}
+
+fn email_to(h: &Herald, to: String) -> Effect {
+    Effect::Email(Email {
+        from: h.from.clone(),
+        to,
+        subject: "Job completed".into(),
+        text: Some("Thanks".into()),
+        html: None,
+    })
+}
+
+fn sms_to(to: &str) -> Effect {
+    Effect::Sms(Sms {
+        to: to.to_owned(),
+        body: "hello".into(),
+    })
+}
+
+/// Each step run of the ledger, in order: `step attempt status`.
+async fn runs(h: &Herald) -> Vec<String> {
+    h.db.column("SELECT step_id || ' ' || attempt || ' ' || status FROM automation_step_runs ORDER BY id")
+        .await
 }
 
 /// `herald_retry` on the only log, then one scheduler and executor run.
@@ -105,7 +144,7 @@ async fn a_lost_sqs_message_is_requeued_and_the_late_original_is_skipped() {
 
 #[tokio::test]
 async fn a_slow_executor_whose_lease_was_taken_over_cannot_overwrite_the_newer_attempt() {
-    // GIVEN executor A claims a log and stalls before sending
+    // GIVEN executor A claims an instance and stalls before sending
     let mut h = Herald::with_jobs_example().await;
     h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
     let clock = h.manual_clock();
@@ -113,36 +152,39 @@ async fn a_slow_executor_whose_lease_was_taken_over_cannot_overwrite_the_newer_a
     let (_, msg) = only_message(&h).await;
     let (stale, lease_a) = claim_and_vanish(&h, msg, clock.now()).await;
 
-    // WHEN its lease runs out, the scheduler rescues the log, and executor B sends it
+    // WHEN its lease runs out, the scheduler rescues the instance and queues it again at
+    // once, and executor B runs it
     clock.advance(Duration::from_secs(121));
     let summary = h.tick().await;
-    assert_eq!(summary.rescued.retried, 1);
-    clock.advance(Duration::from_secs(31)); // past the first backoff
-    assert_eq!(h.tick().await.claimed, 1);
+    assert_eq!((summary.rescued.resumed, summary.claimed), (1, 1));
     assert!(h.deliver_all().await.is_empty());
-    assert_eq!(h.db.statuses().await, ["sent"]);
+    assert_eq!(h.db.statuses().await, ["completed"]);
 
-    // THEN A, coming back, can neither start a send nor write a result
+    // THEN A, coming back, can neither start a send nor stop the instance with its verdict
     let now = clock.now();
-    assert!(!delivery_started(&stale, lease_a, Channel::Email, "x@example.com", now).await);
-    let failed = LogResult::Failed(Failure::permanent("A's late verdict"));
-    let wb = WriteBack {
-        results: vec![(lease_a, failed)],
+    let email = email_to(&h, h.email_of(1));
+    assert_eq!(effect_started(&stale, lease_a, "email", email, now).await, Taken::Lost);
+    let verdict = FlowWrite {
+        parked: vec![Parked {
+            lease: lease_a,
+            instance: at_first("email"),
+            stop: Stop::Park(Park::Failed("A's late verdict".into())),
+        }],
         ..Default::default()
     };
-    assert_eq!(stale.write_back(&wb, now).await.unwrap().results, [None]);
+    assert_eq!(stale.write(&verdict, &[], now).await.unwrap().parked, [Taken::Lost]);
     let (status, attempts, _, error) = row(&h).await;
-    assert_eq!((status.as_str(), attempts, error), ("sent", 2, None));
-    let outcomes: Vec<String> =
-        h.db.column("SELECT outcome FROM automation_attempts ORDER BY attempt")
-            .await;
-    assert_eq!(outcomes, ["lease_expired", "sent"]);
+    assert_eq!((status.as_str(), attempts, error), ("completed", 2, None));
+    // AND the instance was parked by B's lease, the newer one
+    let parked_by: i64 = h.db.scalar("SELECT parked_lease FROM automation_execution_logs").await;
+    assert!(parked_by > lease_a.token, "{parked_by} after {}", lease_a.token);
+    assert_eq!(runs(&h).await, ["email 1 done", "sms 1 done"]);
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
 }
 
 #[tokio::test]
 async fn a_send_in_flight_when_the_executor_died_is_unknown_by_default_and_resent_when_its_policy_says_so() {
-    // GIVEN two logs whose executor died in the middle of a send: one SMS, one email
+    // GIVEN two instances whose executor died in the middle of a send: one SMS, one email
     let mut h = Herald::with_jobs_example().await;
     h.db.exec(
         "INSERT INTO automations (name, source_table, to_status, sms_to, sms_body)
@@ -154,28 +196,36 @@ async fn a_send_in_flight_when_the_executor_died_is_unknown_by_default_and_resen
     h.tick().await;
     let (_, msg) = only_message(&h).await;
     let (store, lease) = claim_and_vanish(&h, msg, clock.now()).await;
-    assert!(delivery_started(&store, lease, Channel::Sms, "+14155550142", clock.now()).await);
+    let sms = sms_to("+14155550142");
+    assert_eq!(effect_started(&store, lease, "sms", sms, clock.now()).await, Taken::Yes);
 
-    // WHEN the lease runs out
+    // WHEN the lease runs out, and the rescued instance is claimed again
     clock.advance(Duration::from_secs(121));
     let summary = h.tick().await;
+    assert_eq!((summary.rescued.resumed, summary.claimed), (1, 1));
+    assert!(h.deliver_all().await.is_empty());
 
-    // THEN the SMS log is held as unknown, visible in SQL, and not sent again
-    assert_eq!((summary.rescued.unknown, summary.claimed), (1, 0));
-    let (status, _, code, error) = row(&h).await;
-    assert_eq!((status.as_str(), code.as_deref()), ("unknown", Some("OutcomeUnknown")));
-    assert!(error.unwrap().contains("outcome unknown for sms"));
-    let delivery: String = h.db.scalar("SELECT status FROM automation_deliveries").await;
-    assert_eq!(delivery, "unknown");
+    // THEN its SMS step is held as unknown, visible in SQL, and not sent again
+    let (status, _, _, error) = row(&h).await;
+    assert_eq!(status, "unknown");
+    let error = error.unwrap();
+    assert!(
+        error.contains("step `sms` (send_sms) started but its outcome was never recorded"),
+        "{error}"
+    );
+    assert_eq!(runs(&h).await, ["sms 1 started"]);
+    let send: String = h.db.scalar("SELECT status FROM herald_sends").await;
+    assert_eq!(send, "sending");
     clock.advance(Duration::from_secs(3600));
     assert_eq!(h.tick().await.claimed, 0);
     assert!(h.moto.sms_to("+14155550142").await.is_empty());
 
     // WHEN an operator decides to resend it
     operator_retries_and_it_is_sent(&h, &clock).await;
-    // THEN it is sent
-    assert_eq!(h.db.statuses().await, ["sent"]);
+    // THEN it is sent, as the step's second try
+    assert_eq!(h.db.statuses().await, ["completed"]);
     assert_eq!(h.moto.sms_to("+14155550142").await.len(), 1);
+    assert_eq!(runs(&h).await, ["sms 1 unknown", "sms 2 done"]);
 
     // AND an email in the same situation is resent when its automation says so (the
     // default is `hold`, as for SMS)
@@ -188,17 +238,21 @@ async fn a_send_in_flight_when_the_executor_died_is_unknown_by_default_and_resen
     h.tick().await;
     let (_, msg) = only_message(&h).await;
     let (store, lease) = claim_and_vanish(&h, msg, clock.now()).await;
-    assert!(delivery_started(&store, lease, Channel::Email, &h.email_of(1), clock.now()).await);
+    let email = email_to(&h, h.email_of(1));
+    assert_eq!(
+        effect_started(&store, lease, "email", email, clock.now()).await,
+        Taken::Yes
+    );
     clock.advance(Duration::from_secs(121));
-    assert_eq!(h.tick().await.rescued.retried, 1);
-    clock.advance(Duration::from_secs(31));
-    h.tick().await;
+    let summary = h.tick().await;
+    assert_eq!((summary.rescued.resumed, summary.claimed), (1, 1));
     assert!(h.deliver_all().await.is_empty());
-    assert_eq!(h.db.statuses().await, ["sent", "sent"]);
-    let email_delivery: String =
-        h.db.scalar("SELECT status FROM automation_deliveries WHERE channel = 'email'")
+    assert_eq!(h.db.statuses().await, ["completed", "completed"]);
+    let email_runs: Vec<String> =
+        h.db.column("SELECT attempt || ' ' || status FROM automation_step_runs WHERE step_id = 'email' ORDER BY id")
             .await;
-    assert_eq!(email_delivery, "sent");
+    assert_eq!(email_runs, ["1 started", "2 done"]);
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
 }
 
 #[tokio::test]
@@ -330,7 +384,13 @@ async fn two_executors_racing_on_the_same_messages_send_each_log_once() {
     assert_eq!(h.db.statuses().await, vec!["completed"; 10]);
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 10);
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 10);
-    assert_eq!(h.db.scalar::<i64>("SELECT count(*) FROM automation_attempts").await, 10);
+    assert_eq!(
+        h.db.scalar::<i64>(
+            "SELECT count(*) FROM automation_execution_logs WHERE attempts = 1 AND parked_lease IS NOT NULL"
+        )
+        .await,
+        10
+    );
 }
 
 #[tokio::test]

@@ -37,6 +37,21 @@ async fn the_functions_run_as_least_privilege_roles() {
     assert_eq!(h.tick().await.claimed, 1);
     clock.advance(Duration::from_secs(901));
     assert_eq!(h.tick().await.rescued.requeued, 1);
+    // AND a log whose automation was deleted before it ran fails at its claim
+    h.db.exec(
+        "INSERT INTO automations (name, source_table, to_status, sms_to, sms_body)
+           VALUES ('doomed', 'jobs', 'paused', '{{ client_phone }}', 'x');
+         UPDATE jobs SET status = 'paused' WHERE id = 1;
+         DELETE FROM automations WHERE name = 'doomed';",
+    )
+    .await;
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    let doomed: String =
+        h.db.scalar("SELECT status || ': ' || error FROM automation_execution_logs WHERE subject_id = '1' AND event = 'status_change' ORDER BY id DESC LIMIT 1")
+            .await;
+    assert!(doomed.starts_with("failed: unknown automation "), "{doomed}");
 
     // AND each role is refused what it does not need
     let denied = |who: &'static str, sql: &'static str| (who, sql);
@@ -44,7 +59,6 @@ async fn the_functions_run_as_least_privilege_roles() {
         denied("herald_scheduler", "SELECT snapshot FROM automation_execution_logs"),
         denied("herald_scheduler", "SELECT subject_id FROM automation_execution_logs"),
         denied("herald_scheduler", "SELECT email_to FROM automations"),
-        denied("herald_scheduler", "SELECT recipient FROM automation_deliveries"),
         denied("herald_scheduler", "UPDATE automations SET is_active = false"),
         denied("herald_scheduler", "DELETE FROM automation_execution_logs"),
         denied("herald_scheduler", "SELECT * FROM job_context"),

@@ -1,4 +1,5 @@
-//! The executor function: for each SQS message, delivers one log and writes back.
+//! The executor function: each SQS message names a log, which the flow runner moves on as
+//! far as it goes, writing the ledger as it goes.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -7,10 +8,9 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use herald_shared::aws::{load_config, SecretsManager, SesEmail, SnsSms, SqsReceipts};
 use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
-use herald_shared::deliver::{Deliverer, Outcome};
 use herald_shared::drain::invocation_time_left;
-use herald_shared::flow::{FlowOutcome, FlowRunner, Performers, Stop};
-use herald_shared::model::QueueMessage;
+use herald_shared::flow::{FlowOutcome, FlowRunner, Performers};
+use herald_shared::ledger::Stop;
 use herald_shared::pg::Database;
 use herald_shared::receipt::RECEIPT_MARGIN;
 use herald_shared::recipient::redact;
@@ -19,15 +19,12 @@ use herald_shared::workflow::machine::Park;
 use lambda_runtime::{Error, LambdaEvent};
 use tracing::{error, info, warn};
 
-/// An SQS message: its id and body.
-type Message = (String, String);
-
 /// What the function keeps between invocations.
 pub struct Executor {
     pub db: Database,
     pub email: SesEmail,
     pub sms: SnsSms,
-    /// Where write-backs go that the database could not take in time.
+    /// Where the ends of effects go that the database could not take in time.
     pub receipts: SqsReceipts,
     /// Workflows' webhook steps, and the signing secrets they name.
     pub webhooks: WebhookClient,
@@ -95,7 +92,7 @@ impl Executor {
 }
 
 /// How long a round trip to Postgres may go unanswered (`HERALD_DB_TIMEOUT_MS`): 3 s by
-/// default, 5 s at most. A write-back's last try starts up to [`RECEIPT_MARGIN`] before
+/// default, 5 s at most. A write's last try starts up to [`RECEIPT_MARGIN`] before
 /// the invocation's end; one that hangs must still leave time to keep its receipts.
 fn db_timeout() -> Result<std::time::Duration, ConfigError> {
     let margin = RECEIPT_MARGIN.as_millis() as u64;
@@ -106,10 +103,19 @@ fn db_timeout() -> Result<std::time::Duration, ConfigError> {
 /// item failures, the rest are done.
 pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error> {
     let store = e.db.store().await?;
-    let deliverer = Deliverer {
-        ledger: &store,
+    let webhooks = Webhooks {
+        client: &e.webhooks,
+        secrets: &e.secrets,
+        clock: e.clock.as_ref(),
+    };
+    let performers = Performers {
         email: &e.email,
         sms: &e.sms,
+        webhooks: &webhooks,
+    };
+    let runner = FlowRunner {
+        ledger: &store,
+        effects: &performers,
         receipts: &e.receipts,
         clock: e.clock.as_ref(),
         default_from: &e.settings.default_from,
@@ -117,82 +123,45 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
         // The invocation's end, on the function's clock. Unknown (an emulator's deadline, already
         // past), the lease bounds the work.
         ends_at: invocation_time_left(event.context.deadline, SystemTime::now()).map(|left| e.clock.now() + left),
+        step_limit: herald_shared::workflow::plan::DEFAULT_STEP_LIMIT,
     };
-    let ends_at = deliverer.ends_at;
-    // Workflow instances go to the flow runner; one-shot logs (and malformed messages, which
-    // the deliverer rejects) to the deliverer.
-    let (flows, messages): (Vec<Message>, Vec<Message>) = event
+    let (ids, bodies): (Vec<String>, Vec<String>) = event
         .payload
         .records
         .into_iter()
         .map(|r| (r.message_id.unwrap_or_default(), r.body.unwrap_or_default()))
-        .partition(|(_, body)| QueueMessage::parse(body).is_ok_and(|m| m.flow));
-    let outcomes = deliverer.handle_batch(messages, e.settings.concurrency).await;
-
+        .unzip();
     let mut response = SqsBatchResponse::default();
-    if !flows.is_empty() {
-        let webhooks = Webhooks {
-            client: &e.webhooks,
-            secrets: &e.secrets,
-            clock: e.clock.as_ref(),
-        };
-        let performers = Performers {
-            email: &e.email,
-            sms: &e.sms,
-            webhooks: &webhooks,
-        };
-        let runner = FlowRunner {
-            ledger: &store,
-            effects: &performers,
-            receipts: &e.receipts,
-            clock: e.clock.as_ref(),
-            default_from: &e.settings.default_from,
-            lease: e.settings.lease,
-            ends_at,
-            step_limit: herald_shared::workflow::plan::DEFAULT_STEP_LIMIT,
-        };
-        let bodies: Vec<String> = flows.iter().map(|(_, b)| b.clone()).collect();
-        for ((id, _), outcome) in flows.iter().zip(runner.run(&bodies, e.settings.concurrency).await) {
-            match &outcome {
-                FlowOutcome::Stopped(Stop::Later) => info!(message_id = %id, "instance continues later"),
-                FlowOutcome::Stopped(Stop::Held(status)) => info!(message_id = %id, status, "instance held"),
-                // Reasons can quote provider messages, which can quote addresses: mask them.
-                FlowOutcome::Stopped(Stop::Park(Park::Failed(why))) => {
-                    warn!(message_id = %id, why = %redact(why), "instance failed")
-                }
-                FlowOutcome::Stopped(Stop::Park(Park::Dead(why))) => {
-                    warn!(message_id = %id, why = %redact(why), "instance dead")
-                }
-                FlowOutcome::Stopped(Stop::Park(park)) => info!(message_id = %id, ?park, "instance parked"),
-                FlowOutcome::Stopped(Stop::Unknown(why)) => {
-                    warn!(message_id = %id, why = %redact(why), "outcome unknown: held")
-                }
-                FlowOutcome::Skipped(why) => info!(message_id = %id, why = %redact(why), "skipped"),
-                FlowOutcome::Deferred(why) => {
-                    warn!(message_id = %id, why = %redact(why), "deferred to the receipts queue")
-                }
-                FlowOutcome::StoreFailed(why) => error!(message_id = %id, why = %redact(why), "ledger unreachable"),
-                FlowOutcome::Rejected(why) => error!(message_id = %id, why = %redact(why), "rejected"),
-            }
-            if outcome.is_batch_failure() {
-                response.add_failure(id.clone());
-            }
-        }
-    }
-    for (id, outcome) in outcomes {
-        // Reasons can quote provider messages, which can quote addresses: mask them.
-        match &outcome {
-            Outcome::Sent => info!(message_id = %id, "sent"),
-            Outcome::Skipped(why) => info!(message_id = %id, why = %redact(why), "skipped"),
-            Outcome::Failed(why) => warn!(message_id = %id, why = %redact(why), "failed"),
-            Outcome::Retrying { status, why } => warn!(message_id = %id, status, why = %redact(why), "will retry"),
-            Outcome::Deferred(why) => warn!(message_id = %id, why = %redact(why), "deferred to the receipts queue"),
-            Outcome::StoreFailed(why) => error!(message_id = %id, why = %redact(why), "ledger unreachable"),
-            Outcome::Rejected(why) => error!(message_id = %id, why = %redact(why), "rejected"),
-        }
+    for (id, outcome) in ids.into_iter().zip(runner.run(&bodies, e.settings.concurrency).await) {
+        log_outcome(&id, &outcome);
         if outcome.is_batch_failure() {
             response.add_failure(id);
         }
     }
     Ok(response)
+}
+
+/// Logs what became of one message. Reasons can quote provider messages, which can quote
+/// addresses: they are masked.
+fn log_outcome(id: &str, outcome: &FlowOutcome) {
+    match outcome {
+        FlowOutcome::Stopped(Stop::Later) => info!(message_id = %id, "instance continues later"),
+        FlowOutcome::Stopped(Stop::Held(status)) => info!(message_id = %id, status, "instance held"),
+        FlowOutcome::Stopped(Stop::Park(Park::Failed(why))) => {
+            warn!(message_id = %id, why = %redact(why), "instance failed")
+        }
+        FlowOutcome::Stopped(Stop::Park(Park::Dead(why))) => {
+            warn!(message_id = %id, why = %redact(why), "instance dead")
+        }
+        FlowOutcome::Stopped(Stop::Park(park)) => info!(message_id = %id, ?park, "instance parked"),
+        FlowOutcome::Stopped(Stop::Unknown(why)) => {
+            warn!(message_id = %id, why = %redact(why), "outcome unknown: held")
+        }
+        FlowOutcome::Skipped(why) => info!(message_id = %id, why = %redact(why), "skipped"),
+        FlowOutcome::Deferred(why) => {
+            warn!(message_id = %id, why = %redact(why), "deferred to the receipts queue")
+        }
+        FlowOutcome::StoreFailed(why) => error!(message_id = %id, why = %redact(why), "ledger unreachable"),
+        FlowOutcome::Rejected(why) => error!(message_id = %id, why = %redact(why), "rejected"),
+    }
 }

@@ -12,10 +12,8 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{info, warn};
 
-use crate::model::{
-    Channel, ContextError, Definition, DueLogs, EmailTemplates, EventInfo, Lease, Ledger, LoadedLog, LogId, LogResult,
-    QueueMessage, Rescued, SmsTemplates, Started, StoreError, WriteBack, WrittenBack,
-};
+use crate::ledger::DueLogs;
+use crate::model::{ContextError, LogId, QueueMessage, Rescued, StoreError};
 use crate::receipt::Receipt;
 
 mod sql {
@@ -23,9 +21,8 @@ mod sql {
     pub const RELEASE: &str = include_str!("../../sql/release.sql");
     pub const RESCUE: &str = include_str!("../../sql/rescue.sql");
     pub const INGEST: &str = include_str!("../../sql/ingest.sql");
-    pub const START_BATCH: &str = include_str!("../../sql/start_batch.sql");
-    pub const WRITE_BACK: &str = include_str!("../../sql/write_back.sql");
     pub const APPLY_RECEIPTS: &str = include_str!("../../sql/apply_receipts.sql");
+    pub const FLOW_ORPHANS: &str = include_str!("../../sql/flow_orphans.sql");
     pub const FLOW_START: &str = include_str!("../../sql/flow_start.sql");
     pub const FLOW_WRITE: &str = include_str!("../../sql/flow_write.sql");
     pub const FLOW_CONTEXTS: &str = include_str!("../../sql/flow_contexts.sql");
@@ -79,7 +76,7 @@ pub struct NoAnswer(pub Duration);
 /// single round trip).
 pub struct Conn {
     client: Client,
-    statements: [OnceCell<Statement>; 10],
+    statements: [OnceCell<Statement>; 9],
     /// Set when a statement found the session ended (closed, or a FATAL error such as a
     /// terminated backend), or got no answer in time: the next caller opens a new
     /// connection instead of waiting for the client to notice.
@@ -97,9 +94,8 @@ enum Sql {
     Release,
     Rescue,
     Ingest,
-    StartBatch,
-    WriteBack,
     ApplyReceipts,
+    FlowOrphans,
     FlowStart,
     FlowWrite,
     FlowContexts,
@@ -112,9 +108,8 @@ impl Sql {
             Sql::Release => sql::RELEASE,
             Sql::Rescue => sql::RESCUE,
             Sql::Ingest => sql::INGEST,
-            Sql::StartBatch => sql::START_BATCH,
-            Sql::WriteBack => sql::WRITE_BACK,
             Sql::ApplyReceipts => sql::APPLY_RECEIPTS,
+            Sql::FlowOrphans => sql::FLOW_ORPHANS,
             Sql::FlowStart => sql::FLOW_START,
             Sql::FlowWrite => sql::FLOW_WRITE,
             Sql::FlowContexts => sql::FLOW_CONTEXTS,
@@ -238,7 +233,7 @@ impl Database {
 
     /// For sessions that only find rows by key (the executor's): sequential scans are
     /// turned off on each connection. Its statements are prepared once and their plans
-    /// cached, and a plan made while a table was nearly empty (the deliveries and attempts
+    /// cached, and a plan made while a table was nearly empty (the step runs and attempts
     /// of a new ledger, or of one just cleaned out) would otherwise go on reading the whole
     /// table for every lookup as it grows, until the next ANALYZE.
     pub fn index_scans_only(mut self) -> Self {
@@ -423,9 +418,7 @@ impl DueLogs for PgStore {
         let n = |i: usize| r.get::<_, i32>(i) as u64;
         Ok(Rescued {
             requeued: n(0),
-            retried: n(1),
-            dead: n(2),
-            unknown: n(3),
+            resumed: n(1),
         })
     }
 
@@ -446,7 +439,6 @@ impl DueLogs for PgStore {
             .map(|r| QueueMessage {
                 log_id: r.get(0),
                 lease: r.get(1),
-                flow: r.get(2),
             })
             .collect())
     }
@@ -468,170 +460,6 @@ impl DueLogs for PgStore {
             .await?;
         Ok(r.get::<_, i64>(0) as u64)
     }
-}
-
-impl Ledger for PgStore {
-    async fn start(
-        &self,
-        messages: &[QueueMessage],
-        now: SystemTime,
-        lease_until: SystemTime,
-    ) -> Result<Vec<Started>, StoreError> {
-        let context = "claiming a batch";
-        let conn = self.db.client().await?;
-        let stmt = conn.statement(Sql::StartBatch, context).await?;
-        let ids: Vec<LogId> = messages.iter().map(|m| m.log_id).collect();
-        let leases: Vec<i64> = messages.iter().map(|m| m.lease).collect();
-        let rows = conn
-            .round_trip(context, conn.client.query(stmt, &[&ids, &leases, &now, &lease_until]))
-            .await?;
-        Ok(messages
-            .iter()
-            .zip(rows.iter())
-            .map(|(m, r)| started(m.log_id, r))
-            .collect())
-    }
-
-    async fn write_back(&self, batch: &WriteBack, now: SystemTime) -> Result<WrittenBack, StoreError> {
-        let context = "writing back a batch";
-        let conn = self.db.client().await?;
-        let stmt = conn.statement(Sql::WriteBack, context).await?;
-        let f = &batch.finished;
-        let (f_ids, f_leases, f_channels) = columns(f.iter().map(|d| (&d.lease, d.channel)));
-        let f_status: Vec<&str> = f
-            .iter()
-            .map(|d| if d.result.is_ok() { "sent" } else { "failed" })
-            .collect();
-        let f_message_id: Vec<Option<&str>> = f.iter().map(|d| d.result.as_deref().ok()).collect();
-        let f_error: Vec<Option<String>> = f
-            .iter()
-            .map(|d| d.result.as_ref().err().map(|e| e.to_string()))
-            .collect();
-        let s = &batch.started;
-        let (s_ids, s_leases, s_channels) = columns(s.iter().map(|d| (&d.lease, d.channel)));
-        let s_recipients: Vec<&str> = s.iter().map(|d| d.recipient.as_str()).collect();
-        let r = &batch.results;
-        let r_ids: Vec<LogId> = r.iter().map(|(l, _)| l.log_id).collect();
-        let r_leases: Vec<i64> = r.iter().map(|(l, _)| l.token).collect();
-        let failure = |res: &LogResult| match res {
-            LogResult::Sent => None,
-            LogResult::Failed(f) | LogResult::Retry(f) => Some(f.clone()),
-        };
-        let r_outcome: Vec<&str> = r
-            .iter()
-            .map(|(_, res)| match res {
-                LogResult::Sent => "sent",
-                LogResult::Failed(_) => "failed",
-                LogResult::Retry(_) => "retry",
-            })
-            .collect();
-        let r_fail: Vec<Option<crate::model::Failure>> = r.iter().map(|(_, res)| failure(res)).collect();
-        let r_error: Vec<Option<&str>> = r_fail.iter().map(|f| f.as_ref().map(|f| f.message.as_str())).collect();
-        let r_kind: Vec<Option<&str>> = r_fail.iter().map(|f| f.as_ref().map(|f| f.kind.as_str())).collect();
-        let r_code: Vec<Option<&str>> = r_fail
-            .iter()
-            .map(|f| f.as_ref().and_then(|f| f.code.as_deref()))
-            .collect();
-        let rows = conn
-            .round_trip(
-                context,
-                conn.client.query(
-                    stmt,
-                    &[
-                        &f_ids,
-                        &f_leases,
-                        &f_channels,
-                        &f_status,
-                        &f_message_id,
-                        &f_error,
-                        &s_ids,
-                        &s_leases,
-                        &s_channels,
-                        &s_recipients,
-                        &r_ids,
-                        &r_leases,
-                        &r_outcome,
-                        &r_error,
-                        &r_kind,
-                        &r_code,
-                        &now,
-                    ],
-                ),
-            )
-            .await?;
-        let mut out = WrittenBack {
-            finished: vec![false; f.len()],
-            started: vec![false; s.len()],
-            results: vec![None; r.len()],
-        };
-        for row in rows {
-            let part: &str = row.get(0);
-            let at = row.get::<_, i64>(1) as usize - 1;
-            match part {
-                "finished" => out.finished[at] = true,
-                "started" => out.started[at] = true,
-                _ => out.results[at] = row.get(2),
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// Log ids, lease tokens and channel names, as arrays for `unnest`.
-fn columns<'a>(entries: impl Iterator<Item = (&'a Lease, Channel)>) -> (Vec<LogId>, Vec<i64>, Vec<&'static str>) {
-    let mut cols = (Vec::new(), Vec::new(), Vec::new());
-    for (lease, channel) in entries {
-        cols.0.push(lease.log_id);
-        cols.1.push(lease.token);
-        cols.2.push(channel.as_str());
-    }
-    cols
-}
-
-/// One row of `start_batch.sql`.
-fn started(log_id: LogId, r: &tokio_postgres::Row) -> Started {
-    let attempt: Option<i32> = r.get("attempt");
-    let token: Option<i64> = r.get("lease");
-    let (Some(attempt), Some(token)) = (attempt, token) else {
-        return match r.get::<_, Option<String>>("status") {
-            Some(status) => Started::NotClaimable { status },
-            None => Started::Unknown,
-        };
-    };
-    let lease = Lease { log_id, token, attempt };
-    let definition = r.get::<_, bool>("has_automation").then(|| Definition {
-        name: r.get("name"),
-        is_active: r.get("is_active"),
-        email: r.get::<_, Option<String>>("email_to").map(|to| EmailTemplates {
-            from: r.get("email_from"),
-            to,
-            subject: r.get::<_, Option<String>>("email_subject").unwrap_or_default(),
-            text: r.get("email_text"),
-            html: r.get("email_html"),
-        }),
-        sms: r.get::<_, Option<String>>("sms_to").map(|to| SmsTemplates {
-            to,
-            body: r.get::<_, Option<String>>("sms_body").unwrap_or_default(),
-        }),
-    });
-    let delivered: Vec<String> = r.get("delivered");
-    let log = r.get::<_, Option<i64>>("automation_id").map(|automation_id| {
-        Box::new(LoadedLog {
-            automation_id,
-            event: EventInfo {
-                log_id,
-                event: r.get("event"),
-                old_status: r.get("old_status"),
-                new_status: r.get("new_status"),
-                subject_table: r.get("subject_table"),
-                subject_id: r.get("subject_id"),
-            },
-            definition,
-            delivered: delivered.iter().filter_map(|c| Channel::parse(c)).collect(),
-        })
-    });
-    let context = context_of(r.get("context"));
-    Started::Claimed { lease, log, context }
 }
 
 /// A context as `herald_try_context` answers it: the data, or why it could not be read.

@@ -20,7 +20,7 @@ pub struct Policy {
 }
 
 /// The automation's retries of transient failures (`max_attempts`, `retry_base`,
-/// `retry_cap`), as one-shot logs have them: up to `max_attempts` tries, the wait before try
+/// `retry_cap`): up to `max_attempts` tries, the wait before try
 /// n+1 a random time between 0 and min(`cap`, `base` × 2^(n−1)).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TransientRetry {
@@ -169,8 +169,8 @@ pub fn plan_next_step(
             error,
             transient,
         } => match step.on_error {
-            // Transient failures to the last try end the instance as `dead`, as they end a
-            // one-shot log; a permanent one as `failed`.
+            // Transient failures to the last try end the instance as `dead`; a permanent one
+            // as `failed`.
             OnError::Stop if *transient => return Ok(Decision::Dead(format!("step `{at}` failed: {error}"))),
             OnError::Stop => return Ok(Decision::Fail(format!("step `{at}` failed: {error}"))),
             OnError::Continue => after(&mut trail),
