@@ -140,13 +140,14 @@ $$;
 
 -- Executor: claims a batch of instances (each message's log and lease) and loads what their
 -- rounds need: the definition (once per version in the batch), the place, the data, and the
--- last effect an earlier invocation started. A message naming no log is answered as unknown.
+-- last effect an earlier invocation started. A message naming no log is answered as unknown;
+-- an instance with no version to run fails, and `refused` says why.
 CREATE OR REPLACE FUNCTION herald_flow_start(p_ids bigint[], p_leases bigint[], p_now timestamptz, p_until timestamptz)
 RETURNS TABLE (lease bigint, attempt integer, status text, definition jsonb, next_step text, step_attempt integer,
                steps_run integer, outputs jsonb, context jsonb, run_status text, run_output jsonb, run_error text,
                event text, old_status text, new_status text, subject_table text, subject_id text, payload jsonb,
                run_error_kind text, max_attempts integer, retry_base_secs float8, retry_cap_secs float8,
-               automation_id bigint, version integer)
+               automation_id bigint, version integer, refused text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
@@ -167,6 +168,20 @@ BEGIN
       AND a.id = l.automation_id AND (l.version IS NOT NULL OR a.version IS NOT NULL)
     RETURNING l.id, l.attempts, l.lease_token, l.automation_id, l.version, l.next_step, l.step_attempt, l.steps_run, l.outputs,
               l.parked_lease, a.max_attempts, a.retry_base, a.retry_cap
+  ), orphaned AS (
+    -- An instance with no version to run (its automation was deleted, or has no definition)
+    -- fails at its claim, saying why.
+    UPDATE ONLY automation_execution_logs l
+    SET status = 'failed', attempts = l.attempts + 1, started_at = coalesce(l.started_at, p_now), completed_at = p_now,
+        updated_at = p_now, lease_token = NULL, lease_expires_at = NULL, error_kind = 'permanent', error_code = NULL,
+        error = CASE WHEN EXISTS (SELECT 1 FROM automations a WHERE a.id = l.automation_id)
+                     THEN format('automation %s has no definition', l.automation_id)
+                     ELSE format('unknown automation %s', l.automation_id) END
+    FROM msg m
+    WHERE m.nth = 1 AND l.id = m.log_id AND l.status = 'queued' AND l.lease_token = m.lease
+      AND NOT EXISTS (SELECT 1 FROM automations a
+                      WHERE a.id = l.automation_id AND (l.version IS NOT NULL OR a.version IS NOT NULL))
+    RETURNING l.id, l.error
   ), ctx AS (
     SELECT * FROM herald_contexts(ARRAY(SELECT id FROM claimed))
   )
@@ -184,9 +199,10 @@ BEGIN
          CASE WHEN l.id IS NOT NULL THEN format('%I.%I', l.subject_schema, l.subject_table) END, l.subject_id,
          CASE WHEN l.event = 'delete' THEN NULL ELSE l.payload END,
          r.error_kind, c.max_attempts, extract(epoch FROM c.retry_base)::float8, extract(epoch FROM c.retry_cap)::float8,
-         c.automation_id, c.version
+         c.automation_id, c.version, o.error
   FROM msg m
   LEFT JOIN claimed c ON c.id = m.log_id AND m.nth = 1
+  LEFT JOIN orphaned o ON o.id = m.log_id AND m.nth = 1
   LEFT JOIN ctx x ON x.log_id = c.id
   LEFT JOIN ONLY automation_execution_logs l ON l.id = m.log_id
   LEFT JOIN automation_versions v ON v.automation_id = c.automation_id AND v.version = c.version

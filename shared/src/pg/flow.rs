@@ -29,28 +29,20 @@ impl FlowLedger for PgStore {
     ) -> Result<Vec<FlowStarted>, StoreError> {
         let context = "claiming a batch of instances";
         let conn = self.db.client().await?;
-        let orphans_stmt = conn.statement(Sql::FlowOrphans, context).await?;
         let stmt = conn.statement(Sql::FlowStart, context).await?;
         let ids: Vec<LogId> = messages.iter().map(|m| m.log_id).collect();
         let leases: Vec<i64> = messages.iter().map(|m| m.lease).collect();
-        // Both go out together, in this order: one round trip.
-        let orphans = async { conn.client.query(orphans_stmt, &[&ids, &leases, &now]).await };
-        let start = async { conn.client.query(stmt, &[&ids, &leases, &now, &lease_until]).await };
-        let (orphans, rows) = conn.within(context, futures::future::join(orphans, start)).await?;
-        let mut orphans: HashMap<LogId, String> = orphans
-            .map_err(conn.fail(context))?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        let rows = rows.map_err(conn.fail(context))?;
+        let rows = conn
+            .round_trip(context, conn.client.query(stmt, &[&ids, &leases, &now, &lease_until]))
+            .await?;
         // A version's definition comes once per batch, on its first instance: read once, shared.
         let mut definitions: HashMap<VersionKey, Result<Arc<Document>, String>> = HashMap::new();
         Ok(messages
             .iter()
             .zip(&rows)
             .map(|(m, r)| {
-                // Failed before the claim (its first message only: the others find it finished).
-                if let Some(why) = orphans.remove(&m.log_id) {
+                // Failed at its claim: no version to run.
+                if let Some(why) = r.get::<_, Option<String>>("refused") {
                     return FlowStarted::Failed(why);
                 }
                 let token: Option<i64> = r.get("lease");

@@ -22,7 +22,6 @@ mod sql {
     pub const RESCUE: &str = include_str!("../../sql/rescue.sql");
     pub const INGEST: &str = include_str!("../../sql/ingest.sql");
     pub const APPLY_RECEIPTS: &str = include_str!("../../sql/apply_receipts.sql");
-    pub const FLOW_ORPHANS: &str = include_str!("../../sql/flow_orphans.sql");
     pub const FLOW_START: &str = include_str!("../../sql/flow_start.sql");
     pub const FLOW_WRITE: &str = include_str!("../../sql/flow_write.sql");
     pub const FLOW_CONTEXTS: &str = include_str!("../../sql/flow_contexts.sql");
@@ -95,7 +94,6 @@ enum Sql {
     Rescue,
     Ingest,
     ApplyReceipts,
-    FlowOrphans,
     FlowStart,
     FlowWrite,
     FlowContexts,
@@ -109,7 +107,6 @@ impl Sql {
             Sql::Rescue => sql::RESCUE,
             Sql::Ingest => sql::INGEST,
             Sql::ApplyReceipts => sql::APPLY_RECEIPTS,
-            Sql::FlowOrphans => sql::FLOW_ORPHANS,
             Sql::FlowStart => sql::FLOW_START,
             Sql::FlowWrite => sql::FLOW_WRITE,
             Sql::FlowContexts => sql::FLOW_CONTEXTS,
