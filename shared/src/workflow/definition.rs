@@ -517,15 +517,9 @@ impl Reader {
         let id = self.step_id(s, path);
         let on_error = self.on_error(s.get("on_error"), &format!("{path}.on_error"));
         let kind = self.text(s, "type", path)?;
-        let common = ["id", "type", "on_error"];
-        let keys = |extra: &[&'static str]| [&common[..], extra].concat();
         // Steps whose effect leaves this database may say what to do when its outcome is
         // unknown.
         let sends = ["send_email", "send_sms", "notify_admin", "webhook"].contains(&kind.as_str());
-        let keys = |extra: &[&'static str]| match sends {
-            true => [&keys(extra)[..], &["on_unknown"]].concat(),
-            false => keys(extra),
-        };
         let on_unknown = match (s.get("on_unknown"), kind.as_str()) {
             (None, "webhook") => Some(OnUnknown::Resend),
             (None, _) => Some(OnUnknown::Hold),
@@ -534,24 +528,34 @@ impl Reader {
             (Some(Json::String(v)), _) if v == "resend" => Some(OnUnknown::Resend),
             (Some(_), _) => self.problem(&format!("{path}.on_unknown"), "is \"hold\" or \"resend\""),
         };
-        let action = match kind.as_str() {
+        // The keys a step of this type may have: the common ones, and `extra`.
+        let keys = |extra: &[&'static str]| {
+            let unknown: &[&'static str] = if sends { &["on_unknown"] } else { &[] };
+            [&["id", "type", "on_error"][..], extra, unknown].concat()
+        };
+        let action = self.action(s, &kind, &keys, path, depth)?;
+        Some(Step {
+            id: id?,
+            on_error: on_error?,
+            // Refused above for a step that does not take it.
+            on_unknown: on_unknown.unwrap_or(OnUnknown::Hold),
+            action,
+        })
+    }
+
+    /// What a step of type `kind` does. `keys` names the keys it may have, with `extra`.
+    fn action(
+        &mut self,
+        s: &Map<String, Json>,
+        kind: &str,
+        keys: &dyn Fn(&[&'static str]) -> Vec<&'static str>,
+        path: &str,
+        depth: usize,
+    ) -> Option<Action> {
+        Some(match kind {
             "send_email" => {
                 self.only_keys(s, &keys(&["from", "to", "subject", "text", "html"]), path);
-                let (text, html) = (
-                    self.optional_template(s, "text", path),
-                    self.optional_template(s, "html", path),
-                );
-                if let (Some(None), Some(None)) = (&text, &html) {
-                    self.problems
-                        .push(Problem::new(path, "an email has `text`, `html` or both"));
-                }
-                Action::SendEmail(EmailTemplates {
-                    from: self.optional_template(s, "from", path)?,
-                    to: self.template(s, "to", path)?,
-                    subject: self.template(s, "subject", path)?,
-                    text: text?,
-                    html: html?,
-                })
+                self.send_email(s, path)?
             }
             "send_sms" => {
                 self.only_keys(s, &keys(&["to", "body"]), path);
@@ -572,122 +576,20 @@ impl Reader {
             }
             "branch" => {
                 self.only_keys(s, &keys(&["if", "then", "else"]), path);
-                if depth + 1 > MAX_BRANCH_DEPTH {
-                    return self.problem(path, format!("branches may nest at most {MAX_BRANCH_DEPTH} deep"));
-                }
-                let when = match s.get("if") {
-                    Some(c) => self.condition(c, &format!("{path}.if")),
-                    None => self.problem(&format!("{path}.if"), "is required: the condition that chooses `then`"),
-                };
-                let then = match s.get("then") {
-                    Some(t) => self.steps(t, &format!("{path}.then"), depth + 1),
-                    None => Some(Vec::new()),
-                };
-                let otherwise = match s.get("else") {
-                    Some(e) => self.steps(e, &format!("{path}.else"), depth + 1),
-                    None => Some(Vec::new()),
-                };
-                Action::Branch {
-                    when: when?,
-                    then: then?,
-                    otherwise: otherwise?,
-                }
+                self.branch(s, path, depth)?
             }
             "update_field" => {
                 self.only_keys(s, &keys(&["table", "key", "set"]), path);
-                let table = match s.get("table") {
-                    Some(_) => Some(self.relation(s, "table", path)?),
-                    None => None,
-                };
-                let key = self.optional_text(s, "key", path)?;
-                let set_path = format!("{path}.set");
-                let set = match s.get("set").and_then(Json::as_object) {
-                    Some(set) if !set.is_empty() => set,
-                    _ => return self.problem(&set_path, "is an object of column → template, with at least one column"),
-                };
-                let mut columns = BTreeMap::new();
-                for (column, template) in set {
-                    let p = format!("{set_path}.{column}");
-                    match template.as_str() {
-                        Some(source) => {
-                            if let Some(t) = self.compiles(source, &p) {
-                                columns.insert(column.clone(), t);
-                            }
-                        }
-                        None => self.problems.push(Problem::new(p, "is a template (text)")),
-                    }
-                }
-                Action::UpdateField {
-                    table,
-                    key,
-                    set: columns,
-                }
+                self.update_field(s, path)?
             }
-            "add_tag" | "remove_tag" | "add_to_segment" | "remove_from_segment" => {
-                let (label, key) = if kind.ends_with("tag") {
-                    (LabelKind::Tag, "tag")
-                } else {
-                    (LabelKind::Segment, "segment")
-                };
-                self.only_keys(s, &keys(&[key, "table", "key"]), path);
-                let target = match s.contains_key("table") || s.contains_key("key") {
-                    true => {
-                        let table = self.relation(s, "table", path);
-                        let key = self.template(s, "key", path);
-                        Some(LabelTarget {
-                            table: table?,
-                            key: key?,
-                        })
-                    }
-                    false => None,
-                };
-                Action::Label {
-                    kind: label,
-                    add: kind.starts_with("add"),
-                    name: self.text(s, key, path)?,
-                    target,
-                }
-            }
+            "add_tag" | "remove_tag" | "add_to_segment" | "remove_from_segment" => self.label(s, kind, keys, path)?,
             "webhook" => {
                 self.only_keys(s, &keys(&["url", "body", "secret", "timeout"]), path);
-                let url = self.text(s, "url", path)?;
-                if !url.starts_with("https://") {
-                    self.problems
-                        .push(Problem::new(format!("{path}.url"), "a webhook is sent over https://"));
-                }
-                let url = self.compiles(&url, &format!("{path}.url"))?;
-                let timeout_secs = match s.get("timeout") {
-                    None => 10,
-                    Some(t) => self.seconds(t, &format!("{path}.timeout"), MAX_WEBHOOK_TIMEOUT_SECS)?,
-                };
-                Action::Webhook {
-                    url,
-                    body: self.template(s, "body", path)?,
-                    secret: self.text(s, "secret", path)?,
-                    timeout_secs,
-                }
+                self.webhook(s, path)?
             }
             "create_task" => {
                 self.only_keys(s, &keys(&["title", "assignee", "due", "notes"]), path);
-                let due = match s.get("due") {
-                    None => None,
-                    Some(d) => match d.as_str().map(parse_span) {
-                        Some(Ok(span)) if !span.is_negative() => Some(span.fieldwise()),
-                        Some(Err(e)) => return self.problem(&format!("{path}.due"), e),
-                        _ => {
-                            return self.problem(
-                                &format!("{path}.due"),
-                                "is a span after the step runs, such as \"2 days\"",
-                            )
-                        }
-                    },
-                };
-                Action::CreateTask {
-                    title: self.template(s, "title", path)?,
-                    assignee: self.optional_template(s, "assignee", path)?,
-                    due,
-                    notes: self.optional_template(s, "notes", path)?,
-                }
+                self.create_task(s, path)?
             }
             "notify_admin" => {
                 self.only_keys(s, &keys(&["subject", "text"]), path);
@@ -702,13 +604,151 @@ impl Reader {
                     format!("unknown step type `{other}`; expected one of {STEP_TYPES}"),
                 )
             }
+        })
+    }
+
+    fn send_email(&mut self, s: &Map<String, Json>, path: &str) -> Option<Action> {
+        let (text, html) = (
+            self.optional_template(s, "text", path),
+            self.optional_template(s, "html", path),
+        );
+        if let (Some(None), Some(None)) = (&text, &html) {
+            self.problems
+                .push(Problem::new(path, "an email has `text`, `html` or both"));
+        }
+        Some(Action::SendEmail(EmailTemplates {
+            from: self.optional_template(s, "from", path)?,
+            to: self.template(s, "to", path)?,
+            subject: self.template(s, "subject", path)?,
+            text: text?,
+            html: html?,
+        }))
+    }
+
+    fn branch(&mut self, s: &Map<String, Json>, path: &str, depth: usize) -> Option<Action> {
+        if depth + 1 > MAX_BRANCH_DEPTH {
+            return self.problem(path, format!("branches may nest at most {MAX_BRANCH_DEPTH} deep"));
+        }
+        let when = match s.get("if") {
+            Some(c) => self.condition(c, &format!("{path}.if")),
+            None => self.problem(&format!("{path}.if"), "is required: the condition that chooses `then`"),
         };
-        Some(Step {
-            id: id?,
-            on_error: on_error?,
-            // Refused above for a step that does not take it.
-            on_unknown: on_unknown.unwrap_or(OnUnknown::Hold),
-            action,
+        let then = match s.get("then") {
+            Some(t) => self.steps(t, &format!("{path}.then"), depth + 1),
+            None => Some(Vec::new()),
+        };
+        let otherwise = match s.get("else") {
+            Some(e) => self.steps(e, &format!("{path}.else"), depth + 1),
+            None => Some(Vec::new()),
+        };
+        Some(Action::Branch {
+            when: when?,
+            then: then?,
+            otherwise: otherwise?,
+        })
+    }
+
+    fn update_field(&mut self, s: &Map<String, Json>, path: &str) -> Option<Action> {
+        let table = match s.get("table") {
+            Some(_) => Some(self.relation(s, "table", path)?),
+            None => None,
+        };
+        let key = self.optional_text(s, "key", path)?;
+        let set_path = format!("{path}.set");
+        let set = match s.get("set").and_then(Json::as_object) {
+            Some(set) if !set.is_empty() => set,
+            _ => return self.problem(&set_path, "is an object of column → template, with at least one column"),
+        };
+        let mut columns = BTreeMap::new();
+        for (column, template) in set {
+            let p = format!("{set_path}.{column}");
+            match template.as_str() {
+                Some(source) => {
+                    if let Some(t) = self.compiles(source, &p) {
+                        columns.insert(column.clone(), t);
+                    }
+                }
+                None => self.problems.push(Problem::new(p, "is a template (text)")),
+            }
+        }
+        Some(Action::UpdateField {
+            table,
+            key,
+            set: columns,
+        })
+    }
+
+    /// `add_tag`, `remove_tag`, `add_to_segment` or `remove_from_segment`.
+    fn label(
+        &mut self,
+        s: &Map<String, Json>,
+        kind: &str,
+        keys: &dyn Fn(&[&'static str]) -> Vec<&'static str>,
+        path: &str,
+    ) -> Option<Action> {
+        let (label, key) = if kind.ends_with("tag") {
+            (LabelKind::Tag, "tag")
+        } else {
+            (LabelKind::Segment, "segment")
+        };
+        self.only_keys(s, &keys(&[key, "table", "key"]), path);
+        let target = match s.contains_key("table") || s.contains_key("key") {
+            true => {
+                let table = self.relation(s, "table", path);
+                let key = self.template(s, "key", path);
+                Some(LabelTarget {
+                    table: table?,
+                    key: key?,
+                })
+            }
+            false => None,
+        };
+        Some(Action::Label {
+            kind: label,
+            add: kind.starts_with("add"),
+            name: self.text(s, key, path)?,
+            target,
+        })
+    }
+
+    fn webhook(&mut self, s: &Map<String, Json>, path: &str) -> Option<Action> {
+        let url = self.text(s, "url", path)?;
+        if !url.starts_with("https://") {
+            self.problems
+                .push(Problem::new(format!("{path}.url"), "a webhook is sent over https://"));
+        }
+        let url = self.compiles(&url, &format!("{path}.url"))?;
+        let timeout_secs = match s.get("timeout") {
+            None => 10,
+            Some(t) => self.seconds(t, &format!("{path}.timeout"), MAX_WEBHOOK_TIMEOUT_SECS)?,
+        };
+        Some(Action::Webhook {
+            url,
+            body: self.template(s, "body", path)?,
+            secret: self.text(s, "secret", path)?,
+            timeout_secs,
+        })
+    }
+
+    fn create_task(&mut self, s: &Map<String, Json>, path: &str) -> Option<Action> {
+        let due = match s.get("due") {
+            None => None,
+            Some(d) => match d.as_str().map(parse_span) {
+                Some(Ok(span)) if !span.is_negative() => Some(span.fieldwise()),
+                Some(Err(e)) => return self.problem(&format!("{path}.due"), e),
+                _ => {
+                    return self.problem(
+                        &format!("{path}.due"),
+                        "is a span after the step runs, such as \"2 days\"",
+                    )
+                }
+            },
+        };
+        Some(Action::CreateTask {
+            title: self.template(s, "title", path)?,
+            assignee: self.optional_template(s, "assignee", path)?,
+            due,
+            notes: self.optional_template(s, "notes", path)?,
         })
     }
 
