@@ -31,7 +31,7 @@ use crate::workflow::machine::{advance, variables, Advance, Instance, Park, Perf
 use crate::workflow::plan::{find, is_last, Policy, TransientRetry};
 
 /// No new effect starts later than this before the invocation ends.
-pub const EFFECT_MARGIN: Duration = Duration::from_secs(10);
+pub(crate) const EFFECT_MARGIN: Duration = Duration::from_secs(10);
 
 /// Performs effects. `key` is stable for one instance's step, so a receiver can drop a
 /// repeat (the webhook id).

@@ -31,14 +31,14 @@ use crate::model::{EmailTemplates, SmsTemplates};
 use crate::render::check_template;
 
 /// Most steps in one definition, branches included.
-pub const MAX_STEPS: usize = 200;
+pub(crate) const MAX_STEPS: usize = 200;
 /// Deepest nesting of branches.
-pub const MAX_BRANCH_DEPTH: usize = 8;
+pub(crate) const MAX_BRANCH_DEPTH: usize = 8;
 /// Most retries a step's `on_error` may ask for.
-pub const MAX_RETRIES: u32 = 10;
+pub(crate) const MAX_RETRIES: u32 = 10;
 /// Longest a webhook may take to answer: with the time kept for the writes around it, it
 /// fits in the executor's 30 s invocation.
-pub const MAX_WEBHOOK_TIMEOUT_SECS: i64 = 15;
+pub(crate) const MAX_WEBHOOK_TIMEOUT_SECS: i64 = 15;
 
 #[derive(Debug, Clone)]
 pub struct Document {
@@ -190,7 +190,7 @@ pub enum Action {
 
 impl Action {
     /// The step type as written in a definition.
-    pub fn type_name(&self) -> &'static str {
+    pub(crate) fn type_name(&self) -> &'static str {
         match self {
             Action::SendEmail(_) => "send_email",
             Action::SendSms(_) => "send_sms",
