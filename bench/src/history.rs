@@ -16,7 +16,7 @@ async fn fill_history(db: &Db, n: i64) -> Result<(), String> {
          SELECT (SELECT min(id) FROM automations) + g % 5, 'public', 'jobs', 'id', (g % 100000)::text, 'status_change',
                 'pending', 'done',
                 jsonb_build_object('id', g % 100000, 'status', 'done', 'phone', '+1555' || lpad((g % 100000)::text, 7, '0')),
-                'sent', 1, t, t, t, t, t, t
+                'completed', 1, t, t, t, t, t, t
          FROM generate_series(1, {n}) g, LATERAL (SELECT now() - interval '1 second' * ({n} - g) AS t) ts"
     ))
     .await?;

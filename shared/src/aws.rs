@@ -50,7 +50,7 @@ const TRANSIENT_CODES: &[&str] = &[
 /// Whether a provider's error is worth retrying, from its HTTP status and error code:
 /// throttling and server-side errors are transient; everything else (a rejected message,
 /// an unverified sender, an invalid parameter, an opted-out number) is permanent.
-pub fn kind_of(status: u16, code: &str) -> ErrorKind {
+pub(crate) fn kind_of(status: u16, code: &str) -> ErrorKind {
     if status >= 500 || status == 429 || TRANSIENT_CODES.contains(&code) {
         ErrorKind::Transient
     } else {
@@ -59,7 +59,7 @@ pub fn kind_of(status: u16, code: &str) -> ErrorKind {
 }
 
 /// Sorts an SDK error into permanent or transient, keeping the provider's code.
-pub fn classify<E>(err: &SdkError<E>) -> Failure
+pub(crate) fn classify<E>(err: &SdkError<E>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -362,7 +362,7 @@ impl crate::webhook::SecretSource for SecretsManager {
 }
 
 /// The string value of a Secrets Manager secret.
-pub async fn read_secret(config: &SdkConfig, id: &str) -> Result<String, Failure> {
+pub(crate) async fn read_secret(config: &SdkConfig, id: &str) -> Result<String, Failure> {
     let out = aws_sdk_secretsmanager::Client::new(config)
         .get_secret_value()
         .secret_id(id)

@@ -69,7 +69,7 @@ pub fn db_timeout(default_ms: u64, max_ms: u64) -> Result<Duration, ConfigError>
 
 /// Where the database is: `DATABASE_URL` (local runs), or the Secrets Manager secret named
 /// by `DATABASE_SECRET_ARN`, read once per container.
-pub async fn database(aws: &SdkConfig) -> Result<tokio_postgres::Config, ConfigError> {
+pub(crate) async fn database(aws: &SdkConfig) -> Result<tokio_postgres::Config, ConfigError> {
     database_from(var("DATABASE_URL"), var("DATABASE_SECRET_ARN"), aws).await
 }
 
@@ -95,7 +95,7 @@ pub async fn database_from(
 /// TLS to the database: `DATABASE_SSLMODE` (`disable`, `prefer` (default), `require` or
 /// `verify-full`) and `DATABASE_SSLROOTCERT` (a PEM file of trusted roots for `verify-full`,
 /// such as the RDS bundle; without it, the system's roots).
-pub fn tls() -> Result<crate::pg::Tls, ConfigError> {
+pub(crate) fn tls() -> Result<crate::pg::Tls, ConfigError> {
     let mode = match var("DATABASE_SSLMODE") {
         None => crate::pg::SslMode::Prefer,
         Some(m) => m.trim().parse().map_err(|why| ConfigError::Invalid {
@@ -128,7 +128,7 @@ struct RdsSecret {
 }
 
 /// Accepts a `postgres://` URL or the JSON of an RDS-managed secret.
-pub fn database_from_secret(secret: &str) -> Result<tokio_postgres::Config, ConfigError> {
+pub(crate) fn database_from_secret(secret: &str) -> Result<tokio_postgres::Config, ConfigError> {
     let secret = secret.trim();
     if secret.starts_with("postgres://") || secret.starts_with("postgresql://") {
         return secret

@@ -13,18 +13,18 @@ use crate::model::{LogId, Queue, QueueMessage, Rescued, StoreError, Wakeups};
 use crate::receipt::{Receipt, ReceiptSource};
 
 /// SQS takes at most this many messages per SendMessageBatch.
-pub const QUEUE_BATCH: usize = 10;
+pub(crate) const QUEUE_BATCH: usize = 10;
 
 /// Events moved from the inbox to the ledger per transaction.
 pub const INGEST_BATCH: i32 = 10_000;
 
 /// Receipts applied per run at most (10 per receive); the rest wait for the next run, and
 /// the rescue with them.
-pub const MAX_RECEIPT_RECEIVES: usize = 100;
+pub(crate) const MAX_RECEIPT_RECEIVES: usize = 100;
 
 /// In low-latency mode, how often receipts are applied and leases rescued (the drains in
 /// between only claim).
-pub const RECOVER_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const RECOVER_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct DrainOptions {
@@ -249,11 +249,11 @@ pub fn stop_before(deadline: Instant, margin: Duration) -> Instant {
 
 /// An invocation that starts with less time than this left has an emulator's idea of time
 /// (`cargo lambda watch` sends a deadline already past), not Lambda's.
-pub const LEAST_TIME_LEFT: Duration = Duration::from_secs(1);
+pub(crate) const LEAST_TIME_LEFT: Duration = Duration::from_secs(1);
 
 /// The time left at `now` before a Lambda deadline (milliseconds since the epoch; 0 when
 /// unknown); zero once it has passed.
-pub fn time_left(deadline_ms: u64, now: std::time::SystemTime) -> Option<Duration> {
+pub(crate) fn time_left(deadline_ms: u64, now: std::time::SystemTime) -> Option<Duration> {
     let deadline = std::time::UNIX_EPOCH + Duration::from_millis(deadline_ms);
     (deadline_ms > 0).then(|| deadline.duration_since(now).unwrap_or(Duration::ZERO))
 }

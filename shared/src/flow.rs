@@ -31,7 +31,7 @@ use crate::workflow::machine::{advance, variables, Advance, Instance, Park, Perf
 use crate::workflow::plan::{find, is_last, Policy, TransientRetry};
 
 /// No new effect starts later than this before the invocation ends.
-pub const EFFECT_MARGIN: Duration = Duration::from_secs(10);
+pub(crate) const EFFECT_MARGIN: Duration = Duration::from_secs(10);
 
 /// Performs effects. `key` is stable for one instance's step, so a receiver can drop a
 /// repeat (the webhook id).
@@ -110,12 +110,10 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
             .collect()
     }
 
-    async fn run_valid(
-        &self,
-        valid: &[(usize, QueueMessage)],
-        outcomes: &mut [Option<FlowOutcome>],
-        concurrency: usize,
-    ) {
+    /// Runs the messages that parsed: the batch's instances are claimed, then moved on
+    /// round by round (each round starts the next effects, performs them and records how
+    /// they ended) until none has an effect left to perform in this invocation.
+    async fn run_valid(&self, valid: &[(usize, QueueMessage)], slots: &mut [Option<FlowOutcome>], concurrency: usize) {
         let now = self.clock.now();
         let lease_until = now + self.lease;
         // Writes of effects' ends are retried until then, leaving time to keep them as receipts.
@@ -125,208 +123,174 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
             Ok(s) => s,
             Err(e) => {
                 for (i, _) in valid {
-                    outcomes[*i] = Some(FlowOutcome::StoreFailed(e.to_string()));
+                    slots[*i] = Some(FlowOutcome::StoreFailed(e.to_string()));
                 }
                 return;
             }
         };
-        let mut write = FlowWrite::default();
-        let mut going: Vec<Going> = Vec::new();
-        // Where each claimed instance's outcome goes: the message that claimed it (a log named
-        // twice in one batch is claimed by its first message only; the other is skipped).
-        let mut index_of: HashMap<LogId, usize> = HashMap::new();
-        for ((index, msg), started) in valid.iter().zip(started) {
-            let index = *index;
-            if matches!(started, FlowStarted::Claimed { .. }) {
-                index_of.insert(msg.log_id, index);
-            }
-            match started {
-                FlowStarted::Unknown => {
-                    outcomes[index] = Some(FlowOutcome::Rejected(format!("no execution log {}", msg.log_id)))
-                }
-                FlowStarted::NotClaimable { status } => {
-                    outcomes[index] = Some(FlowOutcome::Skipped(format!("log {} is {status}", msg.log_id)))
-                }
-                FlowStarted::Failed(why) => outcomes[index] = Some(FlowOutcome::Stopped(Stop::Park(Park::Failed(why)))),
-                FlowStarted::Claimed { lease, flow } => {
-                    let LoadedFlow {
-                        definition,
-                        instance,
-                        data,
-                        event,
-                        payload,
-                        resumed,
-                        retry,
-                    } = *flow;
-                    let event = (event, payload);
-                    let data = data.map(|d| with_event(d, &event));
-                    match (definition, data) {
-                        (_, Err(ContextError::Transient(m))) => {
-                            outcomes[index] = Some(FlowOutcome::StoreFailed(format!("loading the data: {m}")))
-                        }
-                        (Err(why), _) => write.parked.push(Parked {
-                            lease,
-                            instance,
-                            stop: Stop::Park(Park::Failed(format!("the definition cannot be read: {why}"))),
-                        }),
-                        (_, Err(ContextError::Permanent(m))) => write.parked.push(Parked {
-                            lease,
-                            instance,
-                            stop: Stop::Park(Park::Failed(format!("the data: {m}"))),
-                        }),
-                        (Ok(doc), Ok(data)) => {
-                            let at = instance.next.clone().unwrap_or_default();
-                            let step = find(&doc.steps, &at);
-                            let kind = step.map_or("unknown", |s| s.action.type_name());
-                            let last = match resumed {
-                                Resumed::Fresh => None,
-                                Resumed::Ended(p) => Some(p),
-                                // As the step says: by default a webhook is sent again (with
-                                // the same id, so the receiver drops a repeat), and a message
-                                // to people is not sent twice blind.
-                                Resumed::InDoubt if step.is_some_and(|s| s.on_unknown == OnUnknown::Resend) => None,
-                                Resumed::InDoubt => {
-                                    write.parked.push(Parked {
-                                        lease,
-                                        instance,
-                                        stop: Stop::Unknown(format!(
-                                            "step `{at}` ({kind}) started but its outcome was never recorded"
-                                        )),
-                                    });
-                                    continue;
-                                }
-                            };
-                            going.push(Going {
-                                index,
-                                lease,
-                                doc,
-                                instance,
-                                data,
-                                event,
-                                last,
-                                retry,
-                            })
-                        }
-                    }
-                }
-            }
-        }
+        let mut outcomes = Outcomes {
+            of_message: slots,
+            index_of: HashMap::new(),
+        };
+        let (mut going, mut write) = take_claimed(valid, started, &mut outcomes);
         // Instances whose next effect the last write of effects' ends also started.
         let mut carried = Took::default();
         loop {
-            // 1. Each instance's next effect, decided with its data as it is now.
-            let now = self.clock.now();
-            let at = Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH);
-            let left = self.left(now);
-            let mut performing: Vec<Going> = Vec::new();
-            for g in std::mem::take(&mut going) {
-                if let Some(g) = self.next_effect(g, left, at, &mut write) {
-                    performing.push(g);
-                }
-            }
-            let Took {
-                mut sending,
-                mut recorded,
-            } = std::mem::take(&mut carried);
-            // 2. Record the decisions, the stops, and the effects about to start.
-            if !write.is_empty() {
-                match self.ledger.write(&write, &[], self.clock.now()).await {
-                    Ok(written) => {
-                        let took = take(&mut write, &written, performing, &index_of, outcomes);
-                        sending.extend(took.sending);
-                        recorded.extend(took.recorded);
-                    }
-                    // Its instances go back to the queue. Effects an earlier write started
-                    // (carried) are still performed, and their ends written.
-                    Err(e) => store_failed(&write, &index_of, outcomes, &e),
-                }
-            }
-            write = FlowWrite::default();
-            if sending.is_empty() && recorded.is_empty() {
+            let took = self.start_effects(going, write, carried, &mut outcomes).await;
+            if took.sending.is_empty() && took.recorded.is_empty() {
                 break;
             }
-            // 3. Perform them.
-            let results: Vec<(Going, StepEnd)> = stream::iter(sending)
-                .map(|(g, start)| async move {
-                    let key = format!("{}-{}", g.lease.log_id, start.step);
-                    let result = self.effects.perform(&start.effect, &key).await;
-                    log_effect(g.lease.log_id, &start.step, &start.effect, &result);
-                    let end = StepEnd {
-                        lease: start.lease,
-                        step: start.step,
-                        kind: start.kind,
-                        attempt: start.attempt,
-                        result,
-                    };
-                    (g, end)
-                })
-                .buffer_unordered(concurrency)
-                .collect()
-                .await;
-            // 4. Record how they ended. Where an instance goes next (its next effect's
-            // start, or its stop) is decided now and written with it when that needs no
-            // fresh data; the data of the instances whose next decision reads it again is
-            // read in the same round trip, and they are decided in the next round.
-            let mut ends = FlowWrite::default();
-            let now = self.clock.now();
-            let at = Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH);
-            let left = self.left(now);
-            let mut fresh_for: Vec<Lease> = Vec::new();
-            // Instances moved on by this write (their next effect or their stop is in it), and
-            // the ones decided next round, with their data read again.
-            let (mut moved, mut next): (Vec<Going>, Vec<Going>) = (Vec::new(), Vec::new());
-            let both = results
-                .into_iter()
-                .map(|(g, end)| (g, end, false))
-                .chain(recorded.into_iter().map(|(g, end)| (g, end, true)));
-            for (mut g, end, local) in both {
-                g.last = Some(performed(end.result.clone()));
-                let decide_now = is_last(&g.doc.steps, &end.step) || !needs_fresh_data(&g.doc, local);
-                // An effect performed by the write that recorded it is already ended.
-                if !local {
-                    ends.ended.push(end);
-                }
-                if decide_now {
-                    if let Some(g) = self.next_effect(g, left, at, &mut ends) {
-                        moved.push(g);
-                    }
-                } else {
-                    fresh_for.push(g.lease);
-                    next.push(g);
-                }
-            }
-            let written = match self.write_ends(&ends, &fresh_for, give_up_at).await {
-                Ok(w) => w,
-                Err((e, at)) => {
-                    // Every instance of this write stays running until its lease expires.
-                    let outcome = self.keep(&ends.ended, at, &e).await;
-                    let leases = leases_of(&ends)
-                        .chain(fresh_for.iter().copied())
-                        .chain(next.iter().map(|g| g.lease));
-                    for lease in leases {
-                        outcomes[index_of[&lease.log_id]] = Some(outcome.clone());
-                    }
-                    return;
-                }
+            let results = self.perform(took.sending, concurrency).await;
+            let Some(next) = self
+                .end_effects(results, took.recorded, give_up_at, &mut outcomes)
+                .await
+            else {
+                return;
             };
-            // A lost lease settles its instance's outcome here.
-            carried = take(&mut ends, &written, moved, &index_of, outcomes);
-            for mut g in next {
-                if outcomes[g.index].is_some() {
-                    continue;
+            (going, carried) = next;
+            write = FlowWrite::default();
+        }
+    }
+
+    /// A round's start: each instance's next effect, decided with its data as it is now, is
+    /// recorded as started in one write with the decisions, the stops, and what `write`
+    /// holds already. Returns the effects the ledger took, with those an earlier write
+    /// started (`carried`).
+    async fn start_effects(
+        &self,
+        going: Vec<Going>,
+        mut write: FlowWrite,
+        carried: Took,
+        outcomes: &mut Outcomes<'_>,
+    ) -> Took {
+        let now = self.clock.now();
+        let at = Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH);
+        let left = self.left(now);
+        let performing: Vec<Going> = going
+            .into_iter()
+            .filter_map(|g| self.next_effect(g, left, at, &mut write))
+            .collect();
+        let mut took = carried;
+        if !write.is_empty() {
+            match self.ledger.write(&write, &[], self.clock.now()).await {
+                Ok(written) => {
+                    let more = outcomes.settle(&mut write, &written, performing);
+                    took.sending.extend(more.sending);
+                    took.recorded.extend(more.recorded);
                 }
-                match written.data.get(&g.lease.log_id) {
-                    Some(Ok(data)) => {
-                        g.data = with_event(data.clone(), &g.event);
-                        going.push(g);
-                    }
-                    Some(Err(e)) => {
-                        outcomes[g.index] = Some(FlowOutcome::StoreFailed(format!("reading the data: {e}")))
-                    }
-                    None => outcomes[g.index] = Some(FlowOutcome::StoreFailed("the data was not read".into())),
-                }
+                // Its instances go back to the queue. Effects an earlier write started
+                // (carried) are still performed, and their ends written.
+                Err(e) => outcomes.store_failed(&write, &e),
             }
         }
+        took
+    }
+
+    /// A round's effects, performed with at most `concurrency` at once; how each ended.
+    async fn perform(&self, sending: Vec<(Going, StepStart)>, concurrency: usize) -> Vec<(Going, StepEnd)> {
+        stream::iter(sending)
+            .map(|(g, start)| async move {
+                let key = format!("{}-{}", g.lease.log_id, start.step);
+                let result = self.effects.perform(&start.effect, &key).await;
+                log_effect(g.lease.log_id, &start.step, &start.effect, &result);
+                let end = StepEnd {
+                    lease: start.lease,
+                    step: start.step,
+                    kind: start.kind,
+                    attempt: start.attempt,
+                    result,
+                };
+                (g, end)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await
+    }
+
+    /// A round's end: how its effects ended (`performed` here, `recorded` by the write that
+    /// performed them) is written, with what follows each where that is decided now (see
+    /// [`FlowRunner::after_effects`]), retrying until `give_up_at`. Returns the instances to
+    /// decide next round, with their data read again, and the effects this write started;
+    /// none when the write could not be made (its ends were kept as receipts if they could
+    /// be).
+    async fn end_effects(
+        &self,
+        performed: Vec<(Going, StepEnd)>,
+        recorded: Vec<(Going, StepEnd)>,
+        give_up_at: SystemTime,
+        outcomes: &mut Outcomes<'_>,
+    ) -> Option<(Vec<Going>, Took)> {
+        let Ends {
+            mut write,
+            moved,
+            next,
+            fresh_for,
+        } = self.after_effects(performed, recorded);
+        let written = match self.write_ends(&write, &fresh_for, give_up_at).await {
+            Ok(w) => w,
+            Err((e, at)) => {
+                // Every instance of this write stays running until its lease expires.
+                let outcome = self.keep(&write.ended, at, &e).await;
+                let leases = leases_of(&write)
+                    .chain(fresh_for.iter().copied())
+                    .chain(next.iter().map(|g| g.lease));
+                for lease in leases {
+                    outcomes.set(lease.log_id, outcome.clone());
+                }
+                return None;
+            }
+        };
+        // A lost lease settles its instance's outcome here.
+        let carried = outcomes.settle(&mut write, &written, moved);
+        let mut going = Vec::new();
+        for mut g in next {
+            if outcomes.of_message[g.index].is_some() {
+                continue;
+            }
+            let outcome = match written.data.get(&g.lease.log_id) {
+                Some(Ok(data)) => {
+                    g.data = with_event(data.clone(), &g.event);
+                    going.push(g);
+                    continue;
+                }
+                Some(Err(e)) => FlowOutcome::StoreFailed(format!("reading the data: {e}")),
+                None => FlowOutcome::StoreFailed("the data was not read".into()),
+            };
+            outcomes.of_message[g.index] = Some(outcome);
+        }
+        Some((going, carried))
+    }
+
+    /// The write of a round's ends. Where an instance goes next (its next effect's start, or
+    /// its stop) is decided now and written with it when that needs no fresh data; the data
+    /// of the instances whose next decision reads it again is read in the same round trip,
+    /// and they are decided in the next round.
+    fn after_effects(&self, performed: Vec<(Going, StepEnd)>, recorded: Vec<(Going, StepEnd)>) -> Ends {
+        let mut ends = Ends::default();
+        let now = self.clock.now();
+        let at = Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH);
+        let left = self.left(now);
+        let both = performed
+            .into_iter()
+            .map(|(g, end)| (g, end, false))
+            .chain(recorded.into_iter().map(|(g, end)| (g, end, true)));
+        for (mut g, end, local) in both {
+            g.last = Some(performed_as(end.result.clone()));
+            let decide_now = is_last(&g.doc.steps, &end.step) || !needs_fresh_data(&g.doc, local);
+            // An effect performed by the write that recorded it is already ended.
+            if !local {
+                ends.write.ended.push(end);
+            }
+            if decide_now {
+                if let Some(g) = self.next_effect(g, left, at, &mut ends.write) {
+                    ends.moved.push(g);
+                }
+            } else {
+                ends.fresh_for.push(g.lease);
+                ends.next.push(g);
+            }
+        }
+        ends
     }
 
     /// Time left before the invocation ends, at `now`.
@@ -461,7 +425,8 @@ fn with_event(data: Json, event: &(Json, Option<Json>)) -> Json {
     }
 }
 
-fn performed(result: Result<Json, Failure>) -> Performed {
+/// An effect's result, as the step machine reads it.
+fn performed_as(result: Result<Json, Failure>) -> Performed {
     match result {
         Ok(output) => Performed::Done(output),
         Err(f) => Performed::Failed {
@@ -527,64 +492,173 @@ struct Took {
     recorded: Vec<(Going, StepEnd)>,
 }
 
-/// The ledger's answers to `write`: parks and lost leases settle their instances' outcomes;
-/// the effects it took are returned, to perform, or as ended when the write performed them
-/// itself. `performing` are the instances whose starts `write` holds, in order.
-fn take(
-    write: &mut FlowWrite,
-    written: &FlowWritten,
-    performing: Vec<Going>,
-    index_of: &HashMap<LogId, usize>,
-    outcomes: &mut [Option<FlowOutcome>],
-) -> Took {
-    for (p, taken) in write.parked.iter().zip(&written.parked) {
-        outcomes[index_of[&p.lease.log_id]] = Some(match taken {
-            // A park performs nothing.
-            Taken::Yes | Taken::Performed(_) => FlowOutcome::Stopped(p.stop.clone()),
-            Taken::Lost => lost(&p.lease),
-            Taken::Held(status) => FlowOutcome::Stopped(Stop::Held(status.clone())),
-        });
-    }
-    for (e, ok) in write.ended.iter().zip(&written.ended) {
-        if !ok {
-            outcomes[index_of[&e.lease.log_id]] = Some(lost(&e.lease));
-        }
-    }
-    let starts = std::mem::take(&mut write.started);
-    let mut sending = Vec::new();
-    // Effects the write performed itself: already recorded as ended.
-    let mut recorded = Vec::new();
-    for ((g, start), taken) in performing.into_iter().zip(starts).zip(&written.started) {
-        match (&outcomes[g.index], taken) {
-            (Some(_), _) => {}
-            (None, Taken::Yes) => sending.push((g, start)),
-            (None, Taken::Performed(result)) => {
-                let end = StepEnd {
-                    lease: start.lease,
-                    step: start.step,
-                    kind: start.kind,
-                    attempt: start.attempt,
-                    result: result.clone(),
-                };
-                recorded.push((g, end))
-            }
-            (None, Taken::Lost) => outcomes[g.index] = Some(lost(&g.lease)),
-            (None, Taken::Held(status)) => outcomes[g.index] = Some(FlowOutcome::Stopped(Stop::Held(status.clone()))),
-        }
-    }
-    Took { sending, recorded }
+/// The write of a round's ends, and the instances it concerns: moved on by it (their next
+/// effect or their stop is in it), and to decide next round with their data (`fresh_for`)
+/// read again.
+#[derive(Default)]
+struct Ends {
+    write: FlowWrite,
+    moved: Vec<Going>,
+    next: Vec<Going>,
+    fresh_for: Vec<Lease>,
 }
 
-/// A write that could not be made: every instance it concerned goes back to the queue.
-fn store_failed(
-    write: &FlowWrite,
-    index_of: &HashMap<LogId, usize>,
-    outcomes: &mut [Option<FlowOutcome>],
-    e: &StoreError,
-) {
-    for lease in leases_of(write) {
-        outcomes[index_of[&lease.log_id]] = Some(FlowOutcome::StoreFailed(e.to_string()));
+/// Each message's outcome, once known, and where a claimed instance's goes: the message
+/// that claimed it (a log named twice in one batch is claimed by its first message only;
+/// the other is skipped).
+struct Outcomes<'a> {
+    of_message: &'a mut [Option<FlowOutcome>],
+    index_of: HashMap<LogId, usize>,
+}
+
+impl Outcomes<'_> {
+    /// The outcome of the message that claimed `log_id`.
+    fn set(&mut self, log_id: LogId, outcome: FlowOutcome) {
+        self.of_message[self.index_of[&log_id]] = Some(outcome);
     }
+
+    /// The ledger's answers to `write`: parks and lost leases settle their instances'
+    /// outcomes; the effects it took are returned, to perform, or as ended when the write
+    /// performed them itself. `performing` are the instances whose starts `write` holds, in
+    /// order.
+    fn settle(&mut self, write: &mut FlowWrite, written: &FlowWritten, performing: Vec<Going>) -> Took {
+        for (p, taken) in write.parked.iter().zip(&written.parked) {
+            let outcome = match taken {
+                // A park performs nothing.
+                Taken::Yes | Taken::Performed(_) => FlowOutcome::Stopped(p.stop.clone()),
+                Taken::Lost => lost(&p.lease),
+                Taken::Held(status) => FlowOutcome::Stopped(Stop::Held(status.clone())),
+            };
+            self.set(p.lease.log_id, outcome);
+        }
+        for (e, ok) in write.ended.iter().zip(&written.ended) {
+            if !ok {
+                self.set(e.lease.log_id, lost(&e.lease));
+            }
+        }
+        let starts = std::mem::take(&mut write.started);
+        let mut took = Took::default();
+        for ((g, start), taken) in performing.into_iter().zip(starts).zip(&written.started) {
+            let slot = &mut self.of_message[g.index];
+            match (&slot, taken) {
+                (Some(_), _) => {}
+                (None, Taken::Yes) => took.sending.push((g, start)),
+                // Performed by the write itself: already recorded as ended.
+                (None, Taken::Performed(result)) => {
+                    let end = StepEnd {
+                        lease: start.lease,
+                        step: start.step,
+                        kind: start.kind,
+                        attempt: start.attempt,
+                        result: result.clone(),
+                    };
+                    took.recorded.push((g, end))
+                }
+                (None, Taken::Lost) => *slot = Some(lost(&g.lease)),
+                (None, Taken::Held(status)) => *slot = Some(FlowOutcome::Stopped(Stop::Held(status.clone()))),
+            }
+        }
+        took
+    }
+
+    /// A write that could not be made: every instance it concerned goes back to the queue.
+    fn store_failed(&mut self, write: &FlowWrite, e: &StoreError) {
+        for lease in leases_of(write) {
+            self.set(lease.log_id, FlowOutcome::StoreFailed(e.to_string()));
+        }
+    }
+}
+
+/// What becomes of each claimed instance: it goes on (returned), it stops at once (its
+/// stop in the returned write), or its message gets its outcome now.
+fn take_claimed(
+    valid: &[(usize, QueueMessage)],
+    started: Vec<FlowStarted>,
+    outcomes: &mut Outcomes<'_>,
+) -> (Vec<Going>, FlowWrite) {
+    let mut going = Vec::new();
+    let mut write = FlowWrite::default();
+    for ((index, msg), started) in valid.iter().zip(started) {
+        let index = *index;
+        let outcome = match started {
+            FlowStarted::Unknown => FlowOutcome::Rejected(format!("no execution log {}", msg.log_id)),
+            FlowStarted::NotClaimable { status } => FlowOutcome::Skipped(format!("log {} is {status}", msg.log_id)),
+            FlowStarted::Failed(why) => FlowOutcome::Stopped(Stop::Park(Park::Failed(why))),
+            FlowStarted::Claimed { lease, flow } => {
+                outcomes.index_of.insert(msg.log_id, index);
+                match claimed(index, lease, *flow) {
+                    Claimed::Going(g) => going.push(*g),
+                    Claimed::Stopped(p) => write.parked.push(p),
+                    Claimed::Outcome(o) => outcomes.of_message[index] = Some(o),
+                }
+                continue;
+            }
+        };
+        outcomes.of_message[index] = Some(outcome);
+    }
+    (going, write)
+}
+
+/// What becomes of one claimed instance.
+enum Claimed {
+    Going(Box<Going>),
+    /// It stops at once, before any effect.
+    Stopped(Parked),
+    /// Its message gets this outcome now.
+    Outcome(FlowOutcome),
+}
+
+/// A claimed instance, as loaded, for the message at `index`.
+fn claimed(index: usize, lease: Lease, flow: LoadedFlow) -> Claimed {
+    let LoadedFlow {
+        definition,
+        instance,
+        data,
+        event,
+        payload,
+        resumed,
+        retry,
+    } = flow;
+    let event = (event, payload);
+    let data = data.map(|d| with_event(d, &event));
+    let stop = |instance, stop| Claimed::Stopped(Parked { lease, instance, stop });
+    let (doc, data) = match (definition, data) {
+        (_, Err(ContextError::Transient(m))) => {
+            return Claimed::Outcome(FlowOutcome::StoreFailed(format!("loading the data: {m}")))
+        }
+        (Err(why), _) => {
+            let why = format!("the definition cannot be read: {why}");
+            return stop(instance, Stop::Park(Park::Failed(why)));
+        }
+        (_, Err(ContextError::Permanent(m))) => {
+            return stop(instance, Stop::Park(Park::Failed(format!("the data: {m}"))))
+        }
+        (Ok(doc), Ok(data)) => (doc, data),
+    };
+    let at = instance.next.clone().unwrap_or_default();
+    let step = find(&doc.steps, &at);
+    let kind = step.map_or("unknown", |s| s.action.type_name());
+    let last = match resumed {
+        Resumed::Fresh => None,
+        Resumed::Ended(p) => Some(p),
+        // As the step says: by default a webhook is sent again (with the same id, so the
+        // receiver drops a repeat), and a message to people is not sent twice blind.
+        Resumed::InDoubt if step.is_some_and(|s| s.on_unknown == OnUnknown::Resend) => None,
+        Resumed::InDoubt => {
+            let why = format!("step `{at}` ({kind}) started but its outcome was never recorded");
+            return stop(instance, Stop::Unknown(why));
+        }
+    };
+    Claimed::Going(Box::new(Going {
+        index,
+        lease,
+        doc,
+        instance,
+        data,
+        event,
+        last,
+        retry,
+    }))
 }
 
 fn lost(lease: &Lease) -> FlowOutcome {

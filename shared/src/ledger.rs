@@ -46,24 +46,24 @@ pub trait DueLogs: Sync {
 #[derive(Debug, Clone)]
 pub struct LoadedFlow {
     /// The definition of the version the instance runs, or why it cannot be read.
-    pub definition: Result<Arc<Document>, String>,
-    pub instance: Instance,
+    pub(crate) definition: Result<Arc<Document>, String>,
+    pub(crate) instance: Instance,
     /// The subject's data as templates and conditions see it, read fresh.
-    pub data: Result<Json, ContextError>,
+    pub(crate) data: Result<Json, ContextError>,
     /// The event that started the instance, which templates and conditions see as `herald`.
-    pub event: Json,
+    pub(crate) event: Json,
     /// What a manual start gave the instance, seen as `payload`.
-    pub payload: Option<Json>,
+    pub(crate) payload: Option<Json>,
     /// What the ledger knows of the step the instance is at, from an earlier invocation.
-    pub resumed: Resumed,
+    pub(crate) resumed: Resumed,
     /// How its automation tries again an effect that failed transiently (`jitter` unused:
     /// each decision draws its own).
-    pub retry: TransientRetry,
+    pub(crate) retry: TransientRetry,
 }
 
 /// The step an instance is at, as an earlier invocation left it.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub enum Resumed {
+pub(crate) enum Resumed {
     /// Not started: run it.
     #[default]
     Fresh,

@@ -23,7 +23,7 @@ pub mod model;
 pub mod pg;
 pub mod receipt;
 pub mod recipient;
-pub mod render;
+pub(crate) mod render;
 pub mod steps;
 pub mod webhook;
 pub mod workflow;

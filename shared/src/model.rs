@@ -52,7 +52,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Permanent => "permanent",
             ErrorKind::Transient => "transient",
@@ -86,7 +86,7 @@ impl Failure {
         }
     }
 
-    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+    pub(crate) fn with_code(mut self, code: impl Into<String>) -> Self {
         self.code = Some(code.into());
         self
     }
@@ -148,7 +148,7 @@ pub struct SmsTemplates {
 
 /// The event that created a log; templates see it as `herald.*`.
 #[derive(Debug, Clone, Serialize)]
-pub struct EventInfo {
+pub(crate) struct EventInfo {
     pub log_id: LogId,
     pub event: String,
     pub old_status: Option<String>,

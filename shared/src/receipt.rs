@@ -13,8 +13,8 @@ use crate::clock::Clock;
 use crate::model::{Failure, LogId, StoreError};
 
 /// The first wait before retrying a write; it doubles up to [`MAX_BACKOFF`].
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How long before the end of the lease or of the invocation a failing write stops being
 /// retried, to leave time for sending its receipts.
@@ -23,7 +23,7 @@ pub const RECEIPT_MARGIN: Duration = Duration::from_secs(6);
 /// How long to wait before the next try of a write that failed `failures` times in a
 /// row, or `None` when that try could not start before `give_up_at` (then the outcome goes
 /// out as receipts).
-pub fn next_try(failures: u32, now: SystemTime, give_up_at: SystemTime) -> Option<Duration> {
+pub(crate) fn next_try(failures: u32, now: SystemTime, give_up_at: SystemTime) -> Option<Duration> {
     let doubled = FIRST_BACKOFF.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let wait = doubled.min(MAX_BACKOFF);
     (now + wait < give_up_at).then_some(wait)
@@ -31,7 +31,7 @@ pub fn next_try(failures: u32, now: SystemTime, give_up_at: SystemTime) -> Optio
 
 /// When retrying a write stops: [`RECEIPT_MARGIN`] before the earlier of the lease's end
 /// and the invocation's end (when known), leaving time to keep its receipts.
-pub fn give_up_at(now: SystemTime, lease_until: SystemTime, ends_at: Option<SystemTime>) -> SystemTime {
+pub(crate) fn give_up_at(now: SystemTime, lease_until: SystemTime, ends_at: Option<SystemTime>) -> SystemTime {
     ends_at
         .map_or(lease_until, |end| end.min(lease_until))
         .checked_sub(RECEIPT_MARGIN)
@@ -55,7 +55,7 @@ pub trait ReceiptSource: Sync {
 /// backoff while a try can still start before `give_up_at`. Every try gets the same time,
 /// the first try's, so that a try whose commit landed but whose answer was lost is
 /// recognized by the next. On failure, the last error and that time.
-pub async fn write_retrying<T, F, Fut>(
+pub(crate) async fn write_retrying<T, F, Fut>(
     clock: &dyn Clock,
     give_up_at: SystemTime,
     what: &str,
@@ -83,7 +83,7 @@ where
 
 /// Puts the receipts of a write that failed with `e` on the receipts queue. Ok: why the
 /// messages concerned are done; Err: why they are not (no receipts, or the queue refused).
-pub async fn keep<R: ReceiptSink>(sink: &R, receipts: &[Receipt], e: &StoreError) -> Result<String, String> {
+pub(crate) async fn keep<R: ReceiptSink>(sink: &R, receipts: &[Receipt], e: &StoreError) -> Result<String, String> {
     if receipts.is_empty() {
         return Err(e.to_string());
     }
@@ -132,17 +132,17 @@ pub struct ReceiptStep {
 }
 
 /// Microseconds since the Unix epoch, as Postgres keeps time.
-pub fn micros(at: SystemTime) -> i64 {
+pub(crate) fn micros(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 impl Receipt {
-    pub fn to_body(&self) -> String {
+    pub(crate) fn to_body(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
 
     /// Parses and checks a receipts-queue message body; the error says what is wrong.
-    pub fn parse(body: &str) -> Result<Self, String> {
+    pub(crate) fn parse(body: &str) -> Result<Self, String> {
         let bad = |why: String| format!("malformed receipt: {why}");
         let r: Receipt = serde_json::from_str(body).map_err(|e| bad(e.to_string()))?;
         if r.log_id <= 0 || r.lease <= 0 || r.attempt <= 0 || r.at_us <= 0 {

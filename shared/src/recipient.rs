@@ -1,7 +1,7 @@
 //! Recipient checks done before anything is sent, and masking for logs.
 
 /// Checks that `addr` is a plain `local@domain` address SES will accept.
-pub fn check_email(addr: &str) -> Result<(), String> {
+pub(crate) fn check_email(addr: &str) -> Result<(), String> {
     let bad = |why: &str| Err(format!("invalid email address {:?}: {why}", mask_email(addr)));
     if addr.is_empty() {
         return bad("it is empty");
@@ -42,7 +42,7 @@ pub fn check_email(addr: &str) -> Result<(), String> {
 
 /// Checks that `number` is an E.164 phone number: `+`, a country code that does not start
 /// with 0, and 8 to 15 digits in all.
-pub fn check_phone(number: &str) -> Result<(), String> {
+pub(crate) fn check_phone(number: &str) -> Result<(), String> {
     let bad = |why: &str| Err(format!("invalid phone number {:?}: {why}", mask_phone(number)));
     let Some(digits) = number.strip_prefix('+') else {
         return bad("E.164 numbers start with +");
@@ -60,7 +60,7 @@ pub fn check_phone(number: &str) -> Result<(), String> {
 }
 
 /// `jane.doe@example.com` → `j***@example.com`.
-pub fn mask_email(addr: &str) -> String {
+pub(crate) fn mask_email(addr: &str) -> String {
     match addr.rsplit_once('@') {
         Some((local, domain)) => {
             let first: String = local.chars().take(1).collect();
@@ -71,7 +71,7 @@ pub fn mask_email(addr: &str) -> String {
 }
 
 /// `+14155550123` → `+*******0123`.
-pub fn mask_phone(number: &str) -> String {
+pub(crate) fn mask_phone(number: &str) -> String {
     mask_tail(number, 4)
 }
 

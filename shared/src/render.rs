@@ -12,10 +12,10 @@ use serde_json::Value as Json;
 use crate::model::{Email, EmailTemplates, Sms, SmsTemplates};
 
 /// SNS refuses SMS bodies longer than this.
-pub const SMS_MAX_CHARS: usize = 1600;
+pub(crate) const SMS_MAX_CHARS: usize = 1600;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RenderError {
+pub(crate) enum RenderError {
     #[error("missing template variable {} in {template}", list(.names))]
     Missing { template: &'static str, names: Vec<String> },
     #[error("template variable {} in {template} is null", list(.names))]
@@ -35,7 +35,7 @@ fn list(names: &[String]) -> String {
 }
 
 /// Renders an email's templates. `default_from` is used when they set no sender.
-pub fn render_email(t: &EmailTemplates, vars: &Json, default_from: &str) -> Result<Email, RenderError> {
+pub(crate) fn render_email(t: &EmailTemplates, vars: &Json, default_from: &str) -> Result<Email, RenderError> {
     let scope = Scope::new(vars);
     Ok(Email {
         from: match &t.from {
@@ -58,7 +58,7 @@ pub fn render_email(t: &EmailTemplates, vars: &Json, default_from: &str) -> Resu
 }
 
 /// Renders a text message's templates.
-pub fn render_sms(t: &SmsTemplates, vars: &Json) -> Result<Sms, RenderError> {
+pub(crate) fn render_sms(t: &SmsTemplates, vars: &Json) -> Result<Sms, RenderError> {
     let scope = Scope::new(vars);
     let body = scope.non_empty("sms_body", &t.body)?;
     let chars = body.chars().count();
@@ -72,7 +72,7 @@ pub fn render_sms(t: &SmsTemplates, vars: &Json) -> Result<Sms, RenderError> {
 }
 
 /// Renders one plain-text template named `name` (for errors); `line` makes it one line.
-pub fn render_text(name: &'static str, source: &str, vars: &Json, line: bool) -> Result<String, RenderError> {
+pub(crate) fn render_text(name: &'static str, source: &str, vars: &Json, line: bool) -> Result<String, RenderError> {
     let scope = Scope::new(vars);
     if line {
         scope.one_line(name, source)
@@ -82,7 +82,7 @@ pub fn render_text(name: &'static str, source: &str, vars: &Json, line: bool) ->
 }
 
 /// Whether `source` compiles as a template (its variables are only known when it renders).
-pub fn check_template(source: &str) -> Result<(), String> {
+pub(crate) fn check_template(source: &str) -> Result<(), String> {
     ENVIRONMENT
         .template_from_str(source)
         .map(drop)

@@ -56,7 +56,7 @@ pub enum Effect {
 impl Effect {
     /// Performed by the ledger itself, in the transaction that records it (changes to this
     /// database: fields, labels, tasks), rather than by a provider.
-    pub fn is_local(&self) -> bool {
+    pub(crate) fn is_local(&self) -> bool {
         matches!(
             self,
             Effect::UpdateField { .. } | Effect::Label { .. } | Effect::Task { .. }
@@ -65,7 +65,7 @@ impl Effect {
 
     /// The longest it may take: a webhook's timeout; providers' calls and the ledger's own
     /// changes are short.
-    pub fn budget(&self) -> Duration {
+    pub(crate) fn budget(&self) -> Duration {
         match self {
             Effect::Webhook { timeout, .. } => *timeout,
             _ => Duration::ZERO,
@@ -75,7 +75,7 @@ impl Effect {
 
 /// Makes `step` ready against `vars`; `None` for steps without an effect (waits, branches).
 /// `now` and `tz` place a task's due time.
-pub fn prepare(
+pub(crate) fn prepare(
     step: &Step,
     vars: &Json,
     admins: &Admins,

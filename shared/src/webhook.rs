@@ -30,7 +30,7 @@ use crate::clock::Clock;
 use crate::model::{ErrorKind, Failure};
 
 /// How much of a response is read; a longer body is cut here (and is then not read as JSON).
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// How much of a response's text is kept in the ledger.
 pub const STORED_RESPONSE_CHARS: usize = 2048;
 
@@ -66,7 +66,7 @@ pub fn signature(secret: &WebhookSecret, id: &str, timestamp: i64, body: &str) -
 }
 
 /// Why an address may not be reached, or `None` when it may.
-pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
+pub(crate) fn forbidden(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => forbidden_v4(v4),
         IpAddr::V6(v6) => {
@@ -138,7 +138,7 @@ impl Guard {
     }
 
     /// `Err` with the reason when `ip` may not be reached.
-    pub fn check(&self, ip: IpAddr) -> Result<(), String> {
+    pub(crate) fn check(&self, ip: IpAddr) -> Result<(), String> {
         match forbidden(ip) {
             Some(_) if self.allow.iter().any(|net| net.contains(&ip)) => Ok(()),
             Some(why) => Err(format!("{ip} is {why}; webhooks only reach public addresses")),
@@ -323,7 +323,7 @@ impl WebhookClient {
 }
 
 /// Where signing secrets come from: Secrets Manager in the functions.
-pub trait SecretSource: Sync {
+pub(crate) trait SecretSource: Sync {
     /// The secret's text, by name or ARN.
     fn secret(&self, id: &str) -> impl Future<Output = Result<String, Failure>> + Send;
 }

@@ -45,7 +45,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_env() -> Result<Self, ConfigError> {
+    fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             default_from: config::required("HERALD_FROM_ADDRESS")?,
             concurrency: config::number("HERALD_EXECUTOR_CONCURRENCY", 4, 1, 10)?,

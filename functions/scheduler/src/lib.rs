@@ -42,7 +42,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_env() -> Result<Self, ConfigError> {
+    fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             claim_batch: config::number("HERALD_CLAIM_BATCH", 100, 1, 10_000)?,
             send_concurrency: config::number("HERALD_SEND_CONCURRENCY", 4, 1, 64)?,

@@ -17,14 +17,14 @@ use crate::model::{ContextError, LogId, QueueMessage, Rescued, StoreError};
 use crate::receipt::Receipt;
 
 mod sql {
-    pub const CLAIM_DUE: &str = include_str!("../../sql/claim_due.sql");
-    pub const RELEASE: &str = include_str!("../../sql/release.sql");
-    pub const RESCUE: &str = include_str!("../../sql/rescue.sql");
-    pub const INGEST: &str = include_str!("../../sql/ingest.sql");
-    pub const APPLY_RECEIPTS: &str = include_str!("../../sql/apply_receipts.sql");
-    pub const FLOW_START: &str = include_str!("../../sql/flow_start.sql");
-    pub const FLOW_WRITE: &str = include_str!("../../sql/flow_write.sql");
-    pub const FLOW_CONTEXTS: &str = include_str!("../../sql/flow_contexts.sql");
+    pub(crate) const CLAIM_DUE: &str = include_str!("../../sql/claim_due.sql");
+    pub(crate) const RELEASE: &str = include_str!("../../sql/release.sql");
+    pub(crate) const RESCUE: &str = include_str!("../../sql/rescue.sql");
+    pub(crate) const INGEST: &str = include_str!("../../sql/ingest.sql");
+    pub(crate) const APPLY_RECEIPTS: &str = include_str!("../../sql/apply_receipts.sql");
+    pub(crate) const FLOW_START: &str = include_str!("../../sql/flow_start.sql");
+    pub(crate) const FLOW_WRITE: &str = include_str!("../../sql/flow_write.sql");
+    pub(crate) const FLOW_CONTEXTS: &str = include_str!("../../sql/flow_contexts.sql");
 }
 
 mod flow;
@@ -33,7 +33,7 @@ mod tls;
 pub use tls::{SslMode, Tls};
 
 /// How long a connect, or one round trip on a connection, may take unless told otherwise.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One connection per container, opened lazily and re-opened when it was lost. Clones
 /// share the connection.

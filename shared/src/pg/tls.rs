@@ -48,13 +48,6 @@ pub struct Tls {
 }
 
 impl Tls {
-    pub fn disabled() -> Self {
-        Self {
-            mode: SslMode::Disable,
-            root_cert: None,
-        }
-    }
-
     /// The rustls connector for these settings (`None` for `disable`).
     pub(crate) fn connector(&self) -> Result<Option<MakeRustlsConnect>, String> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

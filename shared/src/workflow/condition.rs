@@ -29,11 +29,11 @@ use super::time::{instant_of, parse_span, shift};
 use super::{Field, Problem};
 
 /// Deepest nesting of `all` / `any` / `not` accepted.
-pub const MAX_DEPTH: usize = 16;
+pub(crate) const MAX_DEPTH: usize = 16;
 /// Most nodes (groups and comparisons) in one condition.
-pub const MAX_NODES: usize = 200;
+pub(crate) const MAX_NODES: usize = 200;
 /// Most values in one `in` list.
-pub const MAX_IN_LIST: usize = 100;
+pub(crate) const MAX_IN_LIST: usize = 100;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {

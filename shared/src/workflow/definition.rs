@@ -32,14 +32,14 @@ use crate::model::{EmailTemplates, SmsTemplates};
 use crate::render::check_template;
 
 /// Most steps in one definition, branches included.
-pub const MAX_STEPS: usize = 200;
+pub(crate) const MAX_STEPS: usize = 200;
 /// Deepest nesting of branches.
-pub const MAX_BRANCH_DEPTH: usize = 8;
+pub(crate) const MAX_BRANCH_DEPTH: usize = 8;
 /// Most retries a step's `on_error` may ask for.
-pub const MAX_RETRIES: u32 = 10;
+pub(crate) const MAX_RETRIES: u32 = 10;
 /// Longest a webhook may take to answer: with the time kept for the writes around it, it
 /// fits in the executor's 30 s invocation.
-pub const MAX_WEBHOOK_TIMEOUT_SECS: i64 = 15;
+pub(crate) const MAX_WEBHOOK_TIMEOUT_SECS: i64 = 15;
 
 #[derive(Debug, Clone)]
 pub struct Document {
@@ -191,7 +191,7 @@ pub enum Action {
 
 impl Action {
     /// The step type as written in a definition.
-    pub fn type_name(&self) -> &'static str {
+    pub(crate) fn type_name(&self) -> &'static str {
         match self {
             Action::SendEmail(_) => "send_email",
             Action::SendSms(_) => "send_sms",
@@ -437,17 +437,17 @@ impl Reader {
         })
     }
 
-    fn unknown_step<T>(&mut self, path: &str, kind: &str) -> Option<T> {
-        let message = format!("unknown step type `{kind}`; expected one of {}", shape().step_types());
-        self.problem(&format!("{path}.type"), message)
-    }
-
     fn unknown_trigger<T>(&mut self, kind: &str) -> Option<T> {
         let message = format!(
             "unknown trigger type `{kind}`; expected one of {}",
             shape().trigger_types()
         );
         self.problem("trigger.type", message)
+    }
+
+    fn unknown_step<T>(&mut self, path: &str, kind: &str) -> Option<T> {
+        let message = format!("unknown step type `{kind}`; expected one of {}", shape().step_types());
+        self.problem(&format!("{path}.type"), message)
     }
 
     fn exits(&mut self, value: Option<&Json>) -> Option<Vec<Exit>> {
@@ -524,24 +524,20 @@ impl Reader {
             (Some(Json::String(v)), _) if v == "resend" => Some(OnUnknown::Resend),
             (Some(_), _) => self.problem(&format!("{path}.on_unknown"), "is \"hold\" or \"resend\""),
         };
-        let action = match kind.as_str() {
-            "send_email" => {
-                let (text, html) = (
-                    self.optional_template(s, "text", path),
-                    self.optional_template(s, "html", path),
-                );
-                if let (Some(None), Some(None)) = (&text, &html) {
-                    self.problems
-                        .push(Problem::new(path, "an email has `text`, `html` or both"));
-                }
-                Action::SendEmail(EmailTemplates {
-                    from: self.optional_template(s, "from", path)?,
-                    to: self.template(s, "to", path)?,
-                    subject: self.template(s, "subject", path)?,
-                    text: text?,
-                    html: html?,
-                })
-            }
+        let action = self.action(s, &kind, path, depth)?;
+        Some(Step {
+            id: id?,
+            on_error: on_error?,
+            // Refused above for a step that does not take it.
+            on_unknown: on_unknown.unwrap_or(OnUnknown::Hold),
+            action,
+        })
+    }
+
+    /// What a step of type `kind` does (its keys were checked against the shape).
+    fn action(&mut self, s: &Map<String, Json>, kind: &str, path: &str, depth: usize) -> Option<Action> {
+        Some(match kind {
+            "send_email" => self.send_email(s, path)?,
             "send_sms" => Action::SendSms(SmsTemplates {
                 to: self.template(s, "to", path)?,
                 body: self.template(s, "body", path)?,
@@ -553,132 +549,154 @@ impl Reader {
                     return None;
                 }
             },
-            "branch" => {
-                if depth + 1 > MAX_BRANCH_DEPTH {
-                    return self.problem(path, format!("branches may nest at most {MAX_BRANCH_DEPTH} deep"));
-                }
-                let when = match s.get("if") {
-                    Some(c) => self.condition(c, &format!("{path}.if")),
-                    None => self.problem(&format!("{path}.if"), "is required: the condition that chooses `then`"),
-                };
-                let then = match s.get("then") {
-                    Some(t) => self.steps(t, &format!("{path}.then"), depth + 1),
-                    None => Some(Vec::new()),
-                };
-                let otherwise = match s.get("else") {
-                    Some(e) => self.steps(e, &format!("{path}.else"), depth + 1),
-                    None => Some(Vec::new()),
-                };
-                Action::Branch {
-                    when: when?,
-                    then: then?,
-                    otherwise: otherwise?,
-                }
-            }
-            "update_field" => {
-                let table = match s.get("table") {
-                    Some(_) => Some(self.relation(s, "table", path)?),
-                    None => None,
-                };
-                let key = self.optional_text(s, "key", path)?;
-                let set_path = format!("{path}.set");
-                let set = match s.get("set").and_then(Json::as_object) {
-                    Some(set) if !set.is_empty() => set,
-                    _ => return self.problem(&set_path, "is an object of column → template, with at least one column"),
-                };
-                let mut columns = BTreeMap::new();
-                for (column, template) in set {
-                    let p = format!("{set_path}.{column}");
-                    match template.as_str() {
-                        Some(source) => {
-                            if let Some(t) = self.compiles(source, &p) {
-                                columns.insert(column.clone(), t);
-                            }
-                        }
-                        None => self.problems.push(Problem::new(p, "is a template (text)")),
-                    }
-                }
-                Action::UpdateField {
-                    table,
-                    key,
-                    set: columns,
-                }
-            }
-            "add_tag" | "remove_tag" | "add_to_segment" | "remove_from_segment" => {
-                let (label, key) = if kind.ends_with("tag") {
-                    (LabelKind::Tag, "tag")
-                } else {
-                    (LabelKind::Segment, "segment")
-                };
-                let target = match s.contains_key("table") || s.contains_key("key") {
-                    true => {
-                        let table = self.relation(s, "table", path);
-                        let key = self.template(s, "key", path);
-                        Some(LabelTarget {
-                            table: table?,
-                            key: key?,
-                        })
-                    }
-                    false => None,
-                };
-                Action::Label {
-                    kind: label,
-                    add: kind.starts_with("add"),
-                    name: self.text(s, key, path)?,
-                    target,
-                }
-            }
-            "webhook" => {
-                let url = self.text(s, "url", path)?;
-                if !url.starts_with("https://") {
-                    self.problems
-                        .push(Problem::new(format!("{path}.url"), "a webhook is sent over https://"));
-                }
-                let url = self.compiles(&url, &format!("{path}.url"))?;
-                let timeout_secs = match s.get("timeout") {
-                    None => 10,
-                    Some(t) => self.seconds(t, &format!("{path}.timeout"), MAX_WEBHOOK_TIMEOUT_SECS)?,
-                };
-                Action::Webhook {
-                    url,
-                    body: self.template(s, "body", path)?,
-                    secret: self.text(s, "secret", path)?,
-                    timeout_secs,
-                }
-            }
-            "create_task" => {
-                let due = match s.get("due") {
-                    None => None,
-                    Some(d) => match d.as_str().map(parse_span) {
-                        Some(Ok(span)) if !span.is_negative() => Some(span.fieldwise()),
-                        Some(Err(e)) => return self.problem(&format!("{path}.due"), e),
-                        _ => {
-                            return self.problem(
-                                &format!("{path}.due"),
-                                "is a span after the step runs, such as \"2 days\"",
-                            )
-                        }
-                    },
-                };
-                Action::CreateTask {
-                    title: self.template(s, "title", path)?,
-                    assignee: self.optional_template(s, "assignee", path)?,
-                    due,
-                    notes: self.optional_template(s, "notes", path)?,
-                }
-            }
+            "branch" => self.branch(s, path, depth)?,
+            "update_field" => self.update_field(s, path)?,
+            "add_tag" | "remove_tag" | "add_to_segment" | "remove_from_segment" => self.label(s, kind, path)?,
+            "webhook" => self.webhook(s, path)?,
+            "create_task" => self.create_task(s, path)?,
             "notify_admin" => Action::NotifyAdmin {
                 subject: self.template(s, "subject", path)?,
                 text: self.template(s, "text", path)?,
             },
             other => return self.unknown_step(path, other),
+        })
+    }
+
+    fn send_email(&mut self, s: &Map<String, Json>, path: &str) -> Option<Action> {
+        let (text, html) = (
+            self.optional_template(s, "text", path),
+            self.optional_template(s, "html", path),
+        );
+        if let (Some(None), Some(None)) = (&text, &html) {
+            self.problems
+                .push(Problem::new(path, "an email has `text`, `html` or both"));
+        }
+        Some(Action::SendEmail(EmailTemplates {
+            from: self.optional_template(s, "from", path)?,
+            to: self.template(s, "to", path)?,
+            subject: self.template(s, "subject", path)?,
+            text: text?,
+            html: html?,
+        }))
+    }
+
+    fn branch(&mut self, s: &Map<String, Json>, path: &str, depth: usize) -> Option<Action> {
+        if depth + 1 > MAX_BRANCH_DEPTH {
+            return self.problem(path, format!("branches may nest at most {MAX_BRANCH_DEPTH} deep"));
+        }
+        let when = match s.get("if") {
+            Some(c) => self.condition(c, &format!("{path}.if")),
+            None => self.problem(&format!("{path}.if"), "is required: the condition that chooses `then`"),
         };
-        Some(Step {
-            id: id?,
-            on_error: on_error?,
-            // Refused above for a step that does not take it.
-            on_unknown: on_unknown.unwrap_or(OnUnknown::Hold),
-            action,
+        let then = match s.get("then") {
+            Some(t) => self.steps(t, &format!("{path}.then"), depth + 1),
+            None => Some(Vec::new()),
+        };
+        let otherwise = match s.get("else") {
+            Some(e) => self.steps(e, &format!("{path}.else"), depth + 1),
+            None => Some(Vec::new()),
+        };
+        Some(Action::Branch {
+            when: when?,
+            then: then?,
+            otherwise: otherwise?,
+        })
+    }
+
+    fn update_field(&mut self, s: &Map<String, Json>, path: &str) -> Option<Action> {
+        let table = match s.get("table") {
+            Some(_) => Some(self.relation(s, "table", path)?),
+            None => None,
+        };
+        let key = self.optional_text(s, "key", path)?;
+        let set_path = format!("{path}.set");
+        let set = match s.get("set").and_then(Json::as_object) {
+            Some(set) if !set.is_empty() => set,
+            _ => return self.problem(&set_path, "is an object of column → template, with at least one column"),
+        };
+        let mut columns = BTreeMap::new();
+        for (column, template) in set {
+            let p = format!("{set_path}.{column}");
+            match template.as_str() {
+                Some(source) => {
+                    if let Some(t) = self.compiles(source, &p) {
+                        columns.insert(column.clone(), t);
+                    }
+                }
+                None => self.problems.push(Problem::new(p, "is a template (text)")),
+            }
+        }
+        Some(Action::UpdateField {
+            table,
+            key,
+            set: columns,
+        })
+    }
+
+    /// `add_tag`, `remove_tag`, `add_to_segment` or `remove_from_segment`.
+    fn label(&mut self, s: &Map<String, Json>, kind: &str, path: &str) -> Option<Action> {
+        let (label, key) = if kind.ends_with("tag") {
+            (LabelKind::Tag, "tag")
+        } else {
+            (LabelKind::Segment, "segment")
+        };
+        let target = match s.contains_key("table") || s.contains_key("key") {
+            true => {
+                let table = self.relation(s, "table", path);
+                let key = self.template(s, "key", path);
+                Some(LabelTarget {
+                    table: table?,
+                    key: key?,
+                })
+            }
+            false => None,
+        };
+        Some(Action::Label {
+            kind: label,
+            add: kind.starts_with("add"),
+            name: self.text(s, key, path)?,
+            target,
+        })
+    }
+
+    fn webhook(&mut self, s: &Map<String, Json>, path: &str) -> Option<Action> {
+        let url = self.text(s, "url", path)?;
+        if !url.starts_with("https://") {
+            self.problems
+                .push(Problem::new(format!("{path}.url"), "a webhook is sent over https://"));
+        }
+        let url = self.compiles(&url, &format!("{path}.url"))?;
+        let timeout_secs = match s.get("timeout") {
+            None => 10,
+            Some(t) => self.seconds(t, &format!("{path}.timeout"), MAX_WEBHOOK_TIMEOUT_SECS)?,
+        };
+        Some(Action::Webhook {
+            url,
+            body: self.template(s, "body", path)?,
+            secret: self.text(s, "secret", path)?,
+            timeout_secs,
+        })
+    }
+
+    fn create_task(&mut self, s: &Map<String, Json>, path: &str) -> Option<Action> {
+        let due = match s.get("due") {
+            None => None,
+            Some(d) => match d.as_str().map(parse_span) {
+                Some(Ok(span)) if !span.is_negative() => Some(span.fieldwise()),
+                Some(Err(e)) => return self.problem(&format!("{path}.due"), e),
+                _ => {
+                    return self.problem(
+                        &format!("{path}.due"),
+                        "is a span after the step runs, such as \"2 days\"",
+                    )
+                }
+            },
+        };
+        Some(Action::CreateTask {
+            title: self.template(s, "title", path)?,
+            assignee: self.optional_template(s, "assignee", path)?,
+            due,
+            notes: self.optional_template(s, "notes", path)?,
         })
     }
 

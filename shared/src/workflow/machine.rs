@@ -30,7 +30,8 @@ pub struct Instance {
 
 impl Instance {
     /// A new instance of `doc`, before its first step.
-    pub fn new(doc: &Document) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(doc: &Document) -> Self {
         Self {
             next: doc.steps.first().map(|s| s.id.clone()),
             steps_run: 0,
@@ -91,7 +92,7 @@ pub enum Performed {
 }
 
 /// The templates' variables: the data, and `steps` holding earlier steps' outputs.
-pub fn variables(data: &Json, instance: &Instance) -> Json {
+pub(crate) fn variables(data: &Json, instance: &Instance) -> Json {
     let mut vars = data.as_object().cloned().unwrap_or_default();
     vars.insert("steps".into(), Json::Object(instance.outputs.clone()));
     Json::Object(vars)
@@ -100,7 +101,7 @@ pub fn variables(data: &Json, instance: &Instance) -> Json {
 /// Moves `instance` on. `last` is how the step of the previous `Perform` ended (`None`
 /// when the instance starts or wakes). `data` is fresh: exit conditions are checked against
 /// it before every step. Calendar arithmetic uses the definition's zone.
-pub fn advance(
+pub(crate) fn advance(
     doc: &Document,
     instance: &mut Instance,
     data: &Json,
@@ -198,7 +199,7 @@ pub fn advance(
 }
 
 /// Why an instance whose trigger's conditions do not hold ends: its `exit_reason`.
-pub const CONDITIONS_NOT_MET: &str = "the trigger's conditions do not hold";
+pub(crate) const CONDITIONS_NOT_MET: &str = "the trigger's conditions do not hold";
 
 /// The trigger's conditions, checked (and recorded, with what they saw) against the data as
 /// the instance starts: a park when they do not hold, or cannot be decided.

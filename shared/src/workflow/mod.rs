@@ -5,8 +5,8 @@ pub mod condition;
 pub mod definition;
 pub mod machine;
 pub mod plan;
-pub mod shape;
-pub mod time;
+pub(crate) mod shape;
+pub(crate) mod time;
 pub mod wait;
 
 use std::fmt;
@@ -19,7 +19,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
             message: message.into(),
@@ -40,7 +40,7 @@ pub struct Field(Vec<String>);
 
 impl Field {
     /// Reads `"a.b"` or `["a", "b"]`.
-    pub fn parse(value: &serde_json::Value) -> Result<Self, String> {
+    pub(crate) fn parse(value: &serde_json::Value) -> Result<Self, String> {
         let parts: Vec<String> = match value {
             serde_json::Value::String(s) => s.split('.').map(str::to_owned).collect(),
             serde_json::Value::Array(items) => items
@@ -57,7 +57,7 @@ impl Field {
     }
 
     /// The field's value in `data`, or `None` when the data has no such field.
-    pub fn read<'a>(&self, data: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
+    pub(crate) fn read<'a>(&self, data: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
         self.0.iter().try_fold(data, |at, name| at.get(name))
     }
 }

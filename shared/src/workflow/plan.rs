@@ -34,7 +34,8 @@ pub struct TransientRetry {
 
 impl TransientRetry {
     /// The automations table's defaults: 5 tries, 30 seconds doubling up to an hour.
-    pub const DEFAULT: TransientRetry = TransientRetry {
+    #[cfg(test)]
+    pub(crate) const DEFAULT: TransientRetry = TransientRetry {
         max_attempts: 5,
         base: Duration::from_secs(30),
         cap: Duration::from_secs(3_600),
@@ -42,7 +43,7 @@ impl TransientRetry {
     };
 
     /// The wait after the `attempt`-th try failed.
-    pub fn wait(&self, attempt: u32) -> Duration {
+    pub(crate) fn wait(&self, attempt: u32) -> Duration {
         let window = self
             .base
             .saturating_mul(1u32 << attempt.saturating_sub(1).min(30))
@@ -52,7 +53,8 @@ impl TransientRetry {
 }
 
 impl Policy {
-    pub fn new(step_limit: u32) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(step_limit: u32) -> Self {
         Self {
             step_limit,
             transient: TransientRetry::DEFAULT,
@@ -62,7 +64,7 @@ impl Policy {
 
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StepResult {
+pub(crate) enum StepResult {
     /// It did what it does.
     Done,
     /// A branch chose `then` (true) or `else` (false).
@@ -80,7 +82,7 @@ pub enum StepResult {
 
 /// What the instance does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Run this step now.
     Run(String),
     /// Sleep until `until`, then run `next` (or complete, when there is none).
@@ -102,12 +104,12 @@ pub fn find<'a>(steps: &'a [Step], id: &str) -> Option<&'a Step> {
 
 /// Whether no step follows `at`, whatever its result: what comes after it (completing,
 /// failing, or a retry of it) is decided without the instance's data.
-pub fn is_last(steps: &[Step], at: &str) -> bool {
+pub(crate) fn is_last(steps: &[Step], at: &str) -> bool {
     trail(steps, at).is_some_and(|mut t| after(&mut t).is_none())
 }
 
 /// What follows `result` of step `at`, for an instance that has run `steps_run` steps.
-pub fn plan_next_step(
+pub(crate) fn plan_next_step(
     steps: &[Step],
     at: &str,
     result: &StepResult,

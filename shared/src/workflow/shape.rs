@@ -28,6 +28,8 @@ pub struct TypeShape {
     #[serde(rename = "type")]
     pub kind: String,
     pub keys: Vec<String>,
+    /// Read by the database's checks; here, its tests hold the parser to it.
+    #[cfg(test)]
     #[serde(default)]
     pub templates: Vec<String>,
 }
@@ -147,6 +149,41 @@ mod tests {
                 "{}: {problems:?}",
                 t.kind
             );
+        }
+    }
+
+    /// A sound step of each type, for the template checks below.
+    fn sound_step(kind: &str) -> serde_json::Value {
+        let mut s = match kind {
+            "send_email" => json!({"to": "a@example.com", "subject": "S", "text": "T", "html": "<p>T</p>", "from": "b@example.com"}),
+            "send_sms" => json!({"to": "+15550000000", "body": "B"}),
+            "wait" => json!({"for": "1 hour"}),
+            "branch" => json!({"if": {"field": "vip", "op": "is null"}, "then": [], "else": []}),
+            "update_field" => json!({"set": {"status": "x"}}),
+            "add_tag" | "remove_tag" => json!({"tag": "t", "table": "public.members", "key": "1"}),
+            "add_to_segment" | "remove_from_segment" => json!({"segment": "s", "table": "public.members", "key": "1"}),
+            "webhook" => json!({"url": "https://x.example.com", "body": "{}", "secret": "s"}),
+            "create_task" => json!({"title": "T", "assignee": "sam", "notes": "n"}),
+            "notify_admin" => json!({"subject": "S", "text": "T"}),
+            other => panic!("no sound step of type {other}: add one"),
+        };
+        s["id"] = json!("a");
+        s["type"] = json!(kind);
+        s
+    }
+
+    #[test]
+    fn every_template_key_of_the_shape_is_compiled_by_the_parser() {
+        for t in &shape().steps {
+            let doc = |step| json!({"trigger": {"type": "manual"}, "admins": {"emails": ["o@example.com"]}, "steps": [step]});
+            assert!(parse(&doc(sound_step(&t.kind))).is_ok(), "{}", t.kind);
+            for key in &t.templates {
+                let mut step = sound_step(&t.kind);
+                step[key.as_str()] = json!("{{ oops");
+                let problems = parse(&doc(step)).unwrap_err();
+                let path = format!("steps[0].{key}");
+                assert!(problems.iter().any(|p| p.path == path), "{}.{key}: {problems:?}", t.kind);
+            }
         }
     }
 

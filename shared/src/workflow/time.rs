@@ -9,7 +9,7 @@ use serde_json::Value as Json;
 
 /// A span from a definition: `"2 hours"`, `"-1 day"`, `"1 week 2 days"`, or ISO 8601
 /// (`"PT2H"`). Fractions and sub-second units are refused: nothing in a workflow needs them.
-pub fn parse_span(text: &str) -> Result<Span, String> {
+pub(crate) fn parse_span(text: &str) -> Result<Span, String> {
     let span: Span = text
         .trim()
         .parse()
@@ -22,7 +22,7 @@ pub fn parse_span(text: &str) -> Result<Span, String> {
 
 /// A zone by its IANA name, from the tz database compiled into Herald (so every machine and
 /// Lambda agree on the rules).
-pub fn zone(name: &str) -> Result<TimeZone, String> {
+pub(crate) fn zone(name: &str) -> Result<TimeZone, String> {
     if name == "UTC" {
         return Ok(TimeZone::UTC);
     }
@@ -30,14 +30,14 @@ pub fn zone(name: &str) -> Result<TimeZone, String> {
 }
 
 /// `at` moved by `span`, with days and longer counted on the calendar of `at`'s zone.
-pub fn shift(at: &Zoned, span: Span) -> Result<Zoned, String> {
+pub(crate) fn shift(at: &Zoned, span: Span) -> Result<Zoned, String> {
     at.checked_add(span).map_err(|e| format!("moving {at} by {span}: {e}"))
 }
 
 /// A field's value as an instant: an RFC 3339 time with an offset (how Postgres writes
 /// `timestamptz` to JSON), a local date and time (`timestamp`), read in `tz`, or a date (its
 /// first moment in `tz`). `None` when the value is not a time.
-pub fn instant_of(value: &Json, tz: &TimeZone) -> Option<Zoned> {
+pub(crate) fn instant_of(value: &Json, tz: &TimeZone) -> Option<Zoned> {
     let text = value.as_str()?;
     if let Ok(ts) = text.parse::<Timestamp>() {
         return Some(ts.to_zoned(tz.clone()));

@@ -21,7 +21,7 @@ use super::time::{instant_of, parse_span, shift, zone};
 use super::{Field, Problem};
 
 /// The longest a wait may last, from the moment it starts.
-pub const MAX_WAIT_DAYS: i64 = 400;
+pub(crate) const MAX_WAIT_DAYS: i64 = 400;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Wait {
@@ -43,10 +43,10 @@ pub enum ZoneOf {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct WaitError(pub String);
+pub(crate) struct WaitError(pub String);
 
 /// Reads a wait step's timing (`for` or `until`) from the step object at `path`.
-pub fn parse(step: &serde_json::Map<String, Json>, path: &str) -> Result<Wait, Vec<Problem>> {
+pub(crate) fn parse(step: &serde_json::Map<String, Json>, path: &str) -> Result<Wait, Vec<Problem>> {
     let one = |p: &str, m: String| vec![Problem::new(p, m)];
     match (step.get("for"), step.get("until")) {
         (Some(span), None) => {
@@ -154,7 +154,7 @@ fn zone_of(value: &Json) -> Result<ZoneOf, String> {
 }
 
 /// The instant a wait that starts at `now` ends, reading `data`; `tz` is the automation's.
-pub fn wake_at(wait: &Wait, data: &Json, now: Timestamp, tz: &TimeZone) -> Result<Timestamp, WaitError> {
+pub(crate) fn wake_at(wait: &Wait, data: &Json, now: Timestamp, tz: &TimeZone) -> Result<Timestamp, WaitError> {
     let start = now.to_zoned(tz.clone());
     let err = |m: String| WaitError(m);
     let end: Zoned = match wait {
