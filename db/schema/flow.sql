@@ -168,20 +168,26 @@ BEGIN
       AND a.id = l.automation_id AND (l.version IS NOT NULL OR a.version IS NOT NULL)
     RETURNING l.id, l.attempts, l.lease_token, l.automation_id, l.version, l.next_step, l.step_attempt, l.steps_run, l.outputs,
               l.parked_lease, a.max_attempts, a.retry_base, a.retry_cap
-  ), orphaned AS (
+  ), orphan AS (
     -- An instance with no version to run (its automation was deleted, or has no definition)
     -- fails at its claim, saying why.
+    SELECT l.id, m.lease,
+           CASE WHEN EXISTS (SELECT 1 FROM automations a WHERE a.id = l.automation_id)
+                THEN format('automation %s has no definition', l.automation_id)
+                ELSE format('unknown automation %s', l.automation_id) END AS why
+    FROM msg m
+    JOIN ONLY automation_execution_logs l ON l.id = m.log_id
+    WHERE m.nth = 1 AND l.status = 'queued' AND l.lease_token = m.lease
+      AND NOT EXISTS (SELECT 1 FROM automations a
+                      WHERE a.id = l.automation_id AND (l.version IS NOT NULL OR a.version IS NOT NULL))
+  ), orphaned AS (
     UPDATE ONLY automation_execution_logs l
     SET status = 'failed', attempts = l.attempts + 1, started_at = coalesce(l.started_at, p_now), completed_at = p_now,
         updated_at = p_now, lease_token = NULL, lease_expires_at = NULL, error_kind = 'permanent', error_code = NULL,
-        error = CASE WHEN EXISTS (SELECT 1 FROM automations a WHERE a.id = l.automation_id)
-                     THEN format('automation %s has no definition', l.automation_id)
-                     ELSE format('unknown automation %s', l.automation_id) END
-    FROM msg m
-    WHERE m.nth = 1 AND l.id = m.log_id AND l.status = 'queued' AND l.lease_token = m.lease
-      AND NOT EXISTS (SELECT 1 FROM automations a
-                      WHERE a.id = l.automation_id AND (l.version IS NOT NULL OR a.version IS NOT NULL))
-    RETURNING l.id, l.error
+        error = o.why
+    FROM orphan o
+    WHERE l.id = o.id AND l.status = 'queued' AND l.lease_token = o.lease
+    RETURNING l.id, o.why AS error
   ), ctx AS (
     SELECT * FROM herald_contexts(ARRAY(SELECT id FROM claimed))
   )
@@ -532,9 +538,9 @@ BEGIN
     RETURNING l.n, l.held
   )
   -- A park this same write made before (its commit landed, its answer was lost) left its
-  -- lease on the instance, at this write's time: taken. (A lease parks an instance once.)
+  -- lease on the instance: taken. (A lease parks an instance once: parking ends the lease.)
   SELECT coalesce(jsonb_agg(CASE WHEN d.n IS NOT NULL THEN coalesce(to_jsonb(d.held), 'true')
-                                 WHEN g.parked_lease = p.token AND g.updated_at = p_now THEN 'true'
+                                 WHEN g.parked_lease = p.token THEN 'true'
                                  ELSE 'false' END
                             ORDER BY p.n), '[]')
   INTO parked
