@@ -170,14 +170,14 @@ BEGIN
               l.parked_lease, a.max_attempts, a.retry_base, a.retry_cap
   ), orphan AS (
     -- An instance with no version to run (its automation was deleted, or has no definition)
-    -- fails at its claim, saying why.
+    -- fails at its claim, saying why. (Only messages the claim did not take are looked at.)
     SELECT l.id, m.lease,
            CASE WHEN EXISTS (SELECT 1 FROM automations a WHERE a.id = l.automation_id)
                 THEN format('automation %s has no definition', l.automation_id)
                 ELSE format('unknown automation %s', l.automation_id) END AS why
-    FROM msg m
+    FROM (SELECT * FROM msg WHERE msg.nth = 1 AND NOT EXISTS (SELECT 1 FROM claimed c WHERE c.id = msg.log_id)) m
     JOIN ONLY automation_execution_logs l ON l.id = m.log_id
-    WHERE m.nth = 1 AND l.status = 'queued' AND l.lease_token = m.lease
+    WHERE l.status = 'queued' AND l.lease_token = m.lease
       AND NOT EXISTS (SELECT 1 FROM automations a
                       WHERE a.id = l.automation_id AND (l.version IS NOT NULL OR a.version IS NOT NULL))
   ), orphaned AS (
@@ -540,13 +540,13 @@ BEGIN
   -- A park this same write made before (its commit landed, its answer was lost) left its
   -- lease on the instance: taken. (A lease parks an instance once: parking ends the lease.)
   SELECT coalesce(jsonb_agg(CASE WHEN d.n IS NOT NULL THEN coalesce(to_jsonb(d.held), 'true')
-                                 WHEN g.parked_lease = p.token THEN 'true'
+                                 WHEN EXISTS (SELECT 1 FROM ONLY automation_execution_logs g
+                                              WHERE g.id = p.log_id AND g.parked_lease = p.token) THEN 'true'
                                  ELSE 'false' END
                             ORDER BY p.n), '[]')
   INTO parked
   FROM p
-  LEFT JOIN done d ON d.n = p.n
-  LEFT JOIN ONLY automation_execution_logs g ON g.id = p.log_id;
+  LEFT JOIN done d ON d.n = p.n;
 
   RETURN jsonb_build_object(
     'ended', ended,

@@ -171,30 +171,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_file_in_the_folder_is_compiled_in() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+    /// The `.sql` files of a folder of this crate, sorted.
+    fn sql_files(folder: &str) -> Vec<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
         let mut files: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .filter(|n| n.ends_with(".sql"))
             .collect();
         files.sort();
-        let names: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
-        assert_eq!(files, names);
+        files
     }
 
     #[test]
-    fn every_schema_file_is_compiled_in() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/schema");
-        let mut files: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".sql"))
-            .collect();
-        files.sort();
-        let mut names: Vec<&str> = SCHEMA.iter().map(|f| f.name).collect();
-        names.sort();
-        assert_eq!(files, names);
+    fn every_file_of_both_folders_is_compiled_in() {
+        let migrations: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+        assert_eq!(sql_files("migrations"), migrations);
+        let mut schema: Vec<&str> = SCHEMA.iter().map(|f| f.name).collect();
+        schema.sort();
+        assert_eq!(sql_files("schema"), schema);
     }
 }

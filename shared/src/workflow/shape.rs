@@ -155,7 +155,9 @@ mod tests {
     /// A sound step of each type, for the template checks below.
     fn sound_step(kind: &str) -> serde_json::Value {
         let mut s = match kind {
-            "send_email" => json!({"to": "a@example.com", "subject": "S", "text": "T", "html": "<p>T</p>", "from": "b@example.com"}),
+            "send_email" => {
+                json!({"to": "a@example.com", "subject": "S", "text": "T", "html": "<p>T</p>", "from": "b@example.com"})
+            }
             "send_sms" => json!({"to": "+15550000000", "body": "B"}),
             "wait" => json!({"for": "1 hour"}),
             "branch" => json!({"if": {"field": "vip", "op": "is null"}, "then": [], "else": []}),
@@ -175,14 +177,19 @@ mod tests {
     #[test]
     fn every_template_key_of_the_shape_is_compiled_by_the_parser() {
         for t in &shape().steps {
-            let doc = |step| json!({"trigger": {"type": "manual"}, "admins": {"emails": ["o@example.com"]}, "steps": [step]});
+            let doc =
+                |step| json!({"trigger": {"type": "manual"}, "admins": {"emails": ["o@example.com"]}, "steps": [step]});
             assert!(parse(&doc(sound_step(&t.kind))).is_ok(), "{}", t.kind);
             for key in &t.templates {
                 let mut step = sound_step(&t.kind);
                 step[key.as_str()] = json!("{{ oops");
                 let problems = parse(&doc(step)).unwrap_err();
                 let path = format!("steps[0].{key}");
-                assert!(problems.iter().any(|p| p.path == path), "{}.{key}: {problems:?}", t.kind);
+                assert!(
+                    problems.iter().any(|p| p.path == path),
+                    "{}.{key}: {problems:?}",
+                    t.kind
+                );
             }
         }
     }
