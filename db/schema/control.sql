@@ -79,7 +79,7 @@ BEGIN
       status = CASE WHEN status = 'running' THEN status ELSE 'paused' END,
       hold = 'instance', updated_at = herald_now()
   WHERE id = p_log_id AND hold IS DISTINCT FROM 'cancel'
-    AND (status IN ('pending', 'queued', 'waiting', 'paused') OR (status = 'running' AND version IS NOT NULL));
+    AND status IN ('pending', 'queued', 'waiting', 'paused', 'running');
   RETURN FOUND;
 END
 $$;
@@ -119,7 +119,7 @@ BEGIN
       status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
       updated_at = herald_now()
   WHERE id = p_log_id
-    AND (status IN ('pending', 'queued', 'waiting', 'paused', 'unknown') OR (status = 'running' AND version IS NOT NULL));
+    AND status IN ('pending', 'queued', 'waiting', 'paused', 'unknown', 'running');
   RETURN FOUND;
 END
 $$;
@@ -147,7 +147,7 @@ BEGIN
       status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
       updated_at = herald_now()
   WHERE subject_schema = s AND subject_table = t AND subject_id = p_subject_id
-    AND (status IN ('pending', 'queued', 'waiting', 'paused', 'unknown') OR (status = 'running' AND version IS NOT NULL));
+    AND status IN ('pending', 'queued', 'waiting', 'paused', 'unknown', 'running');
   GET DIAGNOSTICS n = ROW_COUNT;
   RETURN n;
 END

@@ -177,9 +177,8 @@ BEGIN
                 ELSE format('unknown automation %s', l.automation_id) END AS why
     FROM (SELECT * FROM msg WHERE msg.nth = 1 AND NOT EXISTS (SELECT 1 FROM claimed c WHERE c.id = msg.log_id)) m
     JOIN ONLY automation_execution_logs l ON l.id = m.log_id
+    -- (Queued under the message's lease and not claimed: it has no version to run.)
     WHERE l.status = 'queued' AND l.lease_token = m.lease
-      AND NOT EXISTS (SELECT 1 FROM automations a
-                      WHERE a.id = l.automation_id AND (l.version IS NOT NULL OR a.version IS NOT NULL))
   ), orphaned AS (
     UPDATE ONLY automation_execution_logs l
     SET status = 'failed', attempts = l.attempts + 1, started_at = coalesce(l.started_at, p_now), completed_at = p_now,
