@@ -7,11 +7,14 @@
 -- it takes (in the order messages list them), and which of a step's keys are templates.
 -- Herald's two readers follow this one text: the checks in this file read it through this
 -- function, and the executor's parser compiles in the JSON it selects, from this file
--- (shared/src/workflow/shape.rs). A new trigger or step type starts here.
+-- (shared/src/workflow/shape.rs). A new trigger or step type starts here. `regions` are the
+-- codes a definition may name as the region phone numbers are read in: the ISO 3166 alpha-2
+-- regions of libphonenumber's metadata, as Herald compiles it in (its tests hold the two
+-- together).
 CREATE OR REPLACE FUNCTION herald_definition_shape() RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $shape$ SELECT $json$
 {
-  "document": ["trigger", "conditions", "exit", "timezone", "admins", "steps"],
+  "document": ["trigger", "conditions", "exit", "timezone", "region", "admins", "steps"],
   "triggers": [
     {"type": "status_change", "keys": ["type", "table", "column", "to", "from"]},
     {"type": "insert", "keys": ["type", "table", "to"]},
@@ -30,7 +33,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $shape$ SELECT $json$
   "steps": [
     {"type": "send_email", "keys": ["from", "to", "subject", "text", "html", "on_unknown"],
      "templates": ["from", "to", "subject", "text", "html"]},
-    {"type": "send_sms", "keys": ["to", "body", "on_unknown"], "templates": ["to", "body"]},
+    {"type": "send_sms", "keys": ["to", "body", "region", "on_unknown"], "templates": ["to", "body"]},
     {"type": "wait", "keys": ["for", "until"], "templates": []},
     {"type": "branch", "keys": ["if", "then", "else"], "templates": []},
     {"type": "update_field", "keys": ["table", "key", "set"], "templates": []},
@@ -41,6 +44,21 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $shape$ SELECT $json$
     {"type": "webhook", "keys": ["url", "body", "secret", "timeout", "on_unknown"], "templates": ["url", "body"]},
     {"type": "create_task", "keys": ["title", "assignee", "due", "notes"], "templates": ["title", "assignee", "notes"]},
     {"type": "notify_admin", "keys": ["subject", "text", "on_unknown"], "templates": ["subject", "text"]}
+  ],
+  "regions": [
+    "AC", "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AR", "AS", "AT", "AU", "AW", "AX", "AZ", "BA", "BB", "BD", "BE",
+    "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS", "BT", "BW", "BY", "BZ", "CA", "CC", "CD", "CF",
+    "CG", "CH", "CI", "CK", "CL", "CM", "CN", "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE", "DJ", "DK", "DM", "DO",
+    "DZ", "EC", "EE", "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA", "GB", "GD", "GE", "GF", "GG",
+    "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GT", "GU", "GW", "GY", "HK", "HN", "HR", "HT", "HU", "ID", "IE", "IL",
+    "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM", "JO", "JP", "KE", "KG", "KH", "KI", "KM", "KN", "KP", "KR", "KW",
+    "KY", "KZ", "LA", "LB", "LC", "LI", "LK", "LR", "LS", "LT", "LU", "LV", "LY", "MA", "MC", "MD", "ME", "MF", "MG", "MH",
+    "MK", "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS", "MT", "MU", "MV", "MW", "MX", "MY", "MZ", "NA", "NC", "NE", "NF",
+    "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ", "OM", "PA", "PE", "PF", "PG", "PH", "PK", "PL", "PM", "PR", "PS", "PT",
+    "PW", "PY", "QA", "RE", "RO", "RS", "RU", "RW", "SA", "SB", "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM",
+    "SN", "SO", "SR", "SS", "ST", "SV", "SX", "SY", "SZ", "TA", "TC", "TD", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO",
+    "TR", "TT", "TV", "TW", "TZ", "UA", "UG", "US", "UY", "UZ", "VA", "VC", "VE", "VG", "VI", "VN", "VU", "WF", "WS", "XK",
+    "YE", "YT", "ZA", "ZM", "ZW"
   ]
 }
 $json$::jsonb $shape$;
@@ -99,6 +117,19 @@ LANGUAGE sql STABLE AS $$
            ELSE 'other' END), '{}'::jsonb)
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
   WHERE a.attrelid = p_relation AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+-- Why a region as a definition names it is not one; NULL when it is a code of the shape's
+-- `regions`. p_step: a step's `region`, which may also be {"field": ...}.
+CREATE OR REPLACE FUNCTION herald_region_problem(p_value jsonb, p_step boolean) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT CASE
+    WHEN jsonb_typeof(p_value) = 'string' AND herald_definition_shape() -> 'regions' ? (p_value #>> '{}') THEN NULL
+    WHEN jsonb_typeof(p_value) = 'string' THEN
+      format('`%s` is not a region: an ISO 3166 code in capitals, such as "US" or "DE"', p_value #>> '{}')
+    WHEN p_step THEN 'a region is a code ("US") or {"field": ...} naming a column that holds one'
+    ELSE 'is a region code such as "US" or "DE"'
+  END
 $$;
 
 -- A span as definitions write it: "2 hours", "-1 day", "1 week 2 days", "30m", or ISO 8601
@@ -487,6 +518,28 @@ BEGIN
         END IF;
       WHEN 'send_sms' THEN
         problems := problems || herald_text_problem(step, 'to', path) || herald_text_problem(step, 'body', path);
+        -- The region its number is read in: a code, or a column of the data holding one.
+        IF jsonb_typeof(step -> 'region') = 'object' THEN
+          IF (SELECT count(*) FROM jsonb_object_keys(step -> 'region')) <> 1 OR NOT step -> 'region' ? 'field' THEN
+            problems := problems || jsonb_build_array(jsonb_build_array(path || '.region',
+              herald_region_problem(step -> 'region', true)));
+          ELSIF NOT (jsonb_typeof(step #> '{region,field}') = 'string' AND step #>> '{region,field}' <> ''
+                     OR jsonb_typeof(step #> '{region,field}') = 'array') THEN
+            problems := problems || jsonb_build_array(jsonb_build_array(path || '.region.field',
+              'a field is text ("country") naming the column that holds the region'));
+          ELSIF p_kinds IS NOT NULL AND jsonb_typeof(step #> '{region,field}') = 'string' AND split_part(step #>> '{region,field}', '.', 1) NOT IN ('herald', 'steps', 'payload') THEN
+            IF p_kinds ->> split_part(step #>> '{region,field}', '.', 1) IS NULL THEN
+              problems := problems || jsonb_build_array(jsonb_build_array(path || '.region.field',
+                format('the data has no column `%s`', split_part(step #>> '{region,field}', '.', 1))));
+            ELSIF position('.' IN step #>> '{region,field}') = 0
+                  AND p_kinds ->> (step #>> '{region,field}') NOT IN ('text', 'other') THEN
+              problems := problems || jsonb_build_array(jsonb_build_array(path || '.region.field',
+                format('`%s` holds %s, not a region code', step #>> '{region,field}', p_kinds ->> (step #>> '{region,field}'))));
+            END IF;
+          END IF;
+        ELSIF step ? 'region' THEN
+          problems := problems || herald_problem(path || '.region', herald_region_problem(step -> 'region', true));
+        END IF;
       WHEN 'wait' THEN
         IF step ? 'for' AND step ? 'until' THEN
           problems := problems || jsonb_build_array(jsonb_build_array(path, 'a wait has `for` or `until`, not both'));
@@ -706,6 +759,9 @@ BEGIN
   IF p_definition ? 'timezone' AND NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = p_definition ->> 'timezone') THEN
     problems := problems || jsonb_build_array(jsonb_build_array('timezone',
       format('`%s` is not a time zone name such as "Europe/London"', p_definition ->> 'timezone')));
+  END IF;
+  IF p_definition ? 'region' THEN
+    problems := problems || herald_problem('region', herald_region_problem(p_definition -> 'region', false));
   END IF;
   IF NOT p_definition ? 'steps' THEN
     problems := problems || jsonb_build_array(jsonb_build_array('steps', 'is required: a list of steps'));

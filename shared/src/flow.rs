@@ -366,7 +366,10 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
             let vars = variables(&g.data, &g.instance);
             let found = find(&g.doc.steps, &step);
             let kind = found.map_or("unknown", |s| s.action.type_name());
-            let ready = found.and_then(|s| prepare(s, &vars, &g.doc.admins, self.default_from, at, &g.doc.timezone));
+            let ready = found.and_then(|s| {
+                let doc = &g.doc;
+                prepare(s, &vars, &doc.admins, self.default_from, at, &doc.timezone, doc.region)
+            });
             match ready {
                 Some(Ok(effect)) if !fits(effect.budget()) => {
                     g.instance.steps_run -= 1;
@@ -819,7 +822,7 @@ mod tests {
     }
 
     fn data(id: i64) -> Json {
-        json!({"status": "confirmed", "name": format!("n{id}"), "email": format!("m{id}@example.com"), "phone": "+15550100"})
+        json!({"status": "confirmed", "name": format!("n{id}"), "email": format!("m{id}@example.com"), "phone": "+14155550100"})
     }
 
     /// A ledger in memory: instances by log id, every write kept, data changeable between
@@ -924,7 +927,7 @@ mod tests {
         }
     }
 
-    /// Effects kept in order, with the key each was performed under; SMS to `+15550666`
+    /// Effects kept in order, with the key each was performed under; SMS to `+14155550666`
     /// fail permanently.
     #[derive(Default)]
     struct FakeEffects(Mutex<Vec<(String, Effect)>>, Option<(Arc<ManualClock>, Duration)>);
@@ -936,7 +939,7 @@ mod tests {
                 clock.advance(*takes);
             }
             match effect {
-                Effect::Sms(s) if s.to == "+15550666" => Err(Failure::permanent("opted out")),
+                Effect::Sms(s) if s.to == "+14155550666" => Err(Failure::permanent("opted out")),
                 _ => Ok(json!({"message_id": format!("id-{key}")})),
             }
         }
@@ -1072,7 +1075,7 @@ mod tests {
             {"id": "last", "type": "send_sms", "to": "{{ phone }}", "body": "y"}
         ]));
         let mut opted_out = data(1);
-        opted_out["phone"] = json!("+15550666");
+        opted_out["phone"] = json!("+14155550666");
         let ledger = ledger_of(vec![(1, d, opted_out)]);
         let effects = FakeEffects::default();
         let out = run(&ledger, &effects, &[1], None).await;

@@ -10,9 +10,9 @@ use jiff::Timestamp;
 use serde_json::Value as Json;
 
 use crate::model::{Email, Failure, Sms};
-use crate::recipient::{check_email, check_phone};
+use crate::recipient::{check_email, check_phone, Region};
 use crate::render::{render_email, render_sms, render_text, SMS_MAX_CHARS};
-use crate::workflow::definition::{Action, Admins, LabelKind, Relation, Step};
+use crate::workflow::definition::{Action, Admins, LabelKind, RegionOf, Relation, Step};
 use crate::workflow::time::shift;
 
 /// What a step does to the world, ready to do.
@@ -74,7 +74,8 @@ impl Effect {
 }
 
 /// Makes `step` ready against `vars`; `None` for steps without an effect (waits, branches).
-/// `now` and `tz` place a task's due time.
+/// `now` and `tz` place a task's due time; `region` is the definition's, the one phone numbers
+/// without a country code are read in.
 pub(crate) fn prepare(
     step: &Step,
     vars: &Json,
@@ -82,6 +83,7 @@ pub(crate) fn prepare(
     default_from: &str,
     now: Timestamp,
     tz: &TimeZone,
+    region: Option<Region>,
 ) -> Option<Result<Effect, Failure>> {
     // The run's row names the step; the instance's error says "step `id` failed: …".
     let fail = Failure::permanent;
@@ -92,14 +94,22 @@ pub(crate) fn prepare(
             // Decided by the step machine, without an effect.
             Action::Wait(_) | Action::Branch { .. } => return Ok(None),
             Action::SendEmail(t) => {
-                let email = render_email(t, vars, default_from).map_err(|e| fail(e.to_string()))?;
-                check_email(&email.to).map_err(fail)?;
-                check_email(&email.from).map_err(|e| fail(format!("sender: {e}")))?;
+                let mut email = render_email(t, vars, default_from).map_err(|e| fail(e.to_string()))?;
+                email.to = check_email(&email.to).map_err(fail)?;
+                email.from = check_email(&email.from).map_err(|e| fail(format!("sender: {e}")))?;
                 Effect::Email(email)
             }
-            Action::SendSms(t) => {
-                let sms = render_sms(t, vars).map_err(|e| fail(e.to_string()))?;
-                check_phone(&sms.to).map_err(fail)?;
+            Action::SendSms { sms: t, region: own } => {
+                let mut sms = render_sms(t, vars).map_err(|e| fail(e.to_string()))?;
+                // A number with its country code needs no region, so a field is read only
+                // for one without.
+                let region = match own {
+                    _ if sms.to.trim_start().starts_with('+') => None,
+                    None => region,
+                    Some(RegionOf::Named(r)) => Some(*r),
+                    Some(RegionOf::Field(f)) => region_of(f, vars)?.or(region),
+                };
+                sms.to = check_phone(&sms.to, region).map_err(fail)?;
                 Effect::Sms(sms)
             }
             Action::Webhook {
@@ -171,10 +181,10 @@ pub(crate) fn prepare(
                     .emails
                     .iter()
                     .map(|to| {
-                        check_email(to).map_err(|e| fail(format!("admin: {e}")))?;
+                        let to = check_email(to).map_err(|e| fail(format!("admin: {e}")))?;
                         Ok(Email {
                             from: default_from.to_owned(),
-                            to: to.clone(),
+                            to,
                             subject: subject.clone(),
                             text: Some(body.clone()),
                             html: None,
@@ -185,9 +195,9 @@ pub(crate) fn prepare(
                     .phones
                     .iter()
                     .map(|to| {
-                        check_phone(to).map_err(|e| fail(format!("admin: {e}")))?;
+                        let to = check_phone(to, region).map_err(|e| fail(format!("admin: {e}")))?;
                         let body: String = format!("{subject}: {body}").chars().take(SMS_MAX_CHARS).collect();
-                        Ok(Sms { to: to.clone(), body })
+                        Ok(Sms { to, body })
                     })
                     .collect::<Result<_, Failure>>()?;
                 Effect::NotifyAdmin { emails, sms }
@@ -197,6 +207,23 @@ pub(crate) fn prepare(
     effect().transpose()
 }
 
+/// The region a field of the data holds; `None` when it is empty or null.
+fn region_of(field: &crate::workflow::Field, vars: &Json) -> Result<Option<Region>, Failure> {
+    match field.read(vars) {
+        None => Err(Failure::permanent(format!(
+            "the data has no field `{field}` to read the number's region from"
+        ))),
+        Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(value) => match value.as_str().and_then(Region::of_data) {
+            Some(r) => Ok(Some(r)),
+            None => Err(Failure::permanent(format!(
+                "`{field}` is {value}, not a region code such as \"US\" or \"DE\""
+            ))),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,26 +231,33 @@ mod tests {
     use crate::workflow::definition::parse;
     use serde_json::json;
 
-    fn steps(list: Json) -> (Vec<Step>, Admins) {
-        let doc = parse(&json!({"trigger": {"type": "manual"}, "admins": {"emails": ["owner@example.com"], "phones": ["+15550199"]}, "steps": list})).unwrap();
-        (doc.steps, doc.admins)
-    }
-
     fn vars() -> Json {
-        json!({"id": 7, "name": "Zoë", "email": "zoe@example.com", "phone": "+15550100", "note": null,
+        json!({"id": 7, "name": "Zoë", "email": "zoe@example.com", "phone": "+14155550100", "note": null,
                "steps": {"hook": {"ticket": 42}}})
     }
 
-    fn ready(step: Json) -> Option<Result<Effect, Failure>> {
-        let (s, admins) = steps(json!([step]));
+    /// `step` made ready against `vars` in a definition of `region` (none when null) whose admins
+    /// are `admins`.
+    fn ready_in(step: Json, vars: &Json, region: Json, admins: Json) -> Option<Result<Effect, Failure>> {
+        let mut doc = json!({"trigger": {"type": "manual"}, "admins": admins, "steps": [step]});
+        if !region.is_null() {
+            doc["region"] = region;
+        }
+        let doc = parse(&doc).unwrap();
         prepare(
-            &s[0],
-            &vars(),
-            &admins,
+            &doc.steps[0],
+            vars,
+            &doc.admins,
             "club@example.com",
             "2026-11-23T12:00:00Z".parse().unwrap(),
             &TimeZone::UTC,
+            doc.region,
         )
+    }
+
+    fn ready(step: Json) -> Option<Result<Effect, Failure>> {
+        let admins = json!({"emails": ["owner@example.com"], "phones": ["+14155550199"]});
+        ready_in(step, &vars(), Json::Null, admins)
     }
 
     #[test]
@@ -242,7 +276,7 @@ mod tests {
             (
                 json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "See you, {{ name }}"}),
                 Effect::Sms(Sms {
-                    to: "+15550100".into(),
+                    to: "+14155550100".into(),
                     body: "See you, Zoë".into(),
                 }),
             ),
@@ -287,7 +321,7 @@ mod tests {
                         html: None,
                     }],
                     sms: vec![Sms {
-                        to: "+15550199".into(),
+                        to: "+14155550199".into(),
                         body: "VIP: Zoë comes".into(),
                     }],
                 },
@@ -352,5 +386,183 @@ mod tests {
             assert_eq!(err.kind, ErrorKind::Permanent);
             assert!(err.message.contains(want), "{step}: {}", err.message);
         }
+    }
+
+    /// What an SMS step is sent to, or why it is not.
+    fn sms_to(step: Json, data: Json, region: Json) -> Result<String, String> {
+        let admins = json!({"emails": ["owner@example.com"]});
+        match ready_in(step, &data, region, admins).unwrap() {
+            Ok(Effect::Sms(sms)) => Ok(sms.to),
+            Ok(other) => panic!("not an SMS: {other:?}"),
+            Err(f) => {
+                assert_eq!(f.kind, ErrorKind::Permanent, "{}", f.message);
+                Err(f.message)
+            }
+        }
+    }
+
+    #[test]
+    fn an_sms_is_sent_to_its_number_in_e164_read_in_the_step_or_definition_region() {
+        let sms = json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "Hi"});
+        let with_region = |region: Json| {
+            let mut s = sms.clone();
+            s["region"] = region;
+            s
+        };
+        let from_country = with_region(json!({"field": "country"}));
+        let data = |phone: &str, country: Json| json!({"phone": phone, "country": country});
+        let cases: Vec<(Json, Json, Json, Result<&str, &str>)> = vec![
+            // The definition's region.
+            (
+                sms.clone(),
+                data("(415) 555-0101", Json::Null),
+                json!("US"),
+                Ok("+14155550101"),
+            ),
+            (
+                sms.clone(),
+                data("0151 23456789", Json::Null),
+                json!("DE"),
+                Ok("+4915123456789"),
+            ),
+            // A number with its country code needs none, and is read as it is in any.
+            (
+                sms.clone(),
+                data("+44 7400 123456", Json::Null),
+                Json::Null,
+                Ok("+447400123456"),
+            ),
+            (
+                sms.clone(),
+                data("+44 7400 123456", Json::Null),
+                json!("US"),
+                Ok("+447400123456"),
+            ),
+            // The step's own region.
+            (
+                with_region(json!("GB")),
+                data("07400 123456", Json::Null),
+                json!("US"),
+                Ok("+447400123456"),
+            ),
+            // A column of the data, else the definition's.
+            (
+                from_country.clone(),
+                data("0151 23456789", json!("DE")),
+                json!("US"),
+                Ok("+4915123456789"),
+            ),
+            (
+                from_country.clone(),
+                data("07400 123456", json!(" gb ")),
+                Json::Null,
+                Ok("+447400123456"),
+            ),
+            (
+                from_country.clone(),
+                data("(415) 555-0101", Json::Null),
+                json!("US"),
+                Ok("+14155550101"),
+            ),
+            (
+                from_country.clone(),
+                data("(415) 555-0101", json!("")),
+                json!("US"),
+                Ok("+14155550101"),
+            ),
+            // A number with its country code does not read the column at all.
+            (
+                from_country.clone(),
+                data("+4915123456789", json!("Deutschland")),
+                Json::Null,
+                Ok("+4915123456789"),
+            ),
+            // Refusals, permanent.
+            (
+                sms.clone(),
+                data("(415) 555-0101", Json::Null),
+                Json::Null,
+                Err("no region is known"),
+            ),
+            (
+                from_country.clone(),
+                data("(415) 555-0101", Json::Null),
+                Json::Null,
+                Err("no region is known"),
+            ),
+            (
+                from_country.clone(),
+                data("0151 23456789", json!("Deutschland")),
+                json!("DE"),
+                Err("`country` is \"Deutschland\", not a region code"),
+            ),
+            (
+                from_country.clone(),
+                json!({"phone": "0151 23456789"}),
+                json!("DE"),
+                Err("the data has no field `country`"),
+            ),
+            (
+                sms.clone(),
+                data("030 1234567", Json::Null),
+                json!("DE"),
+                Err("is a fixed line: it cannot receive SMS"),
+            ),
+            (
+                sms.clone(),
+                data("020 7946 0018", Json::Null),
+                json!("GB"),
+                Err("is a fixed line: it cannot receive SMS"),
+            ),
+            (
+                sms.clone(),
+                data("(415) 123-4567", Json::Null),
+                json!("US"),
+                Err("invalid phone number"),
+            ),
+        ];
+        for (step, data, region, want) in cases {
+            let got = sms_to(step.clone(), data.clone(), region.clone());
+            match (&got, want) {
+                (Ok(to), Ok(want)) => assert_eq!(to, want, "{step} {data} {region}"),
+                (Err(e), Err(want)) => assert!(e.contains(want), "{step} {data} {region}: {e}"),
+                _ => panic!("{step} {data} {region}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn admins_numbers_are_read_in_the_definition_region_and_emails_sent_with_ascii_domains() {
+        let notify = json!({"id": "n", "type": "notify_admin", "subject": "VIP", "text": "x"});
+        let admins = json!({"emails": ["owner@bücher.example"], "phones": ["07400 123456"]});
+        let Some(Ok(Effect::NotifyAdmin { emails, sms })) =
+            ready_in(notify.clone(), &vars(), json!("GB"), admins.clone())
+        else {
+            panic!("not made ready")
+        };
+        assert_eq!(emails[0].to, "owner@xn--bcher-kva.example");
+        assert_eq!(sms[0].to, "+447400123456");
+        let err = ready_in(notify, &vars(), Json::Null, admins).unwrap().unwrap_err();
+        assert!(
+            err.message.starts_with("admin: invalid phone number"),
+            "{}",
+            err.message
+        );
+
+        let email = json!({"id": "e", "type": "send_email", "to": "{{ email }}", "from": "Info@Café.example", "subject": "s", "text": "t"});
+        let data = json!({"email": "anna@bücher.example"});
+        let admins = json!({"emails": ["owner@example.com"]});
+        let Some(Ok(Effect::Email(sent))) = ready_in(email.clone(), &data, Json::Null, admins.clone()) else {
+            panic!("not made ready")
+        };
+        assert_eq!(
+            (sent.to.as_str(), sent.from.as_str()),
+            ("anna@xn--bcher-kva.example", "Info@xn--caf-dma.example")
+        );
+        let err = ready_in(email, &json!({"email": "zoë@example.com"}), Json::Null, admins)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Permanent);
+        assert!(err.message.contains("other than ASCII"), "{}", err.message);
     }
 }

@@ -6,6 +6,7 @@
 //! {
 //!   "trigger": {"type": "status_change", "table": "public.bookings", "to": ["confirmed"]},
 //!   "timezone": "Europe/London",
+//!   "region": "GB",
 //!   "exit": [{"if": {"field": "status", "op": "=", "value": "cancelled"}, "reason": "booking cancelled"}],
 //!   "steps": [
 //!     {"id": "confirm", "type": "send_email", "to": "{{ email }}", "subject": "See you soon", "text": "..."},
@@ -27,8 +28,9 @@ use super::condition::{self, Condition};
 use super::shape::shape;
 use super::time::{parse_span, zone};
 use super::wait::{self, Wait};
-use super::Problem;
+use super::{Field, Problem};
 use crate::model::{EmailTemplates, SmsTemplates};
+use crate::recipient::Region;
 use crate::render::check_template;
 
 /// Most steps in one definition, branches included.
@@ -37,6 +39,9 @@ pub(crate) const MAX_STEPS: usize = 200;
 pub(crate) const MAX_BRANCH_DEPTH: usize = 8;
 /// Most retries a step's `on_error` may ask for.
 pub(crate) const MAX_RETRIES: u32 = 10;
+/// What a step's `region` may be.
+const REGION_OF: &str = "a region is a code (\"US\") or {\"field\": ...} naming a column that holds one";
+
 /// Longest a webhook may take to answer: with the time kept for the writes around it, it
 /// fits in the executor's 30 s invocation.
 pub(crate) const MAX_WEBHOOK_TIMEOUT_SECS: i64 = 15;
@@ -50,6 +55,9 @@ pub struct Document {
     pub exit: Vec<Exit>,
     /// The zone of calendar arithmetic and local times, unless a step names its own.
     pub timezone: TimeZone,
+    /// The region phone numbers written without `+` and a country code are read in, unless a
+    /// step names its own; admins' numbers are read in it too.
+    pub region: Option<Region>,
     pub admins: Admins,
     pub steps: Vec<Step>,
 }
@@ -127,6 +135,14 @@ pub struct Step {
     pub action: Action,
 }
 
+/// The region an SMS step reads its number in: one named, or the one a field of the data
+/// holds (the definition's when the field is empty or null).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegionOf {
+    Named(Region),
+    Field(Field),
+}
+
 /// A step whose outcome is unknown: held for an operator, or performed again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnUnknown {
@@ -149,7 +165,11 @@ pub enum OnError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     SendEmail(EmailTemplates),
-    SendSms(SmsTemplates),
+    SendSms {
+        sms: SmsTemplates,
+        /// The region its number is read in, when it is not the definition's.
+        region: Option<RegionOf>,
+    },
     Wait(Wait),
     Branch {
         when: Condition,
@@ -194,7 +214,7 @@ impl Action {
     pub(crate) fn type_name(&self) -> &'static str {
         match self {
             Action::SendEmail(_) => "send_email",
-            Action::SendSms(_) => "send_sms",
+            Action::SendSms { .. } => "send_sms",
             Action::Wait(_) => "wait",
             Action::Branch { .. } => "branch",
             Action::UpdateField { .. } => "update_field",
@@ -356,6 +376,10 @@ impl Reader {
             Some(Json::String(name)) => zone(name).map_or_else(|e| self.problem("timezone", e), Some),
             Some(_) => self.problem("timezone", "is a time zone name such as \"Europe/London\""),
         };
+        let region = match doc.get("region") {
+            None => Some(None),
+            Some(value) => self.region(value, "region").map(Some),
+        };
         let admins = self.admins(doc.get("admins"));
         let steps = match doc.get("steps") {
             Some(s) => self.steps(s, "steps", 0),
@@ -374,6 +398,7 @@ impl Reader {
             conditions: conditions?,
             exit: exit?,
             timezone: timezone?,
+            region: region?,
             admins: admins?,
             steps: steps?,
         })
@@ -538,10 +563,24 @@ impl Reader {
     fn action(&mut self, s: &Map<String, Json>, kind: &str, path: &str, depth: usize) -> Option<Action> {
         Some(match kind {
             "send_email" => self.send_email(s, path)?,
-            "send_sms" => Action::SendSms(SmsTemplates {
-                to: self.template(s, "to", path)?,
-                body: self.template(s, "body", path)?,
-            }),
+            "send_sms" => {
+                let region = match s.get("region") {
+                    None => Some(None),
+                    Some(Json::Object(o)) => match (o.len(), o.get("field").map(Field::parse)) {
+                        (1, Some(Ok(field))) => Some(Some(RegionOf::Field(field))),
+                        (1, Some(Err(e))) => self.problem(&format!("{path}.region.field"), e),
+                        _ => self.problem(&format!("{path}.region"), REGION_OF),
+                    },
+                    Some(value) => self
+                        .region(value, &format!("{path}.region"))
+                        .map(|r| Some(RegionOf::Named(r))),
+                };
+                let sms = SmsTemplates {
+                    to: self.template(s, "to", path)?,
+                    body: self.template(s, "body", path)?,
+                };
+                Action::SendSms { sms, region: region? }
+            }
             "wait" => match wait::parse(s, path) {
                 Ok(w) => Action::Wait(w),
                 Err(problems) => {
@@ -700,6 +739,21 @@ impl Reader {
         })
     }
 
+    /// A region code: `"US"`, `"DE"`.
+    fn region(&mut self, value: &Json, path: &str) -> Option<Region> {
+        match value {
+            Json::String(code) => match Region::of_code(code) {
+                Some(r) => Some(r),
+                None => self.problem(
+                    path,
+                    format!("`{code}` is not a region: an ISO 3166 code in capitals, such as \"US\" or \"DE\""),
+                ),
+            },
+            _ if path == "region" => self.problem(path, "is a region code such as \"US\" or \"DE\""),
+            _ => self.problem(path, REGION_OF),
+        }
+    }
+
     fn step_id(&mut self, s: &Map<String, Json>, path: &str) -> Option<String> {
         let id = self.text(s, "id", path)?;
         let p = format!("{path}.id");
@@ -777,6 +831,7 @@ mod tests {
         json!({
             "trigger": {"type": "status_change", "table": "public.bookings", "to": "confirmed"},
             "timezone": "Europe/London",
+            "region": "GB",
             "admins": {"emails": ["owner@example.com"]},
             "exit": [{"if": {"field": "status", "op": "=", "value": "cancelled"}, "reason": "booking cancelled"}],
             "steps": [
@@ -785,7 +840,8 @@ mod tests {
                 {"id": "vip", "type": "branch", "if": {"field": "vip", "op": "=", "value": true},
                  "then": [{"id": "tell-owner", "type": "notify_admin", "subject": "VIP", "text": "{{ name }} comes tomorrow"}],
                  "else": [{"id": "tag", "type": "add_tag", "tag": "regular"}]},
-                {"id": "remind", "type": "send_sms", "to": "{{ phone }}", "body": "Tomorrow!", "on_error": "continue"},
+                {"id": "remind", "type": "send_sms", "to": "{{ phone }}", "body": "Tomorrow!", "on_error": "continue",
+                 "region": {"field": "country"}},
                 {"id": "review", "type": "webhook", "url": "https://hooks.example.com/review", "body": "{\"id\": {{ id }}}",
                  "secret": "herald/webhooks/review", "timeout": "5 seconds",
                  "on_error": {"retry": {"times": 3, "backoff": "30 seconds"}}},
@@ -844,6 +900,9 @@ mod tests {
             ]
         );
         assert_eq!(doc.steps[3].on_error, OnError::Continue);
+        assert_eq!(doc.region, Region::of_code("GB"));
+        assert!(matches!(&doc.steps[3].action,
+            Action::SendSms { region: Some(RegionOf::Field(f)), .. } if f.to_string() == "country"));
         assert_eq!(
             doc.steps[4].on_error,
             OnError::Retry {
@@ -957,6 +1016,24 @@ mod tests {
                 "not schema.table",
             ),
             (with("/timezone", json!("Mars/Base")), "timezone", "not a time zone"),
+            (with("/region", json!("gb")), "region", "`gb` is not a region"),
+            (with("/region", json!("UK")), "region", "`UK` is not a region"),
+            (with("/region", json!(44)), "region", "is a region code"),
+            (
+                with("/steps/3/region", json!("XX")),
+                "steps[3].region",
+                "`XX` is not a region",
+            ),
+            (
+                with("/steps/3/region", json!({"column": "country"})),
+                "steps[3].region",
+                "a region is a code",
+            ),
+            (
+                with("/steps/3/region", json!({"field": ""})),
+                "steps[3].region.field",
+                "empty part",
+            ),
             (
                 with("/exit/0/if", json!({"field": "status"})),
                 "exit[0].if.op",

@@ -19,6 +19,10 @@ pub struct Shape {
     pub step: Vec<String>,
     pub triggers: Vec<TypeShape>,
     pub steps: Vec<TypeShape>,
+    /// The region codes the database's checks accept; here, its tests hold them to the
+    /// phone metadata Herald reads numbers with.
+    #[cfg(test)]
+    pub regions: Vec<String>,
 }
 
 /// A trigger or step type: its keys (a step's besides the ones every step takes), and the
@@ -100,6 +104,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_regions_of_the_shape_are_the_regions_of_the_phone_metadata() {
+        let mut known: Vec<String> = phonenumber::metadata::DATABASE
+            .iter()
+            .map(|m| m.id().to_owned())
+            .filter(|id| id != "001")
+            .collect();
+        known.sort();
+        known.dedup();
+        assert_eq!(shape().regions, known);
+        for code in &known {
+            assert!(crate::recipient::Region::of_code(code).is_some(), "{code}");
+        }
+    }
+
     fn with_trigger(trigger: serde_json::Value) -> serde_json::Value {
         json!({"trigger": trigger, "steps": [{"id": "a", "type": "wait", "for": "1 hour"}]})
     }
@@ -158,7 +177,7 @@ mod tests {
             "send_email" => {
                 json!({"to": "a@example.com", "subject": "S", "text": "T", "html": "<p>T</p>", "from": "b@example.com"})
             }
-            "send_sms" => json!({"to": "+15550000000", "body": "B"}),
+            "send_sms" => json!({"to": "+14155550100", "body": "B", "region": "US"}),
             "wait" => json!({"for": "1 hour"}),
             "branch" => json!({"if": {"field": "vip", "op": "is null"}, "then": [], "else": []}),
             "update_field" => json!({"set": {"status": "x"}}),
