@@ -51,7 +51,7 @@ pub async fn prepare(server: &Server, name: &str, v: Variant, rows: i64) -> Resu
     let db = server.database(name, v.herald()).await?;
     db.exec(&format!(
         "CREATE TABLE jobs (id bigint PRIMARY KEY, status text NOT NULL, updated_at timestamptz NOT NULL, phone text);
-         INSERT INTO jobs SELECT g, 'pending', now(), '+1555' || lpad(g::text, 7, '0') FROM generate_series(1, {rows}) g;"
+         INSERT INTO jobs SELECT g, 'pending', now(), '+1' || (4152000000 + g) FROM generate_series(1, {rows}) g;"
     ))
     .await?;
     match v {

@@ -15,7 +15,7 @@ async fn fill_history(db: &Db, n: i64) -> Result<(), String> {
             snapshot, status, attempts, run_at, created_at, queued_at, started_at, completed_at, updated_at)
          SELECT (SELECT min(id) FROM automations) + g % 5, 'public', 'jobs', 'id', (g % 100000)::text, 'status_change',
                 'pending', 'done',
-                jsonb_build_object('id', g % 100000, 'status', 'done', 'phone', '+1555' || lpad((g % 100000)::text, 7, '0')),
+                jsonb_build_object('id', g % 100000, 'status', 'done', 'phone', '+1' || (4152000000 + g % 100000)),
                 'completed', 1, t, t, t, t, t, t
          FROM generate_series(1, {n}) g, LATERAL (SELECT now() - interval '1 second' * ({n} - g) AS t) ts"
     ))

@@ -84,7 +84,7 @@ pub async fn prepare(server: &Server, name: &str, n: i64) -> Result<Db, String> 
 pub async fn add_members(db: &Db, n: i64) -> Result<(), String> {
     db.exec(&format!(
         "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, name text, email text, phone text);
-         INSERT INTO members SELECT g, 'active', 'Member ' || g, 'm' || g || '@example.com', '+1555' || lpad(g::text, 7, '0')
+         INSERT INTO members SELECT g, 'active', 'Member ' || g, 'm' || g || '@example.com', '+1' || (4152000000 + g)
          FROM generate_series(1, {n}) g;
          SELECT herald_attach('public.members', 'status', 'id');
          INSERT INTO automations (name, source_table, to_status, email_from, email_to, email_subject, email_text, sms_to, sms_body)

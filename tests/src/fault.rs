@@ -14,7 +14,7 @@ use crate::Herald;
 pub async fn tasks_sql(tag: u32, n: i64) -> String {
     format!(
         "CREATE TABLE tasks (id bigint PRIMARY KEY, status text NOT NULL DEFAULT 'new', phone text NOT NULL);
-         INSERT INTO tasks (id, phone) SELECT g, '+1777' || lpad((({tag} % 1000) * 10000 + g)::text, 7, '0') FROM generate_series(1, {n}) g;
+         INSERT INTO tasks (id, phone) SELECT g, '+1' || (4152000000 + ({tag} % 1000) * 1000 + g) FROM generate_series(1, {n}) g;
          SELECT herald_attach('public.tasks', 'status', 'id');
          INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text, sms_to, sms_body)
          VALUES ('task-go', 'tasks', 'go', 'log{{{{ herald.log_id }}}}@t{tag}.example.com', 'Task {{{{ id }}}}',

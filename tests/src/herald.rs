@@ -123,7 +123,7 @@ impl Herald {
 
     /// The phone number this test gives client `n` (E.164, unique to the test).
     pub fn phone_of(&self, n: u32) -> String {
-        format!("+1555{:07}", (self.tag * 10 + n) % 10_000_000)
+        format!("+1415{}", 2_000_000 + (self.tag * 10 + n) % 8_000_000)
     }
 
     /// One scheduler invocation through the real handler, as it returned.

@@ -141,8 +141,8 @@ async fn a_running_instance_stops_at_its_next_step_when_paused_or_cancelled() {
     let h = Herald::new().await;
     h.db.exec(&format!(
         "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, email text, phone text, name text);
-         INSERT INTO members VALUES (1, 'active', 'm1-{tag}@example.com', '+1555{tag:07}', 'Ana'),
-                                    (2, 'active', 'm2-{tag}@example.com', '+1556{tag:07}', 'Bo');
+         INSERT INTO members VALUES (1, 'active', 'm1-{tag}@example.com', '+14152{tag:06}', 'Ana'),
+                                    (2, 'active', 'm2-{tag}@example.com', '+14153{tag:06}', 'Bo');
          INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
          VALUES ('welcome', 'members', 'active', 'x', 'x', 'x');",
         tag = h.tag
@@ -213,7 +213,7 @@ async fn a_running_instance_stops_at_its_next_step_when_paused_or_cancelled() {
     let out = run(ids[1], 7, format!("SELECT herald_cancel({})", ids[1])).await;
     assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Held("cancelled".into()))]);
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 2);
-    assert!(h.moto.sms_to(&format!("+1555{:07}", h.tag)).await.is_empty());
+    assert!(h.moto.sms_to(&format!("+14152{:06}", h.tag)).await.is_empty());
     assert_eq!(
         rows(
             &h.db,
@@ -242,7 +242,7 @@ async fn a_running_instance_stops_at_its_next_step_when_paused_or_cancelled() {
     .await;
     let out = run(ids[0], 8, "SELECT 1".into()).await;
     assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Park(Park::Completed))]);
-    assert_eq!(h.moto.sms_to(&format!("+1555{:07}", h.tag)).await.len(), 1);
+    assert_eq!(h.moto.sms_to(&format!("+14152{:06}", h.tag)).await.len(), 1);
     assert_eq!(
         h.moto.emails_from(&h.from).await.len(),
         2,

@@ -13,7 +13,7 @@ async fn fields_labels_and_tasks_change_once_with_column_types_respected() {
     h.db.exec(&format!(
         "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, visits integer NOT NULL DEFAULT 0,
                                last_seen timestamptz, phone text, name text);
-         INSERT INTO members (id, status, phone, name) VALUES (1, 'new', '+1555{tag:07}', 'Ana'), (2, 'new', '+1556{tag:07}', 'Bo');
+         INSERT INTO members (id, status, phone, name) VALUES (1, 'new', '+14152{tag:06}', 'Ana'), (2, 'new', '+14153{tag:06}', 'Bo');
          SELECT herald_attach('public.members', 'status', 'id');
          INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
          VALUES ('onboard', 'members', 'active', 'x', 'x', 'x');",
@@ -102,7 +102,7 @@ async fn fields_labels_and_tasks_change_once_with_column_types_respected() {
         error.starts_with("invalid input syntax for type integer") && error.contains("lots"),
         "{error}"
     );
-    let sms = h.moto.sms_to(&format!("+1555{:07}", h.tag)).await;
+    let sms = h.moto.sms_to(&format!("+14152{:06}", h.tag)).await;
     assert_eq!(sms.len(), 1);
     assert_eq!(sms[0].message, format!("onboarded: visits 1, 1 row, task {task_id}"));
 }
@@ -223,8 +223,8 @@ async fn label_changes_start_the_automations_that_listen_to_them() {
     let clock = h.manual_clock();
     h.db.exec(&format!(
         "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, email text, phone text, name text);
-         INSERT INTO members VALUES (1, 'new', 'm1-{tag}@example.com', '+1555{tag:07}', 'Ana'),
-                                    (2, 'new', 'm2-{tag}@example.com', '+1556{tag:07}', 'Bo');
+         INSERT INTO members VALUES (1, 'new', 'm1-{tag}@example.com', '+14152{tag:06}', 'Ana'),
+                                    (2, 'new', 'm2-{tag}@example.com', '+14153{tag:06}', 'Bo');
          SELECT herald_attach('public.members', 'status', 'id');
          INSERT INTO automations (name, source_table, email_to, email_subject, email_text, suppression_window)
          SELECT n, 'members', 'x', 'x', 'x', '0' FROM unnest(ARRAY['promote', 'vip-welcome', 'vip-goodbye']) n;",
@@ -297,7 +297,7 @@ async fn label_changes_start_the_automations_that_listen_to_them() {
     let mut bodies: Vec<&str> = emails.iter().map(|e| e.body.as_str()).collect();
     bodies.sort();
     assert_eq!(bodies, ["Welcome, Ana (tag_added)", "Welcome, Bo (tag_added)"]);
-    assert_eq!(h.moto.sms_to(&format!("+1555{:07}", h.tag)).await.len(), 1);
+    assert_eq!(h.moto.sms_to(&format!("+14152{:06}", h.tag)).await.len(), 1);
     let left: Vec<String> =
         h.db.column("SELECT kind || ' ' || name FROM herald_labels ORDER BY 1")
             .await;
@@ -349,7 +349,7 @@ async fn label_steps_may_label_another_row_than_the_subject() {
         "CREATE SCHEMA club;
          CREATE TABLE club.members (id bigint PRIMARY KEY, status text NOT NULL DEFAULT 'active', phone text);
          CREATE TABLE club.payments (id bigint PRIMARY KEY, member_id bigint NOT NULL, status text NOT NULL);
-         INSERT INTO club.members (id, phone) VALUES (7, '+1555{tag:07}'), (8, '+1556{tag:07}');
+         INSERT INTO club.members (id, phone) VALUES (7, '+14152{tag:06}'), (8, '+14153{tag:06}');
          SELECT herald_attach('club.members', 'status', 'id');
          SELECT herald_attach('club.payments', 'status', 'id');
          INSERT INTO automations (name, source_schema, source_table) VALUES ('payment-failed', 'club', 'payments'),
@@ -402,5 +402,5 @@ async fn label_steps_may_label_another_row_than_the_subject() {
         flows,
         ["payment-failed payments 1 completed", "dunning members 7 completed"]
     );
-    assert_eq!(h.moto.sms_to(&format!("+1555{:07}", h.tag)).await.len(), 1);
+    assert_eq!(h.moto.sms_to(&format!("+14152{:06}", h.tag)).await.len(), 1);
 }

@@ -17,7 +17,7 @@ async fn a_three_step_flow_sends_sleeps_and_finishes_with_its_history_in_the_led
     h.db.exec(&format!(
         "CREATE TABLE bookings (id bigint PRIMARY KEY, status text NOT NULL, starts_at timestamptz,
                                 email text, phone text, name text);
-         INSERT INTO bookings VALUES (1, 'confirmed', '2030-01-02T09:00:00Z', 'b1-{tag}@example.com', '+1555{tag:07}', 'Ana');
+         INSERT INTO bookings VALUES (1, 'confirmed', '2030-01-02T09:00:00Z', 'b1-{tag}@example.com', '+14152{tag:06}', 'Ana');
          INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
          VALUES ('reminders', 'bookings', 'confirmed', 'x', 'x', 'x');",
         tag = h.tag
@@ -207,8 +207,8 @@ async fn an_invocation_that_stops_mid_flow_is_resumed_without_sending_twice() {
     let h = Herald::new().await;
     h.db.exec(&format!(
         "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, email text, phone text, name text);
-         INSERT INTO members VALUES (1, 'active', 'm1-{tag}@example.com', '+1555{tag:07}', 'Ana'),
-                                    (2, 'active', 'm2-{tag}@example.com', '+1556{tag:07}', 'Bo');
+         INSERT INTO members VALUES (1, 'active', 'm1-{tag}@example.com', '+14152{tag:06}', 'Ana'),
+                                    (2, 'active', 'm2-{tag}@example.com', '+14153{tag:06}', 'Bo');
          INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
          VALUES ('welcome', 'members', 'active', 'x', 'x', 'x');",
         tag = h.tag
@@ -307,7 +307,7 @@ async fn notify_admin_reaches_every_admin_by_email_and_sms_and_a_branch_chooses_
     let mut h = Herald::with_jobs_example().await;
     let clock = h.manual_clock();
     let owner_email = format!("owner+{}@example.com", h.tag);
-    let owner_phone = format!("+1666{:07}", h.tag % 10_000_000);
+    let owner_phone = format!("+14156{:06}", h.tag % 1_000_000);
     let doc = json!({
         "trigger": {"type": "status_change", "table": "public.jobs", "to": "completed"},
         "admins": {"emails": [owner_email], "phones": [owner_phone]},
@@ -365,7 +365,7 @@ async fn a_thousand_instances_started_at_once_each_run_exactly_once() {
     let clock = h.manual_clock();
     h.db.exec(&format!(
         "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, email text, phone text);
-         INSERT INTO members SELECT g, 'new', 'm' || g || '-{tag}@example.com', '+1557' || lpad(g::text, 7, '0')
+         INSERT INTO members SELECT g, 'new', 'm' || g || '-{tag}@example.com', '+1' || (4154000000 + g)
          FROM generate_series(1, 1000) g;
          SELECT herald_attach('public.members', 'status', 'id');
          INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
@@ -572,7 +572,7 @@ async fn a_step_whose_provider_fails_transiently_is_tried_again_after_the_automa
     let h = Herald::new().await;
     h.db.exec(&format!(
         "CREATE TABLE bookings (id bigint PRIMARY KEY, status text NOT NULL, email text, phone text, name text);
-         INSERT INTO bookings VALUES (1, 'confirmed', 'b1-{tag}@example.com', '+1555{tag:07}', 'Ana');
+         INSERT INTO bookings VALUES (1, 'confirmed', 'b1-{tag}@example.com', '+14152{tag:06}', 'Ana');
          INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text,
                                   max_attempts, retry_base, retry_cap)
          VALUES ('confirm', 'bookings', 'confirmed', 'x', 'x', 'x', 2, '1 minute', '10 minutes');",
@@ -749,7 +749,7 @@ async fn an_instance_whose_invocations_die_twice_resumes_at_the_last_effect_it_s
         "exit": [{"if": {"field": "status", "op": "=", "value": "left"}, "reason": "left the club"}],
         "steps": [
             {"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": "Welcome", "text": "Hi {{ name }}"},
-            {"id": "text", "type": "send_sms", "to": "+15550100", "body": "Hi {{ email }}"},
+            {"id": "text", "type": "send_sms", "to": "+14155550100", "body": "Hi {{ email }}"},
             {"id": "soon", "type": "wait", "for": "1 day"}
         ]
     });
@@ -860,7 +860,7 @@ async fn a_write_made_again_after_its_commit_landed_answers_as_it_did_and_change
             {"id": "hello", "type": "send_email", "to": "{{ email }}", "subject": "Hi", "text": "Hi"},
             {"id": "pause", "type": "wait", "for": "0 seconds"},
             {"id": "vip", "type": "add_tag", "tag": "vip"},
-            {"id": "text", "type": "send_sms", "to": "+15550100", "body": "Hi"}
+            {"id": "text", "type": "send_sms", "to": "+14155550100", "body": "Hi"}
         ]
     });
     let h = one_member_with(&doc).await;
@@ -890,7 +890,7 @@ async fn a_write_made_again_after_its_commit_landed_answers_as_it_did_and_change
             entry(json!({"step": "vip", "type": "add_tag", "attempt": 1, "local": true,
                          "effect": {"kind": "tag", "add": true, "name": "vip"},
                          "next_step": "vip", "step_attempt": 1, "steps_run": 3, "outputs": {}})),
-            entry(json!({"step": "text", "type": "send_sms", "attempt": 1, "local": false, "effect": {"to": "+15550100"},
+            entry(json!({"step": "text", "type": "send_sms", "attempt": 1, "local": false, "effect": {"to": "+14155550100"},
                          "next_step": "text", "step_attempt": 1, "steps_run": 4, "outputs": {}}))
         ],
         "parked": []

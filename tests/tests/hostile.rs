@@ -28,7 +28,7 @@ struct Row {
 
 fn rows(tag: u32) -> Vec<Row> {
     let email = |local: &str| format!("{local}+{tag}@example.com");
-    let phone = |n: u32| format!("+1555{:03}{n:04}", tag % 1000);
+    let phone = |n: u32| format!("+1415{}{n:04}", 200 + tag % 800);
     let row = |case, name: &str, email: String, phone: String, expect| Row {
         case,
         name: Some(name.to_owned()),

@@ -99,7 +99,7 @@ async fn a_changed_schema_file_is_applied_again_and_recompiles_the_capture_trigg
          INSERT INTO orders VALUES ('A-1', 'new');
          SELECT herald_attach('public.orders', 'state', 'ref');
          INSERT INTO automations (name, source_table, to_status, sms_to, sms_body)
-           VALUES ('paid', 'orders', 'paid', '+15550000000', 'x');
+           VALUES ('paid', 'orders', 'paid', '+14155550000', 'x');
          CREATE OR REPLACE FUNCTION herald_backoff(attempts integer, base interval, cap interval)
            RETURNS interval LANGUAGE sql VOLATILE AS $$ SELECT interval '1 year' $$;
          DROP TRIGGER herald_capture_update ON orders;
