@@ -9,7 +9,8 @@ async fn db() -> TestDb {
     let db = TestDb::new().await;
     db.exec(
         "CREATE TABLE bookings (id bigint PRIMARY KEY, status text NOT NULL, starts_at timestamptz, vip boolean,
-                                total numeric, tags text[], email text, phone text, name text, reminded boolean);",
+                                total numeric, tags text[], email text, phone text, name text, reminded boolean,
+                                country text);",
     )
     .await;
     db
@@ -19,6 +20,7 @@ fn flow() -> Json {
     json!({
         "trigger": {"type": "status_change", "table": "public.bookings", "to": "confirmed"},
         "timezone": "Europe/London",
+        "region": "GB",
         "admins": {"emails": ["owner@example.com"]},
         "exit": [{"if": {"field": "status", "op": "=", "value": "cancelled"}, "reason": "booking cancelled"}],
         "steps": [
@@ -32,7 +34,7 @@ fn flow() -> Json {
              "then": [{"id": "tell-owner", "type": "notify_admin", "subject": "VIP", "text": "{{ name }} comes tomorrow"}],
              "else": [{"id": "tag", "type": "add_tag", "tag": "regular"}]},
             {"id": "remind", "type": "send_sms", "to": "{{ phone }}", "body": "Tomorrow!", "on_error": "continue",
-             "on_unknown": "resend"},
+             "on_unknown": "resend", "region": {"field": "country"}},
             {"id": "review", "type": "webhook", "url": "https://hooks.example.com/review", "body": "{\"id\": {{ id }}}",
              "secret": "herald/webhooks/review", "timeout": "5 seconds",
              "on_error": {"retry": {"times": 3, "backoff": "30 seconds"}}, "on_unknown": "hold"},
@@ -201,6 +203,23 @@ async fn mistakes_of_shape_are_refused_by_sql_and_by_herald_at_the_same_path() {
             "unknown trigger type `cron`",
         ),
         (with("/timezone", json!("Mars/Base")), "timezone", "not a time zone"),
+        // Regions: ISO 3166 codes in capitals that the phone metadata knows.
+        (with("/region", json!("gb")), "region", "`gb` is not a region"),
+        (with("/region", json!("UK")), "region", "`UK` is not a region"),
+        (with("/region", json!(44)), "region", "is a region code"),
+        (with("/steps/3/region", json!("XX")), "steps[3].region", "`XX` is not a region"),
+        (
+            with("/steps/3/region", json!({"column": "country"})),
+            "steps[3].region",
+            "a region is a code (\"US\") or {\"field\": ...}",
+        ),
+        (
+            with("/steps/3/region", json!({"field": "country", "else": "US"})),
+            "steps[3].region",
+            "a region is a code (\"US\") or {\"field\": ...}",
+        ),
+        (with("/steps/3/region", json!(true)), "steps[3].region", "a region is a code"),
+        (with("/steps/3/region", json!({"field": 5})), "steps[3].region.field", "a field is text"),
         (with("/exit/0/reason", json!("")), "exit[0].reason", "is empty"),
         (with("/admins", json!({})), "admins", "notify_admin steps need"),
         (with("/colour", json!("red")), "colour", "unknown key"),
@@ -318,6 +337,16 @@ async fn references_to_the_data_are_checked_against_the_table() {
             with("/steps/5/table", json!("public.nowhere")),
             "steps[5].table",
             "no table `public.nowhere`",
+        ),
+        (
+            with("/steps/3/region/field", json!("land")),
+            "steps[3].region.field",
+            "the data has no column `land`",
+        ),
+        (
+            with("/steps/3/region/field", json!("total")),
+            "steps[3].region.field",
+            "`total` holds number, not a region code",
         ),
     ];
     for (doc, path, part) in cases {
@@ -440,7 +469,7 @@ async fn a_status_change_trigger_without_a_column_watches_the_attached_one() {
         .expect("saved: the trigger watches `state`, the column the table is attached with");
     assert_eq!(v, 1);
     db.exec(
-        "INSERT INTO petcare.bookings VALUES (1, 'requested', '+15550100');
+        "INSERT INTO petcare.bookings VALUES (1, 'requested', '+14155550100');
          UPDATE petcare.bookings SET state = 'confirmed' WHERE id = 1;",
     )
     .await;
@@ -578,8 +607,7 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
     .await;
     let sms = json!({"id": "hi", "type": "send_sms", "to": "{{ phone }}", "body": "Hi"});
     let trigger = json!({"type": "status_change", "table": "public.bookings", "to": "confirmed"});
-    let doc =
-        |trigger: Json, steps: Json| json!({"trigger": trigger, "admins": {"phones": ["+15550199"]}, "steps": steps});
+    let doc = |trigger: Json, steps: Json| json!({"trigger": trigger, "admins": {"phones": ["+14155550199"]}, "steps": steps});
     let triggers = [
         json!({"type": "status_change", "table": "bookings", "column": "status", "from": ["new", "held"], "to": "confirmed"}),
         json!({"type": "insert", "table": "public.bookings"}),
@@ -596,6 +624,10 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
     let steps = [
         json!({"id": "e", "type": "send_email", "from": "desk@example.com", "to": "{{ email }}", "subject": "S", "html": "<p>{{ name }}</p>", "on_unknown": "resend"}),
         json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{% if vip %}VIP {% endif %}{{ name }}", "on_error": "continue"}),
+        json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "B", "region": "DE"}),
+        json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "B", "region": {"field": "country"}}),
+        json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "B", "region": {"field": ["country"]}}),
+        json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "B", "region": {"field": "payload.country"}}),
         json!({"id": "w", "type": "wait", "for": "400 days"}),
         json!({"id": "w", "type": "wait", "for": "PT2H"}),
         json!({"id": "w", "type": "wait", "until": {"field": "starts_at", "offset": "-1 day", "at": "18:00", "timezone": "Europe/London"}}),
@@ -608,10 +640,12 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
         json!({"id": "k", "type": "create_task", "title": "Call {{ name }}", "assignee": "sam", "due": "2 days", "notes": "n"}),
         json!({"id": "n", "type": "notify_admin", "subject": "S", "text": "T", "on_unknown": "resend"}),
     ];
+    let regional = json!({"trigger": trigger, "region": "NZ", "admins": {"phones": ["021 123 4567"]}, "steps": [sms]});
     let accepted = triggers
         .iter()
         .map(|t| doc(t.clone(), json!([sms])))
-        .chain(steps.iter().map(|s| doc(trigger.clone(), json!([s]))));
+        .chain(steps.iter().map(|s| doc(trigger.clone(), json!([s]))))
+        .chain([regional]);
     for d in accepted {
         let saved = save(&db, "shapes", &d).await;
         assert!(saved.is_ok(), "saved: {d}: {saved:?}");
@@ -658,8 +692,21 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
             trigger.clone(),
             json!([{"id": "t", "type": "add_tag", "tag": "x", "key": "{{ id }}"}]),
         ),
+        json!({"trigger": trigger, "region": "nz", "steps": [sms]}),
+        doc(
+            trigger.clone(),
+            json!([{"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "x", "region": "Deutschland"}]),
+        ),
+        doc(
+            trigger.clone(),
+            json!([{"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "x", "region": {"column": "country"}}]),
+        ),
+        doc(
+            trigger.clone(),
+            json!([{"id": "e", "type": "send_email", "to": "{{ email }}", "subject": "x", "text": "x", "region": "DE"}]),
+        ),
         // Keys the shape (herald_definition_shape) does not list, wherever they are.
-        json!({"trigger": trigger, "admins": {"phones": ["+15550199"], "sms": ["+15550199"]}, "steps": [sms]}),
+        json!({"trigger": trigger, "admins": {"phones": ["+14155550199"], "sms": ["+14155550199"]}, "steps": [sms]}),
         json!({"trigger": trigger, "exit": [{"if": {"field": "status", "op": "=", "value": "x"}, "reason": "r", "colour": 1}], "steps": [sms]}),
         doc(
             trigger.clone(),
