@@ -101,6 +101,11 @@ pub(crate) fn check_phone(number: &str, region: Option<Region>) -> Result<String
     if text.chars().count() > MAX_PHONE_INPUT {
         return bad(format!("it is longer than {MAX_PHONE_INPUT} characters"));
     }
+    // libphonenumber reads letters as the digits of a keypad (1-800-FLOWERS); in a column of
+    // numbers they are far more often a mistake, or an extension, than a vanity number.
+    if text.chars().any(char::is_alphabetic) {
+        return bad("it has letters in it".into());
+    }
     let international = text.starts_with('+');
     if !international && region.is_none() {
         return bad("it has no + and country code, and no region is known to read it in: \
@@ -349,8 +354,9 @@ mod tests {
             ("(415) 555-0101", None, "no region is known to read it in"),
             ("0151 23456789", None, "no region is known to read it in"),
             ("14155550123", None, "no region is known to read it in"),
-            ("call me", Some("US"), "it is not a phone number"),
-            ("+abc", None, "it is not a phone number"),
+            ("call me", Some("US"), "it has letters in it"),
+            ("--", Some("US"), "it is not a phone number"),
+            ("+", None, "it is not a phone number"),
             ("+0123456789", None, "country code"),
             ("+999 1234 5678", None, "country code"),
             ("+1415555", None, "too short"),
@@ -361,7 +367,9 @@ mod tests {
             ("(415) 123-4567", Some("US"), "not a number in use"),
             ("+1 555 555 0101", None, "not a number in use"),
             ("07400 12345", Some("GB"), "in GB"),
-            ("(415) 555-0101 ext. 12", Some("US"), "it has an extension"),
+            ("(415) 555-0101 #12", Some("US"), "it has an extension"),
+            ("(415) 555-0101 ext. 12", Some("US"), "it has letters in it"),
+            ("+1415CALLNOW", None, "it has letters in it"),
             // Known to be fixed lines.
             ("030 1234567", Some("DE"), "is a fixed line: it cannot receive SMS"),
             ("+49 30 1234567", None, "is a fixed line: it cannot receive SMS"),

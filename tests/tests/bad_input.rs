@@ -113,7 +113,7 @@ async fn each_bad_message_or_log_fails_alone_and_the_good_one_is_sent() {
     let (status, error, kind) = error_of(&h, "4", "on-hold").await;
     assert_eq!((status.as_str(), kind.clone()), ("failed", permanent.clone()));
     assert!(
-        error.starts_with("step `sms` failed: invalid phone number") && error.contains("only digits"),
+        error.starts_with("step `sms` failed: invalid phone number") && error.contains("too short"),
         "{error}"
     );
     assert!(!error.contains("415 555"), "the number is masked: {error}");

@@ -207,7 +207,11 @@ async fn mistakes_of_shape_are_refused_by_sql_and_by_herald_at_the_same_path() {
         (with("/region", json!("gb")), "region", "`gb` is not a region"),
         (with("/region", json!("UK")), "region", "`UK` is not a region"),
         (with("/region", json!(44)), "region", "is a region code"),
-        (with("/steps/3/region", json!("XX")), "steps[3].region", "`XX` is not a region"),
+        (
+            with("/steps/3/region", json!("XX")),
+            "steps[3].region",
+            "`XX` is not a region",
+        ),
         (
             with("/steps/3/region", json!({"column": "country"})),
             "steps[3].region",
@@ -218,8 +222,16 @@ async fn mistakes_of_shape_are_refused_by_sql_and_by_herald_at_the_same_path() {
             "steps[3].region",
             "a region is a code (\"US\") or {\"field\": ...}",
         ),
-        (with("/steps/3/region", json!(true)), "steps[3].region", "a region is a code"),
-        (with("/steps/3/region", json!({"field": 5})), "steps[3].region.field", "a field is text"),
+        (
+            with("/steps/3/region", json!(true)),
+            "steps[3].region",
+            "a region is a code",
+        ),
+        (
+            with("/steps/3/region", json!({"field": 5})),
+            "steps[3].region.field",
+            "a field is text",
+        ),
         (with("/exit/0/reason", json!("")), "exit[0].reason", "is empty"),
         (with("/admins", json!({})), "admins", "notify_admin steps need"),
         (with("/colour", json!("red")), "colour", "unknown key"),
