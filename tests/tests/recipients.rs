@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use herald_tests::Herald;
-use serde_json::{json, Value as Json};
+use serde_json::json;
 
 #[tokio::test]
 async fn national_numbers_are_sent_in_e164_and_a_fixed_line_fails_with_the_reason() {
@@ -77,45 +77,56 @@ async fn national_numbers_are_sent_in_e164_and_a_fixed_line_fails_with_the_reaso
         ]
     );
 
-    // The ledger records what was sent, and why the landline was not.
-    let runs: Vec<(String, String, Option<Json>, Option<String>, Option<String>)> =
+    // The ledger records what was sent (`effect.to`), and why the landline was not.
+    let runs =
         h.db.client
             .query(
-                "SELECT m.name, r.step_id, r.effect, r.error, r.error_kind
-                 FROM automation_step_runs r
-                 JOIN automation_execution_logs l ON l.id = r.log_id
-                 JOIN members m ON m.id::text = l.subject_id
-                 WHERE r.status <> 'decided' ORDER BY m.id, r.id",
+                "SELECT m.name, r.step_id, r.effect ->> 'to', r.error, r.error_kind
+             FROM automation_step_runs r
+             JOIN automation_execution_logs l ON l.id = r.log_id
+             JOIN members m ON m.id::text = l.subject_id
+             WHERE r.status <> 'decided' ORDER BY m.id, r.id",
                 &[],
             )
             .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-            .collect();
-    let to = |effect: &Option<Json>| effect.as_ref().and_then(|e| e["to"].as_str().map(str::to_owned));
-    let sent: Vec<(&str, &str, Option<String>)> = runs
+            .unwrap();
+    let sent: Vec<(String, String, Option<String>)> = runs
         .iter()
-        .filter(|r| r.3.is_none())
-        .map(|r| (r.0.as_str(), r.1.as_str(), to(&r.2)))
+        .filter(|r| r.get::<_, Option<String>>(3).is_none())
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
+    let sent: Vec<(&str, &str, Option<&str>)> = sent
+        .iter()
+        .map(|(n, s, t)| (n.as_str(), s.as_str(), t.as_deref()))
+        .collect();
+    let anna = format!("anna-{tag}@xn--bcher-kva.example");
+    let (bernd, carla) = (format!("bernd-{tag}@example.com"), format!("carla-{tag}@example.com"));
     assert_eq!(
         sent,
         [
-            ("Anna", "hello", Some(format!("anna-{tag}@xn--bcher-kva.example"))),
-            ("Anna", "text", Some(us_e164.clone())),
-            ("Bernd", "hello", Some(format!("bernd-{tag}@example.com"))),
-            ("Bernd", "text", Some(de_e164.clone())),
-            ("Carla", "hello", Some(format!("carla-{tag}@example.com"))),
+            ("Anna", "hello", Some(anna.as_str())),
+            ("Anna", "text", Some(us_e164.as_str())),
+            ("Bernd", "hello", Some(bernd.as_str())),
+            ("Bernd", "text", Some(de_e164.as_str())),
+            ("Carla", "hello", Some(carla.as_str())),
         ]
     );
-    let refused = runs.iter().find(|r| r.3.is_some()).expect("the landline's run");
-    assert_eq!((refused.0.as_str(), refused.1.as_str()), ("Carla", "text"));
-    assert_eq!(refused.2, None, "nothing was sent");
-    let error = refused.3.as_deref().unwrap();
+    let refused = runs
+        .iter()
+        .find(|r| r.get::<_, Option<String>>(3).is_some())
+        .expect("the landline's run");
+    let (name, step, to, error, kind): (String, String, Option<String>, String, String) = (
+        refused.get(0),
+        refused.get(1),
+        refused.get(2),
+        refused.get(3),
+        refused.get(4),
+    );
+    assert_eq!((name.as_str(), step.as_str()), ("Carla", "text"));
+    assert_eq!(to, None, "nothing was sent");
     assert!(error.contains("is a fixed line: it cannot receive SMS"), "{error}");
     assert!(!error.contains("1234567"), "the number is masked: {error}");
-    assert_eq!(refused.4.as_deref(), Some("permanent"));
+    assert_eq!(kind, "permanent");
     let (log_error, kind): (Option<String>, Option<String>) = {
         let r =
             h.db.client
