@@ -71,10 +71,11 @@ async fn a_three_step_flow_sends_sleeps_and_finishes_with_its_history_in_the_led
     let message = json!({"log_id": log_id, "lease": 7}).to_string();
     let out = runner.run(std::slice::from_ref(&message), 4).await;
     let until: jiff::Timestamp = "2030-01-01T09:00:00Z".parse().unwrap();
+    // A wait until a time in the data sleeps at itself, to read the time again when woken.
     assert_eq!(
         out,
         vec![FlowOutcome::Stopped(Stop::Park(Park::Sleeping {
-            next: Some("remind".into()),
+            next: Some("night-before".into()),
             until
         }))]
     );
@@ -87,7 +88,7 @@ async fn a_three_step_flow_sends_sleeps_and_finishes_with_its_history_in_the_led
             .await
             .unwrap();
     assert_eq!(row.get::<_, String>(0), "waiting");
-    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("remind"));
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("night-before"));
     assert_eq!(row.get::<_, Option<i64>>(3), None);
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
 
@@ -106,6 +107,8 @@ async fn a_three_step_flow_sends_sleeps_and_finishes_with_its_history_in_the_led
         [
             "confirm:exit:decided",
             "confirm:send_email:done",
+            "night-before:exit:decided",
+            "night-before:wait:decided",
             "night-before:exit:decided",
             "night-before:wait:decided",
             "remind:exit:decided",
@@ -165,6 +168,112 @@ async fn through_the_functions_a_status_change_starts_an_instance_that_waits_and
         h.db.column("SELECT step_id || ':' || status FROM automation_step_runs ORDER BY id")
             .await;
     assert_eq!(history, ["thanks:done", "later:decided", "review:done"]);
+}
+
+#[tokio::test]
+async fn a_wait_follows_the_time_it_reads_when_its_row_changes_and_nothing_else_moves_it() {
+    let mut h = Herald::new().await;
+    let clock = h.manual_clock();
+    // Ten confirmed bookings three days ahead; each instance waits until 18:00 the day before,
+    // in the booking's own zone.
+    h.db.exec(&format!(
+        "CREATE TABLE bookings (id bigint PRIMARY KEY, status text NOT NULL, starts_at timestamptz NOT NULL,
+                                tz text NOT NULL, phone text NOT NULL, note text);
+         INSERT INTO bookings
+         SELECT g, 'pending', date_trunc('hour', now()) + interval '3 days', 'UTC', '+1555' || lpad(({tag} * 100 + g)::text, 7, '0')
+         FROM generate_series(1, 10) g;
+         SELECT herald_attach('public.bookings', 'status');
+         INSERT INTO automations (name, source_table) VALUES ('booking-reminder', 'bookings');",
+        tag = h.tag % 100_000
+    ))
+    .await;
+    let doc = json!({
+        "trigger": {"type": "status_change", "table": "public.bookings", "to": "confirmed"},
+        "steps": [
+            {"id": "night-before", "type": "wait",
+             "until": {"field": "starts_at", "offset": "-1 day", "at": "18:00", "timezone": {"field": "tz"}}},
+            {"id": "remind", "type": "send_sms", "to": "{{ phone }}", "body": "See you tomorrow (booking {{ id }})"}
+        ]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('booking-reminder', $1)", &[&doc])
+        .await
+        .unwrap();
+    // 18:00 the day before each booking, in its zone, as SQL computes it.
+    let due =
+        "SELECT b.id, (((b.starts_at AT TIME ZONE b.tz) - interval '1 day')::date + time '18:00') AT TIME ZONE b.tz
+                        = l.run_at
+               FROM bookings b JOIN automation_execution_logs l ON l.subject_id = b.id::text
+               WHERE l.status = 'waiting' AND l.next_step = 'night-before' ORDER BY b.id";
+    let all_due = |rows: Vec<tokio_postgres::Row>| rows.iter().all(|r| r.get::<_, bool>(1)) && rows.len() == 10;
+
+    h.db.exec("UPDATE bookings SET status = 'confirmed'").await;
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 10);
+    assert!(h.deliver_all().await.is_empty());
+    assert!(all_due(h.db.client.query(due, &[]).await.unwrap()));
+    let first: Vec<String> =
+        h.db.column("SELECT run_at::text FROM automation_execution_logs ORDER BY id")
+            .await;
+
+    // A column no wait reads changes: nothing moves, nothing is woken.
+    h.db.exec("UPDATE bookings SET note = 'gate code 1234'").await;
+    let after: Vec<String> =
+        h.db.column("SELECT run_at::text FROM automation_execution_logs ORDER BY id")
+            .await;
+    assert_eq!(after, first);
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(h.tick().await.claimed, 0);
+
+    // Every booking is moved a week later: each instance wakes, reads the new time, and
+    // sleeps on to it, with nothing sent.
+    h.db.exec("UPDATE bookings SET starts_at = starts_at + interval '7 days'")
+        .await;
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(h.tick().await.claimed, 10);
+    assert!(h.deliver_all().await.is_empty());
+    assert!(all_due(h.db.client.query(due, &[]).await.unwrap()));
+    assert!(reminders(&h).await.is_empty());
+    let steps_run: Vec<i32> =
+        h.db.column("SELECT DISTINCT steps_run FROM automation_execution_logs")
+            .await;
+    assert_eq!(steps_run, [1], "reading the time again is not another step");
+
+    // Booking 2's zone changes: its wake-up follows the zone (UTC+14 is 14 hours earlier).
+    h.db.exec("UPDATE bookings SET tz = 'Pacific/Kiritimati' WHERE id = 2")
+        .await;
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    assert!(all_due(h.db.client.query(due, &[]).await.unwrap()));
+
+    // Booking 1 is moved to an hour from now: its night before has passed, so it goes on at once.
+    h.db.exec("UPDATE bookings SET starts_at = now() + interval '1 hour' WHERE id = 1")
+        .await;
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(reminders(&h).await, ["See you tomorrow (booking 1)"]);
+
+    // At the old wake-up time nothing is due; at the new one the nine others are reminded once.
+    clock.advance(Duration::from_secs(3 * 86_400));
+    assert_eq!(h.tick().await.claimed, 0);
+    clock.advance(Duration::from_secs(8 * 86_400));
+    assert_eq!(h.tick().await.claimed, 9);
+    assert!(h.deliver_all().await.is_empty());
+    let mut want: Vec<String> = (1..=10).map(|n| format!("See you tomorrow (booking {n})")).collect();
+    want.sort();
+    assert_eq!(reminders(&h).await, want);
+    assert!(h.db.statuses().await.iter().all(|s| s == "completed"));
+    // Each decision is in the history: booking 3 read its time twice, then went on.
+    let waits: Vec<String> =
+        h.db.column(
+            "SELECT r.output ->> 'until' FROM automation_step_runs r JOIN automation_execution_logs l ON l.id = r.log_id
+             WHERE l.subject_id = '3' AND r.step_type = 'wait' ORDER BY r.id",
+        )
+        .await;
+    assert_eq!(waits.len(), 3, "{waits:?}");
+    assert_ne!(waits[0], waits[1]);
 }
 
 /// The real ledger, except that its writes fail from the `fail_at`-th on (counted from 1; 0:
@@ -1003,6 +1112,14 @@ async fn queue_instance(h: &Herald, automation: &str, table: &str, at: &str, lea
         .await
         .unwrap()
         .get(0)
+}
+
+/// The reminders of the bookings test that moto received, sorted.
+async fn reminders(h: &Herald) -> Vec<String> {
+    let mut bodies: Vec<String> = h.moto.all_sms().await.into_iter().map(|m| m.message).collect();
+    bodies.retain(|b| b.starts_with("See you tomorrow"));
+    bodies.sort();
+    bodies
 }
 
 /// A fresh Herald with one member (id 1, Ana) and the `welcome` automation saved as `doc`.

@@ -105,3 +105,80 @@ async fn named_columns_deletes_and_lists(mode: &str) {
         ]
     );
 }
+
+#[tokio::test]
+async fn the_follow_waits_trigger_is_compiled_from_every_version_and_wakes_paused_waits_too() {
+    let db = herald_tests::TestDb::new().await;
+    db.exec(
+        "CREATE TABLE bookings (id bigint PRIMARY KEY, status text NOT NULL, starts_at timestamptz, tz text, note text);
+         INSERT INTO bookings VALUES (1, 'confirmed', '2030-01-10T09:00:00Z', 'UTC', '');
+         SELECT herald_attach('public.bookings', 'status');
+         INSERT INTO automations (name, source_table) VALUES ('reminder', 'bookings');",
+    )
+    .await;
+    let follows = "SELECT coalesce((SELECT pg_get_triggerdef(oid) FROM pg_trigger
+                                    WHERE tgrelid = 'bookings'::regclass AND tgname = 'herald_follow_waits'), 'none')";
+    let save = |steps: serde_json::Value| json!({"trigger": {"type": "status_change", "table": "public.bookings", "to": "confirmed"}, "steps": steps});
+    let sms = json!({"id": "remind", "type": "send_sms", "to": "+15550100", "body": "Tomorrow"});
+    let wait = json!({"id": "night-before", "type": "wait",
+                      "until": {"field": "starts_at", "offset": "-1 day", "timezone": {"field": "tz"}}});
+    // No wait reads the data: no trigger.
+    db.client
+        .query_one("SELECT herald_save_automation('reminder', $1)", &[&save(json!([sms]))])
+        .await
+        .unwrap();
+    assert_eq!(db.scalar::<String>(follows).await, "none");
+    // A version whose wait reads starts_at and tz: the trigger tests those two columns.
+    db.client
+        .query_one(
+            "SELECT herald_save_automation('reminder', $1)",
+            &[&save(json!([wait, sms]))],
+        )
+        .await
+        .unwrap();
+    let def: String = db.scalar(follows).await;
+    assert!(
+        def.contains("AFTER UPDATE ON public.bookings FOR EACH ROW WHEN"),
+        "{def}"
+    );
+    assert!(def.contains("old.starts_at IS DISTINCT FROM new.starts_at"), "{def}");
+    assert!(def.contains("old.tz IS DISTINCT FROM new.tz"), "{def}");
+    assert!(!def.contains("note"), "{def}");
+    // A later version without the wait: instances of the earlier one may still sleep in it,
+    // so the trigger stays.
+    db.client
+        .query_one("SELECT herald_save_automation('reminder', $1)", &[&save(json!([sms]))])
+        .await
+        .unwrap();
+    assert_eq!(db.scalar::<String>(follows).await, def);
+
+    // Instances sleeping in the wait, one of them paused: both are woken by a move; an
+    // instance waiting elsewhere (a retry of another step) is not.
+    db.exec(
+        "INSERT INTO automation_execution_logs
+           (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
+            held_from, run_at, created_at, updated_at, version, next_step)
+         SELECT a.id, 'public', 'bookings', 'id', '1', 'status_change', '{}', s.status, s.held_from,
+                '2030-01-09T09:00:00Z', now(), now(), 2, s.step
+         FROM automations a,
+              (VALUES ('waiting', NULL, 'night-before'), ('paused', 'waiting', 'night-before'),
+                      ('waiting', NULL, 'remind')) AS s (status, held_from, step)",
+    )
+    .await;
+    db.set_now("2029-12-01T00:00:00Z").await;
+    db.exec("UPDATE bookings SET note = 'ring twice'").await;
+    let run_at = "SELECT string_agg(status || ' ' || next_step || ' ' || to_char(run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'), ', ' ORDER BY id)
+                  FROM automation_execution_logs";
+    let untouched =
+        "waiting night-before 2030-01-09 09:00, paused night-before 2030-01-09 09:00, waiting remind 2030-01-09 09:00";
+    assert_eq!(db.scalar::<String>(run_at).await, untouched);
+    db.exec("UPDATE bookings SET starts_at = '2030-01-17T09:00:00Z'").await;
+    assert_eq!(
+        db.scalar::<String>(run_at).await,
+        "waiting night-before 2029-12-01 00:00, paused night-before 2029-12-01 00:00, waiting remind 2030-01-09 09:00"
+    );
+
+    // Detached, the table keeps none of Herald's triggers.
+    db.exec("SELECT herald_detach('public.bookings')").await;
+    assert_eq!(db.scalar::<String>(follows).await, "none");
+}
