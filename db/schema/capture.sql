@@ -380,6 +380,7 @@ BEGIN
     -- that is no longer attached is left with no triggers.
     made := herald_compile_by_row(p_schema, p_table);
     PERFORM herald_compile_waits(p_schema, p_table);
+    PERFORM herald_compile_dates(p_schema, p_table);
     RETURN made;
   END IF;
   PERFORM herald_uncompile(tbl);
@@ -502,6 +503,7 @@ END
                    fn);
   END LOOP;
   PERFORM herald_compile_waits(p_schema, p_table);
+  PERFORM herald_compile_dates(p_schema, p_table);
   RETURN made;
 END
 $$;
@@ -586,7 +588,7 @@ BEGIN
     SELECT tg.tgname, p.oid::regprocedure AS fn, p.proname LIKE 'herald\_cap\_%' AS generated
     FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
     WHERE tg.tgrelid = tbl
-      AND (p.proname LIKE 'herald\_cap\_%' OR p.proname IN ('herald_capture', 'herald_follow_waits'))
+      AND (p.proname LIKE 'herald\_cap\_%' OR p.proname IN ('herald_capture', 'herald_follow_waits', 'herald_follow_dates'))
   LOOP
     EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, tbl);
     IF t.generated THEN

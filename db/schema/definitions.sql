@@ -21,6 +21,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $shape$ SELECT $json$
     {"type": "tag_removed", "keys": ["type", "tag"]},
     {"type": "segment_joined", "keys": ["type", "segment"]},
     {"type": "segment_left", "keys": ["type", "segment"]},
+    {"type": "date", "keys": ["type", "table", "column", "offset", "at", "timezone", "lateness"]},
     {"type": "manual", "keys": ["type"]}
   ],
   "admins": ["emails", "phones"],
@@ -121,8 +122,7 @@ $$;
 CREATE OR REPLACE FUNCTION herald_span_exceeds(p_span text, p_limit interval) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-  RETURN timestamp '1970-01-01' + regexp_replace(p_span, '(\d)\s*mo(?![a-z])', '\1 mons', 'gi')::interval
-         > timestamp '1970-01-01' + p_limit;
+  RETURN timestamp '1970-01-01' + herald_span_interval(p_span) > timestamp '1970-01-01' + p_limit;
 EXCEPTION WHEN OTHERS THEN
   RETURN NULL;
 END
@@ -602,6 +602,54 @@ LANGUAGE sql STABLE AS $$
     AND att.status_column <> coalesce(p_definition #>> '{trigger,column}', att.status_column)
 $$;
 
+-- The problems of a date trigger on table p_rel (whose columns' kinds are p_kinds): a
+-- date or time column to fire by, an offset and lateness that are spans (the lateness not
+-- negative), a local time of day, a zone named or read from a column, and a table that is
+-- attached (its rows are found by its key).
+CREATE OR REPLACE FUNCTION herald_date_trigger_problems(p_trig jsonb, p_rel regclass, p_kinds jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  problems jsonb := '[]';
+  col      text := p_trig ->> 'column';
+  zcol     text := p_trig #>> '{timezone,field}';
+BEGIN
+  IF jsonb_typeof(p_trig -> 'column') IS DISTINCT FROM 'string' THEN
+    problems := problems || herald_problem('trigger.column', 'is required: the date or timestamp column the trigger fires by');
+  ELSIF p_kinds IS NOT NULL AND NOT p_kinds ? col THEN
+    problems := problems || herald_problem('trigger.column', format('`%s` has no column `%s`', p_trig ->> 'table', col));
+  ELSIF p_kinds IS NOT NULL AND p_kinds ->> col <> 'time' THEN
+    problems := problems || herald_problem('trigger.column', format('`%s` holds %s, not a date or time', col, p_kinds ->> col));
+  END IF;
+  IF p_trig ? 'offset' THEN
+    problems := problems || herald_problem('trigger.offset', herald_span_problem(p_trig -> 'offset', 'an offset'));
+  END IF;
+  IF p_trig ? 'lateness' THEN
+    problems := problems || herald_problem('trigger.lateness', coalesce(herald_span_problem(p_trig -> 'lateness', 'a lateness'),
+      CASE WHEN herald_span_interval(p_trig ->> 'lateness') < interval '0' THEN 'a lateness cannot be negative' END));
+  END IF;
+  IF p_trig ? 'at' AND coalesce(p_trig ->> 'at', '') !~ '^([01]?\d|2[0-3]):[0-5]\d(:[0-5]\d)?$' THEN
+    problems := problems || herald_problem('trigger.at', '`at` is a local time of day such as "09:00"');
+  END IF;
+  IF jsonb_typeof(p_trig -> 'timezone') = 'string' THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = p_trig ->> 'timezone') THEN
+      problems := problems || herald_problem('trigger.timezone',
+        format('`%s` is not a time zone name such as "Europe/London"', p_trig ->> 'timezone'));
+    END IF;
+  ELSIF p_trig ? 'timezone' AND (jsonb_typeof(p_trig -> 'timezone') <> 'object' OR zcol IS NULL) THEN
+    problems := problems || herald_problem('trigger.timezone', 'a timezone is a name ("Europe/London") or {"field": ...} naming one');
+  ELSIF zcol IS NOT NULL AND p_kinds IS NOT NULL AND NOT p_kinds ? zcol THEN
+    problems := problems || herald_problem('trigger.timezone.field', format('`%s` has no column `%s`', p_trig ->> 'table', zcol));
+  END IF;
+  IF p_rel IS NOT NULL AND NOT EXISTS (SELECT 1 FROM herald_attachments a JOIN pg_class c ON c.relname = a.table_name
+                                       JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = a.table_schema
+                                       WHERE c.oid = p_rel) THEN
+    problems := problems || herald_problem('trigger.table', format(
+      '`%s` is not attached: SELECT herald_attach(''%s'', ''<status column>'') first', p_trig ->> 'table', p_rel));
+  END IF;
+  RETURN problems;
+END
+$$;
+
 -- Every problem of a definition, each with its path: the trigger's keys as Herald's reader
 -- checks them, the data source, conditions, settings and steps.
 CREATE OR REPLACE FUNCTION herald_definition_problems(p_definition jsonb, p_data regclass DEFAULT NULL)
@@ -675,6 +723,9 @@ BEGIN
           END IF;
         END LOOP;
       END IF;
+    END IF;
+    IF trig ->> 'type' = 'date' THEN
+      problems := problems || herald_date_trigger_problems(trig, rel, tkinds);
     END IF;
   ELSIF tkeys && ARRAY['tag', 'segment'] THEN
     problems := problems || herald_text_problem(trig, CASE WHEN 'tag' = ANY (tkeys) THEN 'tag' ELSE 'segment' END, 'trigger');

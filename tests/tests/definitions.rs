@@ -535,8 +535,9 @@ async fn every_documented_example_saves_and_is_read_back_by_herald() {
     db.exec(
         "ALTER TABLE bookings ADD COLUMN state text, ADD COLUMN room text, ADD COLUMN visits integer,
                               ADD COLUMN renews_at timestamptz, ADD COLUMN tz text, ADD COLUMN member_id bigint;
-         CREATE TABLE members (id bigint PRIMARY KEY);
+         CREATE TABLE members (id bigint PRIMARY KEY, status text, plan text, renews_at timestamptz, tz text, phone text);
          SELECT herald_attach('public.bookings', 'state', 'id');
+         SELECT herald_attach('public.members', 'status', 'id');
          CREATE TABLE member_stats (id bigint PRIMARY KEY, visits integer);
          INSERT INTO automations (name, source_table) VALUES ('example', 'bookings');",
     )
@@ -592,6 +593,10 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
         json!({"type": "segment_joined", "segment": "trial"}),
         json!({"type": "segment_left", "segment": "trial"}),
         json!({"type": "manual"}),
+        json!({"type": "date", "table": "public.bookings", "column": "starts_at"}),
+        json!({"type": "date", "table": "bookings", "column": "starts_at", "offset": "-1 day", "at": "18:00",
+               "timezone": "Europe/London", "lateness": "30 minutes"}),
+        json!({"type": "date", "table": "bookings", "column": "starts_at", "offset": "P1W", "timezone": {"field": "status"}}),
     ];
     let steps = [
         json!({"id": "e", "type": "send_email", "from": "desk@example.com", "to": "{{ email }}", "subject": "S", "html": "<p>{{ name }}</p>", "on_unknown": "resend"}),
@@ -631,6 +636,27 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
             json!([sms]),
         ),
         doc(json!({"type": "manual", "table": "public.bookings"}), json!([sms])),
+        doc(json!({"type": "date", "table": "public.bookings"}), json!([sms])),
+        doc(
+            json!({"type": "date", "table": "bookings", "column": "starts_at", "offset": "a week"}),
+            json!([sms]),
+        ),
+        doc(
+            json!({"type": "date", "table": "bookings", "column": "starts_at", "at": "6pm"}),
+            json!([sms]),
+        ),
+        doc(
+            json!({"type": "date", "table": "bookings", "column": "starts_at", "lateness": "-1 hour"}),
+            json!([sms]),
+        ),
+        doc(
+            json!({"type": "date", "table": "bookings", "column": "starts_at", "timezone": "Mars/Base"}),
+            json!([sms]),
+        ),
+        doc(
+            json!({"type": "date", "table": "bookings", "column": "starts_at", "every": "day"}),
+            json!([sms]),
+        ),
         doc(json!({"type": "tag_added", "tag": "vip", "segment": "x"}), json!([sms])),
         doc(trigger.clone(), json!([{"id": "w", "type": "wait", "for": "401 days"}])),
         doc(trigger.clone(), json!([{"id": "w", "type": "wait", "for": "2 years"}])),

@@ -1139,3 +1139,148 @@ async fn one_member_with(doc: &serde_json::Value) -> Herald {
         .unwrap();
     h
 }
+
+/// One daylight-saving policy: a wait's end (computed by the executor) and a date trigger's
+/// time (computed in SQL by herald_date_fire_at) agree for the same date, offset, local time
+/// and zone, at real clock changes in both directions: New York and London (an hour), and
+/// Lord Howe (half an hour). A skipped local time moves on by the gap's length; a repeated
+/// one is the first.
+#[tokio::test]
+async fn waits_and_date_triggers_place_times_around_clock_changes_alike() {
+    let h = Herald::new().await;
+    // Each row the day after a clock change (and a month's end), at noon local time.
+    h.db.exec(
+        "CREATE TABLE moments (id bigint PRIMARY KEY, status text NOT NULL, tz text NOT NULL, local timestamp NOT NULL,
+                               utc timestamptz, d date);
+         INSERT INTO moments (id, status, tz, local)
+         SELECT row_number() OVER (), 'new', z, day + time '12:00'
+         FROM (VALUES ('America/New_York', date '2030-03-11'), ('America/New_York', date '2030-11-04'),
+                      ('Europe/London', date '2030-04-01'), ('Europe/London', date '2030-10-28'),
+                      ('Australia/Lord_Howe', date '2030-10-07'), ('Australia/Lord_Howe', date '2030-04-08'),
+                      ('America/New_York', date '2030-03-31'), ('Europe/London', date '2030-03-31'),
+                      ('Australia/Lord_Howe', date '2030-03-31')) AS v (z, day);
+         UPDATE moments SET utc = local AT TIME ZONE tz, d = local::date;",
+    )
+    .await;
+    // (field, offset, local time): each on every row.
+    let specs = [
+        ("local", "-1 day", Some("02:30")), // New York's gap
+        ("local", "-1 day", Some("01:30")), // London's gap; New York's and London's repeat
+        ("local", "-1 day", Some("02:15")), // Lord Howe's gap
+        ("local", "-1 day", Some("01:45")), // Lord Howe's repeat
+        ("utc", "-7 days", None),           // the same local time, a week before
+        ("utc", "-24 hours", None),         // on the clock: an hour off across a change
+        ("d", "-1 month", Some("09:00")),   // 31 March, a month before: 28 February
+        ("d", "1 day", None),
+    ];
+    let mut messages = Vec::new();
+    for (n, (field, offset, at)) in specs.iter().enumerate() {
+        let name = format!("spec-{n}");
+        let mut until = json!({"field": field, "offset": offset, "timezone": {"field": "tz"}});
+        if let Some(at) = at {
+            until["at"] = json!(at);
+        }
+        let doc = json!({
+            "trigger": {"type": "manual"},
+            "steps": [{"id": "w", "type": "wait", "until": until},
+                      {"id": "s", "type": "send_sms", "to": "+15550100", "body": "x"}]
+        });
+        h.db.client
+            .execute(
+                "INSERT INTO automations (name, source_table) VALUES ($1, 'moments')",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        h.db.client
+            .query_one("SELECT herald_save_automation($1, $2)", &[&name, &doc])
+            .await
+            .unwrap();
+        let ids: Vec<i64> =
+            h.db.client
+                .query(
+                    "INSERT INTO automation_execution_logs
+                       (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot,
+                        status, run_at, created_at, updated_at, version, next_step, lease_token, lease_expires_at)
+                     SELECT a.id, 'public', 'moments', 'id', m.id::text, 'manual', '{}', 'queued', now(), now(), now(),
+                            a.version, 'w', 9, now() + interval '1 hour'
+                     FROM automations a, moments m WHERE a.name = $1
+                     RETURNING id",
+                    &[&name],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+        messages.extend(ids.into_iter().map(|id| json!({"log_id": id, "lease": 9}).to_string()));
+    }
+    let store = Database::new(h.db.config()).store().await.unwrap();
+    let start: jiff::Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+    let clock = ManualClock::new(start.into());
+    let hooks = h.webhooks();
+    let performers = Performers {
+        email: &h.executor.email,
+        sms: &h.executor.sms,
+        webhooks: &hooks,
+    };
+    let runner = FlowRunner {
+        ledger: &store,
+        effects: &performers,
+        receipts: &h.executor.receipts,
+        clock: &clock,
+        default_from: &h.from,
+        lease: Duration::from_secs(120),
+        ends_at: None,
+        step_limit: 100,
+    };
+    let out = runner.run(&messages, 4).await;
+    assert!(
+        out.iter()
+            .all(|o| matches!(o, FlowOutcome::Stopped(Stop::Park(Park::Sleeping { .. })))),
+        "{out:?}"
+    );
+    // Every wait's end, next to the date trigger's time for the same spec and row.
+    let rows =
+        h.db.client
+            .query(
+                "SELECT a.name, m.tz, m.local::text, l.run_at::text,
+                        herald_date_fire_at(to_jsonb(CASE w.field WHEN 'local' THEN to_jsonb(m.local)
+                                                                 WHEN 'utc' THEN to_jsonb(m.utc) ELSE to_jsonb(m.d) END) #>> '{}',
+                                            herald_span_interval(w.offset_), w.at::time, m.tz)::text
+                 FROM automation_execution_logs l
+                 JOIN automations a ON a.id = l.automation_id
+                 JOIN automation_versions v ON v.automation_id = a.id AND v.version = a.version
+                 JOIN moments m ON m.id::text = l.subject_id
+                 CROSS JOIN LATERAL (SELECT v.definition #>> '{steps,0,until,field}' AS field,
+                                            v.definition #>> '{steps,0,until,offset}' AS offset_,
+                                            v.definition #>> '{steps,0,until,at}' AS at) w
+                 ORDER BY l.id",
+                &[],
+            )
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), specs.len() * 9);
+    let differ: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, String>(3) != r.get::<_, String>(4))
+        .map(|r| {
+            let s = |i| r.get::<_, String>(i);
+            format!("{} {} {}: wait {} trigger {}", s(0), s(1), s(2), s(3), s(4))
+        })
+        .collect();
+    assert!(differ.is_empty(), "{differ:#?}");
+    // The policy itself, at the changes: New York's 02:30 on 10 March is 03:30 EDT; its 01:30
+    // on 3 November is the first, EDT; Lord Howe's 02:15 on 6 October is 02:45 (+11).
+    let at = |name: &str, day: &str| {
+        rows.iter()
+            .find(|r| r.get::<_, String>(0) == name && r.get::<_, String>(2).starts_with(day))
+            .map(|r| r.get::<_, String>(3))
+            .unwrap()
+    };
+    assert_eq!(at("spec-0", "2030-03-11"), "2030-03-10 07:30:00+00");
+    assert_eq!(at("spec-1", "2030-11-04"), "2030-11-03 05:30:00+00");
+    assert_eq!(at("spec-1", "2030-10-28"), "2030-10-27 00:30:00+00");
+    assert_eq!(at("spec-2", "2030-10-07"), "2030-10-05 15:45:00+00");
+    assert_eq!(at("spec-3", "2030-04-08"), "2030-04-06 14:45:00+00");
+}
