@@ -52,16 +52,18 @@ async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_
     assert_eq!(emails.len(), 1, "{emails:?}");
     assert_eq!(emails[0].destinations.to, [h.email_of(1)]);
     assert_eq!(emails[0].subject, "Your job \"Fix the kitchen sink\" is done");
-    // (moto keeps the HTML part when there are both)
+    // (moto keeps the HTML part when there are both). The visit (17:30 UTC) is shown in the
+    // client's zone, Los Angeles, and the price as dollars.
     assert_eq!(
         emails[0].body,
-        "<p>Hi Ann Lee-Park,</p><p><b>Fix the kitchen sink</b> is completed. Thank you for your business.</p>"
+        "<p>Hi Ann Lee-Park,</p><p><b>Fix the kitchen sink</b>, our visit of Mon 2 Mar 2026, 09:30, \
+         is completed: $1,240.50. Thank you for your business.</p>"
     );
     let sms = h.moto.sms_to(&h.phone_of(1)).await;
     assert_eq!(sms.len(), 1, "{sms:?}");
     assert_eq!(
         sms[0].message,
-        "Hi Ann Lee-Park, \"Fix the kitchen sink\" is completed."
+        "Hi Ann Lee-Park, \"Fix the kitchen sink\" (Mon 2 Mar) is completed: $1,240.50."
     );
 
     // AND the ledger row is a completed instance of the automation's two-step definition,
