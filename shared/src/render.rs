@@ -426,6 +426,13 @@ mod tests {
             err.starts_with("sms_body could not be rendered: invalid operation: `| money`: `lots` is not a number"),
             "{err}"
         );
+        // As docs/definitions.md quotes it.
+        let d = def("s", "<p>x</p>", "{{ 17 | date }}");
+        assert_eq!(
+            render(&d, &v, "n@x.com").unwrap_err().to_string(),
+            "sms_body could not be rendered: invalid operation: `| date`: expects a date or time such as \
+             \"2026-12-14T18:00:00+00:00\", not a number (in sms_body:1)"
+        );
     }
 
     #[test]

@@ -1226,6 +1226,41 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_examples_render_as_documented() {
+        // docs/definitions.md, "Filters": its table, with the values its text gives.
+        let page = include_str!("../../../docs/definitions.md");
+        let table = page
+            .split("<!-- filters-table -->")
+            .nth(1)
+            .and_then(|t| t.split("<!-- /filters-table -->").next())
+            .expect("the Filters table is marked");
+        let vars = serde_json::json!({
+            "starts_at": "2026-12-14T18:00:00+00:00", "local": "2026-12-14T18:00:00", "day": "2026-12-14",
+            "owner_tz": "America/New_York", "total": 1234.505, "count": 1234567, "refund": -42.5
+        });
+        let mut rows = 0;
+        for line in table.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<String> = line
+                .replace("\\|", "\u{1}")
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().replace('\u{1}', "|"))
+                .collect();
+            let [template, output] = cells.as_slice() else {
+                panic!("two cells: {line}");
+            };
+            let template = template.trim_matches('`');
+            assert_eq!(
+                render(template, vars.clone(), "2026-12-13T10:00:00Z", "Europe/London").as_deref(),
+                Ok(output.as_str()),
+                "{template}"
+            );
+            rows += 1;
+        }
+        assert!(rows >= 20, "{rows} rows");
+    }
+
+    #[test]
     fn filters_refuse_what_they_cannot_read_and_say_which_filter() {
         let vars = serde_json::json!({"starts_at": "2026-12-14T21:00:00Z", "day": "2026-12-14", "n": 17, "s": "soon",
                                        "obj": {"a": 1}, "flag": true, "tz": "Mars/Base", "list": [1]});
