@@ -16,8 +16,10 @@
 //! names of days and months. Amounts are rounded half away from zero on their decimal
 //! digits, never through floating-point arithmetic.
 //!
-//! The send's time and zone are set for the length of one render by [`at_moment`]; pure
-//! functions below do the work and are what the tests read.
+//! The send's time and zone are set for the length of one render by [`at_moment`], in a
+//! thread-local: a minijinja filter sees its arguments, not the caller's context, and one
+//! render runs on one thread without awaiting. Pure functions below do the work and are
+//! what the tests read. No locale crate: names are English, and the functions stay small.
 
 use std::cell::RefCell;
 
