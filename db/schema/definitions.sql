@@ -128,10 +128,55 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 
--- Why a template cannot compile, as far as its delimiters and blocks show; NULL when they
--- close. (Herald's reader compiles it whole; this catches what is most often mistyped.)
+-- The first mistake in the literal arguments of one block's calls of Herald's filters (see
+-- "Filters" in docs/definitions.md), in the words of Herald's reader (render/filters.rs):
+-- a currency that is not three capital letters, decimals outside 0 to 10, a strftime format
+-- with an unknown directive, a tz= that names no zone. NULL when there is none. Arguments
+-- read from variables are checked when the template renders.
+CREATE OR REPLACE FUNCTION herald_filter_problem(p_block text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  call   text[];
+  filter text;
+  args   text;
+  lit    text[];
+  quoted text;
+BEGIN
+  FOR call IN SELECT regexp_matches(p_block,
+      '\|\s*(datetime|date|time|relative|number|money)\s*\(((?:"[^"]*"|''[^'']*''|[^"'')])*)\)', 'g') LOOP
+    filter := call[1];
+    args := call[2];
+    -- The first argument, when it is a literal: text (2 or 3) or a whole number (4).
+    lit := regexp_match(args, '^\s*(?:"([^"]*)"|''([^'']*)''|(-?[0-9]+))\s*(?:,|$)');
+    quoted := coalesce(lit[1], lit[2]);
+    IF filter = 'money' AND btrim(args) = '' THEN
+      RETURN '`| money`: needs a currency code, as in money("EUR")';
+    ELSIF filter = 'money' AND quoted IS NOT NULL AND quoted !~ '^[A-Z]{3}$' THEN
+      RETURN format('`| money`: `%s` is not a currency code such as "EUR" (three capital letters)',
+                    CASE WHEN length(quoted) > 40 THEN left(quoted, 40) || '…' ELSE quoted END);
+    ELSIF filter = 'number' AND lit[3] IS NOT NULL AND NOT lit[3]::numeric BETWEEN 0 AND 10 THEN
+      RETURN format('`| number`: %s decimals; from 0 to 10', lit[3]);
+    ELSIF filter NOT IN ('money', 'number') AND quoted IS NOT NULL AND strpos(regexp_replace(quoted,
+        '%[-_0^#]?[0-9]*(\.[0-9]*f|:{1,3}[zQ]|[%AaBbCcDdeFfGgHhIjklMmNnPpQqRrSsTtUuVWwXxYyZz])', '', 'g'), '%') > 0 THEN
+      RETURN format('`| %s`: `%s` is not a strftime format such as "%%a %%-d %%b %%Y"', filter,
+                    CASE WHEN length(quoted) > 40 THEN left(quoted, 40) || '…' ELSE quoted END);
+    END IF;
+    lit := regexp_match(args, '(?:^|,)\s*tz\s*=\s*(?:"([^"]*)"|''([^'']*)'')\s*(?:,|$)');
+    quoted := coalesce(lit[1], lit[2]);
+    IF filter NOT IN ('money', 'number') AND quoted IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = quoted) THEN
+      RETURN format('`| %s`: `%s` is not a time zone name such as "Europe/London"', filter, quoted);
+    END IF;
+  END LOOP;
+  RETURN NULL;
+END
+$$;
+
+-- Why a template cannot compile, as far as its delimiters and blocks show, or what its
+-- filters' literal arguments get wrong (herald_filter_problem); NULL when nothing shows.
+-- (Herald's reader compiles it whole; this catches what is most often mistyped.)
 CREATE OR REPLACE FUNCTION herald_template_problem(p_source text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
   rest    text := p_source;
   i       integer;
@@ -141,6 +186,7 @@ DECLARE
   inner_t text;
   tag     text;
   open_b  text[] := '{}';
+  filters text;
 BEGIN
   LOOP
     i := (SELECT min(p) FROM unnest(ARRAY[strpos(rest, '{{'), strpos(rest, '{%'), strpos(rest, '{#')]) p WHERE p > 0);
@@ -154,6 +200,9 @@ BEGIN
     END IF;
     inner_t := substr(rest, 1, j - 1);
     rest := substr(rest, j + 2);
+    IF opener <> '{#' AND filters IS NULL THEN
+      filters := herald_filter_problem(inner_t);
+    END IF;
     CONTINUE WHEN opener <> '{%';
     tag := lower(substring(inner_t FROM '^[-+]?\s*([A-Za-z_]+)'));
     IF tag IS NULL THEN
@@ -179,7 +228,7 @@ BEGIN
     RETURN format('the template does not compile: `{%% %s %%}` is never closed by `{%% end%s %%}`',
                   open_b[cardinality(open_b)], open_b[cardinality(open_b)]);
   END IF;
-  RETURN NULL;
+  RETURN filters;
 END
 $$;
 

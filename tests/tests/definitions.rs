@@ -266,6 +266,67 @@ async fn mistakes_of_shape_are_refused_by_sql_and_by_herald_at_the_same_path() {
 }
 
 #[tokio::test]
+async fn a_filters_literal_arguments_are_refused_by_sql_and_by_herald_in_the_same_words() {
+    let db = db().await;
+    let cases: Vec<(Json, &str, &str)> = vec![
+        (
+            with("/steps/0/text", json!("Total {{ total | money(\"EURO\") }}")),
+            "steps[0].text",
+            "`| money`: `EURO` is not a currency code such as \"EUR\" (three capital letters)",
+        ),
+        (
+            with("/steps/0/subject", json!("{{ total | money() }}")),
+            "steps[0].subject",
+            "`| money`: needs a currency code, as in money(\"EUR\")",
+        ),
+        (
+            with("/steps/3/body", json!("{{ total | number(11) }}")),
+            "steps[3].body",
+            "`| number`: 11 decimals; from 0 to 10",
+        ),
+        (
+            with("/steps/3/body", json!("{{ starts_at | datetime('%a (%K)', tz=tz) }}")),
+            "steps[3].body",
+            "`| datetime`: `%a (%K)` is not a strftime format such as \"%a %-d %b %Y\"",
+        ),
+        (
+            with(
+                "/steps/2/then/0/text",
+                json!("{{ starts_at | relative(tz='Mars/Base') }}"),
+            ),
+            "steps[2].then[0].text",
+            "`| relative`: `Mars/Base` is not a time zone name such as \"Europe/London\"",
+        ),
+        (
+            with(
+                "/steps/5/set/reminded",
+                json!("{{ starts_at | date('%d', tz=\"Europe/Lndon\") }}"),
+            ),
+            "steps[5].set.reminded",
+            "`| date`: `Europe/Lndon` is not a time zone name such as \"Europe/London\"",
+        ),
+    ];
+    for (doc, path, message) in cases {
+        let sql = sql_problems(&db, &doc).await;
+        assert_eq!(sql, vec![(path.to_owned(), message.to_owned())], "SQL");
+        let rust: Vec<(String, String)> = definition::parse(&doc)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.path, p.message))
+            .collect();
+        assert_eq!(rust, sql, "Herald's reader");
+    }
+    // Arguments from variables, and formats and zones that exist, pass both.
+    let fine = with(
+        "/steps/0/text",
+        json!("{{ starts_at | datetime(\"%a %-d %b, %H:%M (%Z)\", tz=\"America/New_York\") }} {{ total | money(currency) }} {{ total | number(2) }} {{ starts_at | relative('%-I:%M %p') }}"),
+    );
+    assert_eq!(sql_problems(&db, &fine).await, vec![]);
+    assert_eq!(rust_paths(&fine), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn references_to_the_data_are_checked_against_the_table() {
     let db = db().await;
     let cases: Vec<(Json, &str, &str)> = vec![
@@ -601,6 +662,7 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
     let steps = [
         json!({"id": "e", "type": "send_email", "from": "desk@example.com", "to": "{{ email }}", "subject": "S", "html": "<p>{{ name }}</p>", "on_unknown": "resend"}),
         json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{% if vip %}VIP {% endif %}{{ name }}", "on_error": "continue"}),
+        json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{{ starts_at | datetime(\"%a %d %b, %H:%M (%Z)\", tz=\"Asia/Kolkata\") }} {{ starts_at | relative(tz=tz) }} {{ 12.5 | money(\"CHF\") }} {{ 2 | number(2) }}"}),
         json!({"id": "w", "type": "wait", "for": "400 days"}),
         json!({"id": "w", "type": "wait", "for": "PT2H"}),
         json!({"id": "w", "type": "wait", "until": {"field": "starts_at", "offset": "-1 day", "at": "18:00", "timezone": "Europe/London"}}),
@@ -675,6 +737,23 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
         doc(
             trigger.clone(),
             json!([{"id": "h", "type": "webhook", "url": "https://x.example.com", "body": "{}", "secret": "s", "timeout": "16 seconds"}]),
+        ),
+        // Filters' literal arguments that no render could take.
+        doc(
+            trigger.clone(),
+            json!([{"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{{ 5 | money('EURO') }}"}]),
+        ),
+        doc(
+            trigger.clone(),
+            json!([{"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{{ 5 | number(11) }}"}]),
+        ),
+        doc(
+            trigger.clone(),
+            json!([{"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{{ starts_at | date(\"%d %K\") }}"}]),
+        ),
+        doc(
+            trigger.clone(),
+            json!([{"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{{ starts_at | time(tz='Mars/Base') }}"}]),
         ),
         doc(
             trigger.clone(),

@@ -122,6 +122,97 @@ async fn a_three_step_flow_sends_sleeps_and_finishes_with_its_history_in_the_led
 }
 
 #[tokio::test]
+async fn messages_show_dates_in_the_definitions_zone_relative_to_each_send_and_money_as_money() {
+    let h = Herald::new().await;
+    h.db.exec(&format!(
+        "CREATE TABLE bookings (id bigint PRIMARY KEY, status text NOT NULL, starts_at timestamptz NOT NULL,
+                                deposit numeric NOT NULL, host_tz text NOT NULL, email text, phone text, name text);
+         INSERT INTO bookings VALUES (1, 'confirmed', '2026-12-14T18:00:00Z', 1234.505, 'America/New_York',
+                                      'b1-{tag}@example.com', '+1555{tag:07}', 'Ana');
+         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
+         VALUES ('dinner', 'bookings', 'confirmed', 'x', 'x', 'x');",
+        tag = h.tag
+    ))
+    .await;
+    // London: 18:00 UTC is 18:00 GMT. The host is in New York.
+    let doc = json!({
+        "trigger": {"type": "status_change", "table": "public.bookings", "to": "confirmed"},
+        "timezone": "Europe/London",
+        "steps": [
+            {"id": "confirm", "type": "send_email", "to": "{{ email }}",
+             "subject": "Table for {{ starts_at | date }}",
+             "text": "Hi {{ name }}, see you {{ starts_at | relative }} ({{ starts_at | time(tz=host_tz) }} for your host). Deposit: {{ deposit | money(\"EUR\") }}."},
+            {"id": "soon", "type": "wait", "until": {"field": "starts_at", "offset": "-2 hours"}},
+            {"id": "remind", "type": "send_sms", "to": "{{ phone }}",
+             "body": "{{ name }}, your table is {{ starts_at | relative }}, at {{ starts_at | datetime(\"%-I:%M %p on %A %-d %B\") }}."}
+        ]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('dinner', $1)", &[&doc])
+        .await
+        .unwrap();
+    h.db.exec(
+        "INSERT INTO automation_execution_logs
+           (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
+            run_at, created_at, updated_at, version, next_step, lease_token, lease_expires_at)
+         SELECT id, 'public', 'bookings', 'id', '1', 'status_change', '{}', 'queued', now(), now(), now(), version,
+                'confirm', 7, now() + interval '1 hour'
+         FROM automations WHERE name = 'dinner'",
+    )
+    .await;
+    let log_id: i64 = h.db.scalar("SELECT id FROM automation_execution_logs").await;
+    let store = Database::new(h.db.config()).store().await.unwrap();
+    // The confirmation goes out at 10:00 UTC the day before.
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_797_156_000)); // 2026-12-13T10:00:00Z
+    let hooks = h.webhooks();
+    let performers = Performers {
+        email: &h.executor.email,
+        sms: &h.executor.sms,
+        webhooks: &hooks,
+    };
+    let runner = FlowRunner {
+        ledger: &store,
+        effects: &performers,
+        receipts: &h.executor.receipts,
+        clock: &clock,
+        default_from: &h.from,
+        lease: Duration::from_secs(120),
+        ends_at: None,
+        step_limit: 100,
+    };
+    let message = json!({"log_id": log_id, "lease": 7}).to_string();
+    let out = runner.run(std::slice::from_ref(&message), 4).await;
+    assert_eq!(
+        out,
+        vec![FlowOutcome::Stopped(Stop::Park(Park::Sleeping {
+            next: Some("remind".into()),
+            until: "2026-12-14T16:00:00Z".parse().unwrap()
+        }))]
+    );
+    let emails = h.moto.emails_from(&h.from).await;
+    assert_eq!(emails.len(), 1, "{emails:?}");
+    assert_eq!(emails[0].subject, "Table for Mon 14 Dec 2026");
+    assert_eq!(
+        emails[0].body,
+        "Hi Ana, see you tomorrow at 18:00 (13:00 for your host). Deposit: €1,234.51."
+    );
+
+    // Woken two hours before, the reminder counts from its own send.
+    clock.advance(Duration::from_secs(30 * 3600));
+    h.db.exec("UPDATE automation_execution_logs SET status = 'queued', lease_token = 8")
+        .await;
+    let message = json!({"log_id": log_id, "lease": 8}).to_string();
+    let out = runner.run(std::slice::from_ref(&message), 4).await;
+    assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Park(Park::Completed))]);
+    let sms = h.moto.sms_to(&format!("+1555{:07}", h.tag)).await;
+    assert_eq!(sms.len(), 1, "{sms:?}");
+    assert_eq!(
+        sms[0].message,
+        "Ana, your table is in 2 hours, at 6:00 PM on Monday 14 December."
+    );
+}
+
+#[tokio::test]
 async fn through_the_functions_a_status_change_starts_an_instance_that_waits_and_wakes() {
     let mut h = Herald::with_jobs_example().await;
     let clock = h.manual_clock();

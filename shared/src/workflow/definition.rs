@@ -309,7 +309,7 @@ impl Reader {
     fn compiles(&mut self, source: &str, path: &str) -> Option<String> {
         match check_template(source) {
             Ok(()) => Some(source.to_owned()),
-            Err(e) => self.problem(path, format!("the template does not compile: {e}")),
+            Err(e) => self.problem(path, e),
         }
     }
 
@@ -1024,6 +1024,27 @@ mod tests {
                 "does not compile",
             ),
             (with("/steps/0/to", json!(5)), "steps[0].to", "is text"),
+            (
+                with("/steps/0/text", json!("Total {{ total | money(\"EURO\") }}")),
+                "steps[0].text",
+                "`| money`: `EURO` is not a currency code such as \"EUR\" (three capital letters)",
+            ),
+            (
+                with(
+                    "/steps/3/body",
+                    json!("{{ starts_at | datetime(\"%a %K\", tz=\"Europe/London\") }}"),
+                ),
+                "steps[3].body",
+                "`| datetime`: `%a %K` is not a strftime format",
+            ),
+            (
+                with(
+                    "/steps/2/then/0/text",
+                    json!("{{ starts_at | relative(tz=\"Mars/Base\") }}"),
+                ),
+                "steps[2].then[0].text",
+                "`| relative`: `Mars/Base` is not a time zone name",
+            ),
             (
                 with("/steps/1/until/offset", json!("a day")),
                 "steps[1].until.offset",
