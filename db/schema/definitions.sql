@@ -164,7 +164,7 @@ BEGIN
     lit := regexp_match(args, '(?:^|,)\s*tz\s*=\s*(?:"([^"]*)"|''([^'']*)'')\s*(?:,|$)');
     quoted := coalesce(lit[1], lit[2]);
     IF filter NOT IN ('money', 'number') AND quoted IS NOT NULL
-       AND NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = quoted) THEN
+       AND NOT herald_zone_names() ? quoted THEN
       RETURN format('`| %s`: `%s` is not a time zone name such as "Europe/London"', filter, quoted);
     END IF;
   END LOOP;
@@ -568,7 +568,7 @@ BEGIN
             problems := problems || jsonb_build_array(jsonb_build_array(path || '.until.at', '`at` is a local time of day such as "18:00"'));
           END IF;
           IF jsonb_typeof(step #> '{until,timezone}') = 'string'
-             AND NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = step #>> '{until,timezone}') THEN
+             AND NOT herald_zone_names() ? (step #>> '{until,timezone}') THEN
             problems := problems || jsonb_build_array(jsonb_build_array(path || '.until.timezone',
               format('`%s` is not a time zone name such as "Europe/London"', step #>> '{until,timezone}')));
           END IF;
@@ -680,7 +680,7 @@ BEGIN
     problems := problems || herald_problem('trigger.at', '`at` is a local time of day such as "09:00"');
   END IF;
   IF jsonb_typeof(p_trig -> 'timezone') = 'string' THEN
-    IF NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = p_trig ->> 'timezone') THEN
+    IF NOT herald_zone_names() ? (p_trig ->> 'timezone') THEN
       problems := problems || herald_problem('trigger.timezone',
         format('`%s` is not a time zone name such as "Europe/London"', p_trig ->> 'timezone'));
     END IF;
@@ -803,7 +803,7 @@ BEGIN
       END LOOP;
     END IF;
   END IF;
-  IF p_definition ? 'timezone' AND NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = p_definition ->> 'timezone') THEN
+  IF p_definition ? 'timezone' AND NOT herald_zone_names() ? (p_definition ->> 'timezone') THEN
     problems := problems || jsonb_build_array(jsonb_build_array('timezone',
       format('`%s` is not a time zone name such as "Europe/London"', p_definition ->> 'timezone')));
   END IF;
