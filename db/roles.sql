@@ -31,6 +31,7 @@ GRANT UPDATE (status, queued_at, updated_at, lease_token, lease_expires_at) ON a
 GRANT USAGE ON SEQUENCE herald_lease_tokens TO herald_scheduler;
 GRANT EXECUTE ON FUNCTION herald_rescue(timestamptz) TO herald_scheduler;
 GRANT EXECUTE ON FUNCTION herald_ingest(integer) TO herald_scheduler;
+GRANT EXECUTE ON FUNCTION herald_fire_dates(timestamptz) TO herald_scheduler;
 -- Receipts are applied by a function of the owner's: the scheduler still reads no step runs
 -- or definitions.
 GRANT EXECUTE ON FUNCTION herald_apply_step_receipts(jsonb, timestamptz) TO herald_scheduler;

@@ -104,19 +104,27 @@ pub async fn reset(db: &Db, v: Variant) -> Result<(), String> {
 
 /// Single-row status updates under pgbench: transactions per second.
 pub async fn pgbench(settings: &Settings, db: &Db, seconds: u32, rows: i64) -> Result<f64, String> {
-    let script = settings.work_dir.join("update_status.sql");
-    std::fs::write(
-        &script,
-        format!(
-            "\\set id random(1, {rows})\n\\set s random(1, 5)\n\
-             UPDATE jobs SET status = (ARRAY['pending','queued','running','done','failed'])[:s], \
-             updated_at = now() WHERE id = :id;\n"
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+    let script = format!(
+        "\\set id random(1, {rows})\n\\set s random(1, 5)\n\
+         UPDATE jobs SET status = (ARRAY['pending','queued','running','done','failed'])[:s], \
+         updated_at = now() WHERE id = :id;\n"
+    );
+    pgbench_script(settings, db, seconds, "update_status.sql", &script).await
+}
+
+/// `script` (pgbench's language) run by 4 clients for `seconds`: transactions per second.
+pub async fn pgbench_script(
+    settings: &Settings,
+    db: &Db,
+    seconds: u32,
+    name: &str,
+    script: &str,
+) -> Result<f64, String> {
+    let path = settings.work_dir.join(name);
+    std::fs::write(&path, script).map_err(|e| e.to_string())?;
     let out = tokio::process::Command::new(settings.pg_bin("pgbench"))
         .args(["-n", "-c", "4", "-j", "2", "-T", &seconds.to_string(), "-f"])
-        .arg(&script)
+        .arg(&path)
         .arg(&db.url)
         .output()
         .await

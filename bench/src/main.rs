@@ -5,6 +5,7 @@
 
 mod capture;
 mod cycle;
+mod dates;
 mod db;
 mod flows;
 mod history;
@@ -31,8 +32,8 @@ struct Args {
     #[arg(long)]
     runs: Option<usize>,
     /// Only these cases (comma-separated): capture, queue (drain, ingest, round trips), cycle
-    /// (the full cycle and the peer queues), flows (workflow instances), latency, history,
-    /// size.
+    /// (the full cycle and the peer queues), flows (workflow instances), dates (date triggers),
+    /// latency, history, size.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the results as JSON.
@@ -118,6 +119,9 @@ async fn run(args: Args) -> Result<(), String> {
     }
     if wanted("flows") {
         rows.extend(flows::run(&server, &settings).await?);
+    }
+    if wanted("dates") {
+        rows.extend(dates::run(&server, &settings).await?);
     }
     if wanted("latency") {
         rows.extend(latency::run(&server, &settings).await?);

@@ -378,7 +378,10 @@ BEGIN
   IF NOT FOUND OR att.capture = 'row' THEN
     -- The row compiler drops the table's triggers and reads its attachment itself; a table
     -- that is no longer attached is left with no triggers.
-    RETURN herald_compile_by_row(p_schema, p_table);
+    made := herald_compile_by_row(p_schema, p_table);
+    PERFORM herald_compile_waits(p_schema, p_table);
+    PERFORM herald_compile_dates(p_schema, p_table);
+    RETURN made;
   END IF;
   PERFORM herald_uncompile(tbl);
   FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
@@ -499,11 +502,83 @@ END
                            ELSE 'OLD TABLE AS herald_old NEW TABLE AS herald_new' END,
                    fn);
   END LOOP;
+  PERFORM herald_compile_waits(p_schema, p_table);
+  PERFORM herald_compile_dates(p_schema, p_table);
   RETURN made;
 END
 $$;
 
--- Drops Herald's capture triggers from a table, and the functions generated for them.
+-- Waits that follow their data. An instance sleeping in a wait until a time read from its
+-- data (the wait's `until.field`, and `until.timezone.field`) parks at that wait; when one of
+-- those columns of its row changes, its wake-up becomes due at once, and the executor reads
+-- the time again: it sleeps on to the new time, earlier or later, or goes on. Paused
+-- instances that were waiting are woken too, so a resume finds the time read again. The
+-- trigger's spec (its only argument): the table's key column, and the waits as
+-- "automation id:step id".
+CREATE OR REPLACE FUNCTION herald_follow_waits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+  spec    jsonb := TG_ARGV[0]::jsonb;
+  subject text;
+BEGIN
+  EXECUTE format('SELECT ($1).%I::text', spec ->> 'key') INTO subject USING NEW;
+  UPDATE ONLY automation_execution_logs g
+  SET run_at = herald_now(), updated_at = herald_now()
+  WHERE g.subject_schema = TG_TABLE_SCHEMA AND g.subject_table = TG_TABLE_NAME AND g.subject_id = subject
+    AND (g.status = 'waiting' OR (g.status = 'paused' AND g.held_from = 'waiting'))
+    AND g.run_at > herald_now()
+    AND g.automation_id::text || ':' || g.next_step IN (SELECT jsonb_array_elements_text(spec -> 'waits'));
+  RETURN NULL;
+END
+$$;
+
+-- A field's first name: the column it reads (`"starts_at"`, `"a.b"` or `["a", "b"]`).
+CREATE OR REPLACE FUNCTION herald_field_column(p_field jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE jsonb_typeof(p_field) WHEN 'string' THEN split_part(p_field #>> '{}', '.', 1)
+                                    WHEN 'array' THEN p_field ->> 0 END
+$$;
+
+-- Compiles a table's follow-waits trigger (herald_compile calls it, after dropping the
+-- table's triggers) from every version of the automations on it, as an instance keeps the
+-- version it started with: an update of a column a wait reads its time or zone from wakes
+-- the instances sleeping in that wait. No such wait: no trigger.
+CREATE OR REPLACE FUNCTION herald_compile_waits(p_schema text, p_table text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  tbl   regclass := to_regclass(format('%I.%I', p_schema, p_table));
+  key   text;
+  waits jsonb;
+  cols  text[];
+BEGIN
+  SELECT a.key_column INTO key FROM herald_attachments a WHERE a.table_schema = p_schema AND a.table_name = p_table;
+  IF tbl IS NULL OR key IS NULL THEN
+    RETURN;
+  END IF;
+  WITH w AS (
+    SELECT au.id::text || ':' || (s ->> 'id') AS wait, c.col
+    FROM automations au
+    JOIN automation_versions v ON v.automation_id = au.id
+    CROSS JOIN LATERAL jsonb_path_query(v.definition, 'strict $.** ? (@.type == "wait" && exists(@.until))') s
+    CROSS JOIN LATERAL (VALUES (herald_field_column(s #> '{until,field}')),
+                               (herald_field_column(s #> '{until,timezone,field}'))) c (col)
+    WHERE au.source_schema = p_schema AND au.source_table = p_table
+      AND EXISTS (SELECT 1 FROM pg_attribute
+                  WHERE attrelid = tbl AND attname = c.col AND attnum > 0 AND NOT attisdropped)
+  )
+  SELECT jsonb_agg(DISTINCT w.wait ORDER BY w.wait), array_agg(DISTINCT w.col ORDER BY w.col)
+  INTO waits, cols
+  FROM w;
+  IF waits IS NOT NULL THEN
+    EXECUTE format('CREATE TRIGGER herald_follow_waits AFTER UPDATE ON %s FOR EACH ROW WHEN (%s) EXECUTE FUNCTION %s(%L)',
+                   tbl, (SELECT string_agg(format('OLD.%I IS DISTINCT FROM NEW.%I', c, c), ' OR ') FROM unnest(cols) c),
+                   'herald_follow_waits()'::regprocedure::oid::regproc,
+                   jsonb_build_object('key', key, 'waits', waits));
+  END IF;
+END
+$$;
+
+-- Drops Herald's triggers from a table, and the functions generated for them.
 CREATE OR REPLACE FUNCTION herald_uncompile(tbl regclass) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -512,7 +587,8 @@ BEGIN
   FOR t IN
     SELECT tg.tgname, p.oid::regprocedure AS fn, p.proname LIKE 'herald\_cap\_%' AS generated
     FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
-    WHERE tg.tgrelid = tbl AND (p.proname LIKE 'herald\_cap\_%' OR p.proname = 'herald_capture')
+    WHERE tg.tgrelid = tbl
+      AND (p.proname LIKE 'herald\_cap\_%' OR p.proname IN ('herald_capture', 'herald_follow_waits', 'herald_follow_dates'))
   LOOP
     EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, tbl);
     IF t.generated THEN

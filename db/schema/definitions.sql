@@ -24,6 +24,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $shape$ SELECT $json$
     {"type": "tag_removed", "keys": ["type", "tag"]},
     {"type": "segment_joined", "keys": ["type", "segment"]},
     {"type": "segment_left", "keys": ["type", "segment"]},
+    {"type": "date", "keys": ["type", "table", "column", "offset", "at", "timezone", "lateness"]},
     {"type": "manual", "keys": ["type"]}
   ],
   "admins": ["emails", "phones"],
@@ -152,17 +153,61 @@ $$;
 CREATE OR REPLACE FUNCTION herald_span_exceeds(p_span text, p_limit interval) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-  RETURN timestamp '1970-01-01' + regexp_replace(p_span, '(\d)\s*mo(?![a-z])', '\1 mons', 'gi')::interval
-         > timestamp '1970-01-01' + p_limit;
+  RETURN timestamp '1970-01-01' + herald_span_interval(p_span) > timestamp '1970-01-01' + p_limit;
 EXCEPTION WHEN OTHERS THEN
   RETURN NULL;
 END
 $$;
 
--- Why a template cannot compile, as far as its delimiters and blocks show; NULL when they
--- close. (Herald's reader compiles it whole; this catches what is most often mistyped.)
+-- The first mistake in the literal arguments of one block's calls of Herald's filters (see
+-- "Filters" in docs/definitions.md), in the words of Herald's reader (render/filters.rs):
+-- a currency that is not three capital letters, decimals outside 0 to 10, a strftime format
+-- with an unknown directive, a tz= that names no zone. NULL when there is none. Arguments
+-- read from variables are checked when the template renders.
+CREATE OR REPLACE FUNCTION herald_filter_problem(p_block text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  call   text[];
+  filter text;
+  args   text;
+  lit    text[];
+  quoted text;
+BEGIN
+  FOR call IN SELECT regexp_matches(p_block,
+      '\|\s*(datetime|date|time|relative|number|money)\s*\(((?:"[^"]*"|''[^'']*''|[^"'')])*)\)', 'g') LOOP
+    filter := call[1];
+    args := call[2];
+    -- The first argument, when it is a literal: text (2 or 3) or a whole number (4).
+    lit := regexp_match(args, '^\s*(?:"([^"]*)"|''([^'']*)''|(-?[0-9]+))\s*(?:,|$)');
+    quoted := coalesce(lit[1], lit[2]);
+    IF filter = 'money' AND btrim(args) = '' THEN
+      RETURN '`| money`: needs a currency code, as in money("EUR")';
+    ELSIF filter = 'money' AND quoted IS NOT NULL AND quoted !~ '^[A-Z]{3}$' THEN
+      RETURN format('`| money`: `%s` is not a currency code such as "EUR" (three capital letters)',
+                    CASE WHEN length(quoted) > 40 THEN left(quoted, 40) || '…' ELSE quoted END);
+    ELSIF filter = 'number' AND lit[3] IS NOT NULL AND NOT lit[3]::numeric BETWEEN 0 AND 10 THEN
+      RETURN format('`| number`: %s decimals; from 0 to 10', lit[3]);
+    ELSIF filter NOT IN ('money', 'number') AND quoted IS NOT NULL AND strpos(regexp_replace(quoted,
+        '%[-_0^#]?[0-9]*(\.[0-9]*f|:{1,3}[zQ]|[%AaBbCcDdeFfGgHhIjklMmNnPpQqRrSsTtUuVWwXxYyZz])', '', 'g'), '%') > 0 THEN
+      RETURN format('`| %s`: `%s` is not a strftime format such as "%%a %%-d %%b %%Y"', filter,
+                    CASE WHEN length(quoted) > 40 THEN left(quoted, 40) || '…' ELSE quoted END);
+    END IF;
+    lit := regexp_match(args, '(?:^|,)\s*tz\s*=\s*(?:"([^"]*)"|''([^'']*)'')\s*(?:,|$)');
+    quoted := coalesce(lit[1], lit[2]);
+    IF filter NOT IN ('money', 'number') AND quoted IS NOT NULL
+       AND NOT herald_zone_names() ? quoted THEN
+      RETURN format('`| %s`: `%s` is not a time zone name such as "Europe/London"', filter, quoted);
+    END IF;
+  END LOOP;
+  RETURN NULL;
+END
+$$;
+
+-- Why a template cannot compile, as far as its delimiters and blocks show, or what its
+-- filters' literal arguments get wrong (herald_filter_problem); NULL when nothing shows.
+-- (Herald's reader compiles it whole; this catches what is most often mistyped.)
 CREATE OR REPLACE FUNCTION herald_template_problem(p_source text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
   rest    text := p_source;
   i       integer;
@@ -172,6 +217,7 @@ DECLARE
   inner_t text;
   tag     text;
   open_b  text[] := '{}';
+  filters text;
 BEGIN
   LOOP
     i := (SELECT min(p) FROM unnest(ARRAY[strpos(rest, '{{'), strpos(rest, '{%'), strpos(rest, '{#')]) p WHERE p > 0);
@@ -185,6 +231,9 @@ BEGIN
     END IF;
     inner_t := substr(rest, 1, j - 1);
     rest := substr(rest, j + 2);
+    IF opener <> '{#' AND filters IS NULL THEN
+      filters := herald_filter_problem(inner_t);
+    END IF;
     CONTINUE WHEN opener <> '{%';
     tag := lower(substring(inner_t FROM '^[-+]?\s*([A-Za-z_]+)'));
     IF tag IS NULL THEN
@@ -210,7 +259,7 @@ BEGIN
     RETURN format('the template does not compile: `{%% %s %%}` is never closed by `{%% end%s %%}`',
                   open_b[cardinality(open_b)], open_b[cardinality(open_b)]);
   END IF;
-  RETURN NULL;
+  RETURN filters;
 END
 $$;
 
@@ -572,7 +621,7 @@ BEGIN
             problems := problems || jsonb_build_array(jsonb_build_array(path || '.until.at', '`at` is a local time of day such as "18:00"'));
           END IF;
           IF jsonb_typeof(step #> '{until,timezone}') = 'string'
-             AND NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = step #>> '{until,timezone}') THEN
+             AND NOT herald_zone_names() ? (step #>> '{until,timezone}') THEN
             problems := problems || jsonb_build_array(jsonb_build_array(path || '.until.timezone',
               format('`%s` is not a time zone name such as "Europe/London"', step #>> '{until,timezone}')));
           END IF;
@@ -655,6 +704,54 @@ LANGUAGE sql STABLE AS $$
     AND att.status_column <> coalesce(p_definition #>> '{trigger,column}', att.status_column)
 $$;
 
+-- The problems of a date trigger on table p_rel (whose columns' kinds are p_kinds): a
+-- date or time column to fire by, an offset and lateness that are spans (the lateness not
+-- negative), a local time of day, a zone named or read from a column, and a table that is
+-- attached (its rows are found by its key).
+CREATE OR REPLACE FUNCTION herald_date_trigger_problems(p_trig jsonb, p_rel regclass, p_kinds jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  problems jsonb := '[]';
+  col      text := p_trig ->> 'column';
+  zcol     text := p_trig #>> '{timezone,field}';
+BEGIN
+  IF jsonb_typeof(p_trig -> 'column') IS DISTINCT FROM 'string' THEN
+    problems := problems || herald_problem('trigger.column', 'is required: the date or timestamp column the trigger fires by');
+  ELSIF p_kinds IS NOT NULL AND NOT p_kinds ? col THEN
+    problems := problems || herald_problem('trigger.column', format('`%s` has no column `%s`', p_trig ->> 'table', col));
+  ELSIF p_kinds IS NOT NULL AND p_kinds ->> col <> 'time' THEN
+    problems := problems || herald_problem('trigger.column', format('`%s` holds %s, not a date or time', col, p_kinds ->> col));
+  END IF;
+  IF p_trig ? 'offset' THEN
+    problems := problems || herald_problem('trigger.offset', herald_span_problem(p_trig -> 'offset', 'an offset'));
+  END IF;
+  IF p_trig ? 'lateness' THEN
+    problems := problems || herald_problem('trigger.lateness', coalesce(herald_span_problem(p_trig -> 'lateness', 'a lateness'),
+      CASE WHEN herald_span_interval(p_trig ->> 'lateness') < interval '0' THEN 'a lateness cannot be negative' END));
+  END IF;
+  IF p_trig ? 'at' AND coalesce(p_trig ->> 'at', '') !~ '^([01]?\d|2[0-3]):[0-5]\d(:[0-5]\d)?$' THEN
+    problems := problems || herald_problem('trigger.at', '`at` is a local time of day such as "09:00"');
+  END IF;
+  IF jsonb_typeof(p_trig -> 'timezone') = 'string' THEN
+    IF NOT herald_zone_names() ? (p_trig ->> 'timezone') THEN
+      problems := problems || herald_problem('trigger.timezone',
+        format('`%s` is not a time zone name such as "Europe/London"', p_trig ->> 'timezone'));
+    END IF;
+  ELSIF p_trig ? 'timezone' AND (jsonb_typeof(p_trig -> 'timezone') <> 'object' OR zcol IS NULL) THEN
+    problems := problems || herald_problem('trigger.timezone', 'a timezone is a name ("Europe/London") or {"field": ...} naming one');
+  ELSIF zcol IS NOT NULL AND p_kinds IS NOT NULL AND NOT p_kinds ? zcol THEN
+    problems := problems || herald_problem('trigger.timezone.field', format('`%s` has no column `%s`', p_trig ->> 'table', zcol));
+  END IF;
+  IF p_rel IS NOT NULL AND NOT EXISTS (SELECT 1 FROM herald_attachments a JOIN pg_class c ON c.relname = a.table_name
+                                       JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = a.table_schema
+                                       WHERE c.oid = p_rel) THEN
+    problems := problems || herald_problem('trigger.table', format(
+      '`%s` is not attached: SELECT herald_attach(''%s'', ''<status column>'') first', p_trig ->> 'table', p_rel));
+  END IF;
+  RETURN problems;
+END
+$$;
+
 -- Every problem of a definition, each with its path: the trigger's keys as Herald's reader
 -- checks them, the data source, conditions, settings and steps.
 CREATE OR REPLACE FUNCTION herald_definition_problems(p_definition jsonb, p_data regclass DEFAULT NULL)
@@ -729,6 +826,9 @@ BEGIN
         END LOOP;
       END IF;
     END IF;
+    IF trig ->> 'type' = 'date' THEN
+      problems := problems || herald_date_trigger_problems(trig, rel, tkinds);
+    END IF;
   ELSIF tkeys && ARRAY['tag', 'segment'] THEN
     problems := problems || herald_text_problem(trig, CASE WHEN 'tag' = ANY (tkeys) THEN 'tag' ELSE 'segment' END, 'trigger');
   ELSIF tkeys IS NULL THEN
@@ -756,7 +856,7 @@ BEGIN
       END LOOP;
     END IF;
   END IF;
-  IF p_definition ? 'timezone' AND NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = p_definition ->> 'timezone') THEN
+  IF p_definition ? 'timezone' AND NOT herald_zone_names() ? (p_definition ->> 'timezone') THEN
     problems := problems || jsonb_build_array(jsonb_build_array('timezone',
       format('`%s` is not a time zone name such as "Europe/London"', p_definition ->> 'timezone')));
   END IF;

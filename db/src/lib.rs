@@ -18,11 +18,18 @@ pub struct Migration {
 }
 
 /// Every migration, in the order they apply.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_baseline.sql",
-    sql: include_str!("../migrations/0001_baseline.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_baseline.sql",
+        sql: include_str!("../migrations/0001_baseline.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_occurrences.sql",
+        sql: include_str!("../migrations/0002_occurrences.sql"),
+    },
+];
 
 /// One file under `db/schema/`: the current text of the functions, views and trigger
 /// functions of one concern.
@@ -41,6 +48,7 @@ macro_rules! schema_files {
 /// Every schema file, in the order they apply (a later file may use an earlier one's objects
 /// in its SQL-language functions and views).
 pub const SCHEMA: &[SchemaFile] = schema_files![
+    "time.sql",
     "capture.sql",
     "claim.sql",
     "flow.sql",

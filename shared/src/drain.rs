@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use crate::clock::Clock;
 use crate::ledger::DueLogs;
-use crate::model::{LogId, Queue, QueueMessage, Rescued, StoreError, Wakeups};
+use crate::model::{Fired, LogId, Queue, QueueMessage, Rescued, StoreError, Wakeups};
 use crate::receipt::{Receipt, ReceiptSource};
 
 /// SQS takes at most this many messages per SendMessageBatch.
@@ -55,6 +55,8 @@ impl Default for DrainOptions {
 /// What one drain did; the scheduler function returns it as JSON.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DrainSummary {
+    /// Date triggers whose time had come: instances started, and occurrences missed.
+    pub dates: Fired,
     /// Captured events moved from the inbox to the ledger before claiming.
     pub ingested: u64,
     /// Receipts taken from the receipts queue, and how many of them were applied (the rest
@@ -88,7 +90,9 @@ pub async fn drain<D: DueLogs, Q: Queue, R: ReceiptSource>(
         stopped_by: "drained",
         ..Default::default()
     };
-    // The inbox first: an event captured before this run is claimable in it.
+    // Date triggers first, into the inbox; then the inbox: an event captured before this
+    // run is claimable in it.
+    summary.dates = store.fire_dates(clock.now()).await?;
     loop {
         let moved = store.ingest(INGEST_BATCH).await?;
         summary.ingested += moved;
@@ -202,6 +206,8 @@ pub async fn serve<D: DueLogs, Q: Queue, R: ReceiptSource, W: Wakeups>(
             recovered_at = Some(Instant::now());
         }
         let s = drain(store, queue, receipts, clock, &opts).await?;
+        total.dates.fired += s.dates.fired;
+        total.dates.missed += s.dates.missed;
         total.ingested += s.ingested;
         total.receipts += s.receipts;
         total.receipts_applied += s.receipts_applied;
@@ -295,6 +301,9 @@ mod tests {
     impl DueLogs for FakeStore {
         async fn ingest(&self, _limit: i32) -> Result<u64, StoreError> {
             Ok(0)
+        }
+        async fn fire_dates(&self, _now: SystemTime) -> Result<Fired, StoreError> {
+            Ok(Fired::default())
         }
         async fn rescue(&self, _now: SystemTime) -> Result<Rescued, StoreError> {
             self.calls.lock().unwrap().push("rescue".into());

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use serde_json::Value as Json;
 
-use crate::model::{ContextError, Failure, Lease, LogId, QueueMessage, Rescued, StoreError};
+use crate::model::{ContextError, Failure, Fired, Lease, LogId, QueueMessage, Rescued, StoreError};
 use crate::receipt::Receipt;
 use crate::steps::Effect;
 use crate::workflow::definition::Document;
@@ -21,6 +21,9 @@ pub trait DueLogs: Sync {
     /// Moves up to `limit` captured events from the inbox to the ledger (pending or
     /// suppressed); returns how many it moved.
     fn ingest(&self, limit: i32) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Starts the instances of date triggers due by `now` (through the inbox), and records
+    /// those past their lateness as missed.
+    fn fire_dates(&self, now: SystemTime) -> impl Future<Output = Result<Fired, StoreError>> + Send;
     /// Rescues logs whose lease expired before `now`.
     fn rescue(&self, now: SystemTime) -> impl Future<Output = Result<Rescued, StoreError>> + Send;
     /// Marks up to `limit` due pending logs as queued, leased until `lease_until`, and

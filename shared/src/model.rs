@@ -165,6 +165,15 @@ pub struct Lease {
     pub attempt: i32,
 }
 
+/// What the scheduler did with date triggers whose time had come.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Fired {
+    /// Instances started (as captured events, moved to the ledger by the same drain).
+    pub fired: u64,
+    /// Occurrences whose time passed more than their trigger's lateness ago: recorded, not run.
+    pub missed: u64,
+}
+
 /// What the scheduler's rescue did with expired leases.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Rescued {

@@ -2,13 +2,18 @@
 //!
 //! Strict: a variable the data lacks, or one whose value is null, fails the whole render
 //! with an error that names it. Nothing half-rendered ever leaves this module. The HTML
-//! body escapes every value; the other templates are plain text.
+//! body escapes every value; the other templates are plain text. Every template has the
+//! filters of [`filters`] (dates, times, numbers, money), read against the send's
+//! [`Moment`].
+
+mod filters;
 
 use std::sync::LazyLock;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use serde_json::Value as Json;
 
+pub(crate) use self::filters::Moment;
 use crate::model::{Email, EmailTemplates, Sms, SmsTemplates};
 
 /// SNS refuses SMS bodies longer than this.
@@ -35,8 +40,13 @@ fn list(names: &[String]) -> String {
 }
 
 /// Renders an email's templates. `default_from` is used when they set no sender.
-pub(crate) fn render_email(t: &EmailTemplates, vars: &Json, default_from: &str) -> Result<Email, RenderError> {
-    let scope = Scope::new(vars);
+pub(crate) fn render_email(
+    t: &EmailTemplates,
+    vars: &Json,
+    default_from: &str,
+    moment: &Moment,
+) -> Result<Email, RenderError> {
+    let scope = Scope::new(vars, moment);
     Ok(Email {
         from: match &t.from {
             Some(from) => scope.one_line("email_from", from)?,
@@ -58,8 +68,8 @@ pub(crate) fn render_email(t: &EmailTemplates, vars: &Json, default_from: &str) 
 }
 
 /// Renders a text message's templates.
-pub(crate) fn render_sms(t: &SmsTemplates, vars: &Json) -> Result<Sms, RenderError> {
-    let scope = Scope::new(vars);
+pub(crate) fn render_sms(t: &SmsTemplates, vars: &Json, moment: &Moment) -> Result<Sms, RenderError> {
+    let scope = Scope::new(vars, moment);
     let body = scope.non_empty("sms_body", &t.body)?;
     let chars = body.chars().count();
     if chars > SMS_MAX_CHARS {
@@ -72,8 +82,14 @@ pub(crate) fn render_sms(t: &SmsTemplates, vars: &Json) -> Result<Sms, RenderErr
 }
 
 /// Renders one plain-text template named `name` (for errors); `line` makes it one line.
-pub(crate) fn render_text(name: &'static str, source: &str, vars: &Json, line: bool) -> Result<String, RenderError> {
-    let scope = Scope::new(vars);
+pub(crate) fn render_text(
+    name: &'static str,
+    source: &str,
+    vars: &Json,
+    line: bool,
+    moment: &Moment,
+) -> Result<String, RenderError> {
+    let scope = Scope::new(vars, moment);
     if line {
         scope.one_line(name, source)
     } else {
@@ -81,12 +97,15 @@ pub(crate) fn render_text(name: &'static str, source: &str, vars: &Json, line: b
     }
 }
 
-/// Whether `source` compiles as a template (its variables are only known when it renders).
+/// Whether `source` compiles as a template, and the literal arguments of its calls of
+/// Herald's filters (a format, a zone, a currency) are ones they take. Its variables, and
+/// arguments read from them, are only known when it renders.
+/// The error is the problem as a definition reports it.
 pub(crate) fn check_template(source: &str) -> Result<(), String> {
     ENVIRONMENT
         .template_from_str(source)
-        .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("the template does not compile: {e}"))?;
+    filters::check_literals(source)
 }
 
 /// The one environment every template renders in: strict about undefined and null values,
@@ -94,6 +113,7 @@ pub(crate) fn check_template(source: &str) -> Result<(), String> {
 static ENVIRONMENT: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    filters::register(&mut env);
     env.set_auto_escape_callback(|name| {
         if name == "email_html" {
             AutoEscape::Html
@@ -117,13 +137,15 @@ static ENVIRONMENT: LazyLock<Environment<'static>> = LazyLock::new(|| {
 struct Scope<'a> {
     vars: &'a Json,
     value: Value,
+    moment: &'a Moment,
 }
 
 impl<'a> Scope<'a> {
-    fn new(vars: &'a Json) -> Self {
+    fn new(vars: &'a Json, moment: &'a Moment) -> Self {
         Self {
             vars,
             value: Value::from_serialize(vars),
+            moment,
         }
     }
 
@@ -163,7 +185,7 @@ impl<'a> Scope<'a> {
             message: e.to_string(),
         };
         let tmpl = ENVIRONMENT.template_from_named_str(name, source).map_err(invalid)?;
-        tmpl.render(&self.value).map_err(|e| {
+        filters::at_moment(self.moment, || tmpl.render(&self.value)).map_err(|e| {
             // Name the culprits: the variables the template uses that the data lacks, or
             // that are null. Loop variables and the like are not known here; then the
             // engine's own message has to do.
@@ -184,10 +206,15 @@ impl<'a> Scope<'a> {
                     template: name,
                     names: missing,
                 },
-                minijinja::ErrorKind::InvalidOperation if !null.is_empty() => RenderError::Null {
-                    template: name,
-                    names: null,
-                },
+                // A filter's own complaint (`| money`: …) is about the value, not a null.
+                minijinja::ErrorKind::InvalidOperation
+                    if !null.is_empty() && !e.detail().is_some_and(|d| d.starts_with(filters::ERROR_PREFIX)) =>
+                {
+                    RenderError::Null {
+                        template: name,
+                        names: null,
+                    }
+                }
                 _ => invalid(e),
             }
         })
@@ -232,10 +259,18 @@ mod tests {
         }
     }
 
+    /// Sent at noon UTC on 13 December 2026, read in New York.
+    fn moment() -> Moment {
+        Moment {
+            at: "2026-12-13T12:00:00Z".parse().unwrap(),
+            zone: jiff::tz::TimeZone::get("America/New_York").unwrap(),
+        }
+    }
+
     fn render(t: &Templates, vars: &Json, default_from: &str) -> Result<Rendered, RenderError> {
         Ok(Rendered {
-            email: Some(render_email(&t.email, vars, default_from)?),
-            sms: Some(render_sms(&t.sms, vars)?),
+            email: Some(render_email(&t.email, vars, default_from, &moment())?),
+            sms: Some(render_sms(&t.sms, vars, &moment())?),
         })
     }
 
@@ -351,6 +386,53 @@ mod tests {
             "folded to one line (and then refused as an address)"
         );
         assert_eq!(r.sms.unwrap().body, "line one\nline two\ttabbed");
+    }
+
+    #[test]
+    fn filters_render_in_every_template_in_the_sends_zone() {
+        let v = json!({"client_name": "Ann", "client_email": "a@b.co", "client_phone": "+14155550123",
+                       "starts_at": "2026-12-14T23:00:00+00:00", "total": 1234.5, "tz": "Europe/London"});
+        let d = def(
+            "See you {{ starts_at | relative }}",
+            "<p>{{ starts_at | date }} at {{ starts_at | time(tz=tz) }}: {{ total | money('EUR') }}</p>",
+            "{{ starts_at | datetime('%a %-d %b, %-I:%M %p') }}, {{ total | number(2) }}",
+        );
+        let r = render(&d, &v, "n@x.com").unwrap();
+        let email = r.email.unwrap();
+        assert_eq!(email.subject, "See you tomorrow at 18:00");
+        assert_eq!(
+            email.html.as_deref(),
+            Some("<p>Mon 14 Dec 2026 at 23:00: €1,234.50</p>")
+        );
+        assert_eq!(r.sms.unwrap().body, "Mon 14 Dec, 6:00 PM, 1,234.50");
+    }
+
+    #[test]
+    fn a_filters_complaint_names_it_and_a_null_input_names_the_variable() {
+        let v = json!({"client_name": "Ann", "client_email": "a@b.co", "client_phone": "+14155550123",
+                       "starts_at": null, "total": "lots", "nothing": null});
+        let d = def("s", "<p>x</p>", "{{ starts_at | date }}");
+        assert_eq!(
+            render(&d, &v, "n@x.com").unwrap_err(),
+            RenderError::Null {
+                template: "sms_body",
+                names: vec!["starts_at".into()]
+            }
+        );
+        // A null elsewhere does not take the blame for a value the filter cannot read.
+        let d = def("s", "<p>x</p>", "{{ nothing or 'x' }} {{ total | money('EUR') }}");
+        let err = render(&d, &v, "n@x.com").unwrap_err().to_string();
+        assert!(
+            err.starts_with("sms_body could not be rendered: invalid operation: `| money`: `lots` is not a number"),
+            "{err}"
+        );
+        // As docs/definitions.md quotes it.
+        let d = def("s", "<p>x</p>", "{{ 17 | date }}");
+        assert_eq!(
+            render(&d, &v, "n@x.com").unwrap_err().to_string(),
+            "sms_body could not be rendered: invalid operation: `| date`: expects a date or time such as \
+             \"2026-12-14T18:00:00+00:00\", not a number (in sms_body:1)"
+        );
     }
 
     #[test]

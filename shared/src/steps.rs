@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 
 use crate::model::{Email, Failure, Sms};
 use crate::recipient::{check_email, check_phone, Region};
-use crate::render::{render_email, render_sms, render_text, SMS_MAX_CHARS};
+use crate::render::{render_email, render_sms, render_text, Moment, SMS_MAX_CHARS};
 use crate::workflow::definition::{Action, Admins, LabelKind, RegionOf, Relation, Step};
 use crate::workflow::time::shift;
 
@@ -74,8 +74,9 @@ impl Effect {
 }
 
 /// Makes `step` ready against `vars`; `None` for steps without an effect (waits, branches).
-/// `now` and `tz` place a task's due time; `region` is the definition's, the one phone numbers
-/// without a country code are read in.
+/// `now` and `tz` place a task's due time, and are the time and zone the templates' date
+/// filters read (`| relative` counts from `now`); `region` is the definition's, the one phone
+/// numbers without a country code are read in.
 pub(crate) fn prepare(
     step: &Step,
     vars: &Json,
@@ -87,20 +88,26 @@ pub(crate) fn prepare(
 ) -> Option<Result<Effect, Failure>> {
     // The run's row names the step; the instance's error says "step `id` failed: …".
     let fail = Failure::permanent;
-    let text = |name, source: &str, line| render_text(name, source, vars, line).map_err(|e| fail(e.to_string()));
+    let moment = Moment {
+        at: now,
+        zone: tz.clone(),
+    };
+    let moment = &moment;
+    let text =
+        |name, source: &str, line| render_text(name, source, vars, line, moment).map_err(|e| fail(e.to_string()));
     let optional = |name, source: &Option<String>, line| source.as_deref().map(|s| text(name, s, line)).transpose();
     let effect = || -> Result<Option<Effect>, Failure> {
         Ok(Some(match &step.action {
             // Decided by the step machine, without an effect.
             Action::Wait(_) | Action::Branch { .. } => return Ok(None),
             Action::SendEmail(t) => {
-                let mut email = render_email(t, vars, default_from).map_err(|e| fail(e.to_string()))?;
+                let mut email = render_email(t, vars, default_from, moment).map_err(|e| fail(e.to_string()))?;
                 email.to = check_email(&email.to).map_err(fail)?;
                 email.from = check_email(&email.from).map_err(|e| fail(format!("sender: {e}")))?;
                 Effect::Email(email)
             }
             Action::SendSms { sms: t, region: own } => {
-                let mut sms = render_sms(t, vars).map_err(|e| fail(e.to_string()))?;
+                let mut sms = render_sms(t, vars, moment).map_err(|e| fail(e.to_string()))?;
                 // A number with its country code needs no region, so a field is read only
                 // for one without.
                 let region = match own {
@@ -136,7 +143,7 @@ pub(crate) fn prepare(
                     .iter()
                     .map(|(column, source)| {
                         // A value may render empty (clearing a text column) but not fail.
-                        let value = render_text("update_field", source, vars, false)
+                        let value = render_text("update_field", source, vars, false, moment)
                             .or_else(|e| match e {
                                 crate::render::RenderError::Empty { .. } => Ok(String::new()),
                                 other => Err(other),
@@ -233,6 +240,7 @@ mod tests {
 
     fn vars() -> Json {
         json!({"id": 7, "name": "Zoë", "email": "zoe@example.com", "phone": "+14155550100", "note": null,
+               "starts_at": "2026-11-24T18:00:00+00:00", "fee": 42.5,
                "steps": {"hook": {"ticket": 42}}})
     }
 
@@ -279,6 +287,23 @@ mod tests {
                     to: "+14155550100".into(),
                     body: "See you, Zoë".into(),
                 }),
+            ),
+            (
+                // The filters read the send's time and zone.
+                json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{{ starts_at | relative }}: {{ fee | money('GBP') }}"}),
+                Effect::Sms(Sms {
+                    to: "+14155550100".into(),
+                    body: "tomorrow at 18:00: £42.50".into(),
+                }),
+            ),
+            (
+                json!({"id": "t", "type": "create_task", "title": "Call {{ name }} {{ starts_at | date }}"}),
+                Effect::Task {
+                    title: "Call Zoë Tue 24 Nov 2026".into(),
+                    assignee: None,
+                    due: None,
+                    notes: None,
+                },
             ),
             (
                 json!({"id": "w", "type": "webhook", "url": "https://hooks.example.com/b/{{ id }}", "body": "{\"id\": {{ id }}, \"name\": {{ name | tojson }}}", "secret": "herald/hook"}),

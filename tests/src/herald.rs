@@ -93,7 +93,12 @@ impl Herald {
     }
 
     pub fn manual_clock(&mut self) -> Arc<ManualClock> {
-        let clock = Arc::new(ManualClock::new(std::time::SystemTime::now()));
+        self.manual_clock_at(std::time::SystemTime::now())
+    }
+
+    /// Both functions on one manual clock, starting at `start`.
+    pub fn manual_clock_at(&mut self, start: std::time::SystemTime) -> Arc<ManualClock> {
+        let clock = Arc::new(ManualClock::new(start));
         self.scheduler.clock = clock.clone();
         self.executor.clock = clock.clone();
         clock

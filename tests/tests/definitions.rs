@@ -297,6 +297,67 @@ async fn mistakes_of_shape_are_refused_by_sql_and_by_herald_at_the_same_path() {
 }
 
 #[tokio::test]
+async fn a_filters_literal_arguments_are_refused_by_sql_and_by_herald_in_the_same_words() {
+    let db = db().await;
+    let cases: Vec<(Json, &str, &str)> = vec![
+        (
+            with("/steps/0/text", json!("Total {{ total | money(\"EURO\") }}")),
+            "steps[0].text",
+            "`| money`: `EURO` is not a currency code such as \"EUR\" (three capital letters)",
+        ),
+        (
+            with("/steps/0/subject", json!("{{ total | money() }}")),
+            "steps[0].subject",
+            "`| money`: needs a currency code, as in money(\"EUR\")",
+        ),
+        (
+            with("/steps/3/body", json!("{{ total | number(11) }}")),
+            "steps[3].body",
+            "`| number`: 11 decimals; from 0 to 10",
+        ),
+        (
+            with("/steps/3/body", json!("{{ starts_at | datetime('%a (%K)', tz=tz) }}")),
+            "steps[3].body",
+            "`| datetime`: `%a (%K)` is not a strftime format such as \"%a %-d %b %Y\"",
+        ),
+        (
+            with(
+                "/steps/2/then/0/text",
+                json!("{{ starts_at | relative(tz='Mars/Base') }}"),
+            ),
+            "steps[2].then[0].text",
+            "`| relative`: `Mars/Base` is not a time zone name such as \"Europe/London\"",
+        ),
+        (
+            with(
+                "/steps/5/set/reminded",
+                json!("{{ starts_at | date('%d', tz=\"Europe/Lndon\") }}"),
+            ),
+            "steps[5].set.reminded",
+            "`| date`: `Europe/Lndon` is not a time zone name such as \"Europe/London\"",
+        ),
+    ];
+    for (doc, path, message) in cases {
+        let sql = sql_problems(&db, &doc).await;
+        assert_eq!(sql, vec![(path.to_owned(), message.to_owned())], "SQL");
+        let rust: Vec<(String, String)> = definition::parse(&doc)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.path, p.message))
+            .collect();
+        assert_eq!(rust, sql, "Herald's reader");
+    }
+    // Arguments from variables, and formats and zones that exist, pass both.
+    let fine = with(
+        "/steps/0/text",
+        json!("{{ starts_at | datetime(\"%a %-d %b, %H:%M (%Z)\", tz=\"America/New_York\") }} {{ total | money(currency) }} {{ total | number(2) }} {{ starts_at | relative('%-I:%M %p') }}"),
+    );
+    assert_eq!(sql_problems(&db, &fine).await, vec![]);
+    assert_eq!(rust_paths(&fine), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn references_to_the_data_are_checked_against_the_table() {
     let db = db().await;
     let cases: Vec<(Json, &str, &str)> = vec![
@@ -576,8 +637,9 @@ async fn every_documented_example_saves_and_is_read_back_by_herald() {
     db.exec(
         "ALTER TABLE bookings ADD COLUMN state text, ADD COLUMN room text, ADD COLUMN visits integer,
                               ADD COLUMN renews_at timestamptz, ADD COLUMN tz text, ADD COLUMN member_id bigint;
-         CREATE TABLE members (id bigint PRIMARY KEY);
+         CREATE TABLE members (id bigint PRIMARY KEY, status text, plan text, renews_at timestamptz, tz text, phone text);
          SELECT herald_attach('public.bookings', 'state', 'id');
+         SELECT herald_attach('public.members', 'status', 'id');
          CREATE TABLE member_stats (id bigint PRIMARY KEY, visits integer);
          INSERT INTO automations (name, source_table) VALUES ('example', 'bookings');",
     )
@@ -632,6 +694,10 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
         json!({"type": "segment_joined", "segment": "trial"}),
         json!({"type": "segment_left", "segment": "trial"}),
         json!({"type": "manual"}),
+        json!({"type": "date", "table": "public.bookings", "column": "starts_at"}),
+        json!({"type": "date", "table": "bookings", "column": "starts_at", "offset": "-1 day", "at": "18:00",
+               "timezone": "Europe/London", "lateness": "30 minutes"}),
+        json!({"type": "date", "table": "bookings", "column": "starts_at", "offset": "P1W", "timezone": {"field": "status"}}),
     ];
     let steps = [
         json!({"id": "e", "type": "send_email", "from": "desk@example.com", "to": "{{ email }}", "subject": "S", "html": "<p>{{ name }}</p>", "on_unknown": "resend"}),
@@ -640,6 +706,7 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
         json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "B", "region": {"field": "country"}}),
         json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "B", "region": {"field": ["country"]}}),
         json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "B", "region": {"field": "payload.country"}}),
+        json!({"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{{ starts_at | datetime(\"%a %d %b, %H:%M (%Z)\", tz=\"Asia/Kolkata\") }} {{ starts_at | relative(tz=tz) }} {{ 12.5 | money(\"CHF\") }} {{ 2 | number(2) }}"}),
         json!({"id": "w", "type": "wait", "for": "400 days"}),
         json!({"id": "w", "type": "wait", "for": "PT2H"}),
         json!({"id": "w", "type": "wait", "until": {"field": "starts_at", "offset": "-1 day", "at": "18:00", "timezone": "Europe/London"}}),
@@ -677,6 +744,27 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
             json!([sms]),
         ),
         doc(json!({"type": "manual", "table": "public.bookings"}), json!([sms])),
+        doc(json!({"type": "date", "table": "public.bookings"}), json!([sms])),
+        doc(
+            json!({"type": "date", "table": "bookings", "column": "starts_at", "offset": "a week"}),
+            json!([sms]),
+        ),
+        doc(
+            json!({"type": "date", "table": "bookings", "column": "starts_at", "at": "6pm"}),
+            json!([sms]),
+        ),
+        doc(
+            json!({"type": "date", "table": "bookings", "column": "starts_at", "lateness": "-1 hour"}),
+            json!([sms]),
+        ),
+        doc(
+            json!({"type": "date", "table": "bookings", "column": "starts_at", "timezone": "Mars/Base"}),
+            json!([sms]),
+        ),
+        doc(
+            json!({"type": "date", "table": "bookings", "column": "starts_at", "every": "day"}),
+            json!([sms]),
+        ),
         doc(json!({"type": "tag_added", "tag": "vip", "segment": "x"}), json!([sms])),
         doc(trigger.clone(), json!([{"id": "w", "type": "wait", "for": "401 days"}])),
         doc(trigger.clone(), json!([{"id": "w", "type": "wait", "for": "2 years"}])),
@@ -695,6 +783,23 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
         doc(
             trigger.clone(),
             json!([{"id": "h", "type": "webhook", "url": "https://x.example.com", "body": "{}", "secret": "s", "timeout": "16 seconds"}]),
+        ),
+        // Filters' literal arguments that no render could take.
+        doc(
+            trigger.clone(),
+            json!([{"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{{ 5 | money('EURO') }}"}]),
+        ),
+        doc(
+            trigger.clone(),
+            json!([{"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{{ 5 | number(11) }}"}]),
+        ),
+        doc(
+            trigger.clone(),
+            json!([{"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{{ starts_at | date(\"%d %K\") }}"}]),
+        ),
+        doc(
+            trigger.clone(),
+            json!([{"id": "s", "type": "send_sms", "to": "{{ phone }}", "body": "{{ starts_at | time(tz='Mars/Base') }}"}]),
         ),
         doc(
             trigger.clone(),

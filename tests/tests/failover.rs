@@ -208,6 +208,9 @@ impl DueLogs for CutStore<'_> {
     async fn ingest(&self, limit: i32) -> Result<u64, StoreError> {
         self.inner.ingest(limit).await
     }
+    async fn fire_dates(&self, now: SystemTime) -> Result<herald_shared::model::Fired, StoreError> {
+        self.inner.fire_dates(now).await
+    }
     async fn rescue(&self, now: SystemTime) -> Result<Rescued, StoreError> {
         self.inner.rescue(now).await
     }

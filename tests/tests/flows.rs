@@ -71,10 +71,11 @@ async fn a_three_step_flow_sends_sleeps_and_finishes_with_its_history_in_the_led
     let message = json!({"log_id": log_id, "lease": 7}).to_string();
     let out = runner.run(std::slice::from_ref(&message), 4).await;
     let until: jiff::Timestamp = "2030-01-01T09:00:00Z".parse().unwrap();
+    // A wait until a time in the data sleeps at itself, to read the time again when woken.
     assert_eq!(
         out,
         vec![FlowOutcome::Stopped(Stop::Park(Park::Sleeping {
-            next: Some("remind".into()),
+            next: Some("night-before".into()),
             until
         }))]
     );
@@ -87,7 +88,7 @@ async fn a_three_step_flow_sends_sleeps_and_finishes_with_its_history_in_the_led
             .await
             .unwrap();
     assert_eq!(row.get::<_, String>(0), "waiting");
-    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("remind"));
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("night-before"));
     assert_eq!(row.get::<_, Option<i64>>(3), None);
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
 
@@ -108,6 +109,8 @@ async fn a_three_step_flow_sends_sleeps_and_finishes_with_its_history_in_the_led
             "confirm:send_email:done",
             "night-before:exit:decided",
             "night-before:wait:decided",
+            "night-before:exit:decided",
+            "night-before:wait:decided",
             "remind:exit:decided",
             "remind:send_sms:done"
         ]
@@ -116,6 +119,97 @@ async fn a_three_step_flow_sends_sleeps_and_finishes_with_its_history_in_the_led
     assert!(sms.iter().any(|m| m.message == "Tomorrow, Ana"), "{sms:?}");
     let status: String = h.db.scalar("SELECT status FROM automation_execution_logs").await;
     assert_eq!(status, "completed");
+}
+
+#[tokio::test]
+async fn messages_show_dates_in_the_definitions_zone_relative_to_each_send_and_money_as_money() {
+    let h = Herald::new().await;
+    h.db.exec(&format!(
+        "CREATE TABLE bookings (id bigint PRIMARY KEY, status text NOT NULL, starts_at timestamptz NOT NULL,
+                                deposit numeric NOT NULL, host_tz text NOT NULL, email text, phone text, name text);
+         INSERT INTO bookings VALUES (1, 'confirmed', '2026-12-14T18:00:00Z', 1234.505, 'America/New_York',
+                                      'b1-{tag}@example.com', '+14152{tag:06}', 'Ana');
+         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text)
+         VALUES ('dinner', 'bookings', 'confirmed', 'x', 'x', 'x');",
+        tag = h.tag
+    ))
+    .await;
+    // London: 18:00 UTC is 18:00 GMT. The host is in New York.
+    let doc = json!({
+        "trigger": {"type": "status_change", "table": "public.bookings", "to": "confirmed"},
+        "timezone": "Europe/London",
+        "steps": [
+            {"id": "confirm", "type": "send_email", "to": "{{ email }}",
+             "subject": "Table for {{ starts_at | date }}",
+             "text": "Hi {{ name }}, see you {{ starts_at | relative }} ({{ starts_at | time(tz=host_tz) }} for your host). Deposit: {{ deposit | money(\"EUR\") }}."},
+            {"id": "soon", "type": "wait", "until": {"field": "starts_at", "offset": "-2 hours"}},
+            {"id": "remind", "type": "send_sms", "to": "{{ phone }}",
+             "body": "{{ name }}, your table is {{ starts_at | relative }}, at {{ starts_at | datetime(\"%-I:%M %p on %A %-d %B\") }}."}
+        ]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('dinner', $1)", &[&doc])
+        .await
+        .unwrap();
+    h.db.exec(
+        "INSERT INTO automation_execution_logs
+           (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
+            run_at, created_at, updated_at, version, next_step, lease_token, lease_expires_at)
+         SELECT id, 'public', 'bookings', 'id', '1', 'status_change', '{}', 'queued', now(), now(), now(), version,
+                'confirm', 7, now() + interval '1 hour'
+         FROM automations WHERE name = 'dinner'",
+    )
+    .await;
+    let log_id: i64 = h.db.scalar("SELECT id FROM automation_execution_logs").await;
+    let store = Database::new(h.db.config()).store().await.unwrap();
+    // The confirmation goes out at 10:00 UTC the day before.
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_797_156_000)); // 2026-12-13T10:00:00Z
+    let hooks = h.webhooks();
+    let performers = Performers {
+        email: &h.executor.email,
+        sms: &h.executor.sms,
+        webhooks: &hooks,
+    };
+    let runner = FlowRunner {
+        ledger: &store,
+        effects: &performers,
+        receipts: &h.executor.receipts,
+        clock: &clock,
+        default_from: &h.from,
+        lease: Duration::from_secs(120),
+        ends_at: None,
+        step_limit: 100,
+    };
+    let message = json!({"log_id": log_id, "lease": 7}).to_string();
+    let out = runner.run(std::slice::from_ref(&message), 4).await;
+    assert_eq!(
+        out,
+        vec![FlowOutcome::Stopped(Stop::Park(Park::Sleeping {
+            next: Some("remind".into()),
+            until: "2026-12-14T16:00:00Z".parse().unwrap()
+        }))]
+    );
+    let emails = h.moto.emails_from(&h.from).await;
+    assert_eq!(emails.len(), 1, "{emails:?}");
+    assert_eq!(emails[0].subject, "Table for Mon 14 Dec 2026");
+    assert_eq!(
+        emails[0].body,
+        "Hi Ana, see you tomorrow at 18:00 (13:00 for your host). Deposit: €1,234.51."
+    );
+
+    // Woken two hours before, the reminder counts from its own send.
+    clock.advance(Duration::from_secs(30 * 3600));
+    h.db.exec("UPDATE automation_execution_logs SET status = 'queued', lease_token = 8")
+        .await;
+    let message = json!({"log_id": log_id, "lease": 8}).to_string();
+    let out = runner.run(std::slice::from_ref(&message), 4).await;
+    assert_eq!(out, vec![FlowOutcome::Stopped(Stop::Park(Park::Completed))]);
+    let sms = h.moto.sms_to(&format!("+14152{:06}", h.tag)).await;
+    assert_eq!(sms.len(), 1, "{sms:?}");
+    assert_eq!(
+        sms[0].message,
+        "Ana, your table is in 2 hours, at 6:00 PM on Monday 14 December."
+    );
 }
 
 #[tokio::test]
@@ -165,6 +259,112 @@ async fn through_the_functions_a_status_change_starts_an_instance_that_waits_and
         h.db.column("SELECT step_id || ':' || status FROM automation_step_runs ORDER BY id")
             .await;
     assert_eq!(history, ["thanks:done", "later:decided", "review:done"]);
+}
+
+#[tokio::test]
+async fn a_wait_follows_the_time_it_reads_when_its_row_changes_and_nothing_else_moves_it() {
+    let mut h = Herald::new().await;
+    let clock = h.manual_clock();
+    // Ten confirmed bookings three days ahead; each instance waits until 18:00 the day before,
+    // in the booking's own zone.
+    h.db.exec(&format!(
+        "CREATE TABLE bookings (id bigint PRIMARY KEY, status text NOT NULL, starts_at timestamptz NOT NULL,
+                                tz text NOT NULL, phone text NOT NULL, note text);
+         INSERT INTO bookings
+         SELECT g, 'pending', date_trunc('hour', now()) + interval '3 days', 'UTC', '+1' || (4152000000 + ({tag} * 100 + g) % 8000000)
+         FROM generate_series(1, 10) g;
+         SELECT herald_attach('public.bookings', 'status');
+         INSERT INTO automations (name, source_table) VALUES ('booking-reminder', 'bookings');",
+        tag = h.tag % 100_000
+    ))
+    .await;
+    let doc = json!({
+        "trigger": {"type": "status_change", "table": "public.bookings", "to": "confirmed"},
+        "steps": [
+            {"id": "night-before", "type": "wait",
+             "until": {"field": "starts_at", "offset": "-1 day", "at": "18:00", "timezone": {"field": "tz"}}},
+            {"id": "remind", "type": "send_sms", "to": "{{ phone }}", "body": "See you tomorrow (booking {{ id }})"}
+        ]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('booking-reminder', $1)", &[&doc])
+        .await
+        .unwrap();
+    // 18:00 the day before each booking, in its zone, as SQL computes it.
+    let due =
+        "SELECT b.id, (((b.starts_at AT TIME ZONE b.tz) - interval '1 day')::date + time '18:00') AT TIME ZONE b.tz
+                        = l.run_at
+               FROM bookings b JOIN automation_execution_logs l ON l.subject_id = b.id::text
+               WHERE l.status = 'waiting' AND l.next_step = 'night-before' ORDER BY b.id";
+    let all_due = |rows: Vec<tokio_postgres::Row>| rows.iter().all(|r| r.get::<_, bool>(1)) && rows.len() == 10;
+
+    h.db.exec("UPDATE bookings SET status = 'confirmed'").await;
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.tick().await.claimed, 10);
+    assert!(h.deliver_all().await.is_empty());
+    assert!(all_due(h.db.client.query(due, &[]).await.unwrap()));
+    let first: Vec<String> =
+        h.db.column("SELECT run_at::text FROM automation_execution_logs ORDER BY id")
+            .await;
+
+    // A column no wait reads changes: nothing moves, nothing is woken.
+    h.db.exec("UPDATE bookings SET note = 'gate code 1234'").await;
+    let after: Vec<String> =
+        h.db.column("SELECT run_at::text FROM automation_execution_logs ORDER BY id")
+            .await;
+    assert_eq!(after, first);
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(h.tick().await.claimed, 0);
+
+    // Every booking is moved a week later: each instance wakes, reads the new time, and
+    // sleeps on to it, with nothing sent.
+    h.db.exec("UPDATE bookings SET starts_at = starts_at + interval '7 days'")
+        .await;
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(h.tick().await.claimed, 10);
+    assert!(h.deliver_all().await.is_empty());
+    assert!(all_due(h.db.client.query(due, &[]).await.unwrap()));
+    assert!(reminders(&h).await.is_empty());
+    let steps_run: Vec<i32> =
+        h.db.column("SELECT DISTINCT steps_run FROM automation_execution_logs")
+            .await;
+    assert_eq!(steps_run, [1], "reading the time again is not another step");
+
+    // Booking 2's zone changes: its wake-up follows the zone (UTC+14 is 14 hours earlier).
+    h.db.exec("UPDATE bookings SET tz = 'Pacific/Kiritimati' WHERE id = 2")
+        .await;
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    assert!(all_due(h.db.client.query(due, &[]).await.unwrap()));
+
+    // Booking 1 is moved to an hour from now: its night before has passed, so it goes on at once.
+    h.db.exec("UPDATE bookings SET starts_at = now() + interval '1 hour' WHERE id = 1")
+        .await;
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(h.tick().await.claimed, 1);
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(reminders(&h).await, ["See you tomorrow (booking 1)"]);
+
+    // At the old wake-up time nothing is due; at the new one the nine others are reminded once.
+    clock.advance(Duration::from_secs(3 * 86_400));
+    assert_eq!(h.tick().await.claimed, 0);
+    clock.advance(Duration::from_secs(8 * 86_400));
+    assert_eq!(h.tick().await.claimed, 9);
+    assert!(h.deliver_all().await.is_empty());
+    let mut want: Vec<String> = (1..=10).map(|n| format!("See you tomorrow (booking {n})")).collect();
+    want.sort();
+    assert_eq!(reminders(&h).await, want);
+    assert!(h.db.statuses().await.iter().all(|s| s == "completed"));
+    // Each decision is in the history: booking 3 read its time twice, then went on.
+    let waits: Vec<String> =
+        h.db.column(
+            "SELECT r.output ->> 'until' FROM automation_step_runs r JOIN automation_execution_logs l ON l.id = r.log_id
+             WHERE l.subject_id = '3' AND r.step_type = 'wait' ORDER BY r.id",
+        )
+        .await;
+    assert_eq!(waits.len(), 3, "{waits:?}");
+    assert_ne!(waits[0], waits[1]);
 }
 
 /// The real ledger, except that its writes fail from the `fail_at`-th on (counted from 1; 0:
@@ -1005,6 +1205,14 @@ async fn queue_instance(h: &Herald, automation: &str, table: &str, at: &str, lea
         .get(0)
 }
 
+/// The reminders of the bookings test that moto received, sorted.
+async fn reminders(h: &Herald) -> Vec<String> {
+    let mut bodies: Vec<String> = h.moto.all_sms().await.into_iter().map(|m| m.message).collect();
+    bodies.retain(|b| b.starts_with("See you tomorrow"));
+    bodies.sort();
+    bodies
+}
+
 /// A fresh Herald with one member (id 1, Ana) and the `welcome` automation saved as `doc`.
 async fn one_member_with(doc: &serde_json::Value) -> Herald {
     let h = Herald::new().await;
@@ -1021,4 +1229,149 @@ async fn one_member_with(doc: &serde_json::Value) -> Herald {
         .await
         .unwrap();
     h
+}
+
+/// One daylight-saving policy: a wait's end (computed by the executor) and a date trigger's
+/// time (computed in SQL by herald_date_fire_at) agree for the same date, offset, local time
+/// and zone, at real clock changes in both directions: New York and London (an hour), and
+/// Lord Howe (half an hour). A skipped local time moves on by the gap's length; a repeated
+/// one is the first.
+#[tokio::test]
+async fn waits_and_date_triggers_place_times_around_clock_changes_alike() {
+    let h = Herald::new().await;
+    // Each row the day after a clock change (and a month's end), at noon local time.
+    h.db.exec(
+        "CREATE TABLE moments (id bigint PRIMARY KEY, status text NOT NULL, tz text NOT NULL, local timestamp NOT NULL,
+                               utc timestamptz, d date);
+         INSERT INTO moments (id, status, tz, local)
+         SELECT row_number() OVER (), 'new', z, day + time '12:00'
+         FROM (VALUES ('America/New_York', date '2030-03-11'), ('America/New_York', date '2030-11-04'),
+                      ('Europe/London', date '2030-04-01'), ('Europe/London', date '2030-10-28'),
+                      ('Australia/Lord_Howe', date '2030-10-07'), ('Australia/Lord_Howe', date '2030-04-08'),
+                      ('America/New_York', date '2030-03-31'), ('Europe/London', date '2030-03-31'),
+                      ('Australia/Lord_Howe', date '2030-03-31')) AS v (z, day);
+         UPDATE moments SET utc = local AT TIME ZONE tz, d = local::date;",
+    )
+    .await;
+    // (field, offset, local time): each on every row.
+    let specs = [
+        ("local", "-1 day", Some("02:30")), // New York's gap
+        ("local", "-1 day", Some("01:30")), // London's gap; New York's and London's repeat
+        ("local", "-1 day", Some("02:15")), // Lord Howe's gap
+        ("local", "-1 day", Some("01:45")), // Lord Howe's repeat
+        ("utc", "-7 days", None),           // the same local time, a week before
+        ("utc", "-24 hours", None),         // on the clock: an hour off across a change
+        ("d", "-1 month", Some("09:00")),   // 31 March, a month before: 28 February
+        ("d", "1 day", None),
+    ];
+    let mut messages = Vec::new();
+    for (n, (field, offset, at)) in specs.iter().enumerate() {
+        let name = format!("spec-{n}");
+        let mut until = json!({"field": field, "offset": offset, "timezone": {"field": "tz"}});
+        if let Some(at) = at {
+            until["at"] = json!(at);
+        }
+        let doc = json!({
+            "trigger": {"type": "manual"},
+            "steps": [{"id": "w", "type": "wait", "until": until},
+                      {"id": "s", "type": "send_sms", "to": "+14155550100", "body": "x"}]
+        });
+        h.db.client
+            .execute(
+                "INSERT INTO automations (name, source_table) VALUES ($1, 'moments')",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        h.db.client
+            .query_one("SELECT herald_save_automation($1, $2)", &[&name, &doc])
+            .await
+            .unwrap();
+        let ids: Vec<i64> =
+            h.db.client
+                .query(
+                    "INSERT INTO automation_execution_logs
+                       (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot,
+                        status, run_at, created_at, updated_at, version, next_step, lease_token, lease_expires_at)
+                     SELECT a.id, 'public', 'moments', 'id', m.id::text, 'manual', '{}', 'queued', now(), now(), now(),
+                            a.version, 'w', 9, now() + interval '1 hour'
+                     FROM automations a, moments m WHERE a.name = $1
+                     RETURNING id",
+                    &[&name],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+        messages.extend(ids.into_iter().map(|id| json!({"log_id": id, "lease": 9}).to_string()));
+    }
+    let store = Database::new(h.db.config()).store().await.unwrap();
+    let start: jiff::Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+    let clock = ManualClock::new(start.into());
+    let hooks = h.webhooks();
+    let performers = Performers {
+        email: &h.executor.email,
+        sms: &h.executor.sms,
+        webhooks: &hooks,
+    };
+    let runner = FlowRunner {
+        ledger: &store,
+        effects: &performers,
+        receipts: &h.executor.receipts,
+        clock: &clock,
+        default_from: &h.from,
+        lease: Duration::from_secs(120),
+        ends_at: None,
+        step_limit: 100,
+    };
+    let out = runner.run(&messages, 4).await;
+    assert!(
+        out.iter()
+            .all(|o| matches!(o, FlowOutcome::Stopped(Stop::Park(Park::Sleeping { .. })))),
+        "{out:?}"
+    );
+    // Every wait's end, next to the date trigger's time for the same spec and row.
+    let rows =
+        h.db.client
+            .query(
+                "SELECT a.name, m.tz, m.local::text, l.run_at::text,
+                        herald_date_fire_at(to_jsonb(CASE w.field WHEN 'local' THEN to_jsonb(m.local)
+                                                                 WHEN 'utc' THEN to_jsonb(m.utc) ELSE to_jsonb(m.d) END) #>> '{}',
+                                            herald_span_interval(w.offset_), w.at::time, m.tz)::text
+                 FROM automation_execution_logs l
+                 JOIN automations a ON a.id = l.automation_id
+                 JOIN automation_versions v ON v.automation_id = a.id AND v.version = a.version
+                 JOIN moments m ON m.id::text = l.subject_id
+                 CROSS JOIN LATERAL (SELECT v.definition #>> '{steps,0,until,field}' AS field,
+                                            v.definition #>> '{steps,0,until,offset}' AS offset_,
+                                            v.definition #>> '{steps,0,until,at}' AS at) w
+                 ORDER BY l.id",
+                &[],
+            )
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), specs.len() * 9);
+    let differ: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, String>(3) != r.get::<_, String>(4))
+        .map(|r| {
+            let s = |i| r.get::<_, String>(i);
+            format!("{} {} {}: wait {} trigger {}", s(0), s(1), s(2), s(3), s(4))
+        })
+        .collect();
+    assert!(differ.is_empty(), "{differ:#?}");
+    // The policy itself, at the changes: New York's 02:30 on 10 March is 03:30 EDT; its 01:30
+    // on 3 November is the first, EDT; Lord Howe's 02:15 on 6 October is 02:45 (+11).
+    let at = |name: &str, day: &str| {
+        rows.iter()
+            .find(|r| r.get::<_, String>(0) == name && r.get::<_, String>(2).starts_with(day))
+            .map(|r| r.get::<_, String>(3))
+            .unwrap()
+    };
+    assert_eq!(at("spec-0", "2030-03-11"), "2030-03-10 07:30:00+00");
+    assert_eq!(at("spec-1", "2030-11-04"), "2030-11-03 05:30:00+00");
+    assert_eq!(at("spec-1", "2030-10-28"), "2030-10-27 00:30:00+00");
+    assert_eq!(at("spec-2", "2030-10-07"), "2030-10-05 15:45:00+00");
+    assert_eq!(at("spec-3", "2030-04-08"), "2030-04-06 14:45:00+00");
 }

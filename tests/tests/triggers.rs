@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use herald_shared::clock::Clock;
 use herald_tests::Herald;
 use serde_json::json;
 
@@ -104,4 +105,208 @@ async fn named_columns_deletes_and_lists(mode: &str) {
             "Settled: Booking 2: paid at 2030-01-01T09:00:00+00:00 (status_change)",
         ]
     );
+}
+
+#[tokio::test]
+async fn the_follow_waits_trigger_is_compiled_from_every_version_and_wakes_paused_waits_too() {
+    let db = herald_tests::TestDb::new().await;
+    db.exec(
+        "CREATE TABLE bookings (id bigint PRIMARY KEY, status text NOT NULL, starts_at timestamptz, tz text, note text);
+         INSERT INTO bookings VALUES (1, 'confirmed', '2030-01-10T09:00:00Z', 'UTC', '');
+         SELECT herald_attach('public.bookings', 'status');
+         INSERT INTO automations (name, source_table) VALUES ('reminder', 'bookings');",
+    )
+    .await;
+    let follows = "SELECT coalesce((SELECT pg_get_triggerdef(oid) FROM pg_trigger
+                                    WHERE tgrelid = 'bookings'::regclass AND tgname = 'herald_follow_waits'), 'none')";
+    let save = |steps: serde_json::Value| json!({"trigger": {"type": "status_change", "table": "public.bookings", "to": "confirmed"}, "steps": steps});
+    let sms = json!({"id": "remind", "type": "send_sms", "to": "+14155550100", "body": "Tomorrow"});
+    let wait = json!({"id": "night-before", "type": "wait",
+                      "until": {"field": "starts_at", "offset": "-1 day", "timezone": {"field": "tz"}}});
+    // No wait reads the data: no trigger.
+    db.client
+        .query_one("SELECT herald_save_automation('reminder', $1)", &[&save(json!([sms]))])
+        .await
+        .unwrap();
+    assert_eq!(db.scalar::<String>(follows).await, "none");
+    // A version whose wait reads starts_at and tz: the trigger tests those two columns.
+    db.client
+        .query_one(
+            "SELECT herald_save_automation('reminder', $1)",
+            &[&save(json!([wait, sms]))],
+        )
+        .await
+        .unwrap();
+    let def: String = db.scalar(follows).await;
+    assert!(
+        def.contains("AFTER UPDATE ON public.bookings FOR EACH ROW WHEN"),
+        "{def}"
+    );
+    assert!(def.contains("old.starts_at IS DISTINCT FROM new.starts_at"), "{def}");
+    assert!(def.contains("old.tz IS DISTINCT FROM new.tz"), "{def}");
+    assert!(!def.contains("note"), "{def}");
+    // A later version without the wait: instances of the earlier one may still sleep in it,
+    // so the trigger stays.
+    db.client
+        .query_one("SELECT herald_save_automation('reminder', $1)", &[&save(json!([sms]))])
+        .await
+        .unwrap();
+    assert_eq!(db.scalar::<String>(follows).await, def);
+
+    // Instances sleeping in the wait, one of them paused: both are woken by a move; an
+    // instance waiting elsewhere (a retry of another step) is not.
+    db.exec(
+        "INSERT INTO automation_execution_logs
+           (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event, snapshot, status,
+            held_from, run_at, created_at, updated_at, version, next_step)
+         SELECT a.id, 'public', 'bookings', 'id', '1', 'status_change', '{}', s.status, s.held_from,
+                '2030-01-09T09:00:00Z', now(), now(), 2, s.step
+         FROM automations a,
+              (VALUES ('waiting', NULL, 'night-before'), ('paused', 'waiting', 'night-before'),
+                      ('waiting', NULL, 'remind')) AS s (status, held_from, step)",
+    )
+    .await;
+    db.set_now("2029-12-01T00:00:00Z").await;
+    db.exec("UPDATE bookings SET note = 'ring twice'").await;
+    let run_at = "SELECT string_agg(status || ' ' || next_step || ' ' || to_char(run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'), ', ' ORDER BY id)
+                  FROM automation_execution_logs";
+    let untouched =
+        "waiting night-before 2030-01-09 09:00, paused night-before 2030-01-09 09:00, waiting remind 2030-01-09 09:00";
+    assert_eq!(db.scalar::<String>(run_at).await, untouched);
+    db.exec("UPDATE bookings SET starts_at = '2030-01-17T09:00:00Z'").await;
+    assert_eq!(
+        db.scalar::<String>(run_at).await,
+        "waiting night-before 2029-12-01 00:00, paused night-before 2029-12-01 00:00, waiting remind 2030-01-09 09:00"
+    );
+
+    // Detached, the table keeps none of Herald's triggers.
+    db.exec("SELECT herald_detach('public.bookings')").await;
+    assert_eq!(db.scalar::<String>(follows).await, "none");
+}
+
+#[tokio::test]
+async fn a_date_trigger_fires_once_per_date_follows_a_moved_date_and_records_what_it_missed() {
+    let mut h = Herald::new().await;
+    let start: jiff::Timestamp = "2030-03-01T00:00:00Z".parse().unwrap();
+    let clock = h.manual_clock_at(start.into());
+    // The database's clock is the functions' (the save computes each row's time from it).
+    h.db.set_now(&start.to_string()).await;
+    h.db.exec(&format!(
+        "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, plan text NOT NULL,
+                               renews_at timestamptz, tz text NOT NULL, phone text NOT NULL);
+         INSERT INTO members VALUES
+           (1, 'active', 'paid', '2030-03-10T12:00:00Z', 'Europe/London',    '+14152{tag:04}01'),
+           (2, 'active', 'paid', '2030-03-10T12:00:00Z', 'America/New_York', '+14152{tag:04}02'),
+           (3, 'active', 'free', '2030-03-10T12:00:00Z', 'Europe/London',    '+14152{tag:04}03'),
+           (4, 'active', 'paid', '2030-03-20T12:00:00Z', 'Europe/London',    '+14152{tag:04}04'),
+           (5, 'active', 'paid', NULL,                   'Europe/London',    '+14152{tag:04}05');
+         SELECT herald_attach('public.members', 'status');
+         INSERT INTO automations (name, source_table) VALUES ('renewal', 'members');",
+        tag = h.tag % 10_000
+    ))
+    .await;
+    let doc = json!({
+        "trigger": {"type": "date", "table": "public.members", "column": "renews_at",
+                    "offset": "-7 days", "at": "09:00", "timezone": {"field": "tz"}},
+        "conditions": {"field": "plan", "op": "=", "value": "paid"},
+        "steps": [{"id": "remind", "type": "send_sms", "to": "{{ phone }}",
+                   "body": "Member {{ id }}: your plan renews on {{ payload.date }}"}]
+    });
+    h.db.client
+        .query_one("SELECT herald_save_automation('renewal', $1)", &[&doc])
+        .await
+        .unwrap();
+    // 09:00 a week before, in each member's zone; none for a member without a date.
+    let next: Vec<String> = h
+        .db
+        .column("SELECT subject_id || ' ' || fire_at::text || ' ' || local_time FROM herald_next_fires('renewal', 10)")
+        .await;
+    assert_eq!(
+        next,
+        [
+            "1 2030-03-03 09:00:00+00 2030-03-03 09:00 Europe/London",
+            "3 2030-03-03 09:00:00+00 2030-03-03 09:00 Europe/London",
+            "2 2030-03-03 14:00:00+00 2030-03-03 09:00 America/New_York",
+            "4 2030-03-13 09:00:00+00 2030-03-13 09:00 Europe/London",
+        ]
+    );
+    let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    let advance_to = |to: jiff::Timestamp| {
+        let now = jiff::Timestamp::try_from(clock.now()).unwrap();
+        clock.advance(to.duration_since(now).unsigned_abs());
+    };
+
+    // Nothing is due before its time.
+    advance_to(at("2030-03-03T08:59:00Z"));
+    assert_eq!(h.tick().await.dates.fired, 0);
+    // Member 2 moves a week later (New York's clocks go forward on 10 March: 09:00 EDT).
+    h.db.set_now("2030-03-03T08:59:00Z").await;
+    h.db.exec("UPDATE members SET renews_at = '2030-03-17T12:00:00Z' WHERE id = 2")
+        .await;
+    // Member 1's and member 3's time comes: member 3 is on the free plan, so its instance
+    // exits by the trigger's conditions and sends nothing.
+    advance_to(at("2030-03-03T09:00:30Z"));
+    let tick = h.tick().await;
+    assert_eq!((tick.dates.fired, tick.claimed), (2, 2));
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(
+        member_reminders(&h).await,
+        ["Member 1: your plan renews on 2030-03-10T12:00:00+00:00"]
+    );
+    // Member 2's old time passes with nothing due; its new one fires once.
+    advance_to(at("2030-03-03T14:00:30Z"));
+    assert_eq!(h.tick().await.dates.fired, 0);
+    advance_to(at("2030-03-10T13:00:30Z"));
+    assert_eq!(h.tick().await.dates.fired, 1);
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(h.tick().await.dates.fired, 0);
+
+    // The scheduler does not run for two hours past member 4's time: more than the trigger's
+    // lateness (one hour), so it is recorded as missed, not sent late.
+    advance_to(at("2030-03-13T11:00:00Z"));
+    let tick = h.tick().await;
+    assert_eq!((tick.dates.fired, tick.dates.missed, tick.claimed), (0, 1, 0));
+
+    // A date that fired does not fire again: member 1's renewal set to another date and back.
+    h.db.set_now("2030-03-13T11:00:00Z").await;
+    h.db.exec(
+        "UPDATE members SET renews_at = '2030-03-21T12:00:00Z' WHERE id = 1;
+         UPDATE members SET renews_at = '2030-03-10T12:00:00Z' WHERE id = 1;",
+    )
+    .await;
+    advance_to(at("2030-03-30T00:00:00Z"));
+    assert_eq!(h.tick().await.dates.fired, 0);
+    assert_eq!(
+        member_reminders(&h).await,
+        [
+            "Member 1: your plan renews on 2030-03-10T12:00:00+00:00",
+            "Member 2: your plan renews on 2030-03-17T12:00:00+00:00",
+        ]
+    );
+    let ledger: Vec<String> =
+        h.db.column(
+            "SELECT subject_id || ' ' || occurs_on || ' ' || state FROM herald_occurrences ORDER BY subject_id, fire_at",
+        )
+        .await;
+    assert_eq!(
+        ledger,
+        [
+            "1 2030-03-10T12:00:00+00:00 fired",
+            "2 2030-03-17T12:00:00+00:00 fired",
+            "3 2030-03-10T12:00:00+00:00 fired",
+            "4 2030-03-20T12:00:00+00:00 missed",
+        ]
+    );
+    let exited: Vec<String> =
+        h.db.column("SELECT subject_id || ' ' || status || ' ' || coalesce(exit_reason, '') FROM automation_execution_logs WHERE status = 'exited'")
+            .await;
+    assert_eq!(exited, ["3 exited the trigger's conditions do not hold"]);
+}
+
+/// The renewal reminders moto received, sorted.
+async fn member_reminders(h: &Herald) -> Vec<String> {
+    let mut bodies: Vec<String> = h.moto.all_sms().await.into_iter().map(|m| m.message).collect();
+    bodies.retain(|b| b.starts_with("Member "));
+    bodies.sort();
+    bodies
 }

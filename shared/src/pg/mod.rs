@@ -13,7 +13,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{info, warn};
 
 use crate::ledger::DueLogs;
-use crate::model::{ContextError, LogId, QueueMessage, Rescued, StoreError};
+use crate::model::{ContextError, Fired, LogId, QueueMessage, Rescued, StoreError};
 use crate::receipt::Receipt;
 
 mod sql {
@@ -21,6 +21,7 @@ mod sql {
     pub(crate) const RELEASE: &str = include_str!("../../sql/release.sql");
     pub(crate) const RESCUE: &str = include_str!("../../sql/rescue.sql");
     pub(crate) const INGEST: &str = include_str!("../../sql/ingest.sql");
+    pub(crate) const FIRE_DATES: &str = include_str!("../../sql/fire_dates.sql");
     pub(crate) const APPLY_RECEIPTS: &str = include_str!("../../sql/apply_receipts.sql");
     pub(crate) const FLOW_START: &str = include_str!("../../sql/flow_start.sql");
     pub(crate) const FLOW_WRITE: &str = include_str!("../../sql/flow_write.sql");
@@ -93,6 +94,7 @@ enum Sql {
     Release,
     Rescue,
     Ingest,
+    FireDates,
     ApplyReceipts,
     FlowStart,
     FlowWrite,
@@ -106,6 +108,7 @@ impl Sql {
             Sql::Release => sql::RELEASE,
             Sql::Rescue => sql::RESCUE,
             Sql::Ingest => sql::INGEST,
+            Sql::FireDates => sql::FIRE_DATES,
             Sql::ApplyReceipts => sql::APPLY_RECEIPTS,
             Sql::FlowStart => sql::FLOW_START,
             Sql::FlowWrite => sql::FLOW_WRITE,
@@ -405,6 +408,18 @@ impl DueLogs for PgStore {
         let stmt = conn.statement(Sql::Ingest, context).await?;
         let r = conn.round_trip(context, conn.client.query_one(stmt, &[&limit])).await?;
         Ok(r.get::<_, i32>(0) as u64)
+    }
+
+    async fn fire_dates(&self, now: SystemTime) -> Result<Fired, StoreError> {
+        let context = "firing date triggers";
+        let conn = self.db.client().await?;
+        let stmt = conn.statement(Sql::FireDates, context).await?;
+        let r = conn.round_trip(context, conn.client.query_one(stmt, &[&now])).await?;
+        let n = |i: usize| r.get::<_, i32>(i) as u64;
+        Ok(Fired {
+            fired: n(0),
+            missed: n(1),
+        })
     }
 
     async fn rescue(&self, now: SystemTime) -> Result<Rescued, StoreError> {

@@ -20,14 +20,15 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use jiff::civil::Time;
 use jiff::tz::TimeZone;
-use jiff::{Span, SpanFieldwise};
+use jiff::{Span, SpanFieldwise, ToSpan};
 use serde_json::{Map, Value as Json};
 
 use super::condition::{self, Condition};
 use super::shape::shape;
 use super::time::{parse_span, zone};
-use super::wait::{self, Wait};
+use super::wait::{self, Wait, ZoneOf};
 use super::{Field, Problem};
 use crate::model::{EmailTemplates, SmsTemplates};
 use crate::recipient::Region;
@@ -87,6 +88,18 @@ pub enum Trigger {
         kind: LabelKind,
         added: bool,
         name: String,
+    },
+    /// A row's date: fires `offset` from the date in `column` (at the local time `at`, in
+    /// `zone` or the definition's), once per row and date value. The ledger keeps when each
+    /// row fires (db/schema/time.sql); this is the document's reading of it.
+    Date {
+        table: Relation,
+        column: String,
+        offset: Option<SpanFieldwise>,
+        at: Option<Time>,
+        zone: Option<ZoneOf>,
+        /// How late a firing may still start; older ones are recorded as missed.
+        lateness: SpanFieldwise,
     },
     Manual,
 }
@@ -316,7 +329,7 @@ impl Reader {
     fn compiles(&mut self, source: &str, path: &str) -> Option<String> {
         match check_template(source) {
             Ok(()) => Some(source.to_owned()),
-            Err(e) => self.problem(path, format!("the template does not compile: {e}")),
+            Err(e) => self.problem(path, e),
         }
     }
 
@@ -457,9 +470,49 @@ impl Reader {
                     name: self.text(t, key, path)?,
                 }
             }
+            "date" => self.date_trigger(t, path)?,
             "manual" => Trigger::Manual,
             other => return self.unknown_trigger(other),
         })
+    }
+
+    fn date_trigger(&mut self, t: &Map<String, Json>, path: &str) -> Option<Trigger> {
+        let table = self.relation(t, "table", path);
+        let column = self.text(t, "column", path);
+        let offset = self.optional(t, "offset", path, wait::offset_of);
+        let at = self.optional(t, "at", path, wait::time_of_day);
+        let zone = self.optional(t, "timezone", path, wait::zone_of);
+        let lateness = self.optional(t, "lateness", path, |v| {
+            let span = wait::offset_of(v).map_err(|_| "a lateness is a span such as \"1 hour\"".to_owned())?;
+            match span.is_negative() {
+                true => Err("a lateness cannot be negative".to_owned()),
+                false => Ok(span),
+            }
+        });
+        Some(Trigger::Date {
+            table: table?,
+            column: column?,
+            offset: offset?.map(Span::fieldwise),
+            at: at?,
+            zone: zone?,
+            lateness: lateness?.unwrap_or(1.hour()).fieldwise(),
+        })
+    }
+
+    /// `object[key]` read by `read` when present (`Some(None)` when absent); `None`, with a
+    /// problem at its path, when it is wrong.
+    fn optional<T>(
+        &mut self,
+        object: &Map<String, Json>,
+        key: &str,
+        path: &str,
+        read: impl Fn(&Json) -> Result<T, String>,
+    ) -> Option<Option<T>> {
+        match object.get(key).map(read) {
+            None => Some(None),
+            Some(Ok(v)) => Some(Some(v)),
+            Some(Err(m)) => self.problem(&format!("{path}.{key}"), m),
+        }
     }
 
     fn unknown_trigger<T>(&mut self, kind: &str) -> Option<T> {
@@ -825,6 +878,7 @@ fn uses_admins(steps: &[Step]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workflow::Field;
     use serde_json::json;
 
     fn booking_flow() -> Json {
@@ -926,6 +980,76 @@ mod tests {
     }
 
     #[test]
+    fn a_date_trigger_is_read_with_its_offset_time_zone_and_lateness() {
+        let doc = |trigger: Json| json!({"trigger": trigger, "steps": [{"id": "hi", "type": "send_sms", "to": "{{ phone }}", "body": "Hi"}]});
+        let read = parse(&doc(
+            json!({"type": "date", "table": "members", "column": "renews_at", "offset": "-7 days",
+                                     "at": "09:00", "timezone": {"field": "tz"}, "lateness": "2 hours"}),
+        ))
+        .unwrap();
+        assert_eq!(
+            read.trigger,
+            Trigger::Date {
+                table: Relation {
+                    schema: "public".into(),
+                    table: "members".into()
+                },
+                column: "renews_at".into(),
+                offset: Some((-7).days().fieldwise()),
+                at: Some(Time::constant(9, 0, 0, 0)),
+                zone: Some(ZoneOf::Field(Field::parse(&json!("tz")).unwrap())),
+                lateness: 2.hours().fieldwise(),
+            }
+        );
+        // Only the table and column are needed: no offset, the date's own time, an hour late at most.
+        let read = parse(&doc(json!({"type": "date", "table": "members", "column": "joined_on"}))).unwrap();
+        assert!(
+            matches!(read.trigger, Trigger::Date { offset: None, at: None, zone: None, ref lateness, .. }
+                         if *lateness == 1.hour().fieldwise())
+        );
+        // (trigger, path, message)
+        let cases = [
+            (
+                json!({"type": "date", "table": "members"}),
+                "trigger.column",
+                "is required",
+            ),
+            (
+                json!({"type": "date", "table": "members", "column": "renews_at", "offset": "a week"}),
+                "trigger.offset",
+                "is not a duration",
+            ),
+            (
+                json!({"type": "date", "table": "members", "column": "renews_at", "at": "9am"}),
+                "trigger.at",
+                "local time of day",
+            ),
+            (
+                json!({"type": "date", "table": "members", "column": "renews_at", "timezone": "Mars/Base"}),
+                "trigger.timezone",
+                "not a time zone name",
+            ),
+            (
+                json!({"type": "date", "table": "members", "column": "renews_at", "lateness": "-1 hour"}),
+                "trigger.lateness",
+                "cannot be negative",
+            ),
+            (
+                json!({"type": "date", "table": "members", "column": "renews_at", "every": "day"}),
+                "trigger.every",
+                "unknown key",
+            ),
+        ];
+        for (trigger, path, message) in cases {
+            let problems = problems_of(doc(trigger.clone()));
+            assert!(
+                problems.iter().any(|(p, m)| p == path && m.contains(message)),
+                "{trigger}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
     fn every_mistake_is_refused_with_its_path() {
         let with = |pointer: &str, value: Json| {
             let mut doc = booking_flow();
@@ -959,6 +1083,27 @@ mod tests {
                 "does not compile",
             ),
             (with("/steps/0/to", json!(5)), "steps[0].to", "is text"),
+            (
+                with("/steps/0/text", json!("Total {{ total | money(\"EURO\") }}")),
+                "steps[0].text",
+                "`| money`: `EURO` is not a currency code such as \"EUR\" (three capital letters)",
+            ),
+            (
+                with(
+                    "/steps/3/body",
+                    json!("{{ starts_at | datetime(\"%a %K\", tz=\"Europe/London\") }}"),
+                ),
+                "steps[3].body",
+                "`| datetime`: `%a %K` is not a strftime format",
+            ),
+            (
+                with(
+                    "/steps/2/then/0/text",
+                    json!("{{ starts_at | relative(tz=\"Mars/Base\") }}"),
+                ),
+                "steps[2].then[0].text",
+                "`| relative`: `Mars/Base` is not a time zone name",
+            ),
             (
                 with("/steps/1/until/offset", json!("a day")),
                 "steps[1].until.offset",

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value as Json};
 use super::condition::evaluate;
 use super::definition::{Action, Document, Step};
 use super::plan::{find, plan_next_step, Decision, Policy, StepResult};
-use super::wait::wake_at;
+use super::wait::{wake_at, Wait};
 
 /// Where an instance is in its flow, as the ledger keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +142,17 @@ pub(crate) fn advance(
                 }
                 Ok(Decision::Complete) => instance.next = None,
                 Ok(Decision::Sleep { next, until }) => {
+                    if until > now && reads_its_time(doc, &at) {
+                        // A wait until a time in the data parks at itself, as if it had not
+                        // run: woken (at that time, or sooner when a column it reads
+                        // changes), it reads the time again and sleeps on, or goes on. (Its
+                        // steps run stay at least 1: an instance that has started is never
+                        // taken for a new one, whose trigger conditions are checked.)
+                        instance.steps_run = instance.steps_run.saturating_sub(1).max(1);
+                        instance.attempt = instance.attempt.saturating_sub(1);
+                        let here = Some(at);
+                        return (Advance::Park(Park::Sleeping { next: here, until }), decided);
+                    }
                     instance.attempt = 0;
                     if until > now {
                         instance.next = next.clone();
@@ -196,6 +207,15 @@ pub(crate) fn advance(
             },
         );
     }
+}
+
+/// Whether step `id` is a wait until a time read from the data (which the ledger follows:
+/// see `herald_follow_waits` in db/schema/capture.sql).
+fn reads_its_time(doc: &Document, id: &str) -> bool {
+    matches!(
+        find(&doc.steps, id).map(|s| &s.action),
+        Some(Action::Wait(Wait::Until { .. }))
+    )
 }
 
 /// Why an instance whose trigger's conditions do not hold ends: its `exit_reason`.
@@ -358,21 +378,25 @@ mod tests {
             now,
         );
         let until = t("2026-11-24T09:00:00Z");
+        // A wait until a time in the data sleeps at itself: it reads the time again when woken.
         assert_eq!(
             a,
             Advance::Park(Park::Sleeping {
-                next: Some("vip".into()),
+                next: Some("night-before".into()),
                 until
             })
         );
         assert_eq!(decided.iter().map(|d| d.kind).collect::<Vec<_>>(), ["exit", "wait"]);
         assert_eq!(i.outputs["confirm"], json!({"id": "ses-1"}));
-        assert_eq!(i.next.as_deref(), Some("vip"));
+        assert_eq!(i.next.as_deref(), Some("night-before"));
 
-        // Woken: the branch is decided in memory, and `then` has a step to perform.
+        // Woken: the wait's time has come, the branch is decided in memory, and `then` has a
+        // step to perform.
         let (a, decided) = advance(&doc, &mut i, &d, None, &limit(100), until);
         assert_eq!(a, perform("owner", 1));
-        assert_eq!(decided[1].detail, json!({"holds": true, "seen": {"vip": true}}));
+        let kinds: Vec<_> = decided.iter().map(|d| d.kind).collect();
+        assert_eq!(kinds, ["exit", "wait", "exit", "branch", "exit"]);
+        assert_eq!(decided[3].detail, json!({"holds": true, "seen": {"vip": true}}));
         let (a, _) = advance(&doc, &mut i, &d, Some(Performed::Done(Json::Null)), &limit(100), until);
         assert_eq!(a, perform("remind", 1));
         // `continue`: a failed SMS does not stop the flow.
@@ -482,8 +506,105 @@ mod tests {
             t("2026-11-24T09:00:00Z"),
         );
         assert_eq!(a, Advance::Park(Park::Exited("booking cancelled".into())));
-        assert_eq!(decided[0].step.as_deref(), Some("vip"));
+        assert_eq!(decided[0].step.as_deref(), Some("night-before"));
         assert_eq!(decided[0].detail["seen"], json!({"status": "cancelled"}));
+    }
+
+    #[test]
+    fn a_wait_until_a_time_in_the_data_reads_it_again_each_time_it_wakes() {
+        let doc = flow();
+        let now = t("2026-11-23T12:00:00Z");
+        let at = |starts_at: &str| {
+            let mut d = data("confirmed", false);
+            d["starts_at"] = json!(starts_at);
+            d
+        };
+        let mut i = Instance::new(&doc);
+        advance(&doc, &mut i, &at("2026-11-25T09:00:00Z"), None, &limit(100), now);
+        let sleeps = |next: &str, until: &str| {
+            Advance::Park(Park::Sleeping {
+                next: Some(next.into()),
+                until: t(until),
+            })
+        };
+        let (a, _) = advance(
+            &doc,
+            &mut i,
+            &at("2026-11-25T09:00:00Z"),
+            Some(Performed::Done(Json::Null)),
+            &limit(100),
+            now,
+        );
+        assert_eq!(a, sleeps("night-before", "2026-11-24T09:00:00Z"));
+        let parked = i.clone();
+
+        // (woken at, the booking's start then) -> what the instance does
+        let cases = [
+            // Moved a week later, woken by the change: it sleeps on to the new night before.
+            (
+                "2026-11-23T13:00:00Z",
+                "2026-12-02T09:00:00Z",
+                sleeps("night-before", "2026-12-01T09:00:00Z"),
+            ),
+            // Moved a week later, woken at the old time: the same.
+            (
+                "2026-11-24T09:00:00Z",
+                "2026-12-02T09:00:00Z",
+                sleeps("night-before", "2026-12-01T09:00:00Z"),
+            ),
+            // Moved earlier, still ahead: it sleeps to the earlier time.
+            (
+                "2026-11-23T13:00:00Z",
+                "2026-11-24T15:00:00Z",
+                sleeps("night-before", "2026-11-23T15:00:00Z"),
+            ),
+            // Moved so early its time has passed: it goes on at once (the branch, then the SMS).
+            ("2026-11-23T13:00:00Z", "2026-11-24T10:00:00Z", perform("remind", 1)),
+            // Unchanged, woken at its time: it goes on.
+            ("2026-11-24T09:00:00Z", "2026-11-25T09:00:00Z", perform("remind", 1)),
+        ];
+        for (woken, starts_at, want) in cases {
+            let mut i = parked.clone();
+            let (a, decided) = advance(&doc, &mut i, &at(starts_at), None, &limit(100), t(woken));
+            assert_eq!(a, want, "woken {woken}, starts_at {starts_at}");
+            assert_eq!(decided[1].kind, "wait", "{decided:?}");
+        }
+
+        // Reading the time again is not counted as another step: a booking moved 200 times
+        // does not reach the step limit.
+        let mut i = parked.clone();
+        for n in 0..200 {
+            let starts_at = format!("2026-12-{:02}T09:00:00Z", 2 + n % 20);
+            let (a, _) = advance(&doc, &mut i, &at(&starts_at), None, &limit(100), now);
+            assert!(matches!(a, Advance::Park(Park::Sleeping { .. })), "{a:?}");
+            assert_eq!((i.steps_run, i.attempt), (parked.steps_run, parked.attempt));
+        }
+    }
+
+    #[test]
+    fn a_wait_for_a_span_sleeps_at_the_step_after_it() {
+        let doc = parse(&json!({
+            "trigger": {"type": "status_change", "table": "bookings", "to": "confirmed"},
+            "steps": [{"id": "pause", "type": "wait", "for": "2 hours"},
+                      {"id": "ping", "type": "send_sms", "to": "{{ phone }}", "body": "Hi"}]
+        }))
+        .unwrap();
+        let mut i = Instance::new(&doc);
+        let (a, _) = advance(
+            &doc,
+            &mut i,
+            &data("confirmed", false),
+            None,
+            &limit(100),
+            t("2026-11-23T12:00:00Z"),
+        );
+        assert_eq!(
+            a,
+            Advance::Park(Park::Sleeping {
+                next: Some("ping".into()),
+                until: t("2026-11-23T14:00:00Z")
+            })
+        );
     }
 
     #[test]

@@ -131,21 +131,21 @@ fn part<T>(
     }
 }
 
-fn offset_of(value: &Json) -> Result<Span, String> {
+pub(super) fn offset_of(value: &Json) -> Result<Span, String> {
     value
         .as_str()
         .ok_or_else(|| "an offset is a span such as \"-1 day\"".to_owned())
         .and_then(parse_span)
 }
 
-fn time_of_day(value: &Json) -> Result<Time, String> {
+pub(super) fn time_of_day(value: &Json) -> Result<Time, String> {
     value
         .as_str()
         .and_then(|s| s.parse::<Time>().ok())
         .ok_or_else(|| "`at` is a local time of day such as \"18:00\"".to_owned())
 }
 
-fn zone_of(value: &Json) -> Result<ZoneOf, String> {
+pub(super) fn zone_of(value: &Json) -> Result<ZoneOf, String> {
     match value {
         Json::String(name) => zone(name).map(ZoneOf::Named),
         Json::Object(o) if o.len() == 1 && o.contains_key("field") => Field::parse(&o["field"]).map(ZoneOf::Field),
