@@ -185,7 +185,7 @@ async fn messages_show_dates_in_the_definitions_zone_relative_to_each_send_and_m
     assert_eq!(
         out,
         vec![FlowOutcome::Stopped(Stop::Park(Park::Sleeping {
-            next: Some("remind".into()),
+            next: Some("soon".into()),
             until: "2026-12-14T16:00:00Z".parse().unwrap()
         }))]
     );
