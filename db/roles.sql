@@ -32,6 +32,9 @@ GRANT USAGE ON SEQUENCE herald_lease_tokens TO herald_scheduler;
 GRANT EXECUTE ON FUNCTION herald_rescue(timestamptz) TO herald_scheduler;
 GRANT EXECUTE ON FUNCTION herald_ingest(integer) TO herald_scheduler;
 GRANT EXECUTE ON FUNCTION herald_fire_dates(timestamptz) TO herald_scheduler;
+GRANT EXECUTE ON FUNCTION herald_due_schedules() TO herald_scheduler;
+GRANT EXECUTE ON FUNCTION herald_fire_schedule(bigint, timestamptz, timestamptz, timestamptz[], timestamptz[],
+                                               timestamptz[], timestamptz) TO herald_scheduler;
 -- Receipts are applied by a function of the owner's: the scheduler still reads no step runs
 -- or definitions.
 GRANT EXECUTE ON FUNCTION herald_apply_step_receipts(jsonb, timestamptz) TO herald_scheduler;

@@ -5,7 +5,6 @@
 
 mod capture;
 mod cycle;
-mod dates;
 mod db;
 mod flows;
 mod history;
@@ -15,6 +14,7 @@ mod proxy;
 mod queue;
 mod report;
 mod size;
+mod time;
 
 use std::path::PathBuf;
 
@@ -32,8 +32,8 @@ struct Args {
     #[arg(long)]
     runs: Option<usize>,
     /// Only these cases (comma-separated): capture, queue (drain, ingest, round trips), cycle
-    /// (the full cycle and the peer queues), flows (workflow instances), dates (date triggers),
-    /// latency, history, size.
+    /// (the full cycle and the peer queues), flows (workflow instances), time (date triggers
+    /// and schedules), latency, history, size.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the results as JSON.
@@ -120,8 +120,8 @@ async fn run(args: Args) -> Result<(), String> {
     if wanted("flows") {
         rows.extend(flows::run(&server, &settings).await?);
     }
-    if wanted("dates") {
-        rows.extend(dates::run(&server, &settings).await?);
+    if wanted("time") {
+        rows.extend(time::run(&server, &settings).await?);
     }
     if wanted("latency") {
         rows.extend(latency::run(&server, &settings).await?);

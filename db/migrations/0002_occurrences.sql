@@ -5,11 +5,14 @@
 -- One row per (automation, row, date value): `due` until its time comes, then `fired` (an
 -- instance was started) or `missed` (its time passed more than the trigger's lateness ago,
 -- as when the scheduler did not run). A value fires at most once; a row whose date moves
--- gets a new due occurrence for the new value, and its old due one is dropped.
+-- gets a new due occurrence for the new value, and its old due one is dropped. A schedule's
+-- occurrences are recorded as they fire: per audience row (its key), or with subject ''
+-- when it has no audience, and `occurs_on` the occurrence's time.
 CREATE TABLE herald_occurrences (
   automation_id bigint NOT NULL REFERENCES automations (id) ON DELETE CASCADE,
   subject_id    text NOT NULL,
-  -- The date value the time was computed from, as the template data shows it.
+  -- The date value the time was computed from, as the template data shows it (a
+  -- schedule's: the occurrence).
   occurs_on     text NOT NULL,
   fire_at       timestamptz NOT NULL,
   -- The zone its local time was computed in.
@@ -29,8 +32,18 @@ CREATE TABLE herald_date_triggers (
   lateness      interval NOT NULL
 );
 
--- A date trigger is an automation's trigger too.
+-- Each scheduled automation's schedule as saved, and how far the scheduler has looked:
+-- every occurrence up to `scanned_to` was fired or recorded missed. `next_fires` are the
+-- next few, as the scheduler last computed them (for herald_next_fires).
+CREATE TABLE herald_schedules (
+  automation_id bigint PRIMARY KEY REFERENCES automations (id) ON DELETE CASCADE,
+  spec          jsonb NOT NULL,
+  scanned_to    timestamptz NOT NULL,
+  next_fires    timestamptz[] NOT NULL DEFAULT '{}'
+);
+
+-- Date triggers and schedules are automations' triggers too.
 ALTER TABLE automations DROP CONSTRAINT automations_trigger_event_check;
 ALTER TABLE automations ADD CONSTRAINT automations_trigger_event_check
   CHECK (trigger_event IN ('status_change', 'insert', 'update', 'delete', 'manual',
-                           'tag_added', 'tag_removed', 'segment_joined', 'segment_left', 'date'));
+                           'tag_added', 'tag_removed', 'segment_joined', 'segment_left', 'date', 'schedule'));

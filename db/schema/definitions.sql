@@ -25,6 +25,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $shape$ SELECT $json$
     {"type": "segment_joined", "keys": ["type", "segment"]},
     {"type": "segment_left", "keys": ["type", "segment"]},
     {"type": "date", "keys": ["type", "table", "column", "offset", "at", "timezone", "lateness"]},
+    {"type": "schedule", "keys": ["type", "cron", "timezone", "lateness", "audience"]},
     {"type": "manual", "keys": ["type"]}
   ],
   "admins": ["emails", "phones"],
@@ -752,6 +753,56 @@ BEGIN
 END
 $$;
 
+-- The problems of a schedule trigger: a cron expression, a zone, a lateness, and an
+-- audience (a relation, and the key column its rows are found by: the attached key or the
+-- one-column primary key when `key` is left out).
+CREATE OR REPLACE FUNCTION herald_schedule_problems(p_trig jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  problems jsonb := '[]';
+  aud      jsonb := p_trig -> 'audience';
+  rel      regclass;
+  keyc     text;
+BEGIN
+  IF jsonb_typeof(p_trig -> 'cron') IS DISTINCT FROM 'string' THEN
+    problems := problems || herald_problem('trigger.cron', 'is required: a cron expression such as "0 9 * * MON"');
+  ELSE
+    problems := problems || herald_problem('trigger.cron', herald_cron_problem(p_trig ->> 'cron'));
+  END IF;
+  IF p_trig ? 'timezone' AND (jsonb_typeof(p_trig -> 'timezone') IS DISTINCT FROM 'string'
+                              OR NOT herald_zone_names() ? (p_trig ->> 'timezone')) THEN
+    problems := problems || herald_problem('trigger.timezone',
+      format('`%s` is not a time zone name such as "Europe/London"', p_trig ->> 'timezone'));
+  END IF;
+  IF p_trig ? 'lateness' THEN
+    problems := problems || herald_problem('trigger.lateness', coalesce(herald_span_problem(p_trig -> 'lateness', 'a lateness'),
+      CASE WHEN herald_span_interval(p_trig ->> 'lateness') < interval '0' THEN 'a lateness cannot be negative' END));
+  END IF;
+  IF aud IS NULL THEN
+    RETURN problems;
+  END IF;
+  IF jsonb_typeof(aud) IS DISTINCT FROM 'object' THEN
+    RETURN problems || herald_problem('trigger.audience', 'an audience is {"relation": ..., "key": ...}');
+  END IF;
+  problems := problems || herald_unknown_keys(aud, '["relation", "key"]', 'trigger.audience');
+  IF jsonb_typeof(aud -> 'relation') IS DISTINCT FROM 'string' THEN
+    RETURN problems || herald_problem('trigger.audience.relation', 'is required: the table or view whose rows are the audience');
+  END IF;
+  rel := herald_relation(aud ->> 'relation');
+  IF rel IS NULL THEN
+    RETURN problems || herald_problem('trigger.audience.relation', format('no table or view `%s`', aud ->> 'relation'));
+  END IF;
+  keyc := coalesce(aud ->> 'key', herald_key_column(rel));
+  IF keyc IS NULL THEN
+    problems := problems || herald_problem('trigger.audience.key',
+      format('`%s` has no one-column primary key: name the column its rows are found by', aud ->> 'relation'));
+  ELSIF NOT herald_column_kinds(rel) ? keyc THEN
+    problems := problems || herald_problem('trigger.audience.key', format('`%s` has no column `%s`', aud ->> 'relation', keyc));
+  END IF;
+  RETURN problems;
+END
+$$;
+
 -- Every problem of a definition, each with its path: the trigger's keys as Herald's reader
 -- checks them, the data source, conditions, settings and steps.
 CREATE OR REPLACE FUNCTION herald_definition_problems(p_definition jsonb, p_data regclass DEFAULT NULL)
@@ -828,6 +879,13 @@ BEGIN
     END IF;
     IF trig ->> 'type' = 'date' THEN
       problems := problems || herald_date_trigger_problems(trig, rel, tkinds);
+    END IF;
+  ELSIF trig ->> 'type' = 'schedule' THEN
+    problems := problems || herald_schedule_problems(trig);
+    -- An audience's rows are the data conditions and waits read.
+    rel := herald_relation(trig #>> '{audience,relation}');
+    IF rel IS NOT NULL THEN
+      tkinds := herald_column_kinds(rel);
     END IF;
   ELSIF tkeys && ARRAY['tag', 'segment'] THEN
     problems := problems || herald_text_problem(trig, CASE WHEN 'tag' = ANY (tkeys) THEN 'tag' ELSE 'segment' END, 'trigger');
@@ -940,6 +998,7 @@ BEGIN
   WHERE id = auto_id;
   -- What the capture listens to comes from the version's trigger (lists of statuses, columns).
   PERFORM herald_compile(source_schema, source_table) FROM automations WHERE id = auto_id;
+  PERFORM herald_schedule_saved(auto_id, p_definition);
   RETURN v;
 END
 $$;

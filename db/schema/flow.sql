@@ -89,13 +89,16 @@ DECLARE
   got_ids bigint[];
   got     jsonb[];
 BEGIN
+  -- A schedule's instance with no audience has no row: its data is empty.
+  RETURN QUERY SELECT g.id, jsonb_build_object('context', '{}'::jsonb)
+  FROM ONLY automation_execution_logs g WHERE g.id = ANY (p_log_ids) AND g.subject_table = '';
   FOR grp IN
     SELECT coalesce(a.context_relation, format('%I.%I', g.subject_schema, g.subject_table)) AS relname,
            coalesce(a.context_key_column, g.subject_key_column) AS keycol,
            array_agg(g.id) AS ids, array_agg(g.subject_id) AS keys
     FROM ONLY automation_execution_logs g
     LEFT JOIN automations a ON a.id = g.automation_id
-    WHERE g.id = ANY (p_log_ids)
+    WHERE g.id = ANY (p_log_ids) AND g.subject_table <> ''
     GROUP BY 1, 2
   LOOP
     rel := to_regclass(grp.relname);
@@ -153,8 +156,10 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
   RETURN QUERY
+  -- Two messages of one log in a batch (one left in the queue from before a rescue): the
+  -- newer lease is the one that can hold, and the other is answered as claimed by it.
   WITH msg AS (
-    SELECT m.log_id, m.lease, m.ord, row_number() OVER (PARTITION BY m.log_id ORDER BY m.ord) AS nth
+    SELECT m.log_id, m.lease, m.ord, row_number() OVER (PARTITION BY m.log_id ORDER BY m.lease DESC, m.ord) AS nth
     FROM unnest(p_ids, p_leases) WITH ORDINALITY AS m(log_id, lease, ord)
   ), claimed AS (
     -- An instance takes its automation's current version at its first claim, and keeps it.

@@ -228,7 +228,8 @@ $$;
 -- automation; one whose time passed more than its trigger's lateness ago is recorded as
 -- missed instead. The instance is an event `date` of its row, with the date value and the
 -- time it was due as its payload (`payload.date`, `payload.due`), and goes through the
--- inbox as a captured change does. Returns how many fired and how many were missed.
+-- inbox as a captured change does, as if captured at the time it was due (the automation's
+-- suppression window counts from then). Returns how many fired and how many were missed.
 CREATE OR REPLACE FUNCTION herald_fire_dates(p_now timestamptz)
 RETURNS TABLE (fired integer, missed integer)
 LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
@@ -249,7 +250,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
     INSERT INTO herald_inbox (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event,
                               snapshot, payload, run_at, created_at, updated_at)
     SELECT x.automation_id, au.source_schema, au.source_table, t.key_column, x.subject_id, 'date',
-           '{}', jsonb_build_object('date', x.occurs_on, 'due', x.fire_at), p_now, p_now, p_now
+           '{}', jsonb_build_object('date', x.occurs_on, 'due', x.fire_at), p_now, x.fire_at, p_now
     FROM done x
     JOIN automations au ON au.id = x.automation_id
     JOIN herald_attachments t ON t.table_schema = au.source_schema AND t.table_name = au.source_table
@@ -260,31 +261,239 @@ LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 $$;
 REVOKE EXECUTE ON FUNCTION herald_fire_dates(timestamptz) FROM PUBLIC;
 
--- Operator: the next `p_limit` times automation p_name fires by its date trigger: the row,
--- its date value, and the time in UTC and in the trigger's zone.
+-- Operator: the next `p_limit` times automation p_name fires: for a date trigger, the rows
+-- due next (the row, its date value, and the time in UTC and in the row's zone); for a
+-- schedule, its next occurrences as the scheduler last computed them (each tick; subject_id
+-- is NULL, and an audience's rows each get one).
 CREATE OR REPLACE FUNCTION herald_next_fires(p_name text, p_limit integer DEFAULT 10)
 RETURNS TABLE (subject_id text, occurs_on text, fire_at timestamptz, local_time text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
   auto_id bigint;
-  spec    jsonb;
+  dates   jsonb;
+  sched   herald_schedules;
 BEGIN
-  SELECT au.id, d.spec INTO auto_id, spec
+  SELECT au.id, d.spec INTO auto_id, dates
   FROM automations au LEFT JOIN herald_date_triggers d ON d.automation_id = au.id
   WHERE au.name = p_name;
   IF auto_id IS NULL THEN
     RAISE EXCEPTION 'no automation named %', p_name USING ERRCODE = '22023';
   END IF;
-  IF spec IS NULL THEN
-    RAISE EXCEPTION 'automation % has no date trigger', p_name USING ERRCODE = '22023',
-      HINT = 'Only date triggers have times of their own: other automations fire when their rows change.';
+  IF dates IS NOT NULL THEN
+    RETURN QUERY
+    SELECT o.subject_id, o.occurs_on, o.fire_at,
+           to_char(o.fire_at AT TIME ZONE o.zone, 'YYYY-MM-DD HH24:MI') || ' ' || o.zone
+    FROM herald_occurrences o
+    WHERE o.automation_id = auto_id AND o.state = 'due'
+    ORDER BY o.fire_at, o.subject_id
+    LIMIT p_limit;
+    RETURN;
   END IF;
-  RETURN QUERY
-  SELECT o.subject_id, o.occurs_on, o.fire_at,
-         to_char(o.fire_at AT TIME ZONE o.zone, 'YYYY-MM-DD HH24:MI') || ' ' || o.zone
-  FROM herald_occurrences o
-  WHERE o.automation_id = auto_id AND o.state = 'due'
-  ORDER BY o.fire_at, o.subject_id
-  LIMIT p_limit;
+  SELECT * INTO sched FROM herald_schedules s WHERE s.automation_id = auto_id;
+  IF FOUND THEN
+    RETURN QUERY
+    SELECT NULL::text, to_jsonb(t) #>> '{}', t,
+           to_char(t AT TIME ZONE (sched.spec ->> 'zone'), 'YYYY-MM-DD HH24:MI') || ' ' || (sched.spec ->> 'zone')
+    FROM unnest(sched.next_fires) t
+    ORDER BY t
+    LIMIT p_limit;
+    RETURN;
+  END IF;
+  RAISE EXCEPTION 'automation % has no times of its own', p_name USING ERRCODE = '22023',
+    HINT = 'Only date triggers and schedules do: other automations fire when their rows change.';
 END
 $$;
+
+-- Why a cron expression of a schedule is refused, or NULL: five fields (minute hour
+-- day-of-month month day-of-week), each a list of `*`, values, ranges `a-b` and steps `/n`,
+-- with month names (JAN) and day names (MON), `L` and `nW` in the day of the month, `nL`
+-- and `n#k` in the day of the week. Herald's reader (shared/src/workflow/schedule.rs) reads
+-- the same forms; a test holds the two together.
+CREATE OR REPLACE FUNCTION herald_cron_problem(p_cron text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+  fields text[] := regexp_split_to_array(btrim(coalesce(p_cron, '')), '\s+');
+  what   text[] := ARRAY['minute', 'hour', 'day of month', 'month', 'day of week'];
+  lo     int[] := ARRAY[0, 0, 1, 1, 0];
+  hi     int[] := ARRAY[59, 23, 31, 12, 7];
+  months text[] := ARRAY['JAN', 'FEB', 'MAR', 'APR', 'MAY', 'JUN', 'JUL', 'AUG', 'SEP', 'OCT', 'NOV', 'DEC'];
+  days   text[] := ARRAY['SUN', 'MON', 'TUE', 'WED', 'THU', 'FRI', 'SAT'];
+  item   text;
+  m      text[];
+  i      integer;
+  k      integer;
+BEGIN
+  IF cardinality(fields) <> 5 OR fields[1] = '' THEN
+    RETURN format('`%s` is not a cron expression of 5 fields: minute hour day-of-month month day-of-week', p_cron);
+  END IF;
+  FOR i IN 1..5 LOOP
+    FOREACH item IN ARRAY string_to_array(upper(fields[i]), ',') LOOP
+      IF i = 4 THEN
+        FOR k IN 1..12 LOOP item := replace(item, months[k], k::text); END LOOP;
+      ELSIF i = 5 THEN
+        FOR k IN 1..7 LOOP item := replace(item, days[k], (k - 1)::text); END LOOP;
+      END IF;
+      CONTINUE WHEN item ~ '^\*(/[1-9]\d*)?$'
+        OR (i = 3 AND item ~ '^(L|([1-9]|[12]\d|3[01])W)$')
+        OR (i = 5 AND item ~ '^[0-7](L|#[1-5])$');
+      m := regexp_match(item, '^(\d+)(?:-(\d+))?(?:/([1-9]\d*))?$');
+      IF m IS NULL THEN
+        RETURN format('`%s`: the %s `%s` is not a value, a range, a step or `*`', p_cron, what[i], item);
+      ELSIF length(m[1]) > 2 OR m[1]::int NOT BETWEEN lo[i] AND hi[i]
+            OR (m[2] IS NOT NULL AND (length(m[2]) > 2 OR m[2]::int NOT BETWEEN lo[i] AND hi[i])) THEN
+        RETURN format('`%s`: the %s `%s` is outside %s-%s', p_cron, what[i], item, lo[i], hi[i]);
+      ELSIF m[2] IS NOT NULL AND m[2]::int < m[1]::int THEN
+        RETURN format('`%s`: the %s range `%s` runs backwards', p_cron, what[i], item);
+      END IF;
+    END LOOP;
+  END LOOP;
+  RETURN NULL;
+END
+$$;
+
+-- A schedule's parts, as the scheduler reads them: the cron expression, the zone it is read
+-- in, the lateness, and the audience (a relation and its key column), if any. NULL for any
+-- other trigger. (plpgsql: it names functions of files applied after this one.)
+CREATE OR REPLACE FUNCTION herald_schedule_spec(p_definition jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  trig jsonb := p_definition -> 'trigger';
+  rel  regclass := herald_relation(trig #>> '{audience,relation}');
+BEGIN
+  IF trig ->> 'type' IS DISTINCT FROM 'schedule' THEN
+    RETURN NULL;
+  END IF;
+  RETURN jsonb_build_object(
+    'cron', trig ->> 'cron',
+    'zone', coalesce(trig ->> 'timezone', p_definition ->> 'timezone', 'UTC'),
+    'lateness', coalesce(trig ->> 'lateness', '1 hour'),
+    'audience', CASE WHEN trig ? 'audience' THEN jsonb_build_object(
+      'relation', rel::text, 'key', coalesce(trig #>> '{audience,key}', herald_key_column(rel))) END);
+END
+$$;
+
+-- Keeps an automation's schedule as its current version says (herald_save_automation calls
+-- it): a new or changed schedule counts from now (no occurrence before the save fires); an
+-- unchanged one keeps how far the scheduler has looked; a version that is not a schedule
+-- drops it.
+CREATE OR REPLACE FUNCTION herald_schedule_saved(p_automation_id bigint, p_definition jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  spec jsonb := herald_schedule_spec(p_definition);
+BEGIN
+  IF spec IS NULL THEN
+    DELETE FROM herald_schedules WHERE automation_id = p_automation_id;
+    RETURN;
+  END IF;
+  INSERT INTO herald_schedules (automation_id, spec, scanned_to)
+  VALUES (p_automation_id, spec, herald_now())
+  ON CONFLICT (automation_id) DO UPDATE
+    SET spec = excluded.spec, scanned_to = excluded.scanned_to, next_fires = '{}'
+    WHERE herald_schedules.spec IS DISTINCT FROM excluded.spec;
+END
+$$;
+
+-- Scheduler: the schedules of active automations, with how far each has been looked at.
+CREATE OR REPLACE FUNCTION herald_due_schedules()
+RETURNS TABLE (automation_id bigint, cron text, zone text, lateness_secs float8, scanned_to timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
+  SELECT s.automation_id, s.spec ->> 'cron', s.spec ->> 'zone',
+         extract(epoch FROM herald_span_interval(s.spec ->> 'lateness'))::float8, s.scanned_to
+  FROM herald_schedules s JOIN automations a ON a.id = s.automation_id AND a.is_active
+  ORDER BY s.automation_id
+$$;
+REVOKE EXECUTE ON FUNCTION herald_due_schedules() FROM PUBLIC;
+
+-- Scheduler: a schedule's occurrences from p_from (exclusive, as herald_due_schedules gave
+-- it) to p_to (inclusive), as the scheduler computed them from its cron: those in p_fire
+-- start an instance each, one per audience row (the rows of the audience relation whose
+-- key is not null, and for which the definition's conditions may hold, as far as SQL can
+-- tell; the executor checks them again), or one with no row when there is no audience;
+-- those in p_missed are recorded as missed. Each (row, occurrence) at most once, even when
+-- two schedulers run at once; and only a scheduler that read p_from moves the schedule on.
+-- Each instance is recorded as captured at its occurrence's time, so the automation's
+-- suppression window (30 seconds by default) counts from it: occurrences caught up in one
+-- tick are not suppressed by each other.
+-- Returns the instances started and the occurrences missed.
+CREATE OR REPLACE FUNCTION herald_fire_schedule(p_automation_id bigint, p_from timestamptz, p_to timestamptz,
+                                                p_fire timestamptz[], p_missed timestamptz[], p_next timestamptz[],
+                                                p_now timestamptz, OUT fired integer, OUT missed integer)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+  s     herald_schedules;
+  a     automations;
+  rel   regclass;
+  nsp   text;
+  tbl   text;
+  keyc  text;
+  cond  text;
+BEGIN
+  fired := 0;
+  missed := 0;
+  UPDATE herald_schedules SET scanned_to = p_to, next_fires = p_next
+  WHERE automation_id = p_automation_id AND scanned_to = p_from
+  RETURNING * INTO s;
+  IF NOT FOUND THEN
+    RETURN;  -- another scheduler moved it on first
+  END IF;
+  SELECT * INTO a FROM automations WHERE id = p_automation_id;
+  WITH m AS (
+    INSERT INTO herald_occurrences (automation_id, subject_id, occurs_on, fire_at, zone, state, done_at)
+    SELECT p_automation_id, '', to_jsonb(t) #>> '{}', t, s.spec ->> 'zone', 'missed', p_now FROM unnest(p_missed) t
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+  )
+  SELECT count(*) INTO missed FROM m;
+  IF cardinality(p_fire) = 0 THEN
+    RETURN;
+  END IF;
+  IF s.spec -> 'audience' IS NULL OR s.spec -> 'audience' = 'null' THEN
+    WITH m AS (
+      INSERT INTO herald_occurrences (automation_id, subject_id, occurs_on, fire_at, zone, state, done_at)
+      SELECT p_automation_id, '', to_jsonb(t) #>> '{}', t, s.spec ->> 'zone', 'fired', p_now FROM unnest(p_fire) t
+      ON CONFLICT DO NOTHING
+      RETURNING occurs_on, fire_at
+    ), i AS (
+      INSERT INTO herald_inbox (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event,
+                                snapshot, payload, run_at, created_at, updated_at)
+      SELECT p_automation_id, '', '', '', '', 'schedule', '{}',
+             jsonb_build_object('occurrence', m.occurs_on), p_now, m.fire_at, p_now
+      FROM m
+      RETURNING 1
+    )
+    SELECT count(*) INTO fired FROM i;
+    RETURN;
+  END IF;
+  rel := to_regclass(s.spec #>> '{audience,relation}');
+  keyc := s.spec #>> '{audience,key}';
+  IF rel IS NULL OR keyc IS NULL THEN
+    RAISE EXCEPTION 'herald: the audience of automation % (%) is gone', a.name, s.spec #>> '{audience,relation}'
+      USING ERRCODE = '42P01';
+  END IF;
+  SELECT n.nspname, c.relname INTO nsp, tbl FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
+  cond := herald_condition_sql((SELECT v.definition -> 'conditions' FROM automation_versions v
+                                WHERE v.automation_id = a.id AND v.version = a.version), 'to_jsonb(r)');
+  EXECUTE format(
+    'WITH m AS (
+       INSERT INTO herald_occurrences (automation_id, subject_id, occurs_on, fire_at, zone, state, done_at)
+       SELECT $1, r.%1$I::text, to_jsonb(t) #>> ''{}'', t, $3, ''fired'', $4
+       FROM %2$s r CROSS JOIN unnest($2::timestamptz[]) t
+       WHERE r.%1$I IS NOT NULL AND %3$s
+       ON CONFLICT DO NOTHING
+       RETURNING subject_id, occurs_on, fire_at
+     ), i AS (
+       INSERT INTO herald_inbox (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event,
+                                 snapshot, payload, run_at, created_at, updated_at)
+       SELECT $1, $5, $6, $7, m.subject_id, ''schedule'', ''{}'', jsonb_build_object(''occurrence'', m.occurs_on),
+              $4, m.fire_at, $4
+       FROM m
+       RETURNING 1
+     )
+     SELECT count(*)::integer FROM i',
+    keyc, rel, coalesce(format('coalesce(%s, true)', cond), 'true'))
+    INTO fired
+    USING p_automation_id, p_fire, s.spec ->> 'zone', p_now, nsp, tbl, keyc;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION herald_fire_schedule(bigint, timestamptz, timestamptz, timestamptz[], timestamptz[],
+                                                timestamptz[], timestamptz) FROM PUBLIC;

@@ -57,6 +57,9 @@ impl Default for DrainOptions {
 pub struct DrainSummary {
     /// Date triggers whose time had come: instances started, and occurrences missed.
     pub dates: Fired,
+    /// Schedules' occurrences: instances started (one per audience row), and occurrences
+    /// missed.
+    pub schedules: Fired,
     /// Captured events moved from the inbox to the ledger before claiming.
     pub ingested: u64,
     /// Receipts taken from the receipts queue, and how many of them were applied (the rest
@@ -93,6 +96,7 @@ pub async fn drain<D: DueLogs, Q: Queue, R: ReceiptSource>(
     // Date triggers first, into the inbox; then the inbox: an event captured before this
     // run is claimable in it.
     summary.dates = store.fire_dates(clock.now()).await?;
+    summary.schedules = fire_schedules(store, clock.now()).await?;
     loop {
         let moved = store.ingest(INGEST_BATCH).await?;
         summary.ingested += moved;
@@ -133,6 +137,24 @@ pub async fn drain<D: DueLogs, Q: Queue, R: ReceiptSource>(
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
     info!(?summary, "drain finished");
     Ok(summary)
+}
+
+/// Fires every schedule's occurrences up to `now` (see [`crate::workflow::schedule::plan`]).
+/// A schedule whose cron or zone cannot be read is skipped, with an error in the log: the
+/// others still fire.
+async fn fire_schedules<D: DueLogs>(store: &D, now: std::time::SystemTime) -> Result<Fired, StoreError> {
+    let mut total = Fired::default();
+    for due in store.due_schedules().await? {
+        match crate::workflow::schedule::plan(&due, now) {
+            Ok(firing) => {
+                let f = store.fire_schedule(&firing, now).await?;
+                total.fired += f.fired;
+                total.missed += f.missed;
+            }
+            Err(e) => tracing::error!(automation = due.automation_id, error = %e, "a schedule could not be read"),
+        }
+    }
+    Ok(total)
 }
 
 /// Applies every waiting receipt; returns whether the queue was read to its end (only then
@@ -208,6 +230,8 @@ pub async fn serve<D: DueLogs, Q: Queue, R: ReceiptSource, W: Wakeups>(
         let s = drain(store, queue, receipts, clock, &opts).await?;
         total.dates.fired += s.dates.fired;
         total.dates.missed += s.dates.missed;
+        total.schedules.fired += s.schedules.fired;
+        total.schedules.missed += s.schedules.missed;
         total.ingested += s.ingested;
         total.receipts += s.receipts;
         total.receipts_applied += s.receipts_applied;
@@ -303,6 +327,16 @@ mod tests {
             Ok(0)
         }
         async fn fire_dates(&self, _now: SystemTime) -> Result<Fired, StoreError> {
+            Ok(Fired::default())
+        }
+        async fn due_schedules(&self) -> Result<Vec<crate::model::ScheduleDue>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn fire_schedule(
+            &self,
+            _f: &crate::model::ScheduleFiring,
+            _now: SystemTime,
+        ) -> Result<Fired, StoreError> {
             Ok(Fired::default())
         }
         async fn rescue(&self, _now: SystemTime) -> Result<Rescued, StoreError> {

@@ -9,7 +9,9 @@ use std::time::SystemTime;
 
 use serde_json::Value as Json;
 
-use crate::model::{ContextError, Failure, Fired, Lease, LogId, QueueMessage, Rescued, StoreError};
+use crate::model::{
+    ContextError, Failure, Fired, Lease, LogId, QueueMessage, Rescued, ScheduleDue, ScheduleFiring, StoreError,
+};
 use crate::receipt::Receipt;
 use crate::steps::Effect;
 use crate::workflow::definition::Document;
@@ -24,6 +26,15 @@ pub trait DueLogs: Sync {
     /// Starts the instances of date triggers due by `now` (through the inbox), and records
     /// those past their lateness as missed.
     fn fire_dates(&self, now: SystemTime) -> impl Future<Output = Result<Fired, StoreError>> + Send;
+    /// The schedules of active automations.
+    fn due_schedules(&self) -> impl Future<Output = Result<Vec<ScheduleDue>, StoreError>> + Send;
+    /// Fires a schedule's occurrences (each audience row's once), records its missed ones and
+    /// moves it on, unless another scheduler moved it first.
+    fn fire_schedule(
+        &self,
+        f: &ScheduleFiring,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Fired, StoreError>> + Send;
     /// Rescues logs whose lease expired before `now`.
     fn rescue(&self, now: SystemTime) -> impl Future<Output = Result<Rescued, StoreError>> + Send;
     /// Marks up to `limit` due pending logs as queued, leased until `lease_until`, and

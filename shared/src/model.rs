@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -172,6 +172,29 @@ pub struct Fired {
     pub fired: u64,
     /// Occurrences whose time passed more than their trigger's lateness ago: recorded, not run.
     pub missed: u64,
+}
+
+/// A schedule as the scheduler reads it: its cron expression and zone (as saved), how late
+/// an occurrence may still fire, and the time up to which its occurrences were handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleDue {
+    pub automation_id: i64,
+    pub cron: String,
+    pub zone: String,
+    pub lateness: Duration,
+    pub scanned_to: SystemTime,
+}
+
+/// What the scheduler does with a schedule's occurrences in `(from, to]`: fire these, record
+/// those as missed; `next` are the following few, for herald_next_fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleFiring {
+    pub automation_id: i64,
+    pub from: SystemTime,
+    pub to: SystemTime,
+    pub fire: Vec<SystemTime>,
+    pub missed: Vec<SystemTime>,
+    pub next: Vec<SystemTime>,
 }
 
 /// What the scheduler's rescue did with expired leases.

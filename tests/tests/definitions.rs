@@ -640,6 +640,7 @@ async fn every_documented_example_saves_and_is_read_back_by_herald() {
          CREATE TABLE members (id bigint PRIMARY KEY, status text, plan text, renews_at timestamptz, tz text, phone text);
          SELECT herald_attach('public.bookings', 'state', 'id');
          SELECT herald_attach('public.members', 'status', 'id');
+         CREATE VIEW paying_members AS SELECT * FROM members WHERE plan = 'paid';
          CREATE TABLE member_stats (id bigint PRIMARY KEY, visits integer);
          INSERT INTO automations (name, source_table) VALUES ('example', 'bookings');",
     )
@@ -698,6 +699,13 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
         json!({"type": "date", "table": "bookings", "column": "starts_at", "offset": "-1 day", "at": "18:00",
                "timezone": "Europe/London", "lateness": "30 minutes"}),
         json!({"type": "date", "table": "bookings", "column": "starts_at", "offset": "P1W", "timezone": {"field": "status"}}),
+        json!({"type": "schedule", "cron": "0 9 * * MON"}),
+        json!({"type": "schedule", "cron": "*/15 8-18 * JAN-MAR 1-5", "timezone": "Europe/London", "lateness": "10 minutes",
+               "audience": {"relation": "public.bookings"}}),
+        json!({"type": "schedule", "cron": "0 0 L * *", "audience": {"relation": "members", "key": "id"}}),
+        json!({"type": "schedule", "cron": "0 9 15W * *"}),
+        json!({"type": "schedule", "cron": "0 9 * * 5L"}),
+        json!({"type": "schedule", "cron": "0 9 * * MON#2"}),
     ];
     let steps = [
         json!({"id": "e", "type": "send_email", "from": "desk@example.com", "to": "{{ email }}", "subject": "S", "html": "<p>{{ name }}</p>", "on_unknown": "resend"}),
@@ -763,6 +771,23 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
         ),
         doc(
             json!({"type": "date", "table": "bookings", "column": "starts_at", "every": "day"}),
+            json!([sms]),
+        ),
+        doc(json!({"type": "schedule"}), json!([sms])),
+        doc(json!({"type": "schedule", "cron": "61 * * * *"}), json!([sms])),
+        doc(json!({"type": "schedule", "cron": "0 25 * * *"}), json!([sms])),
+        doc(json!({"type": "schedule", "cron": "* * *"}), json!([sms])),
+        doc(json!({"type": "schedule", "cron": "0 0 0 * * *"}), json!([sms])),
+        doc(
+            json!({"type": "schedule", "cron": "0 9 * * MON", "timezone": "Mars/Base"}),
+            json!([sms]),
+        ),
+        doc(
+            json!({"type": "schedule", "cron": "0 9 * * MON", "audience": {"relation": "public.bookings", "colour": 1}}),
+            json!([sms]),
+        ),
+        doc(
+            json!({"type": "schedule", "cron": "0 9 * * MON", "table": "public.bookings"}),
             json!([sms]),
         ),
         doc(json!({"type": "tag_added", "tag": "vip", "segment": "x"}), json!([sms])),

@@ -211,6 +211,16 @@ impl DueLogs for CutStore<'_> {
     async fn fire_dates(&self, now: SystemTime) -> Result<herald_shared::model::Fired, StoreError> {
         self.inner.fire_dates(now).await
     }
+    async fn due_schedules(&self) -> Result<Vec<herald_shared::model::ScheduleDue>, StoreError> {
+        self.inner.due_schedules().await
+    }
+    async fn fire_schedule(
+        &self,
+        f: &herald_shared::model::ScheduleFiring,
+        now: SystemTime,
+    ) -> Result<herald_shared::model::Fired, StoreError> {
+        self.inner.fire_schedule(f, now).await
+    }
     async fn rescue(&self, now: SystemTime) -> Result<Rescued, StoreError> {
         self.inner.rescue(now).await
     }

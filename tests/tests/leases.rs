@@ -413,3 +413,26 @@ async fn the_same_message_twice_in_one_batch_sends_once() {
     assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
     assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_stale_message_and_its_requeued_successor_in_one_batch_send_once_by_the_newer_lease() {
+    // GIVEN a queued log whose first message was never run, rescued and queued again under a
+    // new lease, so both messages are in the queue
+    let mut h = Herald::with_jobs_example().await;
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    let clock = h.manual_clock();
+    assert_eq!(h.tick().await.claimed, 1);
+    clock.advance(Duration::from_secs(901));
+    assert_eq!(h.tick().await.claimed, 1);
+
+    // WHEN the executor gets both in one batch, the stale one first
+    let event = h.moto.receive(&h.queue_url, 10).await;
+    assert_eq!(event.records.len(), 2);
+    let response = h.execute(event).await;
+
+    // THEN the newer lease runs it, once, and the stale one is skipped (not a failure)
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    assert_eq!(h.db.statuses().await, ["completed"]);
+    assert_eq!(h.moto.emails_from(&h.from).await.len(), 1);
+    assert_eq!(h.moto.sms_to(&h.phone_of(1)).await.len(), 1);
+}

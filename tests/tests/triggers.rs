@@ -250,7 +250,7 @@ async fn a_date_trigger_fires_once_per_date_follows_a_moved_date_and_records_wha
     assert_eq!((tick.dates.fired, tick.claimed), (2, 2));
     assert!(h.deliver_all().await.is_empty());
     assert_eq!(
-        member_reminders(&h).await,
+        sms_starting(&h, "Member ").await,
         ["Member 1: your plan renews on 2030-03-10T12:00:00+00:00"]
     );
     // Member 2's old time passes with nothing due; its new one fires once.
@@ -277,7 +277,7 @@ async fn a_date_trigger_fires_once_per_date_follows_a_moved_date_and_records_wha
     advance_to(at("2030-03-30T00:00:00Z"));
     assert_eq!(h.tick().await.dates.fired, 0);
     assert_eq!(
-        member_reminders(&h).await,
+        sms_starting(&h, "Member ").await,
         [
             "Member 1: your plan renews on 2030-03-10T12:00:00+00:00",
             "Member 2: your plan renews on 2030-03-17T12:00:00+00:00",
@@ -303,10 +303,147 @@ async fn a_date_trigger_fires_once_per_date_follows_a_moved_date_and_records_wha
     assert_eq!(exited, ["3 exited the trigger's conditions do not hold"]);
 }
 
-/// The renewal reminders moto received, sorted.
-async fn member_reminders(h: &Herald) -> Vec<String> {
+/// The text messages moto received that start with `prefix`, sorted.
+async fn sms_starting(h: &Herald, prefix: &str) -> Vec<String> {
     let mut bodies: Vec<String> = h.moto.all_sms().await.into_iter().map(|m| m.message).collect();
-    bodies.retain(|b| b.starts_with("Member "));
+    bodies.retain(|b| b.starts_with(prefix));
     bodies.sort();
     bodies
+}
+
+#[tokio::test]
+async fn a_schedule_fires_each_occurrence_once_per_audience_row_catches_up_and_records_what_it_missed() {
+    let mut h = Herald::new().await;
+    // Monday 4 March 2030, 08:00 in London (GMT).
+    let start: jiff::Timestamp = "2030-03-04T08:00:00Z".parse().unwrap();
+    let clock = h.manual_clock_at(start.into());
+    h.db.set_now(&start.to_string()).await;
+    h.db.exec(&format!(
+        "CREATE TABLE members (id bigint PRIMARY KEY, status text NOT NULL, plan text NOT NULL, name text NOT NULL,
+                               phone text NOT NULL);
+         INSERT INTO members VALUES
+           (1, 'active', 'paid', 'Ana', '+14153{tag:04}01'), (2, 'active', 'paid', 'Bo', '+14153{tag:04}02'),
+           (3, 'active', 'free', 'Cy', '+14153{tag:04}03'), (4, 'active', 'paid', 'Di', '+14153{tag:04}04');
+         CREATE VIEW paying_members AS SELECT * FROM members WHERE plan = 'paid';
+         INSERT INTO automations (name, source_table) VALUES ('weekly-tip', 'members'), ('nightly', 'members');",
+        tag = h.tag % 10_000
+    ))
+    .await;
+    let weekly = json!({
+        "trigger": {"type": "schedule", "cron": "0 9 * * MON", "timezone": "Europe/London",
+                    "audience": {"relation": "paying_members", "key": "id"}},
+        "conditions": {"field": "name", "op": "<>", "value": "Di"},
+        "steps": [{"id": "tip", "type": "send_sms", "to": "{{ phone }}",
+                   "body": "Weekly tip for {{ name }} ({{ payload.occurrence }})"}]
+    });
+    // No audience: one instance per occurrence, at 01:30 London time every night.
+    let nightly = json!({
+        "trigger": {"type": "schedule", "cron": "30 1 * * *", "timezone": "Europe/London"},
+        "steps": [{"id": "ping", "type": "send_sms", "to": format!("+14154{:04}00", h.tag % 10_000),
+                   "body": "Nightly ({{ herald.event }}) {{ payload.occurrence }}"}]
+    });
+    for (name, doc) in [("weekly-tip", &weekly), ("nightly", &nightly)] {
+        h.db.client
+            .query_one("SELECT herald_save_automation($1, $2)", &[&name, doc])
+            .await
+            .unwrap();
+    }
+    let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    let advance_to = |to: jiff::Timestamp| {
+        let now = jiff::Timestamp::try_from(clock.now()).unwrap();
+        clock.advance(to.duration_since(now).unsigned_abs());
+    };
+
+    // Before its time, nothing; at 09:00 each paying member is sent the tip once (Di is
+    // left out by the definition's conditions, Cy by the audience).
+    advance_to(at("2030-03-04T08:59:00Z"));
+    assert_eq!(h.tick().await.schedules.fired, 0);
+    advance_to(at("2030-03-04T09:00:20Z"));
+    let tick = h.tick().await;
+    assert_eq!(tick.schedules.fired, 2, "{tick:?}");
+    assert!(h.deliver_all().await.is_empty());
+    assert_eq!(h.tick().await.schedules.fired, 0);
+    assert_eq!(
+        sms_starting(&h, "Weekly").await,
+        [
+            "Weekly tip for Ana (2030-03-04T09:00:00+00:00)",
+            "Weekly tip for Bo (2030-03-04T09:00:00+00:00)"
+        ]
+    );
+    let next: Vec<String> =
+        h.db.column("SELECT fire_at::text || ' ' || local_time FROM herald_next_fires('weekly-tip', 2)")
+            .await;
+    assert_eq!(
+        next,
+        [
+            "2030-03-11 09:00:00+00 2030-03-11 09:00 Europe/London",
+            "2030-03-18 09:00:00+00 2030-03-18 09:00 Europe/London"
+        ]
+    );
+
+    // The scheduler runs late, within the lateness: the occurrence still fires.
+    advance_to(at("2030-03-11T09:40:00Z"));
+    assert_eq!(h.tick().await.schedules.fired, 2);
+    assert!(h.deliver_all().await.is_empty());
+    // Then not at all until two hours past the next one: recorded as missed, not sent late.
+    advance_to(at("2030-03-18T11:00:00Z"));
+    assert_eq!(h.tick().await.schedules.fired, 0);
+    let weekly_states: Vec<String> =
+        h.db.column(
+            "SELECT o.occurs_on || ' ' || o.state || ' ' || count(*) FROM herald_occurrences o
+             JOIN automations a ON a.id = o.automation_id WHERE a.name = 'weekly-tip'
+             GROUP BY o.occurs_on, o.state, o.fire_at ORDER BY o.fire_at",
+        )
+        .await;
+    assert_eq!(
+        weekly_states,
+        [
+            "2030-03-04T09:00:00+00:00 fired 2",
+            "2030-03-11T09:00:00+00:00 fired 2",
+            "2030-03-18T09:00:00+00:00 missed 1"
+        ]
+    );
+    assert_eq!(sms_starting(&h, "Weekly").await.len(), 4);
+
+    // London's clocks go forward at 01:00 on 31 March: 01:30 does not exist that night, and
+    // the nightly one fires at 02:30 BST (01:30 UTC), the gap's length later. They go back
+    // at 02:00 on 27 October: 01:30 happens twice, and it fires once, at the first.
+    advance_to(at("2030-03-30T01:30:10Z"));
+    assert!(h.tick().await.schedules.fired >= 1);
+    advance_to(at("2030-03-31T01:30:10Z"));
+    assert_eq!(h.tick().await.schedules.fired, 1);
+    advance_to(at("2030-10-27T00:30:10Z"));
+    let tick = h.tick().await;
+    assert_eq!(tick.schedules.fired, 1, "{tick:?}");
+    advance_to(at("2030-10-27T01:30:10Z"));
+    assert_eq!(
+        h.tick().await.schedules.fired,
+        0,
+        "the second 01:30 does not fire again"
+    );
+    assert!(h.deliver_all().await.is_empty());
+    let nights: Vec<String> =
+        h.db.column(
+            "SELECT o.occurs_on || ' ' || o.state FROM herald_occurrences o JOIN automations a ON a.id = o.automation_id
+             WHERE a.name = 'nightly' AND o.fire_at >= '2030-03-30' AND o.fire_at < '2030-04-01'
+                OR a.name = 'nightly' AND o.fire_at >= '2030-10-26T12:00:00Z' AND o.fire_at < '2030-10-28'
+             ORDER BY o.fire_at",
+        )
+        .await;
+    assert_eq!(
+        nights,
+        [
+            "2030-03-30T01:30:00+00:00 fired",
+            "2030-03-31T01:30:00+00:00 fired",
+            "2030-10-27T00:30:00+00:00 fired"
+        ]
+    );
+    let pings = sms_starting(&h, "Nightly").await;
+    let logs: Vec<String> =
+        h.db.column("SELECT concat_ws(' ', l.status, l.event, l.error) FROM automation_execution_logs l JOIN automations a ON a.id = l.automation_id WHERE a.name = 'nightly'")
+            .await;
+    assert!(
+        pings.contains(&"Nightly (schedule) 2030-10-27T00:30:00+00:00".to_owned()),
+        "{pings:?} {logs:?}"
+    );
 }

@@ -13,7 +13,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{info, warn};
 
 use crate::ledger::DueLogs;
-use crate::model::{ContextError, Fired, LogId, QueueMessage, Rescued, StoreError};
+use crate::model::{ContextError, Fired, LogId, QueueMessage, Rescued, ScheduleDue, ScheduleFiring, StoreError};
 use crate::receipt::Receipt;
 
 mod sql {
@@ -22,6 +22,8 @@ mod sql {
     pub(crate) const RESCUE: &str = include_str!("../../sql/rescue.sql");
     pub(crate) const INGEST: &str = include_str!("../../sql/ingest.sql");
     pub(crate) const FIRE_DATES: &str = include_str!("../../sql/fire_dates.sql");
+    pub(crate) const DUE_SCHEDULES: &str = include_str!("../../sql/due_schedules.sql");
+    pub(crate) const FIRE_SCHEDULE: &str = include_str!("../../sql/fire_schedule.sql");
     pub(crate) const APPLY_RECEIPTS: &str = include_str!("../../sql/apply_receipts.sql");
     pub(crate) const FLOW_START: &str = include_str!("../../sql/flow_start.sql");
     pub(crate) const FLOW_WRITE: &str = include_str!("../../sql/flow_write.sql");
@@ -76,7 +78,7 @@ pub struct NoAnswer(pub Duration);
 /// single round trip).
 pub struct Conn {
     client: Client,
-    statements: [OnceCell<Statement>; 9],
+    statements: [OnceCell<Statement>; Sql::COUNT],
     /// Set when a statement found the session ended (closed, or a FATAL error such as a
     /// terminated backend), or got no answer in time: the next caller opens a new
     /// connection instead of waiting for the client to notice.
@@ -95,6 +97,8 @@ enum Sql {
     Rescue,
     Ingest,
     FireDates,
+    DueSchedules,
+    FireSchedule,
     ApplyReceipts,
     FlowStart,
     FlowWrite,
@@ -102,6 +106,9 @@ enum Sql {
 }
 
 impl Sql {
+    /// How many there are (`FlowContexts` is the last).
+    const COUNT: usize = Sql::FlowContexts as usize + 1;
+
     fn text(self) -> &'static str {
         match self {
             Sql::ClaimDue => sql::CLAIM_DUE,
@@ -109,6 +116,8 @@ impl Sql {
             Sql::Rescue => sql::RESCUE,
             Sql::Ingest => sql::INGEST,
             Sql::FireDates => sql::FIRE_DATES,
+            Sql::DueSchedules => sql::DUE_SCHEDULES,
+            Sql::FireSchedule => sql::FIRE_SCHEDULE,
             Sql::ApplyReceipts => sql::APPLY_RECEIPTS,
             Sql::FlowStart => sql::FLOW_START,
             Sql::FlowWrite => sql::FLOW_WRITE,
@@ -415,6 +424,43 @@ impl DueLogs for PgStore {
         let conn = self.db.client().await?;
         let stmt = conn.statement(Sql::FireDates, context).await?;
         let r = conn.round_trip(context, conn.client.query_one(stmt, &[&now])).await?;
+        let n = |i: usize| r.get::<_, i32>(i) as u64;
+        Ok(Fired {
+            fired: n(0),
+            missed: n(1),
+        })
+    }
+
+    async fn due_schedules(&self) -> Result<Vec<ScheduleDue>, StoreError> {
+        let context = "reading schedules";
+        let conn = self.db.client().await?;
+        let stmt = conn.statement(Sql::DueSchedules, context).await?;
+        let rows = conn.round_trip(context, conn.client.query(stmt, &[])).await?;
+        Ok(rows
+            .iter()
+            .map(|r| ScheduleDue {
+                automation_id: r.get(0),
+                cron: r.get(1),
+                zone: r.get(2),
+                lateness: std::time::Duration::from_secs_f64(r.get::<_, f64>(3).max(0.0)),
+                scanned_to: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn fire_schedule(&self, f: &ScheduleFiring, now: SystemTime) -> Result<Fired, StoreError> {
+        let context = "firing a schedule";
+        let conn = self.db.client().await?;
+        let stmt = conn.statement(Sql::FireSchedule, context).await?;
+        let r = conn
+            .round_trip(
+                context,
+                conn.client.query_one(
+                    stmt,
+                    &[&f.automation_id, &f.from, &f.to, &f.fire, &f.missed, &f.next, &now],
+                ),
+            )
+            .await?;
         let n = |i: usize| r.get::<_, i32>(i) as u64;
         Ok(Fired {
             fired: n(0),

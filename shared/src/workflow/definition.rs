@@ -26,6 +26,7 @@ use jiff::{Span, SpanFieldwise, ToSpan};
 use serde_json::{Map, Value as Json};
 
 use super::condition::{self, Condition};
+use super::schedule;
 use super::shape::shape;
 use super::time::{parse_span, zone};
 use super::wait::{self, Wait, ZoneOf};
@@ -101,7 +102,23 @@ pub enum Trigger {
         /// How late a firing may still start; older ones are recorded as missed.
         lateness: SpanFieldwise,
     },
+    /// A cron schedule: each occurrence starts one instance, or one per row of `audience`.
+    Schedule {
+        cron: String,
+        /// The zone the expression is read in; the definition's when `None`.
+        zone: Option<TimeZone>,
+        lateness: SpanFieldwise,
+        audience: Option<Audience>,
+    },
     Manual,
+}
+
+/// The rows a schedule starts an instance for at each occurrence: a table or view, and the
+/// column its rows are found by (its attached key or one-column primary key when `None`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audience {
+    pub relation: Relation,
+    pub key: Option<String>,
 }
 
 /// The row a label step labels when it is not the instance's subject.
@@ -471,6 +488,7 @@ impl Reader {
                 }
             }
             "date" => self.date_trigger(t, path)?,
+            "schedule" => self.schedule_trigger(t, path)?,
             "manual" => Trigger::Manual,
             other => return self.unknown_trigger(other),
         })
@@ -482,6 +500,53 @@ impl Reader {
         let offset = self.optional(t, "offset", path, wait::offset_of);
         let at = self.optional(t, "at", path, wait::time_of_day);
         let zone = self.optional(t, "timezone", path, wait::zone_of);
+        let lateness = self.lateness(t, path);
+        Some(Trigger::Date {
+            table: table?,
+            column: column?,
+            offset: offset?.map(Span::fieldwise),
+            at: at?,
+            zone: zone?,
+            lateness: lateness?,
+        })
+    }
+
+    fn schedule_trigger(&mut self, t: &Map<String, Json>, path: &str) -> Option<Trigger> {
+        let cron = self.text(t, "cron", path);
+        if let Some(Err(m)) = cron.as_deref().map(schedule::parse_cron) {
+            self.problems.push(Problem::new(format!("{path}.cron"), m));
+        }
+        let zone = self.optional(t, "timezone", path, |v| {
+            v.as_str()
+                .ok_or_else(|| "a timezone is a name such as \"Europe/London\"".to_owned())
+                .and_then(zone)
+        });
+        let lateness = self.lateness(t, path);
+        let audience = match t.get("audience") {
+            None => Some(None),
+            Some(v) => {
+                let p = format!("{path}.audience");
+                self.object(v, &p, "an audience").and_then(|a| {
+                    self.only_keys(a, &["relation".to_owned(), "key".to_owned()], &p);
+                    let relation = self.relation(a, "relation", &p);
+                    let key = self.optional_text(a, "key", &p);
+                    Some(Some(Audience {
+                        relation: relation?,
+                        key: key?,
+                    }))
+                })
+            }
+        };
+        Some(Trigger::Schedule {
+            cron: cron?,
+            zone: zone?,
+            lateness: lateness?,
+            audience: audience?,
+        })
+    }
+
+    /// A trigger's `lateness`: a span, not negative; an hour when omitted.
+    fn lateness(&mut self, t: &Map<String, Json>, path: &str) -> Option<SpanFieldwise> {
         let lateness = self.optional(t, "lateness", path, |v| {
             let span = wait::offset_of(v).map_err(|_| "a lateness is a span such as \"1 hour\"".to_owned())?;
             match span.is_negative() {
@@ -489,14 +554,7 @@ impl Reader {
                 false => Ok(span),
             }
         });
-        Some(Trigger::Date {
-            table: table?,
-            column: column?,
-            offset: offset?.map(Span::fieldwise),
-            at: at?,
-            zone: zone?,
-            lateness: lateness?.unwrap_or(1.hour()).fieldwise(),
-        })
+        Some(lateness?.unwrap_or(1.hour()).fieldwise())
     }
 
     /// `object[key]` read by `read` when present (`Some(None)` when absent); `None`, with a
@@ -1037,6 +1095,66 @@ mod tests {
             (
                 json!({"type": "date", "table": "members", "column": "renews_at", "every": "day"}),
                 "trigger.every",
+                "unknown key",
+            ),
+        ];
+        for (trigger, path, message) in cases {
+            let problems = problems_of(doc(trigger.clone()));
+            assert!(
+                problems.iter().any(|(p, m)| p == path && m.contains(message)),
+                "{trigger}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_schedule_is_read_with_its_zone_lateness_and_audience() {
+        let doc = |trigger: Json| json!({"trigger": trigger, "steps": [{"id": "hi", "type": "send_sms", "to": "{{ phone }}", "body": "Hi"}]});
+        let read = parse(&doc(json!({"type": "schedule", "cron": "0 9 * * MON", "timezone": "Europe/London",
+                                     "lateness": "10 minutes", "audience": {"relation": "paying_members", "key": "id"}})))
+        .unwrap();
+        assert_eq!(
+            read.trigger,
+            Trigger::Schedule {
+                cron: "0 9 * * MON".into(),
+                zone: Some(zone("Europe/London").unwrap()),
+                lateness: 10.minutes().fieldwise(),
+                audience: Some(Audience {
+                    relation: Relation {
+                        schema: "public".into(),
+                        table: "paying_members".into()
+                    },
+                    key: Some("id".into()),
+                }),
+            }
+        );
+        // (trigger, path, message)
+        let cases = [
+            (json!({"type": "schedule"}), "trigger.cron", "is required"),
+            (json!({"type": "schedule", "cron": "61 * * * *"}), "trigger.cron", "61"),
+            (
+                json!({"type": "schedule", "cron": "* * *"}),
+                "trigger.cron",
+                "has 3 fields",
+            ),
+            (
+                json!({"type": "schedule", "cron": "0 9 * * MON", "timezone": "Mars/Base"}),
+                "trigger.timezone",
+                "not a time zone name",
+            ),
+            (
+                json!({"type": "schedule", "cron": "0 9 * * MON", "lateness": "-5 minutes"}),
+                "trigger.lateness",
+                "cannot be negative",
+            ),
+            (
+                json!({"type": "schedule", "cron": "0 9 * * MON", "audience": {"key": "id"}}),
+                "trigger.audience.relation",
+                "is required",
+            ),
+            (
+                json!({"type": "schedule", "cron": "0 9 * * MON", "audience": {"relation": "m", "where": 1}}),
+                "trigger.audience.where",
                 "unknown key",
             ),
         ];

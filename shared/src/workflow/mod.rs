@@ -5,7 +5,6 @@ pub mod condition;
 pub mod definition;
 pub mod machine;
 pub mod plan;
-#[cfg_attr(not(test), expect(dead_code, reason = "the scheduler does not read schedules yet"))]
 pub(crate) mod schedule;
 pub(crate) mod shape;
 pub(crate) mod time;

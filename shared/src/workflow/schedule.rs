@@ -16,7 +16,12 @@ use croner::parser::{CronParser, Seconds, Year};
 use croner::Direction;
 use jiff::civil::DateTime;
 use jiff::tz::{AmbiguousOffset, TimeZone};
+use std::time::SystemTime;
+
 use jiff::{SignedDuration, Timestamp, ToSpan};
+
+use super::time::zone;
+use crate::model::{ScheduleDue, ScheduleFiring};
 
 /// A cron expression as a schedule reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +214,44 @@ fn first_local(tz: &TimeZone, after: Timestamp) -> DateTime {
         }
     }
     first
+}
+
+/// Most occurrences of one schedule handled in one tick: a schedule far behind (the
+/// scheduler did not run for days) moves on this many at a time.
+pub(crate) const MAX_CATCH_UP: usize = 1_000;
+/// How many next occurrences the scheduler keeps for `herald_next_fires`.
+const NEXT_KEPT: usize = 10;
+
+/// What a schedule does at `now`: its occurrences after where it was left (`scanned_to`) up to
+/// `now`, at most [`MAX_CATCH_UP`] (a schedule further behind moves on to the last of them,
+/// and the next tick goes on from there); those within its lateness of `now` fire, older
+/// ones are missed; and its next few after that, for `herald_next_fires`.
+pub(crate) fn plan(due: &ScheduleDue, now: SystemTime) -> Result<ScheduleFiring, String> {
+    let cron = parse_cron(&due.cron)?;
+    let tz = zone(&due.zone)?;
+    let instant = |t: SystemTime| Timestamp::try_from(t).map_err(|e| format!("{e}"));
+    let (after, until) = (instant(due.scanned_to)?, instant(now)?);
+    let found = occurrences(&cron, &tz, after, until, MAX_CATCH_UP);
+    let to = match found.last() {
+        Some(last) if found.len() == MAX_CATCH_UP => *last,
+        _ => until.max(after),
+    };
+    let late = SignedDuration::try_from(due.lateness).map_err(|e| format!("{e}"))?;
+    let oldest = until.checked_sub(late).unwrap_or(Timestamp::MIN);
+    let (fire, missed): (Vec<Timestamp>, Vec<Timestamp>) = found.into_iter().partition(|t| *t >= oldest);
+    let horizon = to
+        .checked_add(SignedDuration::from_hours(24 * 400))
+        .unwrap_or(Timestamp::MAX);
+    let next = occurrences(&cron, &tz, to, horizon, NEXT_KEPT);
+    let times = |ts: Vec<Timestamp>| ts.into_iter().map(SystemTime::from).collect();
+    Ok(ScheduleFiring {
+        automation_id: due.automation_id,
+        from: due.scanned_to,
+        to: SystemTime::from(to),
+        fire: times(fire),
+        missed: times(missed),
+        next: times(next),
+    })
 }
 
 #[cfg(test)]
@@ -442,5 +485,60 @@ mod tests {
             gap_only,
             ["2030-03-10T07:30:00Z", "2031-03-09T07:30:00Z", "2032-03-14T07:30:00Z"]
         );
+    }
+
+    #[test]
+    fn a_schedule_fires_what_is_within_its_lateness_and_misses_the_rest() {
+        let t = |s: &str| SystemTime::from(s.parse::<Timestamp>().unwrap());
+        let due = |cron: &str, lateness_mins: u64, scanned_to: &str| ScheduleDue {
+            automation_id: 7,
+            cron: cron.into(),
+            zone: "UTC".into(),
+            lateness: std::time::Duration::from_secs(60 * lateness_mins),
+            scanned_to: t(scanned_to),
+        };
+        // Hourly, left at 10:00, ticking at 13:30 with an hour's lateness: 13:00 fires, 11:00
+        // and 12:00 are missed, and it moves on to 13:30.
+        let f = plan(&due("0 * * * *", 60, "2030-01-07T10:00:00Z"), t("2030-01-07T13:30:00Z")).unwrap();
+        assert_eq!(f.fire, [t("2030-01-07T13:00:00Z")]);
+        assert_eq!(f.missed, [t("2030-01-07T11:00:00Z"), t("2030-01-07T12:00:00Z")]);
+        assert_eq!(
+            (f.automation_id, f.from, f.to),
+            (7, t("2030-01-07T10:00:00Z"), t("2030-01-07T13:30:00Z"))
+        );
+        assert_eq!(f.next.len(), NEXT_KEPT);
+        assert_eq!(f.next[0], t("2030-01-07T14:00:00Z"));
+        // A lateness of nothing still fires an occurrence at the tick itself.
+        let f = plan(
+            &due("30 13 * * *", 0, "2030-01-07T10:00:00Z"),
+            t("2030-01-07T13:30:00Z"),
+        )
+        .unwrap();
+        assert_eq!((f.fire.len(), f.missed.len()), (1, 0));
+        // Nothing due: nothing fired or missed, and it still moves on.
+        let f = plan(
+            &due("0 9 * * MON", 60, "2030-01-07T10:00:00Z"),
+            t("2030-01-08T10:00:00Z"),
+        )
+        .unwrap();
+        assert!(f.fire.is_empty() && f.missed.is_empty());
+        assert_eq!(
+            (f.to, f.next[0]),
+            (t("2030-01-08T10:00:00Z"), t("2030-01-14T09:00:00Z"))
+        );
+        // Two days behind on an every-minute schedule: a thousand at a time, all missed, and
+        // the next tick goes on from the last of them.
+        let f = plan(&due("* * * * *", 60, "2030-01-05T00:00:00Z"), t("2030-01-07T00:00:00Z")).unwrap();
+        assert_eq!((f.fire.len(), f.missed.len()), (0, MAX_CATCH_UP));
+        assert_eq!(f.to, t("2030-01-05T16:40:00Z"));
+        // What cannot be read is an error, for the scheduler to log.
+        assert!(plan(
+            &due("61 * * * *", 60, "2030-01-07T10:00:00Z"),
+            t("2030-01-07T13:30:00Z")
+        )
+        .is_err());
+        let mut bad_zone = due("0 * * * *", 60, "2030-01-07T10:00:00Z");
+        bad_zone.zone = "Mars/Base".into();
+        assert!(plan(&bad_zone, t("2030-01-07T13:30:00Z")).is_err());
     }
 }
