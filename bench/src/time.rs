@@ -120,6 +120,8 @@ pub async fn run(server: &Server, settings: &Settings) -> Result<Vec<Row>, Strin
         let day = format!("2030-02-{:02}", 2 + run * 2);
         tick(&herald, &format!("{day}T08:59:00Z")).await?;
         herald.exec("TRUNCATE herald_inbox").await?;
+        // What a scheduler running every minute leaves: the catch-up's rows vacuumed away.
+        herald.settle().await?;
         let (ms, fired) = tick(&herald, &format!("{day}T09:00:30Z")).await?;
         if fired == 0 {
             return Err(format!("nothing fired at 09:00 on {day}"));

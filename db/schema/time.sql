@@ -234,7 +234,7 @@ CREATE OR REPLACE FUNCTION herald_fire_dates(p_now timestamptz)
 RETURNS TABLE (fired integer, missed integer)
 LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
   WITH due AS (
-    SELECT o.automation_id, o.subject_id, o.occurs_on, o.fire_at, o.fire_at > p_now - d.lateness AS in_time
+    SELECT o.ctid AS tid, o.fire_at > p_now - d.lateness AS in_time
     FROM herald_occurrences o
     JOIN herald_date_triggers d ON d.automation_id = o.automation_id
     JOIN automations au ON au.id = o.automation_id AND au.is_active
@@ -244,7 +244,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
     UPDATE herald_occurrences o
     SET state = CASE WHEN due.in_time THEN 'fired' ELSE 'missed' END, done_at = p_now
     FROM due
-    WHERE o.automation_id = due.automation_id AND o.subject_id = due.subject_id AND o.occurs_on = due.occurs_on
+    WHERE o.ctid = due.tid
     RETURNING o.automation_id, o.subject_id, o.occurs_on, o.fire_at, o.state
   ), started AS (
     INSERT INTO herald_inbox (automation_id, subject_schema, subject_table, subject_key_column, subject_id, event,
@@ -490,7 +490,7 @@ BEGIN
        RETURNING 1
      )
      SELECT count(*)::integer FROM i',
-    keyc, rel, coalesce(format('coalesce(%s, true)', cond), 'true'))
+    keyc, rel, CASE WHEN nullif(cond, '') IS NULL THEN 'true' ELSE format('coalesce(%s, true)', cond) END)
     INTO fired
     USING p_automation_id, p_fire, s.spec ->> 'zone', p_now, nsp, tbl, keyc;
 END
