@@ -156,11 +156,13 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
   RETURN QUERY
-  -- Two messages of one log in a batch (one left in the queue from before a rescue): the
-  -- newer lease is the one that can hold, and the other is answered as claimed by it.
+  -- Two messages of one log in a batch (one left in the queue from before a rescue): the one
+  -- that holds the log's lease claims it, and the other is answered as claimed by it.
   WITH msg AS (
-    SELECT m.log_id, m.lease, m.ord, row_number() OVER (PARTITION BY m.log_id ORDER BY m.lease DESC, m.ord) AS nth
+    SELECT m.log_id, m.lease, m.ord,
+           row_number() OVER (PARTITION BY m.log_id ORDER BY cur.lease_token IS NOT DISTINCT FROM m.lease DESC, m.ord) AS nth
     FROM unnest(p_ids, p_leases) WITH ORDINALITY AS m(log_id, lease, ord)
+    LEFT JOIN ONLY automation_execution_logs cur ON cur.id = m.log_id
   ), claimed AS (
     -- An instance takes its automation's current version at its first claim, and keeps it.
     UPDATE ONLY automation_execution_logs l
