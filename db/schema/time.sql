@@ -347,6 +347,20 @@ BEGIN
       END IF;
     END LOOP;
   END LOOP;
+  -- Days of the month that none of its months has (30 February), with any day of the week.
+  IF fields[5] IN ('*', '?') AND fields[3] ~ '^[0-9,]+$' AND upper(fields[4]) ~ '^[0-9A-Z,-]+$' THEN
+    m := ARRAY(SELECT d FROM unnest(string_to_array(fields[3], ',')) d);
+    item := upper(fields[4]);
+    FOR k IN 1..12 LOOP item := replace(item, months[k], k::text); END LOOP;
+    IF NOT EXISTS (
+      SELECT 1
+      FROM unnest(string_to_array(item, ',')) r,
+           generate_series(split_part(r, '-', 1)::int, coalesce(nullif(split_part(r, '-', 2), ''), split_part(r, '-', 1))::int) mo,
+           unnest(m) d
+      WHERE d::int <= CASE WHEN mo = 2 THEN 29 WHEN mo IN (4, 6, 9, 11) THEN 30 ELSE 31 END) THEN
+      RETURN format('`%s` never fires: no month it names has that day', p_cron);
+    END IF;
+  END IF;
   RETURN NULL;
 END
 $$;

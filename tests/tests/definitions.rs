@@ -706,6 +706,8 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
         json!({"type": "schedule", "cron": "0 9 15W * *"}),
         json!({"type": "schedule", "cron": "0 9 * * 5L"}),
         json!({"type": "schedule", "cron": "0 9 * * MON#2"}),
+        json!({"type": "schedule", "cron": "0 0 31 4-8 *"}),
+        json!({"type": "schedule", "cron": "0 0 29 2 *"}),
     ];
     let steps = [
         json!({"id": "e", "type": "send_email", "from": "desk@example.com", "to": "{{ email }}", "subject": "S", "html": "<p>{{ name }}</p>", "on_unknown": "resend"}),
@@ -776,6 +778,11 @@ async fn every_shape_herald_reads_is_saved_and_every_refusal_is_refused_by_both(
         doc(json!({"type": "schedule"}), json!([sms])),
         doc(json!({"type": "schedule", "cron": "61 * * * *"}), json!([sms])),
         doc(json!({"type": "schedule", "cron": "0 25 * * *"}), json!([sms])),
+        doc(json!({"type": "schedule", "cron": "0 0 30 2 *"}), json!([sms])),
+        doc(
+            json!({"type": "schedule", "cron": "0 0 31 APR,JUN,SEP *"}),
+            json!([sms]),
+        ),
         doc(json!({"type": "schedule", "cron": "* * *"}), json!([sms])),
         doc(json!({"type": "schedule", "cron": "0 0 0 * * *"}), json!([sms])),
         doc(

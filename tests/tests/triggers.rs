@@ -274,6 +274,23 @@ async fn a_date_trigger_fires_once_per_date_follows_a_moved_date_and_records_wha
          UPDATE members SET renews_at = '2030-03-10T12:00:00Z' WHERE id = 1;",
     )
     .await;
+    // At 09:20 the next day, a date set already past: within the lateness it fires at once
+    // (member 5's is 09:00 today); further back it never fires (member 6's, yesterday). A
+    // deleted row does not fire (member 7).
+    advance_to(at("2030-03-14T09:20:00Z"));
+    h.db.set_now("2030-03-14T09:20:00Z").await;
+    h.db.exec(&format!(
+        "UPDATE members SET renews_at = '2030-03-21T12:00:00Z' WHERE id = 5;
+         INSERT INTO members VALUES
+           (6, 'active', 'paid', '2030-03-20T12:00:00Z', 'Europe/London', '+14152{tag:04}06'),
+           (7, 'active', 'paid', '2030-03-25T12:00:00Z', 'Europe/London', '+14152{tag:04}07');
+         DELETE FROM members WHERE id = 7;",
+        tag = h.tag % 10_000
+    ))
+    .await;
+    advance_to(at("2030-03-14T09:30:00Z"));
+    assert_eq!(h.tick().await.dates.fired, 1);
+    assert!(h.deliver_all().await.is_empty());
     advance_to(at("2030-03-30T00:00:00Z"));
     assert_eq!(h.tick().await.dates.fired, 0);
     assert_eq!(
@@ -281,6 +298,7 @@ async fn a_date_trigger_fires_once_per_date_follows_a_moved_date_and_records_wha
         [
             "Member 1: your plan renews on 2030-03-10T12:00:00+00:00",
             "Member 2: your plan renews on 2030-03-17T12:00:00+00:00",
+            "Member 5: your plan renews on 2030-03-21T12:00:00+00:00",
         ]
     );
     let ledger: Vec<String> =
@@ -295,6 +313,7 @@ async fn a_date_trigger_fires_once_per_date_follows_a_moved_date_and_records_wha
             "2 2030-03-17T12:00:00+00:00 fired",
             "3 2030-03-10T12:00:00+00:00 fired",
             "4 2030-03-20T12:00:00+00:00 missed",
+            "5 2030-03-21T12:00:00+00:00 fired",
         ]
     );
     let exited: Vec<String> =
