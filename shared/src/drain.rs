@@ -140,18 +140,25 @@ pub async fn drain<D: DueLogs, Q: Queue, R: ReceiptSource>(
 }
 
 /// Fires every schedule's occurrences up to `now` (see [`crate::workflow::schedule::plan`]).
-/// A schedule whose cron or zone cannot be read is skipped, with an error in the log: the
-/// others still fire.
+/// A schedule that cannot be read or fired (its audience relation was dropped, say) is
+/// skipped with an error in the log, and tried again next time; the others still fire, and
+/// the drain goes on.
 async fn fire_schedules<D: DueLogs>(store: &D, now: std::time::SystemTime) -> Result<Fired, StoreError> {
     let mut total = Fired::default();
     for due in store.due_schedules().await? {
-        match crate::workflow::schedule::plan(&due, now) {
-            Ok(firing) => {
-                let f = store.fire_schedule(&firing, now).await?;
+        let firing = match crate::workflow::schedule::plan(&due, now) {
+            Ok(firing) => firing,
+            Err(e) => {
+                tracing::error!(automation = due.automation_id, error = %e, "a schedule could not be read");
+                continue;
+            }
+        };
+        match store.fire_schedule(&firing, now).await {
+            Ok(f) => {
                 total.fired += f.fired;
                 total.missed += f.missed;
             }
-            Err(e) => tracing::error!(automation = due.automation_id, error = %e, "a schedule could not be read"),
+            Err(e) => tracing::error!(automation = due.automation_id, error = %e, "a schedule could not fire"),
         }
     }
     Ok(total)

@@ -465,4 +465,14 @@ async fn a_schedule_fires_each_occurrence_once_per_audience_row_catches_up_and_r
         pings.contains(&"Nightly (schedule) 2030-10-27T00:30:00+00:00".to_owned()),
         "{pings:?} {logs:?}"
     );
+
+    // The audience's view is dropped: the tick still runs (the error is logged), the schedule
+    // stays where it was, and once the view is back its occurrence fires, within the lateness.
+    h.db.exec("DROP VIEW paying_members").await;
+    advance_to(at("2030-10-28T09:00:20Z"));
+    assert_eq!(h.tick().await.schedules.fired, 0);
+    h.db.exec("CREATE VIEW paying_members AS SELECT * FROM members WHERE plan = 'paid'")
+        .await;
+    advance_to(at("2030-10-28T09:10:00Z"));
+    assert_eq!(h.tick().await.schedules.fired, 2);
 }
