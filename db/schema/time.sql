@@ -194,8 +194,8 @@ BEGIN
       VALUES (a.id, a.spec, herald_span_interval(a.spec ->> 'lateness'))
       ON CONFLICT (automation_id) DO UPDATE SET spec = excluded.spec, lateness = excluded.lateness;
       DELETE FROM herald_occurrences WHERE automation_id = a.id AND state = 'due';
-      -- Each row's date as the template data shows it (to_jsonb's text), read by its index
-      -- of columns only.
+      -- Each row's date as the template data shows it (to_jsonb's text); only the key, date
+      -- and zone columns are read.
       EXECUTE format(
         'INSERT INTO herald_occurrences (automation_id, subject_id, occurs_on, fire_at, zone)
          SELECT $1, r.k, r.v, o.fire_at, o.zone
