@@ -212,8 +212,13 @@ pub(crate) fn mask_phone(number: &str) -> String {
 }
 
 /// Masks every email address and phone number in free text (provider error messages,
-/// reasons) before it goes to a log.
+/// reasons) before it goes to a log, numbers written with spaces or brackets included.
 pub fn redact(text: &str) -> String {
+    redact_words(&redact_spaced_numbers(text))
+}
+
+/// Masks the addresses and numbers that are one word each.
+fn redact_words(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut word = String::new();
     for c in text.chars() {
@@ -229,6 +234,70 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// Masks numbers written with spaces or brackets (`+44 7911 123456`, `(415) 555-0101`,
+/// `0151 23456789`), which the word-by-word pass sees in pieces: a run of digits, `+`,
+/// brackets, `-`, `.` and spaces holding 7 digits or more and a space or bracket keeps only
+/// its last 4 digits. (One that starts with a date, `2030-03-10 12:00`, is left alone.)
+fn redact_spaced_numbers(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if !(c.is_ascii_digit() || c == '+' || c == '(') {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let mut end = i;
+        while end < chars.len()
+            && (chars[end].is_ascii_digit() || matches!(chars[end], '+' | '(' | ')' | '-' | '.' | ' '))
+        {
+            end += 1;
+        }
+        // The run ends at its last digit.
+        while end > i && !chars[end - 1].is_ascii_digit() {
+            end -= 1;
+        }
+        if end == i {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let run = &chars[i..end];
+        let digits = run.iter().filter(|c| c.is_ascii_digit()).count();
+        let text: String = run.iter().collect();
+        if digits >= 7 && !is_date(&text) && run.iter().any(|c| matches!(c, ' ' | '(' | ')')) {
+            let mut left = digits;
+            for &d in run {
+                if d.is_ascii_digit() {
+                    out.push(if left > 4 { '*' } else { d });
+                    left -= 1;
+                } else {
+                    out.push(d);
+                }
+            }
+        } else {
+            out.extend(run);
+        }
+        i = end;
+    }
+    out
+}
+
+/// Whether `text` starts with a date as logs write it (`2030-03-10`).
+fn is_date(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() >= 10
+        && b[..10].iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+}
+
 fn redact_word(w: &str) -> String {
     let trimmed = w.trim_end_matches(['.', ':', '!', '?']);
     let tail = &w[trimmed.len()..];
@@ -239,6 +308,7 @@ fn redact_word(w: &str) -> String {
     }
     let digits = trimmed.chars().filter(|c| c.is_ascii_digit()).count();
     if digits >= 7
+        && !is_date(trimmed)
         && trimmed
             .chars()
             .all(|c| c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
@@ -428,6 +498,25 @@ mod tests {
             r,
             "Email address not verified j***@example.com. SMS to +*******0123 failed (\"b***@x.org\"), log 42"
         );
+    }
+
+    #[test]
+    fn redact_masks_numbers_written_with_spaces_or_brackets_and_leaves_dates_and_counts() {
+        // (text, redacted)
+        let cases = [
+            ("SNS: +44 7911 123456", "SNS: +** **** **3456"),
+            ("not a date: `(415) 555-0101`", "not a date: `(***) ***-0101`"),
+            ("to 0151 23456789.", "to **** ****6789."),
+            (
+                "the wait would end at 2030-03-10 12:00:00+00",
+                "the wait would end at 2030-03-10 12:00:00+00",
+            ),
+            ("step 3 of 12, attempt 2", "step 3 of 12, attempt 2"),
+            ("log 42 (lease 7)", "log 42 (lease 7)"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(redact(text), want, "{text}");
+        }
     }
 
     #[test]

@@ -281,7 +281,8 @@ pub(crate) fn relative(when: &When, at: Timestamp, zone: &TimeZone, clock: &str)
         When::Day(d) => (*d, None),
         When::At(z) => {
             let z = z.with_time_zone(zone.clone());
-            let secs = z.timestamp().as_second() - at.as_second();
+            // Whole seconds of the difference (not of each time: the send's fraction counts).
+            let secs = z.timestamp().duration_since(at).as_secs();
             let phrase = |n: i64, unit: &str| count(secs > 0, n, unit);
             match secs.abs() {
                 s if s < 60 => return Ok("now".into()),
@@ -348,7 +349,7 @@ impl Decimal {
         };
         let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
         let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-        if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) || exp.abs() > 100 {
+        if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) || !(-100..=100).contains(&exp) {
             return None;
         }
         let all = format!("{int}{frac}");
@@ -1008,6 +1009,21 @@ mod tests {
             let when = read_when(value, &ny).unwrap();
             assert_eq!(relative(&when, send, &ny, TIME).as_deref(), Ok(*want), "{value}");
         }
+        // A send a fraction of a second past the second: counts are of the whole difference.
+        // (send, value, phrase)
+        let fractional = [
+            ("2026-12-14T17:00:00.7Z", "2026-12-14T18:00:00Z", "in 59 minutes"),
+            ("2026-12-14T12:00:00.5Z", "2026-12-14T18:00:00Z", "in 5 hours"),
+            ("2026-12-14T17:59:00.5Z", "2026-12-14T18:00:00Z", "now"),
+        ];
+        for (send, value, want) in fractional {
+            let when = read_when(value, &ny).unwrap();
+            assert_eq!(
+                relative(&when, at(send), &ny, TIME).as_deref(),
+                Ok(want),
+                "{send} {value}"
+            );
+        }
     }
 
     #[test]
@@ -1131,7 +1147,21 @@ mod tests {
             assert_eq!(number(&d, *places), *want, "{text} to {places:?}");
         }
         for text in [
-            "1,234", "", "-", ".", "NaN", "inf", "1.2.3", "12abc", "1e", "0x10", "1e999",
+            "1,234",
+            "",
+            "-",
+            ".",
+            "NaN",
+            "inf",
+            "1.2.3",
+            "12abc",
+            "1e",
+            "0x10",
+            "1e999",
+            // An exponent at the ends of i64 is refused, not read as a number of zeros.
+            "1e-9223372036854775808",
+            ".1e-9223372036854775808",
+            "1e9223372036854775807",
         ] {
             assert_eq!(Decimal::parse(text), None, "{text}");
         }
