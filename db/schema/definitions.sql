@@ -705,6 +705,15 @@ LANGUAGE sql STABLE AS $$
     AND att.status_column <> coalesce(p_definition #>> '{trigger,column}', att.status_column)
 $$;
 
+-- The problem of a time trigger's `lateness`, if it has one: a span, not negative.
+CREATE OR REPLACE FUNCTION herald_lateness_problem(p_trig jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN p_trig ? 'lateness' THEN
+    herald_problem('trigger.lateness', coalesce(herald_span_problem(p_trig -> 'lateness', 'a lateness'),
+      CASE WHEN herald_span_interval(p_trig ->> 'lateness') < interval '0' THEN 'a lateness cannot be negative' END))
+  ELSE '[]'::jsonb END
+$$;
+
 -- The problems of a date trigger on table p_rel (whose columns' kinds are p_kinds): a
 -- date or time column to fire by, an offset and lateness that are spans (the lateness not
 -- negative), a local time of day, a zone named or read from a column, and a table that is
@@ -726,10 +735,7 @@ BEGIN
   IF p_trig ? 'offset' THEN
     problems := problems || herald_problem('trigger.offset', herald_span_problem(p_trig -> 'offset', 'an offset'));
   END IF;
-  IF p_trig ? 'lateness' THEN
-    problems := problems || herald_problem('trigger.lateness', coalesce(herald_span_problem(p_trig -> 'lateness', 'a lateness'),
-      CASE WHEN herald_span_interval(p_trig ->> 'lateness') < interval '0' THEN 'a lateness cannot be negative' END));
-  END IF;
+  problems := problems || herald_lateness_problem(p_trig);
   IF p_trig ? 'at' AND coalesce(p_trig ->> 'at', '') !~ '^([01]?\d|2[0-3]):[0-5]\d(:[0-5]\d)?$' THEN
     problems := problems || herald_problem('trigger.at', '`at` is a local time of day such as "09:00"');
   END IF;
@@ -774,10 +780,7 @@ BEGIN
     problems := problems || herald_problem('trigger.timezone',
       format('`%s` is not a time zone name such as "Europe/London"', p_trig ->> 'timezone'));
   END IF;
-  IF p_trig ? 'lateness' THEN
-    problems := problems || herald_problem('trigger.lateness', coalesce(herald_span_problem(p_trig -> 'lateness', 'a lateness'),
-      CASE WHEN herald_span_interval(p_trig ->> 'lateness') < interval '0' THEN 'a lateness cannot be negative' END));
-  END IF;
+  problems := problems || herald_lateness_problem(p_trig);
   IF aud IS NULL THEN
     RETURN problems;
   END IF;

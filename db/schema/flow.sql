@@ -89,18 +89,21 @@ DECLARE
   got_ids bigint[];
   got     jsonb[];
 BEGIN
-  -- A schedule's instance with no audience has no row: its data is empty.
-  RETURN QUERY SELECT g.id, jsonb_build_object('context', '{}'::jsonb)
-  FROM ONLY automation_execution_logs g WHERE g.id = ANY (p_log_ids) AND g.subject_table = '';
   FOR grp IN
-    SELECT coalesce(a.context_relation, format('%I.%I', g.subject_schema, g.subject_table)) AS relname,
+    -- (A schedule's instance with no audience has no row: relname '', and its data is empty.)
+    SELECT CASE WHEN g.subject_table = '' THEN ''
+                ELSE coalesce(a.context_relation, format('%I.%I', g.subject_schema, g.subject_table)) END AS relname,
            coalesce(a.context_key_column, g.subject_key_column) AS keycol,
            array_agg(g.id) AS ids, array_agg(g.subject_id) AS keys
     FROM ONLY automation_execution_logs g
     LEFT JOIN automations a ON a.id = g.automation_id
-    WHERE g.id = ANY (p_log_ids) AND g.subject_table <> ''
+    WHERE g.id = ANY (p_log_ids)
     GROUP BY 1, 2
   LOOP
+    IF grp.relname = '' THEN
+      RETURN QUERY SELECT i, jsonb_build_object('context', '{}'::jsonb) FROM unnest(grp.ids) AS i;
+      CONTINUE;
+    END IF;
     rel := to_regclass(grp.relname);
     keytype := NULL;
     got_ids := NULL;
