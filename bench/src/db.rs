@@ -52,9 +52,9 @@ impl Server {
                 .map_err(|e| format!("{sql}: {}", pg_error(&e)))?;
         }
         let url = self.url(name);
-        let mut client = connect(&url).await?;
+        let client = connect(&url).await?;
         if herald {
-            herald_db::migrate(&mut client)
+            herald_db::migrate(&client)
                 .await
                 .map_err(|e| format!("migrating {name}: {e}"))?;
         }

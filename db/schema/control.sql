@@ -224,3 +224,57 @@ BEGIN
   RETURN made;
 END
 $$;
+
+-- Operator: moves the instances of automation p_name that hold another version and are not
+-- mid-run (pending after an attempt, waiting, or paused) to version p_to, each at the step
+-- it stands at. Every one of them moves, or none: an instance whose step id version p_to
+-- does not have refuses the move (SQLSTATE 22023), listing each such step and its
+-- instances. Instances mid-run (queued, running) are left on their version; `in_flight`
+-- counts them, so the operator can move them once they park. Returns how many moved.
+CREATE OR REPLACE FUNCTION herald_migrate_instances(p_name text, p_to integer)
+RETURNS TABLE (moved integer, in_flight integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+  auto_id  bigint;
+  target   jsonb;
+  missing  text;
+  n        integer;
+BEGIN
+  SELECT a.id INTO auto_id FROM automations a WHERE a.name = p_name;
+  IF auto_id IS NULL THEN
+    RAISE EXCEPTION 'herald: no automation is named %', quote_literal(p_name) USING ERRCODE = '42704';
+  END IF;
+  SELECT v.definition INTO target FROM automation_versions v WHERE v.automation_id = auto_id AND v.version = p_to;
+  IF target IS NULL THEN
+    RAISE EXCEPTION 'herald: automation % has no version %', quote_literal(p_name), p_to USING ERRCODE = '22023';
+  END IF;
+  -- The instances to move, locked so no claim takes one while it moves (claims skip locked rows).
+  CREATE TEMP TABLE IF NOT EXISTS herald_moving (id bigint, next_step text) ON COMMIT DROP;
+  TRUNCATE herald_moving;
+  INSERT INTO herald_moving
+  SELECT l.id, l.next_step FROM ONLY automation_execution_logs l
+  WHERE l.automation_id = auto_id AND l.version IS NOT NULL AND l.version <> p_to
+    AND l.status IN ('pending', 'waiting', 'paused')
+  FOR UPDATE;
+  -- Every step id of the target version, branches' steps included.
+  SELECT string_agg(format('step `%s`: %s instance(s) (%s)', m.next_step, m.n, m.ids), E'\n' ORDER BY m.next_step)
+  INTO missing
+  FROM (SELECT next_step, count(*) AS n,
+               array_to_string((array_agg(id ORDER BY id))[1:10], ', ') || CASE WHEN count(*) > 10 THEN ', …' ELSE '' END AS ids
+        FROM herald_moving
+        WHERE next_step IS NOT NULL
+          AND NOT jsonb_path_exists(target, 'strict $.steps.** ? (@.type() == "object" && @.id == $s)',
+                                    jsonb_build_object('s', next_step))
+        GROUP BY next_step) m;
+  IF missing IS NOT NULL THEN
+    RAISE EXCEPTION 'herald: instances of % cannot move to version %: it has no step they stand at', quote_literal(p_name), p_to
+      USING ERRCODE = '22023', DETAIL = missing;
+  END IF;
+  UPDATE ONLY automation_execution_logs l SET version = p_to, updated_at = herald_now()
+  FROM herald_moving m WHERE l.id = m.id;
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN QUERY SELECT n, (SELECT count(*)::integer FROM ONLY automation_execution_logs l
+                          WHERE l.automation_id = auto_id AND l.version IS NOT NULL AND l.version <> p_to
+                            AND l.status IN ('queued', 'running'));
+END
+$$;

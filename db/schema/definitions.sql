@@ -14,7 +14,9 @@
 CREATE OR REPLACE FUNCTION herald_definition_shape() RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $shape$ SELECT $json$
 {
-  "document": ["trigger", "conditions", "exit", "timezone", "region", "admins", "steps"],
+  "document": ["trigger", "data", "settings", "conditions", "exit", "timezone", "region", "admins", "steps"],
+  "data": ["relation", "key"],
+  "settings": ["suppression_window", "max_attempts", "retry_base", "retry_cap"],
   "triggers": [
     {"type": "status_change", "keys": ["type", "table", "column", "to", "from"]},
     {"type": "insert", "keys": ["type", "table", "to"]},
@@ -806,8 +808,64 @@ BEGIN
 END
 $$;
 
+-- The problems of a document's `data` (the relation its templates and conditions read, and
+-- the column its rows are found by) and `settings` (how sends are spaced and retried).
+CREATE OR REPLACE FUNCTION herald_data_settings_problems(p_definition jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  problems jsonb := '[]';
+  d        jsonb := p_definition -> 'data';
+  s        jsonb := p_definition -> 'settings';
+  rel      regclass;
+  k        text;
+BEGIN
+  IF p_definition ? 'data' THEN
+    IF jsonb_typeof(d) IS DISTINCT FROM 'object' THEN
+      problems := problems || herald_problem('data', 'is an object: {"relation": ..., "key": ...}');
+    ELSE
+      problems := problems || herald_unknown_keys(d, herald_definition_shape() -> 'data', 'data');
+      IF jsonb_typeof(d -> 'relation') IS DISTINCT FROM 'string' THEN
+        problems := problems || herald_problem('data.relation', 'is required: the table or view the templates read');
+      ELSE
+        rel := herald_relation(d ->> 'relation');
+        IF rel IS NULL THEN
+          problems := problems || herald_problem('data.relation', format('no table or view `%s`', d ->> 'relation'));
+        END IF;
+      END IF;
+      IF jsonb_typeof(d -> 'key') IS DISTINCT FROM 'string' THEN
+        problems := problems || herald_problem('data.key', 'is required: the column of `data.relation` that holds the subject''s key');
+      ELSIF rel IS NOT NULL AND NOT herald_column_kinds(rel) ? (d ->> 'key') THEN
+        problems := problems || herald_problem('data.key', format('`%s` has no column `%s`', d ->> 'relation', d ->> 'key'));
+      END IF;
+    END IF;
+  END IF;
+  IF p_definition ? 'settings' THEN
+    IF jsonb_typeof(s) IS DISTINCT FROM 'object' THEN
+      RETURN problems || herald_problem('settings', 'is an object of suppression_window, max_attempts, retry_base, retry_cap');
+    END IF;
+    problems := problems || herald_unknown_keys(s, herald_definition_shape() -> 'settings', 'settings');
+    FOREACH k IN ARRAY ARRAY['suppression_window', 'retry_base', 'retry_cap'] LOOP
+      IF s ? k THEN
+        problems := problems || herald_problem('settings.' || k, herald_span_problem(s -> k, 'a ' || replace(k, '_', ' ')));
+        IF herald_span_problem(s -> k, k) IS NULL AND (herald_span_interval(s ->> k) < interval '0'
+           OR k = 'retry_base' AND herald_span_interval(s ->> k) = interval '0') THEN
+          problems := problems || herald_problem('settings.' || k,
+            CASE k WHEN 'retry_base' THEN 'must be longer than zero' ELSE 'cannot be negative' END);
+        END IF;
+      END IF;
+    END LOOP;
+    IF s ? 'max_attempts' AND NOT (jsonb_typeof(s -> 'max_attempts') = 'number'
+       AND (s ->> 'max_attempts') ~ '^\d+$' AND (s ->> 'max_attempts')::numeric BETWEEN 1 AND 100) THEN
+      problems := problems || herald_problem('settings.max_attempts', 'is a whole number from 1 to 100');
+    END IF;
+  END IF;
+  RETURN problems;
+END
+$$;
+
 -- Every problem of a definition, each with its path: the trigger's keys as Herald's reader
--- checks them, the data source, conditions, settings and steps.
+-- checks them, the data source, conditions, settings and steps. p_data: the relation
+-- conditions read, when the document does not name one in `data`.
 CREATE OR REPLACE FUNCTION herald_definition_problems(p_definition jsonb, p_data regclass DEFAULT NULL)
 RETURNS TABLE (path text, message text)
 LANGUAGE plpgsql STABLE AS $$
@@ -896,7 +954,9 @@ BEGIN
     problems := problems || jsonb_build_array(jsonb_build_array('trigger.type', format(
       'unknown trigger type `%s`; expected one of %s', coalesce(trig ->> 'type', ''), herald_shape_types('triggers'))));
   END IF;
+  problems := problems || herald_data_settings_problems(p_definition);
   -- What conditions and waits read: the data's relation, else the trigger's table.
+  p_data := coalesce(herald_relation(p_definition #>> '{data,relation}'), p_data);
   kinds := CASE WHEN p_data IS NOT NULL THEN herald_column_kinds(p_data) ELSE tkinds END;
   IF p_definition ? 'conditions' THEN
     problems := problems || herald_condition_problems(p_definition -> 'conditions', 'conditions', 1, kinds);
@@ -947,42 +1007,62 @@ BEGIN
 END
 $$;
 
--- Saves a definition as its automation's next version (or changes nothing when it is the
--- current one), after checking all of it; refuses it with every problem and its path.
--- Saving a document clears the column form's columns, which no longer describe it.
-CREATE OR REPLACE FUNCTION herald_save_automation(p_name text, p_definition jsonb) RETURNS integer
-LANGUAGE plpgsql AS $$
+-- The checksum a saved document is known by: the SHA-256 of its jsonb text (keys in
+-- Postgres's order, so the same document has one checksum however it was written).
+CREATE OR REPLACE FUNCTION herald_checksum(p_definition jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT 'sha256:' || encode(sha256(convert_to(p_definition::text, 'UTF8')), 'hex')
+$$;
+
+-- Every problem a save would refuse a definition for, each with its path: its shape, the
+-- columns and relations it names, and what its capture can test. (Its templates'
+-- variables are checked by the herald command; see docs/definitions.md.)
+CREATE OR REPLACE FUNCTION herald_definition_mistakes(p_definition jsonb)
+RETURNS TABLE (path text, message text)
+LANGUAGE sql STABLE AS $$
+  SELECT * FROM herald_definition_problems(p_definition)
+  UNION ALL
+  SELECT * FROM herald_step_detail_problems(p_definition -> 'steps', 'steps', herald_relation(p_definition #>> '{trigger,table}'),
+    (SELECT att.key_column FROM herald_attachments att
+     JOIN pg_class c ON c.relname = att.table_name
+     JOIN pg_namespace ns ON ns.oid = c.relnamespace AND ns.nspname = att.table_schema
+     WHERE c.oid = herald_relation(p_definition #>> '{trigger,table}')))
+  UNION ALL
+  SELECT * FROM herald_capture_problems(p_definition)
+$$;
+
+-- Refuses a definition with every problem and its path (SQLSTATE 22023), before anything
+-- is stored.
+CREATE OR REPLACE FUNCTION herald_refuse_mistakes(p_name text, p_definition jsonb) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
   mistakes text;
   n        integer;
-  auto_id  bigint;
-  v        integer;
-  subject  regclass := herald_relation(p_definition #>> '{trigger,table}');
 BEGIN
-  SELECT string_agg(path || ': ' || message, E'\n'), count(*) INTO mistakes, n
-  FROM (
-    SELECT * FROM herald_definition_problems(p_definition,
-                                             (SELECT to_regclass(context_relation) FROM automations WHERE name = p_name))
-    UNION ALL
-    SELECT * FROM herald_step_detail_problems(p_definition -> 'steps', 'steps', subject,
-      (SELECT att.key_column FROM herald_attachments att
-       JOIN pg_class c ON c.relname = att.table_name
-       JOIN pg_namespace ns ON ns.oid = c.relnamespace AND ns.nspname = att.table_schema
-       WHERE c.oid = subject))
-    UNION ALL
-    SELECT * FROM herald_capture_problems(p_definition)
-  ) p;
+  SELECT string_agg(m.path || ': ' || m.message, E'\n'), count(*) INTO mistakes, n
+  FROM herald_definition_mistakes(p_definition) m;
   IF n > 0 THEN
     RAISE EXCEPTION 'automation % refused: % mistake(s) in its definition', p_name, n
       USING ERRCODE = '22023', DETAIL = mistakes;
   END IF;
-  SELECT id INTO auto_id FROM automations WHERE name = p_name FOR UPDATE;
-  IF auto_id IS NULL THEN
-    RAISE EXCEPTION 'no automation named %', p_name USING ERRCODE = '22023';
-  END IF;
-  SELECT coalesce(max(version), 0) + 1 INTO v FROM automation_versions WHERE automation_id = auto_id;
+END
+$$;
+
+-- Stores a checked definition as an automation's next version and makes it the one that
+-- runs: the automation's trigger, data and settings become the document's (a setting it
+-- leaves out takes its default), and the column form's columns, which no longer describe
+-- it, are cleared.
+CREATE OR REPLACE FUNCTION herald_store_version(p_automation_id bigint, p_definition jsonb) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  v        integer;
+  subject  regclass := herald_relation(coalesce(p_definition #>> '{trigger,table}',
+                                                p_definition #>> '{trigger,audience,relation}'));
+  settings jsonb := coalesce(p_definition -> 'settings', '{}');
+BEGIN
+  SELECT coalesce(max(version), 0) + 1 INTO v FROM automation_versions WHERE automation_id = p_automation_id;
   INSERT INTO automation_versions (automation_id, version, definition, checksum)
-  VALUES (auto_id, v, p_definition, 'sha256:' || encode(sha256(convert_to(p_definition::text, 'UTF8')), 'hex'));
+  VALUES (p_automation_id, v, p_definition, herald_checksum(p_definition));
   -- Status-change and insert triggers are captured as the column form's are.
   UPDATE automations
   SET version = v, updated_at = now(),
@@ -997,15 +1077,101 @@ BEGIN
                     WHEN 'array' THEN p_definition #>> '{trigger,to,0}' END,
       from_status = CASE jsonb_typeof(p_definition #> '{trigger,from}')
                       WHEN 'string' THEN p_definition #>> '{trigger,from}'
-                      WHEN 'array' THEN p_definition #>> '{trigger,from,0}' END
-  WHERE id = auto_id;
+                      WHEN 'array' THEN p_definition #>> '{trigger,from,0}' END,
+      context_relation = p_definition #>> '{data,relation}',
+      context_key_column = p_definition #>> '{data,key}',
+      -- The defaults are the table's (db/migrations/0001_baseline.sql).
+      suppression_window = coalesce(herald_span_interval(settings ->> 'suppression_window'), interval '30 seconds'),
+      max_attempts = coalesce((settings ->> 'max_attempts')::integer, 5),
+      retry_base = coalesce(herald_span_interval(settings ->> 'retry_base'), interval '30 seconds'),
+      retry_cap = coalesce(herald_span_interval(settings ->> 'retry_cap'), interval '1 hour')
+  WHERE id = p_automation_id;
   -- What the capture listens to comes from the version's trigger (lists of statuses, columns).
-  PERFORM herald_compile(source_schema, source_table) FROM automations WHERE id = auto_id;
-  PERFORM herald_schedule_saved(auto_id, p_definition);
+  PERFORM herald_compile(source_schema, source_table) FROM automations WHERE id = p_automation_id;
+  PERFORM herald_schedule_saved(p_automation_id, p_definition);
   RETURN v;
 END
 $$;
+
+-- Saves a definition as an existing automation's next version, whatever version it was
+-- written against, and returns the version that runs; saving the document that runs
+-- already changes nothing. herald_apply_automation is the same save, compare-and-set.
+CREATE OR REPLACE FUNCTION herald_save_automation(p_name text, p_definition jsonb) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  auto_id bigint;
+  current integer;
+BEGIN
+  PERFORM herald_refuse_mistakes(p_name, p_definition);
+  SELECT id, version INTO auto_id, current FROM automations WHERE name = p_name FOR UPDATE;
+  IF auto_id IS NULL THEN
+    RAISE EXCEPTION 'no automation named %', p_name USING ERRCODE = '22023';
+  END IF;
+  IF EXISTS (SELECT 1 FROM automation_versions
+             WHERE automation_id = auto_id AND version = current AND checksum = herald_checksum(p_definition)) THEN
+    RETURN current;
+  END IF;
+  RETURN herald_store_version(auto_id, p_definition);
+END
+$$;
 REVOKE EXECUTE ON FUNCTION herald_save_automation(text, jsonb) FROM PUBLIC;
+
+-- Saves a document as automation p_name's next version if the version that runs is still
+-- the one it was based on: p_base is that version's checksum (NULL: there is no automation
+-- of that name yet, and this save creates it). Otherwise nothing changes and the save is
+-- refused as stale (SQLSTATE ZS409), naming the checksum that runs now. Saving the document
+-- that runs already changes nothing, whatever p_base says: outcome `unchanged`. Otherwise
+-- `created` or `saved`, with the version that runs and its checksum.
+CREATE OR REPLACE FUNCTION herald_apply_automation(p_name text, p_definition jsonb, p_base text)
+RETURNS TABLE (outcome text, version integer, checksum text)
+LANGUAGE plpgsql AS $$
+DECLARE
+  auto_id  bigint;
+  current  integer;
+  cur_sum  text;
+  new_sum  text := herald_checksum(p_definition);
+  subject  regclass := herald_relation(coalesce(p_definition #>> '{trigger,table}',
+                                                p_definition #>> '{trigger,audience,relation}',
+                                                p_definition #>> '{data,relation}'));
+BEGIN
+  PERFORM herald_refuse_mistakes(p_name, p_definition);
+  SELECT a.id, a.version INTO auto_id, current FROM automations a WHERE a.name = p_name FOR UPDATE;
+  IF auto_id IS NULL THEN
+    IF p_base IS NOT NULL THEN
+      RAISE EXCEPTION 'automation % is stale: it was based on %, and there is no automation of that name', p_name, p_base
+        USING ERRCODE = 'ZS409', HINT = 'Read it again (herald diff) and save against what is there now.';
+    END IF;
+    IF subject IS NULL THEN
+      RAISE EXCEPTION 'automation % refused: 1 mistake(s) in its definition', p_name USING ERRCODE = '22023',
+        DETAIL = 'data.relation: is required for a new automation whose trigger names no table: the table or view its rows come from';
+    END IF;
+    -- Two first saves of one name: the second waits for the first, then finds the name taken.
+    INSERT INTO automations (name, source_schema, source_table, trigger_event)
+    SELECT p_name, ns.nspname, c.relname, p_definition #>> '{trigger,type}'
+    FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE c.oid = subject
+    ON CONFLICT (name) DO NOTHING
+    RETURNING id INTO auto_id;
+    IF auto_id IS NULL THEN
+      RAISE EXCEPTION 'automation % is stale: it was saved as new, and another save created it first', p_name
+        USING ERRCODE = 'ZS409', HINT = 'Read it again (herald diff) and save against what is there now.';
+    END IF;
+    RETURN QUERY SELECT 'created'::text, herald_store_version(auto_id, p_definition), new_sum;
+    RETURN;
+  END IF;
+  SELECT v.checksum INTO cur_sum FROM automation_versions v WHERE v.automation_id = auto_id AND v.version = current;
+  IF cur_sum = new_sum THEN
+    RETURN QUERY SELECT 'unchanged'::text, current, cur_sum;
+    RETURN;
+  END IF;
+  IF p_base IS DISTINCT FROM cur_sum THEN
+    RAISE EXCEPTION 'automation % is stale: it was based on %, and version % (%) runs now',
+      p_name, coalesce(p_base, 'no automation'), coalesce(current::text, 'none'), coalesce(cur_sum, 'no definition')
+      USING ERRCODE = 'ZS409', HINT = 'Read it again (herald diff) and save against what is there now.';
+  END IF;
+  RETURN QUERY SELECT 'saved'::text, herald_store_version(auto_id, p_definition), new_sum;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION herald_apply_automation(text, jsonb, text) FROM PUBLIC;
 
 -- The column form: the email and SMS columns of `automations` are a shorthand for the
 -- common two-step definition: a `send_email` step (`on_error: continue`, so an email that
@@ -1054,7 +1220,7 @@ BEGIN
   END IF;
   SELECT coalesce(max(version), 0) + 1 INTO v FROM automation_versions WHERE automation_id = NEW.id;
   INSERT INTO automation_versions (automation_id, version, definition, checksum)
-  VALUES (NEW.id, v, doc, 'sha256:' || encode(sha256(convert_to(doc::text, 'UTF8')), 'hex'));
+  VALUES (NEW.id, v, doc, herald_checksum(doc));
   UPDATE automations SET version = v WHERE id = NEW.id;
   RETURN NULL;
 END

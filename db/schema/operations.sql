@@ -28,3 +28,28 @@ LEFT JOIN LATERAL (SELECT s ->> 'message_id' AS message_id FROM jsonb_array_elem
 LEFT JOIN LATERAL (SELECT s ->> 'error' AS error FROM jsonb_array_elements(r.output -> 'not_reached') s
                    WHERE s ->> 'to' = a.recipient LIMIT 1) miss ON true
 WHERE r.step_type = 'notify_admin' AND r.status <> 'decided';
+
+-- Each automation and how many of its logs stand where: `pending` (captured, in the ledger
+-- or still in its inbox, or to be retried), `due` (pending or waiting, and their time has come: the scheduler's next
+-- claims), `waiting`, `running` (queued or running), `failed`, `dead`, `unknown` and
+-- `paused`, and how long the oldest due log has been due. Counts every open or failed log
+-- of each automation: a scan of the ledger, for operators, not for every minute.
+CREATE OR REPLACE VIEW herald_status AS
+SELECT a.name AS automation, a.version, a.is_active AS active,
+       count(*) FILTER (WHERE l.status = 'pending') AS pending,
+       count(*) FILTER (WHERE l.status IN ('pending', 'waiting') AND l.run_at <= herald_now()) AS due,
+       count(*) FILTER (WHERE l.status = 'waiting') AS waiting,
+       count(*) FILTER (WHERE l.status IN ('queued', 'running')) AS running,
+       count(*) FILTER (WHERE l.status = 'failed') AS failed,
+       count(*) FILTER (WHERE l.status = 'dead') AS dead,
+       count(*) FILTER (WHERE l.status = 'unknown') AS unknown,
+       count(*) FILTER (WHERE l.status = 'paused') AS paused,
+       herald_now() - min(l.run_at) FILTER (WHERE l.status IN ('pending', 'waiting') AND l.run_at <= herald_now())
+         AS oldest_due_age
+FROM automations a
+LEFT JOIN (SELECT automation_id, status, run_at FROM ONLY automation_execution_logs
+           WHERE status IN ('pending', 'waiting', 'queued', 'running', 'failed', 'dead', 'unknown', 'paused')
+           UNION ALL
+           SELECT automation_id, 'pending', run_at FROM herald_inbox) l
+  ON l.automation_id = a.id
+GROUP BY a.id;

@@ -93,8 +93,22 @@ pub enum MigrateError {
 
 /// Applies, in one transaction, every migration the database lacks and then every schema
 /// file that is new or whose text changed since it was applied.
-pub async fn migrate(client: &mut Client) -> Result<Applied, MigrateError> {
-    let tx = client.transaction().await?;
+pub async fn migrate(client: &Client) -> Result<Applied, MigrateError> {
+    client.batch_execute("BEGIN").await?;
+    match apply(client).await {
+        Ok(report) => {
+            client.batch_execute("COMMIT").await?;
+            Ok(report)
+        }
+        Err(e) => {
+            // The session may be gone; then the server rolls back on its own.
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+async fn apply(tx: &Client) -> Result<Applied, MigrateError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS herald_migrations (
@@ -163,7 +177,6 @@ pub async fn migrate(client: &mut Client) -> Result<Applied, MigrateError> {
         .await?;
         report.schema_files.push(f.name);
     }
-    tx.commit().await?;
     Ok(report)
 }
 

@@ -95,7 +95,7 @@ pub async fn database_from(
 /// TLS to the database: `DATABASE_SSLMODE` (`disable`, `prefer` (default), `require` or
 /// `verify-full`) and `DATABASE_SSLROOTCERT` (a PEM file of trusted roots for `verify-full`,
 /// such as the RDS bundle; without it, the system's roots).
-pub(crate) fn tls() -> Result<crate::pg::Tls, ConfigError> {
+pub fn tls() -> Result<crate::pg::Tls, ConfigError> {
     let mode = match var("DATABASE_SSLMODE") {
         None => crate::pg::SslMode::Prefer,
         Some(m) => m.trim().parse().map_err(|why| ConfigError::Invalid {

@@ -73,10 +73,8 @@ async fn template() -> &'static str {
                     .batch_execute(&format!("CREATE DATABASE {building}"))
                     .await
                     .unwrap();
-                let mut c = connect(&services().url_for(&building)).await;
-                herald_db::migrate(&mut c)
-                    .await
-                    .expect("migrating the template database");
+                let c = connect(&services().url_for(&building)).await;
+                herald_db::migrate(&c).await.expect("migrating the template database");
                 drop(c);
                 admin
                     .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))

@@ -176,8 +176,8 @@ async fn postgres_restarted_while_the_scheduler_drains() {
     admin.batch_execute("CREATE DATABASE herald").await.unwrap();
     drop(admin);
     let url = cluster.url_for("herald");
-    let mut c = connect(&url).await;
-    herald_db::migrate(&mut c).await.unwrap();
+    let c = connect(&url).await;
+    herald_db::migrate(&c).await.unwrap();
     let mut h = Herald::new().await;
     c.batch_execute(&tasks_sql(h.tag, 600).await).await.unwrap();
     c.batch_execute("UPDATE tasks SET status = 'go'").await.unwrap();

@@ -15,10 +15,10 @@ fn everything() -> Applied {
 async fn racing_cold_starts_apply_everything_once_and_a_rerun_is_a_no_op() {
     // GIVEN an empty database and two processes starting at once
     let db = TestDb::empty().await;
-    let (mut a, mut b) = (db.connect().await, db.connect().await);
+    let (a, b) = (db.connect().await, db.connect().await);
 
     // WHEN both migrate concurrently
-    let (ra, rb) = tokio::join!(migrate(&mut a), migrate(&mut b));
+    let (ra, rb) = tokio::join!(migrate(&a), migrate(&b));
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
 
     // THEN exactly one applied everything and the other found it done
@@ -31,7 +31,7 @@ async fn racing_cold_starts_apply_everything_once_and_a_rerun_is_a_no_op() {
     );
 
     // AND running again changes nothing
-    assert!(migrate(&mut a).await.unwrap().is_empty());
+    assert!(migrate(&a).await.unwrap().is_empty());
 }
 
 /// The checksums (md5 of the text, as `herald_migrations` keeps them) of the migrations that
@@ -56,18 +56,18 @@ async fn shipped_migrations_are_unchanged() {
 #[tokio::test]
 async fn an_edited_or_unknown_migration_is_refused() {
     let db = TestDb::empty().await;
-    let mut c = db.connect().await;
-    migrate(&mut c).await.unwrap();
+    let c = db.connect().await;
+    migrate(&c).await.unwrap();
 
     db.exec("UPDATE herald_migrations SET checksum = 'edited' WHERE version = 1")
         .await;
     assert!(matches!(
-        migrate(&mut c).await,
+        migrate(&c).await,
         Err(MigrateError::Changed { version: 1, .. })
     ));
 
     db.exec("DELETE FROM herald_migrations; INSERT INTO herald_migrations (version, name, checksum) VALUES (99, 'future.sql', 'x')").await;
-    assert!(matches!(migrate(&mut c).await, Err(MigrateError::Unknown(99))));
+    assert!(matches!(migrate(&c).await, Err(MigrateError::Unknown(99))));
 }
 
 #[tokio::test]
@@ -75,9 +75,9 @@ async fn a_failing_migration_leaves_nothing_behind() {
     // GIVEN a database where the baseline cannot apply (a clashing table)
     let db = TestDb::empty().await;
     db.exec("CREATE TABLE automations (id int)").await;
-    let mut c = db.connect().await;
+    let c = db.connect().await;
     // WHEN it is run
-    let err = migrate(&mut c).await.unwrap_err();
+    let err = migrate(&c).await.unwrap_err();
     // THEN the error names the file, and the transaction left no partial schema
     assert!(err.to_string().starts_with("0001_baseline.sql failed"), "{err}");
     assert_eq!(
@@ -95,8 +95,8 @@ async fn a_changed_schema_file_is_applied_again_and_recompiles_the_capture_trigg
     // whose claim and capture files were applied in an older text: a function that has
     // since changed, and a capture trigger compiled by an older compiler (here: lost)
     let db = TestDb::empty().await;
-    let mut c = db.connect().await;
-    migrate(&mut c).await.unwrap();
+    let c = db.connect().await;
+    migrate(&c).await.unwrap();
     db.exec(
         "CREATE TABLE orders (ref text PRIMARY KEY, state text);
          INSERT INTO orders VALUES ('A-1', 'new');
@@ -111,7 +111,7 @@ async fn a_changed_schema_file_is_applied_again_and_recompiles_the_capture_trigg
     .await;
 
     // WHEN the runner runs
-    let applied = migrate(&mut c).await.unwrap();
+    let applied = migrate(&c).await.unwrap();
 
     // THEN it applied exactly those two files, in their order, and nothing else
     assert_eq!(
@@ -131,14 +131,14 @@ async fn a_changed_schema_file_is_applied_again_and_recompiles_the_capture_trigg
     // AND the attached table captures again
     db.exec("UPDATE orders SET state = 'paid'").await;
     assert_eq!(db.statuses().await, ["pending"]);
-    assert!(migrate(&mut c).await.unwrap().is_empty());
+    assert!(migrate(&c).await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn the_psql_order_the_docs_give_builds_the_schema_the_runner_builds() {
     // GIVEN one database built by the runner and one by the files in the documented order
     let by_runner = TestDb::empty().await;
-    migrate(&mut by_runner.connect().await).await.unwrap();
+    migrate(&by_runner.connect().await).await.unwrap();
     let by_hand = TestDb::empty().await;
     let docs = repo_file("docs/deploying.md");
     let order: Vec<&str> = docs

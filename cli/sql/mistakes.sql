@@ -1,0 +1,1 @@
+SELECT path, message FROM herald_definition_mistakes($1::jsonb)
