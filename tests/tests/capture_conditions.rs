@@ -181,9 +181,7 @@ async fn bookings(mode: &str) -> TestDb {
          SELECT herald_attach('public.bookings', 'status', 'id', capture => '{mode}');
          INSERT INTO automations (name, source_table, email_to, email_subject, email_text)
          SELECT n, 'bookings', 'x', 'x', 'x'
-         FROM unnest(ARRAY['vip-big', 'edited-vip', 'new-vip', 'gone-vip', 'soon', 'via-context']) n;
-         UPDATE automations SET context_relation = 'public.booking_data', context_key_column = 'id'
-         WHERE name = 'via-context';"
+         FROM unnest(ARRAY['vip-big', 'edited-vip', 'new-vip', 'gone-vip', 'soon', 'via-context']) n;"
     ))
     .await;
     let step = json!([{"id": "hi", "type": "send_email", "to": "x@example.com", "subject": "s", "text": "t"}]);
@@ -221,7 +219,10 @@ async fn bookings(mode: &str) -> TestDb {
         ),
     ];
     for (name, trigger, conditions) in definitions {
-        let doc = json!({"trigger": trigger, "conditions": conditions, "steps": step});
+        let mut doc = json!({"trigger": trigger, "conditions": conditions, "steps": step});
+        if name == "via-context" {
+            doc["data"] = json!({"relation": "public.booking_data", "key": "id"});
+        }
         db.client
             .query_one("SELECT herald_save_automation($1, $2)", &[&name, &doc])
             .await
