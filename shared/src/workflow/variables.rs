@@ -25,6 +25,17 @@ use crate::render;
 /// the relation the templates read: the automation's context relation, else the trigger's
 /// table. Templates that do not compile are left to the definition's parser, which reports them.
 pub fn variable_problems(document: &Json, columns: &[String]) -> Vec<Problem> {
+    check(document, Some(columns))
+}
+
+/// As [`variable_problems`], for templates whose relation is not known when the definition is
+/// saved (a `manual` or label trigger names no table; without a context relation, the row is
+/// the one started or labelled): any name may be a column, and the rest is checked.
+pub fn variable_problems_without_columns(document: &Json) -> Vec<Problem> {
+    check(document, None)
+}
+
+fn check(document: &Json, columns: Option<&[String]>) -> Vec<Problem> {
     let data = Data::of(document, columns);
     let mut problems = Vec::new();
     if let Some(steps) = document.get("steps") {
@@ -35,7 +46,8 @@ pub fn variable_problems(document: &Json, columns: &[String]) -> Vec<Problem> {
 
 /// What the data of every template of one definition holds, besides the steps' outputs.
 struct Data<'a> {
-    columns: &'a [String],
+    /// `None` when any name may be one.
+    columns: Option<&'a [String]>,
     herald: Vec<String>,
     payload: Payload,
     globals: Vec<String>,
@@ -58,7 +70,7 @@ enum Payload {
 }
 
 impl<'a> Data<'a> {
-    fn of(document: &Json, columns: &'a [String]) -> Self {
+    fn of(document: &Json, columns: Option<&'a [String]>) -> Self {
         let herald = match serde_json::to_value(EventInfo::default()) {
             Ok(Json::Object(fields)) => fields.keys().cloned().collect(),
             _ => Vec::new(),
@@ -78,7 +90,8 @@ impl<'a> Data<'a> {
 
     /// A top-level name the data or the environment has.
     fn has(&self, name: &str) -> bool {
-        self.columns.iter().chain(&self.globals).any(|c| c == name)
+        let Some(columns) = self.columns else { return true };
+        columns.iter().chain(&self.globals).any(|c| c == name)
     }
 
     fn has_payload(&self) -> bool {
@@ -551,7 +564,8 @@ impl Walk<'_> {
             }
         }
         let mut candidates: Vec<(&str, String)> = Vec::new();
-        let names = self.data.columns.iter().chain(&scope.locals).map(String::as_str);
+        let columns = self.data.columns.unwrap_or_default();
+        let names = columns.iter().chain(&scope.locals).map(String::as_str);
         candidates.extend(names.map(|n| (n, n.to_owned())));
         candidates.extend(["herald", "steps"].map(|n| (n, n.to_owned())));
         if self.data.has_payload() {
@@ -1115,6 +1129,34 @@ mod tests {
                     t.kind
                 );
             }
+        }
+    }
+
+    #[test]
+    fn without_columns_any_name_may_be_one_and_the_rest_is_checked() {
+        let cases: [(&str, &[&str]); 5] = [
+            ("{{ anything }} {{ at.all }}", &[]),
+            ("{% if vip %}{{ nickname or first_name }}{% endif %}", &[]),
+            (
+                "{{ herald.nwe_status }}",
+                &["unknown variable \"herald.nwe_status\"; did you mean \"herald.new_status\"?"],
+            ),
+            (
+                "{{ steps.hi }}",
+                &[
+                    "unknown variable \"steps.hi\": step \"hi\" has not run when this one does; no step before this \
+                   one has an output",
+                ],
+            ),
+            ("{% for item in items %}{{ item }}{% endfor %}{{ item }}", &[]),
+        ];
+        for (template, want) in cases {
+            let want: Vec<String> = want.iter().map(|m| format!("steps[0].subject: {m}")).collect();
+            let found: Vec<String> = variable_problems_without_columns(&subject(template))
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(found, want, "{template}");
         }
     }
 
