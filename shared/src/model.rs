@@ -146,8 +146,9 @@ pub struct SmsTemplates {
     pub body: String,
 }
 
-/// The event that created a log; templates see it as `herald.*`.
-#[derive(Debug, Clone, Serialize)]
+/// The event that created a log; templates see it as `herald.*` (its fields, and no others:
+/// the check of templates' variables reads them from a default one).
+#[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct EventInfo {
     pub log_id: LogId,
     pub event: String,

@@ -108,6 +108,18 @@ pub(crate) fn check_template(source: &str) -> Result<(), String> {
     filters::check_literals(source)
 }
 
+/// The syntax tree of `source` as the environment reads it; `None` when it does not compile
+/// there (which [`check_template`] reports).
+pub(crate) fn syntax_tree(source: &str) -> Option<minijinja::machinery::ast::Stmt<'_>> {
+    ENVIRONMENT.template_from_str(source).ok()?;
+    minijinja::machinery::parse(source, "template", Default::default(), Default::default()).ok()
+}
+
+/// The names every template sees besides its data: minijinja's functions (`range`, `dict`, …).
+pub(crate) fn global_names() -> Vec<String> {
+    ENVIRONMENT.globals().map(|(name, _)| name.to_owned()).collect()
+}
+
 /// The one environment every template renders in: strict about undefined and null values,
 /// escaping HTML only in the HTML body.
 static ENVIRONMENT: LazyLock<Environment<'static>> = LazyLock::new(|| {

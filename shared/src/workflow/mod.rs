@@ -8,6 +8,7 @@ pub mod plan;
 pub(crate) mod schedule;
 pub(crate) mod shape;
 pub(crate) mod time;
+pub mod variables;
 pub mod wait;
 
 use std::fmt;

@@ -32,8 +32,8 @@ pub struct TypeShape {
     #[serde(rename = "type")]
     pub kind: String,
     pub keys: Vec<String>,
-    /// Read by the database's checks; here, its tests hold the parser to it.
-    #[cfg(test)]
+    /// Read by the database's checks and by the check of templates' variables
+    /// (`variables.rs`); its tests hold the parser to it.
     #[serde(default)]
     pub templates: Vec<String>,
 }
@@ -83,7 +83,7 @@ pub fn shape() -> &'static Shape {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::workflow::definition::parse;
     use serde_json::json;
@@ -171,8 +171,8 @@ mod tests {
         }
     }
 
-    /// A sound step of each type, for the template checks below.
-    fn sound_step(kind: &str) -> serde_json::Value {
+    /// A sound step of each type, for the template checks below and in `variables`.
+    pub(crate) fn sound_step(kind: &str) -> serde_json::Value {
         let mut s = match kind {
             "send_email" => {
                 json!({"to": "a@example.com", "subject": "S", "text": "T", "html": "<p>T</p>", "from": "b@example.com"})
