@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use herald_shared::pg::Conn;
-use herald_shared::workflow::Problem;
+use herald_shared::workflow::{variables, Problem};
 use serde_json::{json, Value};
 
 use crate::db::{describe, state};
@@ -48,9 +48,11 @@ async fn problems(client: &Conn, file: &DefinitionFile) -> Result<Vec<Problem>, 
             }
         }
     }
-    let columns: Vec<String> = client.query_one(COLUMNS, &[doc]).await?.get(0);
-    // VARS found.extend(herald_shared::workflow::variables::variable_problems(doc, &columns));
-    let _ = columns;
+    let columns: Option<Vec<String>> = client.query_one(COLUMNS, &[doc]).await?.get(0);
+    found.extend(match columns {
+        Some(columns) => variables::variable_problems(doc, &columns),
+        None => variables::variable_problems_without_columns(doc),
+    });
     Ok(found)
 }
 

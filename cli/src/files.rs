@@ -107,9 +107,14 @@ fn parse(path: &Path, text: &str) -> Result<Value, String> {
 }
 
 /// A saved document as a file holds it: `name` first, then the document's keys in the order
-/// docs/definitions.md gives them, each key's value as saved.
+/// docs/definitions.md gives them; inside, `id` and `type` first and the rest by name, so
+/// that a document reads the same however it was written or stored.
 pub fn to_yaml(name: &str, document: &Value) -> Result<String, String> {
-    serde_saphyr::to_string(&Ordered { name, document }).map_err(|e| e.to_string())
+    serde_saphyr::to_string(&Ordered {
+        name: Some(name),
+        value: document,
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// A document's keys in reading order: what starts it, what it reads, then what it does.
@@ -125,27 +130,43 @@ const KEY_ORDER: [&str; 9] = [
     "steps",
 ];
 
+/// A value written in reading order: the document (with its `name`) at the top, any object
+/// inside it with `id` and `type` first.
 struct Ordered<'a> {
-    name: &'a str,
-    document: &'a Value,
+    name: Option<&'a str>,
+    value: &'a Value,
 }
 
 impl serde::Serialize for Ordered<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let empty = serde_json::Map::new();
-        let doc = self.document.as_object().unwrap_or(&empty);
-        let mut m = s.serialize_map(Some(doc.len() + 1))?;
-        m.serialize_entry("name", self.name)?;
-        for k in KEY_ORDER {
-            if let Some(v) = doc.get(k) {
-                m.serialize_entry(k, v)?;
+        use serde::ser::{SerializeMap, SerializeSeq};
+        let inner = |v| Ordered { name: None, value: v };
+        match self.value {
+            Value::Object(o) => {
+                let mut keys: Vec<&String> = o.keys().collect();
+                let rank = |k: &str| match self.name {
+                    Some(_) => KEY_ORDER.iter().position(|x| *x == k).unwrap_or(KEY_ORDER.len()),
+                    None => ["id", "type"].iter().position(|x| *x == k).unwrap_or(2),
+                };
+                keys.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
+                let mut m = s.serialize_map(Some(o.len() + usize::from(self.name.is_some())))?;
+                if let Some(name) = self.name {
+                    m.serialize_entry("name", name)?;
+                }
+                for k in keys {
+                    m.serialize_entry(k, &inner(&o[k]))?;
+                }
+                m.end()
             }
+            Value::Array(items) => {
+                let mut q = s.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    q.serialize_element(&inner(v))?;
+                }
+                q.end()
+            }
+            other => other.serialize(s),
         }
-        for (k, v) in doc.iter().filter(|(k, _)| !KEY_ORDER.contains(&k.as_str())) {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
     }
 }
 

@@ -29,13 +29,13 @@ pub async fn status(client: &Conn, out: &mut Out<impl Write>) -> Result<(), Fail
     for r in &rows {
         let name: String = r.get("automation");
         let version: Option<i32> = r.get("version");
-        let active: bool = r.get("active");
+        let state: String = r.get("state");
         let oldest: Option<f64> = r.get("oldest_due_secs");
         let counts: Vec<i64> = COUNTS.iter().map(|c| r.get::<_, i64>(*c)).collect();
         let mut cells = vec![
             name.clone(),
             version.map_or("-".into(), |v| v.to_string()),
-            if active { "active" } else { "paused" }.to_string(),
+            state.clone(),
         ];
         cells.extend(counts.iter().map(i64::to_string));
         cells.push(oldest.map_or("-".into(), age));
@@ -43,7 +43,7 @@ pub async fn status(client: &Conn, out: &mut Out<impl Write>) -> Result<(), Fail
         let mut o = Map::new();
         o.insert("automation".into(), json!(name));
         o.insert("version".into(), json!(version));
-        o.insert("active".into(), json!(active));
+        o.insert("state".into(), json!(state));
         for (c, n) in COUNTS.iter().zip(&counts) {
             o.insert((*c).into(), json!(n));
         }

@@ -29,13 +29,15 @@ LEFT JOIN LATERAL (SELECT s ->> 'error' AS error FROM jsonb_array_elements(r.out
                    WHERE s ->> 'to' = a.recipient LIMIT 1) miss ON true
 WHERE r.step_type = 'notify_admin' AND r.status <> 'decided';
 
--- Each automation and how many of its logs stand where: `pending` (captured, in the ledger
+-- Each automation, its state (`active`; `paused` by herald_pause, its events kept and held;
+-- `inactive`: is_active off, capturing nothing), and how many of its logs stand where: `pending` (captured, in the ledger
 -- or still in its inbox, or to be retried), `due` (pending or waiting, and their time has come: the scheduler's next
 -- claims), `waiting`, `running` (queued or running), `failed`, `dead`, `unknown` and
 -- `paused`, and how long the oldest due log has been due. Counts every open or failed log
 -- of each automation: a scan of the ledger, for operators, not for every minute.
 CREATE OR REPLACE VIEW herald_status AS
 SELECT a.name AS automation, a.version, a.is_active AS active,
+       CASE WHEN NOT a.is_active THEN 'inactive' WHEN a.paused_at IS NOT NULL THEN 'paused' ELSE 'active' END AS state,
        count(*) FILTER (WHERE l.status = 'pending') AS pending,
        count(*) FILTER (WHERE l.status IN ('pending', 'waiting') AND l.run_at <= herald_now()) AS due,
        count(*) FILTER (WHERE l.status = 'waiting') AS waiting,

@@ -1026,7 +1026,10 @@ async fn the_column_form_is_saved_as_a_two_step_definition_and_a_document_replac
 /// The problems SQL finds in a document, as "path: message".
 async fn mistakes(db: &TestDb, doc: &Json) -> Vec<String> {
     db.client
-        .query("SELECT path || ': ' || message FROM herald_definition_mistakes($1)", &[doc])
+        .query(
+            "SELECT path || ': ' || message FROM herald_definition_mistakes($1)",
+            &[doc],
+        )
         .await
         .unwrap()
         .iter()
@@ -1041,7 +1044,10 @@ async fn a_documents_data_and_settings_are_checked_with_their_paths_and_become_t
         .await;
     let mut doc = runnable();
     let refusals = [
-        (json!("booking_details"), vec!["data: is an object: {\"relation\": ..., \"key\": ...}"]),
+        (
+            json!("booking_details"),
+            vec!["data: is an object: {\"relation\": ..., \"key\": ...}"],
+        ),
         (
             json!({"relation": "booking_detials", "key": "booking_id", "view": 1}),
             vec![
@@ -1064,7 +1070,10 @@ async fn a_documents_data_and_settings_are_checked_with_their_paths_and_become_t
     }
     doc["data"] = json!({"relation": "booking_details", "key": "booking_id"});
     let refusals = [
-        (json!([]), vec!["settings: is an object of suppression_window, max_attempts, retry_base, retry_cap"]),
+        (
+            json!([]),
+            vec!["settings: is an object of suppression_window, max_attempts, retry_base, retry_cap"],
+        ),
         (
             json!({"suppression_window": "soon", "retries": 3}),
             vec![
@@ -1080,7 +1089,10 @@ async fn a_documents_data_and_settings_are_checked_with_their_paths_and_become_t
                 "settings.max_attempts: is a whole number from 1 to 100",
             ],
         ),
-        (json!({"max_attempts": 2.5}), vec!["settings.max_attempts: is a whole number from 1 to 100"]),
+        (
+            json!({"max_attempts": 2.5}),
+            vec!["settings.max_attempts: is a whole number from 1 to 100"],
+        ),
     ];
     for (settings, want) in refusals {
         doc["settings"] = settings.clone();
@@ -1088,8 +1100,10 @@ async fn a_documents_data_and_settings_are_checked_with_their_paths_and_become_t
     }
     // A sound document's data and settings are the automation's, and a document without
     // them gives the automation none and the defaults: the document is the whole truth.
-    doc["settings"] = json!({"suppression_window": "0s", "max_attempts": 3, "retry_base": "10 seconds", "retry_cap": "PT5M"});
-    db.exec("INSERT INTO automations (name, source_table) VALUES ('details', 'bookings')").await;
+    doc["settings"] =
+        json!({"suppression_window": "0s", "max_attempts": 3, "retry_base": "10 seconds", "retry_cap": "PT5M"});
+    db.exec("INSERT INTO automations (name, source_table) VALUES ('details', 'bookings')")
+        .await;
     db.client
         .query_one("SELECT herald_save_automation('details', $1)", &[&doc])
         .await
@@ -1109,14 +1123,22 @@ async fn a_documents_data_and_settings_are_checked_with_their_paths_and_become_t
 
 /// Saves `doc` as `name` based on `base`: its outcome and version, or the SQLSTATE and
 /// message it was refused with.
-async fn apply(db: &tokio_postgres::Client, name: &str, doc: &Json, base: Option<&str>) -> Result<(String, i32), (String, String)> {
-    db.query_one("SELECT outcome, version FROM herald_apply_automation($1, $2, $3)", &[&name, doc, &base])
-        .await
-        .map(|r| (r.get(0), r.get(1)))
-        .map_err(|e| {
-            let d = e.as_db_error().unwrap();
-            (d.code().code().to_owned(), d.message().to_owned())
-        })
+async fn apply(
+    db: &tokio_postgres::Client,
+    name: &str,
+    doc: &Json,
+    base: Option<&str>,
+) -> Result<(String, i32), (String, String)> {
+    db.query_one(
+        "SELECT outcome, version FROM herald_apply_automation($1, $2, $3)",
+        &[&name, doc, &base],
+    )
+    .await
+    .map(|r| (r.get(0), r.get(1)))
+    .map_err(|e| {
+        let d = e.as_db_error().unwrap();
+        (d.code().code().to_owned(), d.message().to_owned())
+    })
 }
 
 async fn checksum(db: &TestDb, name: &str) -> Option<String> {
@@ -1136,28 +1158,48 @@ async fn saving_is_compare_and_set_on_the_checksum_it_was_based_on() {
     let db = db().await;
     let first = runnable();
     // A first save creates the automation, from its trigger's table.
-    assert_eq!(apply(&db.client, "reminders", &first, None).await, Ok(("created".into(), 1)));
-    let table: String = db.scalar("SELECT source_schema || '.' || source_table FROM automations WHERE name = 'reminders'").await;
+    assert_eq!(
+        apply(&db.client, "reminders", &first, None).await,
+        Ok(("created".into(), 1))
+    );
+    let table: String = db
+        .scalar("SELECT source_schema || '.' || source_table FROM automations WHERE name = 'reminders'")
+        .await;
     assert_eq!(table, "public.bookings");
     let base = checksum(&db, "reminders").await.unwrap();
     // The same document again changes nothing, whatever it says it was based on.
-    assert_eq!(apply(&db.client, "reminders", &first, None).await, Ok(("unchanged".into(), 1)));
+    assert_eq!(
+        apply(&db.client, "reminders", &first, None).await,
+        Ok(("unchanged".into(), 1))
+    );
     // A change based on the version that runs is saved.
     let mut second = first.clone();
     second["steps"][0]["subject"] = json!("Booked!");
-    assert_eq!(apply(&db.client, "reminders", &second, Some(&base)).await, Ok(("saved".into(), 2)));
+    assert_eq!(
+        apply(&db.client, "reminders", &second, Some(&base)).await,
+        Ok(("saved".into(), 2))
+    );
     // A change based on the older version is stale, and changes nothing.
     let mut third = first.clone();
     third["steps"][0]["subject"] = json!("Your booking");
     let (code, message) = apply(&db.client, "reminders", &third, Some(&base)).await.unwrap_err();
     assert_eq!(code, "ZS409");
-    assert!(message.contains(&format!("it was based on {base}, and version 2")), "{message}");
+    assert!(
+        message.contains(&format!("it was based on {base}, and version 2")),
+        "{message}"
+    );
     let versions: i64 = db.scalar("SELECT count(*) FROM automation_versions").await;
     assert_eq!(versions, 2);
     assert_eq!(checksum(&db, "reminders").await, checksum_of(&db, &second).await);
     // A save as new of a name that exists is stale too; and one based on a name that does not.
-    assert_eq!(apply(&db.client, "reminders", &third, None).await.unwrap_err().0, "ZS409");
-    assert_eq!(apply(&db.client, "nobody", &third, Some(&base)).await.unwrap_err().0, "ZS409");
+    assert_eq!(
+        apply(&db.client, "reminders", &third, None).await.unwrap_err().0,
+        "ZS409"
+    );
+    assert_eq!(
+        apply(&db.client, "nobody", &third, Some(&base)).await.unwrap_err().0,
+        "ZS409"
+    );
     // A trigger with no table needs data to say which rows its instances are of.
     let manual = json!({"trigger": {"type": "manual"}, "steps": [{"id": "x", "type": "add_tag", "tag": "t"}]});
     let (code, _) = apply(&db.client, "by-hand", &manual, None).await.unwrap_err();
@@ -1170,7 +1212,10 @@ async fn saving_is_compare_and_set_on_the_checksum_it_was_based_on() {
         x["steps"][0]["subject"] = json!("from a");
         let mut y = second.clone();
         y["steps"][0]["subject"] = json!("from b");
-        let (ra, rb) = tokio::join!(apply(&a, name, &x, base.as_deref()), apply(&b, name, &y, base.as_deref()));
+        let (ra, rb) = tokio::join!(
+            apply(&a, name, &x, base.as_deref()),
+            apply(&b, name, &y, base.as_deref())
+        );
         let wins = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
         assert_eq!(wins, 1, "{name}: {ra:?} {rb:?}");
         let lost = if ra.is_ok() { &rb } else { &ra };
@@ -1181,7 +1226,13 @@ async fn saving_is_compare_and_set_on_the_checksum_it_was_based_on() {
 }
 
 async fn checksum_of(db: &TestDb, doc: &Json) -> Option<String> {
-    Some(db.client.query_one("SELECT herald_checksum($1)", &[doc]).await.unwrap().get(0))
+    Some(
+        db.client
+            .query_one("SELECT herald_checksum($1)", &[doc])
+            .await
+            .unwrap()
+            .get(0),
+    )
 }
 
 #[tokio::test]
@@ -1216,10 +1267,17 @@ async fn instances_move_to_another_version_only_where_their_step_exists_in_it() 
         let db = &db;
         async move {
             db.client
-                .query_one("SELECT moved, in_flight FROM herald_migrate_instances('reminders', $1)", &[&to])
+                .query_one(
+                    "SELECT moved, in_flight FROM herald_migrate_instances('reminders', $1)",
+                    &[&to],
+                )
                 .await
                 .map(|r| (r.get::<_, i32>(0), r.get::<_, i32>(1)))
-                .map_err(|e| e.as_db_error().map(|d| format!("{}\n{}", d.message(), d.detail().unwrap_or(""))).unwrap())
+                .map_err(|e| {
+                    e.as_db_error()
+                        .map(|d| format!("{}\n{}", d.message(), d.detail().unwrap_or("")))
+                        .unwrap()
+                })
         }
     };
     // Version 2 has no step `night-before`: nothing moves, and the refusal lists who stands there.
