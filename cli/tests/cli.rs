@@ -508,3 +508,129 @@ async fn logs_follow_prints_each_change_as_it_happens() {
     );
     child.kill().await.unwrap();
 }
+
+/// A section of a page: from its heading to the next heading of that level.
+fn section(page: &str, heading: &str) -> String {
+    let text = herald_tests::repo_file(page);
+    let level = heading.split(' ').next().unwrap();
+    text.split(&format!("{heading}\n"))
+        .nth(1)
+        .and_then(|s| s.split(&format!("\n{level} ")).next())
+        .unwrap_or_else(|| panic!("{page} has no {heading}"))
+        .to_owned()
+}
+
+/// The ```lang blocks of a text.
+fn blocks(text: &str, lang: &str) -> Vec<String> {
+    text.split(&format!("```{lang}\n"))
+        .skip(1)
+        .filter_map(|b| b.split_once("```").map(|b| b.0.to_owned()))
+        .collect()
+}
+
+/// The README's "Your first automation", run as written: its table, its definition file saved
+/// with the command, and its change, with this test's recipients; what was sent is what the
+/// README says.
+#[tokio::test]
+async fn the_readmes_first_automation_sends_what_the_readme_says() {
+    let h = Herald::new().await;
+    let section = section("README.md", "## Your first automation");
+    let sql = blocks(&section, "sql");
+    assert_eq!(sql.len(), 3, "table, change, the sends query");
+    let yaml = blocks(&section, "yaml");
+    assert_eq!(yaml.len(), 1, "the definition");
+    h.db.exec(&sql[0]).await;
+    let dir = folder("readme");
+    write(&dir, "booking-confirmed.yaml", &yaml[0]);
+    assert!(section.contains("herald apply automations/"));
+    let run = herald(&h.db.url, &["apply", dir.to_str().unwrap()]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.out
+            .starts_with("automation `booking-confirmed`: created, version 1 (sha256:"),
+        "{run:?}"
+    );
+    let change = sql[1]
+        .replace("ann@example.com", &h.email_of(1))
+        .replace("+14155550101", &h.phone_of(1));
+    h.db.exec(&change).await;
+    h.tick().await;
+    let failures = h.deliver_all().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(h.db.statuses().await, ["completed"]);
+    // The sentence of step 5 that quotes them: "Ann's email reads `…` and her SMS `…`".
+    let quoted: Vec<String> = section
+        .split("Ann's email reads")
+        .nth(1)
+        .unwrap()
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .take(2)
+        .map(|q| q.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    let emails = h.moto.emails_from(&h.from).await;
+    assert_eq!(emails.len(), 1, "{emails:?}");
+    assert_eq!(emails[0].body, quoted[0]);
+    let sms = h.moto.sms_to(&h.phone_of(1)).await;
+    assert_eq!(sms.len(), 1, "{sms:?}");
+    assert_eq!(sms[0].message, quoted[1]);
+    let sends: i64 =
+        h.db.scalar(&format!(
+            "SELECT count(*) FROM ({}) s",
+            sql[2].trim().trim_end_matches(';')
+        ))
+        .await;
+    assert_eq!(sends, 2, "the sends query lists both");
+}
+
+/// The example definition file the docs print (and the demo applies) is saved by the
+/// command and runs to its end: the thank-you email, two days, then the big job's task.
+#[tokio::test]
+async fn the_documented_definition_file_is_the_example_file_and_runs_to_its_end() {
+    let file = "db/examples/automations/job-follow-up.yaml";
+    let text = herald_tests::repo_file(file);
+    let docs = blocks(&section("docs/definitions.md", "### Definitions as files"), "yaml");
+    assert_eq!(docs, [text.clone()], "docs/definitions.md prints {file} as it is");
+    let mut h = Herald::with_jobs_example().await;
+    let clock = h.manual_clock_at(std::time::SystemTime::now());
+    let path = herald_tests::repo_root().join(file).display().to_string();
+    let run = herald(&h.db.url, &["validate", &path]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(herald(&h.db.url, &["apply", &path]).await.code, 0);
+    let settings: String = h
+        .db
+        .scalar("SELECT concat_ws(' ', context_relation, suppression_window, max_attempts) FROM automations WHERE name = 'job-follow-up'")
+        .await;
+    assert_eq!(settings, "public.job_context 00:10:00 5");
+    // Job 1 (1,240.50) is completed: both automations of the example start.
+    h.db.exec("UPDATE jobs SET status = 'completed' WHERE id = 1").await;
+    clock.advance(Duration::from_secs(60));
+    h.tick().await;
+    assert!(h.deliver_all().await.is_empty());
+    let emails = h.moto.emails_from(&h.from).await;
+    let thanks: Vec<_> = emails.iter().filter(|e| e.subject == "Thank you, Ann Lee").collect();
+    assert_eq!(thanks.len(), 1, "{emails:?}");
+    assert!(
+        thanks[0].body.contains("\"Fix the kitchen sink\" ($1,240.50)"),
+        "{}",
+        thanks[0].body
+    );
+    // Two days later, a job over 1,000 is a call to make.
+    clock.advance(Duration::from_secs(2 * 86_400 + 60));
+    h.tick().await;
+    assert!(h.deliver_all().await.is_empty());
+    let task: String = h.db.scalar("SELECT title FROM herald_tasks").await;
+    assert_eq!(task, "Call Ann Lee about Fix the kitchen sink");
+    let status = herald(&h.db.url, &["status", "--json"]).await.json();
+    let follow_up = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["automation"] == "job-follow-up")
+        .unwrap();
+    assert_eq!(
+        (follow_up["waiting"].as_i64(), follow_up["failed"].as_i64()),
+        (Some(0), Some(0))
+    );
+}

@@ -3,64 +3,6 @@
 
 use herald_tests::Herald;
 
-/// The README's "Your first automation", run as written: its table, its definition and its
-/// change, with this test's recipients; what was sent is what the README says.
-#[tokio::test]
-async fn the_readmes_first_automation_sends_what_the_readme_says() {
-    let h = Herald::new().await;
-    let readme = herald_tests::repo_file("README.md");
-    let section = readme
-        .split("## Your first automation")
-        .nth(1)
-        .and_then(|s| s.split("\n## ").next())
-        .unwrap();
-    let sql: Vec<&str> = section
-        .split("```sql")
-        .skip(1)
-        .filter_map(|b| b.split_once("```").map(|b| b.0))
-        .collect();
-    assert_eq!(sql.len(), 4, "table, definition, change, the sends query");
-    h.db.exec(sql[0]).await;
-    h.db.exec(sql[1]).await;
-    let change = sql[2]
-        .replace("ann@example.com", &h.email_of(1))
-        .replace("+14155550101", &h.phone_of(1));
-    h.db.exec(&change).await;
-    h.tick().await;
-    let failures = h.deliver_all().await;
-    assert!(failures.is_empty(), "{failures:?}");
-    assert_eq!(h.db.statuses().await, ["completed"]);
-    // The sentence of step 5 that quotes them: "Ann's email reads `…` and her SMS `…`".
-    let quoted: Vec<&str> = section
-        .split("Ann's email reads")
-        .nth(1)
-        .unwrap()
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .take(2)
-        .collect();
-    let emails = h.moto.emails_from(&h.from).await;
-    assert_eq!(emails.len(), 1, "{emails:?}");
-    assert_eq!(
-        emails[0].body,
-        quoted[0].split_whitespace().collect::<Vec<_>>().join(" ")
-    );
-    let sms = h.moto.sms_to(&h.phone_of(1)).await;
-    assert_eq!(sms.len(), 1, "{sms:?}");
-    assert_eq!(
-        sms[0].message,
-        quoted[1].split_whitespace().collect::<Vec<_>>().join(" ")
-    );
-    let sends: i64 =
-        h.db.scalar(&format!(
-            "SELECT count(*) FROM ({}) s",
-            sql[3].trim().trim_end_matches(';')
-        ))
-        .await;
-    assert_eq!(sends, 2, "the sends query lists both");
-}
-
 #[tokio::test]
 async fn a_status_change_sends_one_email_and_one_sms_then_suppresses_then_sends_again() {
     // GIVEN the sample jobs schema with Herald attached and a job-completed automation
