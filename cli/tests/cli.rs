@@ -591,7 +591,7 @@ async fn the_documented_definition_file_is_the_example_file_and_runs_to_its_end(
     let file = "db/examples/automations/job-follow-up.yaml";
     let text = herald_tests::repo_file(file);
     let docs = blocks(&section("docs/definitions.md", "### Definitions as files"), "yaml");
-    assert_eq!(docs, [text.clone()], "docs/definitions.md prints {file} as it is");
+    assert_eq!(docs, [text], "docs/definitions.md prints {file} as it is");
     let mut h = Herald::with_jobs_example().await;
     let clock = h.manual_clock_at(std::time::SystemTime::now());
     let path = herald_tests::repo_root().join(file).display().to_string();
