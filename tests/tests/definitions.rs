@@ -555,7 +555,7 @@ async fn a_status_change_trigger_without_a_column_watches_the_attached_one() {
     assert!(detail.contains("attached with status column `state`"), "{detail}");
 }
 
-/// Every JSON example in the README and docs/: whole definitions, and the triggers, steps,
+/// Every JSON and YAML example in the README and docs/: whole definitions, and the triggers, steps,
 /// conditions and waits written inline, each made into a definition.
 fn documented_definitions() -> Vec<(String, Json)> {
     let mut pages = vec![("README.md".to_owned(), herald_tests::repo_file("README.md"))];
@@ -580,6 +580,23 @@ fn documented_definitions() -> Vec<(String, Json)> {
             .split("```json")
             .skip(1)
             .filter_map(|s| s.split_once("```").map(|b| b.0.to_owned()));
+        // Definition files, ```yaml blocks (a file's `name` is not part of its document).
+        for source in text
+            .split("```yaml")
+            .skip(1)
+            .filter_map(|s| s.split_once("```").map(|b| b.0))
+        {
+            let Ok(Json::Object(mut doc)) = serde_saphyr::from_str::<Json>(source) else {
+                panic!("{page}: a ```yaml block that is not a document:{source}");
+            };
+            doc.remove("name");
+            if doc.contains_key("steps") {
+                found.push((
+                    format!("{page}: {}", &source[..source.len().min(60)]),
+                    Json::Object(doc),
+                ));
+            }
+        }
         for source in saved.chain(blocks) {
             if let Ok(doc) = serde_json::from_str::<Json>(&source) {
                 if doc.get("steps").is_some() {
@@ -646,6 +663,8 @@ async fn every_documented_example_saves_and_is_read_back_by_herald() {
          INSERT INTO automations (name, source_table) VALUES ('example', 'bookings');",
     )
     .await;
+    // And the jobs of the example schema, which the example definition file reads.
+    db.exec(&herald_tests::repo_file("db/examples/jobs.sql")).await;
     let examples = documented_definitions();
     assert!(
         examples.len() >= 13,
@@ -1040,7 +1059,7 @@ async fn mistakes(db: &TestDb, doc: &Json) -> Vec<String> {
 #[tokio::test]
 async fn a_documents_data_and_settings_are_checked_with_their_paths_and_become_the_automations() {
     let db = db().await;
-    db.exec("CREATE VIEW booking_details AS SELECT id AS booking_id, email, 'gold'::text AS tier FROM bookings")
+    db.exec("CREATE VIEW booking_details AS SELECT id AS booking_id, b.*, 'gold'::text AS tier FROM bookings b")
         .await;
     let mut doc = runnable();
     let refusals = [
@@ -1060,8 +1079,8 @@ async fn a_documents_data_and_settings_are_checked_with_their_paths_and_become_t
             vec!["data.key: is required: the column of `data.relation` that holds the subject's key"],
         ),
         (
-            json!({"relation": "booking_details", "key": "id"}),
-            vec!["data.key: `booking_details` has no column `id`"],
+            json!({"relation": "booking_details", "key": "bookingid"}),
+            vec!["data.key: `booking_details` has no column `bookingid`"],
         ),
     ];
     for (data, want) in refusals {
