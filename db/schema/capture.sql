@@ -662,11 +662,11 @@ DECLARE
   t record;
 BEGIN
   IF TG_OP = 'INSERT' THEN
-    FOR t IN SELECT DISTINCT source_schema, source_table FROM new_rows LOOP
+    FOR t IN SELECT DISTINCT source_schema, source_table FROM new_rows WHERE source_table IS NOT NULL LOOP
       PERFORM herald_compile(t.source_schema, t.source_table);
     END LOOP;
   ELSIF TG_OP = 'DELETE' THEN
-    FOR t IN SELECT DISTINCT source_schema, source_table FROM old_rows LOOP
+    FOR t IN SELECT DISTINCT source_schema, source_table FROM old_rows WHERE source_table IS NOT NULL LOOP
       PERFORM herald_compile(t.source_schema, t.source_table);
     END LOOP;
   ELSE
@@ -678,6 +678,7 @@ BEGIN
         (SELECT id, source_schema, source_table, is_active, trigger_event, from_status, to_status FROM old_rows
          EXCEPT SELECT id, source_schema, source_table, is_active, trigger_event, from_status, to_status FROM new_rows)
       ) changed
+      WHERE source_table IS NOT NULL
     LOOP
       PERFORM herald_compile(t.source_schema, t.source_table);
     END LOOP;

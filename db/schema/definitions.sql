@@ -1087,7 +1087,8 @@ BEGIN
       retry_cap = coalesce(herald_span_interval(settings ->> 'retry_cap'), interval '1 hour')
   WHERE id = p_automation_id;
   -- What the capture listens to comes from the version's trigger (lists of statuses, columns).
-  PERFORM herald_compile(source_schema, source_table) FROM automations WHERE id = p_automation_id;
+  PERFORM herald_compile(source_schema, source_table) FROM automations
+  WHERE id = p_automation_id AND source_table IS NOT NULL;
   PERFORM herald_schedule_saved(p_automation_id, p_definition);
   RETURN v;
 END
@@ -1141,14 +1142,13 @@ BEGIN
       RAISE EXCEPTION 'automation % is stale: it was based on %, and there is no automation of that name', p_name, p_base
         USING ERRCODE = 'ZS409', HINT = 'Read it again (herald diff) and save against what is there now.';
     END IF;
-    IF subject IS NULL THEN
-      RAISE EXCEPTION 'automation % refused: 1 mistake(s) in its definition', p_name USING ERRCODE = '22023',
-        DETAIL = 'data.relation: is required for a new automation whose trigger names no table: the table or view its rows come from';
-    END IF;
-    -- Two first saves of one name: the second waits for the first, then finds the name taken.
+    -- Its table: the trigger's, a schedule's audience, or its data's; none for a schedule
+    -- without an audience, or a manual or label trigger without data.
     INSERT INTO automations (name, source_schema, source_table, trigger_event)
-    SELECT p_name, ns.nspname, c.relname, p_definition #>> '{trigger,type}'
-    FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE c.oid = subject
+    SELECT p_name, coalesce(ns.nspname, 'public'), c.relname, p_definition #>> '{trigger,type}'
+    FROM (SELECT subject AS rel) s
+    LEFT JOIN pg_class c ON c.oid = s.rel
+    LEFT JOIN pg_namespace ns ON ns.oid = c.relnamespace
     ON CONFLICT (name) DO NOTHING
     RETURNING id INTO auto_id;
     IF auto_id IS NULL THEN

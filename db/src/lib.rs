@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_occurrences.sql",
         sql: include_str!("../migrations/0002_occurrences.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_automations_without_a_table.sql",
+        sql: include_str!("../migrations/0003_automations_without_a_table.sql"),
+    },
 ];
 
 /// One file under `db/schema/`: the current text of the functions, views and trigger

@@ -1219,10 +1219,16 @@ async fn saving_is_compare_and_set_on_the_checksum_it_was_based_on() {
         apply(&db.client, "nobody", &third, Some(&base)).await.unwrap_err().0,
         "ZS409"
     );
-    // A trigger with no table needs data to say which rows its instances are of.
+    // A trigger that names no table makes an automation without one.
     let manual = json!({"trigger": {"type": "manual"}, "steps": [{"id": "x", "type": "add_tag", "tag": "t"}]});
-    let (code, _) = apply(&db.client, "by-hand", &manual, None).await.unwrap_err();
-    assert_eq!(code, "22023");
+    assert_eq!(
+        apply(&db.client, "by-hand", &manual, None).await,
+        Ok(("created".into(), 1))
+    );
+    let table: Option<String> = db
+        .scalar("SELECT source_table FROM automations WHERE name = 'by-hand'")
+        .await;
+    assert_eq!(table, None);
 
     // Two saves racing from the same base: exactly one wins, for a change and for a creation.
     for (name, base) in [("reminders", checksum(&db, "reminders").await), ("fresh", None)] {
