@@ -53,6 +53,7 @@ impl Herald {
                 queue_lease: std::time::Duration::from_secs(900),
                 low_latency: false,
                 poll: std::time::Duration::from_secs(1),
+                function: "scheduler".into(),
             },
         };
         let executor = Executor {
@@ -68,6 +69,8 @@ impl Herald {
                 default_from: from.clone(),
                 concurrency: 4,
                 lease: std::time::Duration::from_secs(120),
+                function: "executor".into(),
+                metrics_per_automation: true,
             },
         };
         Self {
