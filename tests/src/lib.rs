@@ -214,6 +214,7 @@ pub fn failed_ids(response: &aws_lambda_events::sqs::SqsBatchResponse) -> Vec<St
         .collect()
 }
 
+pub mod emf;
 mod emulator;
 pub mod fault;
 mod herald;
