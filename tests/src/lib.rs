@@ -220,6 +220,6 @@ pub mod fault;
 mod herald;
 pub mod hooks;
 mod proxy;
-pub use emulator::Watch;
+pub use emulator::{log_file, Watch};
 pub use herald::Herald;
 pub use proxy::Proxy;
