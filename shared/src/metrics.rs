@@ -22,14 +22,14 @@ pub const MAX_VALUES: usize = 100;
 
 /// The units Herald's metrics use (of CloudWatch's set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unit {
+enum Unit {
     Count,
     Milliseconds,
     Seconds,
 }
 
 impl Unit {
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             Unit::Count => "Count",
             Unit::Milliseconds => "Milliseconds",
