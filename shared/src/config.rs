@@ -29,8 +29,14 @@ pub fn required(name: &'static str) -> Result<String, ConfigError> {
 
 /// A yes/no setting: `true`/`false` (or `1`/`0`); unset is false.
 pub fn flag(name: &'static str) -> Result<bool, ConfigError> {
+    flag_or(name, false)
+}
+
+/// A yes/no setting: `true`/`false` (or `1`/`0`); unset is `default`.
+pub fn flag_or(name: &'static str, default: bool) -> Result<bool, ConfigError> {
     match var(name).as_deref().map(str::trim) {
-        None | Some("false") | Some("0") => Ok(false),
+        None => Ok(default),
+        Some("false") | Some("0") => Ok(false),
         Some("true") | Some("1") => Ok(true),
         Some(other) => Err(ConfigError::Invalid {
             name,

@@ -135,7 +135,22 @@ pub async fn drain<D: DueLogs, Q: Queue, R: ReceiptSource>(
         }
     }
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
-    info!(?summary, "drain finished");
+    info!(
+        claimed = summary.claimed,
+        sent = summary.sent,
+        failed = summary.failed,
+        ingested = summary.ingested,
+        receipts = summary.receipts,
+        receipts_applied = summary.receipts_applied,
+        receipts_malformed = summary.receipts_malformed,
+        requeued = summary.rescued.requeued,
+        resumed = summary.rescued.resumed,
+        fired = summary.dates.fired + summary.schedules.fired,
+        missed = summary.dates.missed + summary.schedules.missed,
+        elapsed_ms = summary.elapsed_ms,
+        stopped_by = summary.stopped_by,
+        "drain finished"
+    );
     Ok(summary)
 }
 

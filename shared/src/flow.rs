@@ -21,6 +21,7 @@ use crate::clock::Clock;
 use crate::ledger::{
     FlowLedger, FlowStarted, FlowWrite, FlowWritten, LoadedFlow, Parked, Resumed, StepEnd, StepStart, Stop, Taken,
 };
+use crate::metrics::Outcome;
 use crate::model::{ContextError, Failure, Lease, LogId, QueueMessage, StoreError};
 use crate::receipt::{give_up_at, keep, micros, write_retrying, Receipt, ReceiptSink, ReceiptStep};
 use crate::recipient::{mask_email, mask_phone, redact};
@@ -61,6 +62,51 @@ impl FlowOutcome {
     pub fn is_batch_failure(&self) -> bool {
         matches!(self, FlowOutcome::StoreFailed(_) | FlowOutcome::Rejected(_))
     }
+
+    /// The outcome as the metrics count it.
+    pub fn metric(&self) -> Outcome {
+        match self {
+            FlowOutcome::Stopped(Stop::Park(Park::Completed)) => Outcome::Completed,
+            FlowOutcome::Stopped(Stop::Park(Park::Failed(_))) => Outcome::Failed,
+            FlowOutcome::Stopped(Stop::Park(Park::Dead(_))) => Outcome::Dead,
+            FlowOutcome::Stopped(Stop::Park(Park::Exited(_))) => Outcome::Exited,
+            FlowOutcome::Stopped(Stop::Park(Park::Sleeping { .. } | Park::Retrying { .. })) => Outcome::Waiting,
+            FlowOutcome::Stopped(Stop::Unknown(_)) => Outcome::Unknown,
+            FlowOutcome::Stopped(Stop::Later) => Outcome::Later,
+            FlowOutcome::Stopped(Stop::Held(_)) => Outcome::Held,
+            FlowOutcome::Skipped(_) => Outcome::Skipped,
+            FlowOutcome::Deferred(_) => Outcome::Deferred,
+            FlowOutcome::StoreFailed(_) => Outcome::Returned,
+            FlowOutcome::Rejected(_) => Outcome::Rejected,
+        }
+    }
+}
+
+/// What the batch learned of the instance one message named, for its log line and its
+/// metrics: as much as the claim and the instance's stop told.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageInstance {
+    pub log_id: Option<LogId>,
+    pub automation: Option<i64>,
+    pub version: Option<i32>,
+    /// The step the instance stopped at (none once it completed), and that step's attempts.
+    pub step: Option<String>,
+    pub attempt: Option<u32>,
+}
+
+/// What one queue batch did.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Each message's outcome, in order.
+    pub outcomes: Vec<FlowOutcome>,
+    /// Each message's instance, in order.
+    pub instances: Vec<MessageInstance>,
+    /// Instances this invocation claimed.
+    pub claimed: u32,
+    /// How long each effect performed by this invocation (sent to a provider) took, in
+    /// milliseconds, in the order they ended. Changes to this database are not among them:
+    /// the ledger's write performs them.
+    pub effect_ms: Vec<u32>,
 }
 
 /// Everything a batch needs.
@@ -80,6 +126,8 @@ pub struct FlowRunner<'a, L, E, R> {
 struct Going {
     index: usize,
     lease: Lease,
+    automation: Option<i64>,
+    version: Option<i32>,
     doc: Arc<Document>,
     instance: Instance,
     data: Json,
@@ -93,27 +141,48 @@ struct Going {
 impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
     /// Runs one queue batch; each message gets its own outcome, in order.
     pub async fn run(&self, bodies: &[String], concurrency: usize) -> Vec<FlowOutcome> {
-        let mut outcomes: Vec<Option<FlowOutcome>> = vec![None; bodies.len()];
+        self.run_batch(bodies, concurrency).await.outcomes
+    }
+
+    /// Runs one queue batch: each message's outcome and instance, in order, and what the
+    /// batch's metrics count.
+    pub async fn run_batch(&self, bodies: &[String], concurrency: usize) -> Batch {
+        let mut outcomes = Outcomes {
+            of_message: vec![None; bodies.len()],
+            index_of: HashMap::new(),
+            instances: vec![MessageInstance::default(); bodies.len()],
+            claimed: 0,
+            effect_ms: Vec::with_capacity(bodies.len()),
+        };
         let mut valid = Vec::new();
         for (i, body) in bodies.iter().enumerate() {
             match QueueMessage::parse(body) {
-                Ok(m) => valid.push((i, m)),
-                Err(e) => outcomes[i] = Some(FlowOutcome::Rejected(e)),
+                Ok(m) => {
+                    outcomes.instances[i].log_id = Some(m.log_id);
+                    valid.push((i, m))
+                }
+                Err(e) => outcomes.of_message[i] = Some(FlowOutcome::Rejected(e)),
             }
         }
         if !valid.is_empty() {
             self.run_valid(&valid, &mut outcomes, concurrency.max(1)).await;
         }
-        outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or(FlowOutcome::StoreFailed("no outcome".into())))
-            .collect()
+        Batch {
+            outcomes: outcomes
+                .of_message
+                .into_iter()
+                .map(|o| o.unwrap_or(FlowOutcome::StoreFailed("no outcome".into())))
+                .collect(),
+            instances: outcomes.instances,
+            claimed: outcomes.claimed,
+            effect_ms: outcomes.effect_ms,
+        }
     }
 
     /// Runs the messages that parsed: the batch's instances are claimed, then moved on
     /// round by round (each round starts the next effects, performs them and records how
     /// they ended) until none has an effect left to perform in this invocation.
-    async fn run_valid(&self, valid: &[(usize, QueueMessage)], slots: &mut [Option<FlowOutcome>], concurrency: usize) {
+    async fn run_valid(&self, valid: &[(usize, QueueMessage)], outcomes: &mut Outcomes, concurrency: usize) {
         let now = self.clock.now();
         let lease_until = now + self.lease;
         // Writes of effects' ends are retried until then, leaving time to keep them as receipts.
@@ -123,28 +192,21 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
             Ok(s) => s,
             Err(e) => {
                 for (i, _) in valid {
-                    slots[*i] = Some(FlowOutcome::StoreFailed(e.to_string()));
+                    outcomes.of_message[*i] = Some(FlowOutcome::StoreFailed(e.to_string()));
                 }
                 return;
             }
         };
-        let mut outcomes = Outcomes {
-            of_message: slots,
-            index_of: HashMap::new(),
-        };
-        let (mut going, mut write) = take_claimed(valid, started, &mut outcomes);
+        let (mut going, mut write) = take_claimed(valid, started, outcomes);
         // Instances whose next effect the last write of effects' ends also started.
         let mut carried = Took::default();
         loop {
-            let took = self.start_effects(going, write, carried, &mut outcomes).await;
+            let took = self.start_effects(going, write, carried, outcomes).await;
             if took.sending.is_empty() && took.recorded.is_empty() {
                 break;
             }
-            let results = self.perform(took.sending, concurrency).await;
-            let Some(next) = self
-                .end_effects(results, took.recorded, give_up_at, &mut outcomes)
-                .await
-            else {
+            let results = self.perform(took.sending, concurrency, &mut outcomes.effect_ms).await;
+            let Some(next) = self.end_effects(results, took.recorded, give_up_at, outcomes).await else {
                 return;
             };
             (going, carried) = next;
@@ -161,7 +223,7 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
         going: Vec<Going>,
         mut write: FlowWrite,
         carried: Took,
-        outcomes: &mut Outcomes<'_>,
+        outcomes: &mut Outcomes,
     ) -> Took {
         let now = self.clock.now();
         let at = Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH);
@@ -187,12 +249,20 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
     }
 
     /// A round's effects, performed with at most `concurrency` at once; how each ended.
-    async fn perform(&self, sending: Vec<(Going, StepStart)>, concurrency: usize) -> Vec<(Going, StepEnd)> {
+    /// How long each took is added to `took_ms`.
+    async fn perform(
+        &self,
+        sending: Vec<(Going, StepStart)>,
+        concurrency: usize,
+        took_ms: &mut Vec<u32>,
+    ) -> Vec<(Going, StepEnd)> {
         stream::iter(sending)
             .map(|(g, start)| async move {
                 let key = format!("{}-{}", g.lease.log_id, start.step);
+                let began = self.clock.now();
                 let result = self.effects.perform(&start.effect, &key).await;
-                log_effect(g.lease.log_id, &start.step, &start.effect, &result);
+                let ms = millis(self.clock.now().duration_since(began).unwrap_or_default());
+                log_effect(&g, &start, &result, ms);
                 let end = StepEnd {
                     lease: start.lease,
                     step: start.step,
@@ -200,9 +270,13 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
                     attempt: start.attempt,
                     result,
                 };
-                (g, end)
+                (g, end, ms)
             })
             .buffer_unordered(concurrency)
+            .map(|(g, end, ms)| {
+                took_ms.push(ms);
+                (g, end)
+            })
             .collect()
             .await
     }
@@ -218,7 +292,7 @@ impl<L: FlowLedger, E: Effects, R: ReceiptSink> FlowRunner<'_, L, E, R> {
         performed: Vec<(Going, StepEnd)>,
         recorded: Vec<(Going, StepEnd)>,
         give_up_at: SystemTime,
-        outcomes: &mut Outcomes<'_>,
+        outcomes: &mut Outcomes,
     ) -> Option<(Vec<Going>, Took)> {
         let Ends {
             mut write,
@@ -508,31 +582,44 @@ struct Ends {
 
 /// Each message's outcome, once known, and where a claimed instance's goes: the message
 /// that claimed it (a log named twice in one batch is claimed by its first message only;
-/// the other is skipped).
-struct Outcomes<'a> {
-    of_message: &'a mut [Option<FlowOutcome>],
+/// the other is skipped). With what the metrics count.
+struct Outcomes {
+    of_message: Vec<Option<FlowOutcome>>,
     index_of: HashMap<LogId, usize>,
+    instances: Vec<MessageInstance>,
+    claimed: u32,
+    effect_ms: Vec<u32>,
 }
 
-impl Outcomes<'_> {
+impl Outcomes {
     /// The outcome of the message that claimed `log_id`.
     fn set(&mut self, log_id: LogId, outcome: FlowOutcome) {
         self.of_message[self.index_of[&log_id]] = Some(outcome);
+    }
+
+    /// Where the instance of the message at `index` stopped.
+    fn stopped_at(&mut self, index: usize, step: Option<String>, attempt: u32) {
+        let instance = &mut self.instances[index];
+        instance.attempt = step.is_some().then_some(attempt);
+        instance.step = step;
     }
 
     /// The ledger's answers to `write`: parks and lost leases settle their instances'
     /// outcomes; the effects it took are returned, to perform, or as ended when the write
     /// performed them itself. `performing` are the instances whose starts `write` holds, in
     /// order.
+    /// (The write has been made: the parked instances' steps are taken from it, not copied.)
     fn settle(&mut self, write: &mut FlowWrite, written: &FlowWritten, performing: Vec<Going>) -> Took {
-        for (p, taken) in write.parked.iter().zip(&written.parked) {
+        for (p, taken) in write.parked.iter_mut().zip(&written.parked) {
             let outcome = match taken {
                 // A park performs nothing.
                 Taken::Yes | Taken::Performed(_) => FlowOutcome::Stopped(p.stop.clone()),
                 Taken::Lost => lost(&p.lease),
                 Taken::Held(status) => FlowOutcome::Stopped(Stop::Held(status.clone())),
             };
-            self.set(p.lease.log_id, outcome);
+            let index = self.index_of[&p.lease.log_id];
+            self.of_message[index] = Some(outcome);
+            self.stopped_at(index, p.instance.next.take(), p.instance.attempt);
         }
         for (e, ok) in write.ended.iter().zip(&written.ended) {
             if !ok {
@@ -558,7 +645,10 @@ impl Outcomes<'_> {
                     took.recorded.push((g, end))
                 }
                 (None, Taken::Lost) => *slot = Some(lost(&g.lease)),
-                (None, Taken::Held(status)) => *slot = Some(FlowOutcome::Stopped(Stop::Held(status.clone()))),
+                (None, Taken::Held(status)) => {
+                    *slot = Some(FlowOutcome::Stopped(Stop::Held(status.clone())));
+                    self.stopped_at(g.index, Some(start.step), start.attempt);
+                }
             }
         }
         took
@@ -577,7 +667,7 @@ impl Outcomes<'_> {
 fn take_claimed(
     valid: &[(usize, QueueMessage)],
     started: Vec<FlowStarted>,
-    outcomes: &mut Outcomes<'_>,
+    outcomes: &mut Outcomes,
 ) -> (Vec<Going>, FlowWrite) {
     let mut going = Vec::new();
     let mut write = FlowWrite::default();
@@ -589,6 +679,9 @@ fn take_claimed(
             FlowStarted::Failed(why) => FlowOutcome::Stopped(Stop::Park(Park::Failed(why))),
             FlowStarted::Claimed { lease, flow } => {
                 outcomes.index_of.insert(msg.log_id, index);
+                outcomes.claimed += 1;
+                let instance = &mut outcomes.instances[index];
+                (instance.automation, instance.version) = (flow.automation_id, flow.version);
                 match claimed(index, lease, *flow) {
                     Claimed::Going(g) => going.push(*g),
                     Claimed::Stopped(p) => write.parked.push(p),
@@ -621,6 +714,8 @@ fn claimed(index: usize, lease: Lease, flow: LoadedFlow) -> Claimed {
         payload,
         resumed,
         retry,
+        automation_id,
+        version,
     } = flow;
     let event = (event, payload);
     let data = data.map(|d| with_event(d, &event));
@@ -655,6 +750,8 @@ fn claimed(index: usize, lease: Lease, flow: LoadedFlow) -> Claimed {
     Claimed::Going(Box::new(Going {
         index,
         lease,
+        automation: automation_id,
+        version,
         doc,
         instance,
         data,
@@ -768,10 +865,18 @@ fn notified(sent: Vec<(String, Result<String, Failure>)>) -> Result<Json, Failur
     Ok(output)
 }
 
-/// Logs how an effect that leaves this database went, recipients masked and reasons
-/// redacted (they can quote addresses).
-fn log_effect(log_id: LogId, step: &str, effect: &Effect, result: &Result<Json, Failure>) {
-    let (kind, to) = match effect {
+/// Whole milliseconds of `d`, at most `u32::MAX` (49 days).
+fn millis(d: Duration) -> u32 {
+    d.as_millis().min(u32::MAX as u128) as u32
+}
+
+/// Logs how an effect that leaves this database went, with its instance's log, automation,
+/// version, step and attempt; recipients masked and reasons redacted (they can quote
+/// addresses).
+fn log_effect(g: &Going, start: &StepStart, result: &Result<Json, Failure>, duration_ms: u32) {
+    let (log_id, automation, version) = (g.lease.log_id, g.automation, g.version);
+    let (step, attempt) = (start.step.as_str(), start.attempt);
+    let (kind, to) = match &start.effect {
         Effect::Email(e) => ("email", mask_email(&e.to)),
         Effect::Sms(m) => ("sms", mask_phone(&m.to)),
         Effect::Webhook { .. } => ("webhook", String::new()),
@@ -781,13 +886,28 @@ fn log_effect(log_id: LogId, step: &str, effect: &Effect, result: &Result<Json, 
     match result {
         Ok(output) => {
             let message_id = output.get("message_id").and_then(Json::as_str).unwrap_or_default();
-            tracing::info!(log_id, step, kind, to, message_id, "delivered")
+            tracing::info!(
+                log_id,
+                automation,
+                version,
+                step,
+                attempt,
+                kind,
+                to,
+                message_id,
+                duration_ms,
+                "delivered"
+            )
         }
         Err(f) => tracing::warn!(
             log_id,
+            automation,
+            version,
             step,
+            attempt,
             kind,
             to,
+            duration_ms,
             error = %redact(&f.to_string()),
             error_kind = f.kind.as_str(),
             "delivery failed"
@@ -870,6 +990,8 @@ mod tests {
                             payload: None,
                             resumed: Resumed::Fresh,
                             retry: TransientRetry::DEFAULT,
+                            automation_id: Some(m.log_id % 2 + 1),
+                            version: Some(3),
                         }),
                     },
                 })
@@ -1001,6 +1123,59 @@ mod tests {
         let ledger = FakeLedger::default();
         *ledger.flows.lock().unwrap() = flows.into_iter().map(|(id, d, j)| (id, (d, j))).collect();
         ledger
+    }
+
+    #[tokio::test]
+    async fn a_batch_says_what_it_claimed_where_each_instance_stopped_and_how_long_effects_took() {
+        // GIVEN two instances, one of them paused by an operator, a log that does not exist
+        // and a malformed message; each effect takes 40 ms
+        let ledger = ledger_of(vec![(1, three_steps(), data(1)), (2, three_steps(), data(2))]);
+        ledger.held.lock().unwrap().insert(2, "paused".into());
+        let clock = Arc::new(ManualClock::new(at()));
+        let effects = FakeEffects(Mutex::default(), Some((clock.clone(), Duration::from_millis(40))));
+        let runner = FlowRunner {
+            ledger: &ledger,
+            effects: &effects,
+            receipts: &KeptReceipts::default(),
+            clock: clock.as_ref(),
+            default_from: "club@example.com",
+            lease: Duration::from_secs(120),
+            ends_at: None,
+            step_limit: 100,
+        };
+        let mut bodies: Vec<String> = [1, 2, 3]
+            .iter()
+            .map(|id| json!({"log_id": id, "lease": 9}).to_string())
+            .collect();
+        bodies.push("junk".into());
+        // WHEN the batch runs
+        let batch = runner.run_batch(&bodies, 4).await;
+        // THEN each message's outcome, as the metrics count it
+        let counted: Vec<Outcome> = batch.outcomes.iter().map(FlowOutcome::metric).collect();
+        assert_eq!(
+            counted,
+            [Outcome::Completed, Outcome::Held, Outcome::Rejected, Outcome::Rejected]
+        );
+        // AND its instance: the automation and version of a claimed one, and where it stopped
+        let instance = |log_id, automation, step: Option<&str>, attempt| MessageInstance {
+            log_id,
+            automation,
+            version: automation.map(|_| 3),
+            step: step.map(str::to_owned),
+            attempt,
+        };
+        assert_eq!(
+            batch.instances,
+            [
+                instance(Some(1), Some(2), None, None),
+                instance(Some(2), Some(1), Some("email"), Some(1)),
+                instance(Some(3), None, None, None),
+                instance(None, None, None, None),
+            ]
+        );
+        assert_eq!(batch.claimed, 2);
+        // AND how long each effect sent took: the email and the SMS of the first
+        assert_eq!(batch.effect_ms, [40, 40]);
     }
 
     #[tokio::test]

@@ -73,6 +73,9 @@ pub struct LoadedFlow {
     /// How its automation tries again an effect that failed transiently (`jitter` unused:
     /// each decision draws its own).
     pub(crate) retry: TransientRetry,
+    /// Its automation, and the version it runs (for logs and metrics).
+    pub(crate) automation_id: Option<i64>,
+    pub(crate) version: Option<i32>,
 }
 
 /// The step an instance is at, as an earlier invocation left it.

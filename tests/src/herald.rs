@@ -53,6 +53,7 @@ impl Herald {
                 queue_lease: std::time::Duration::from_secs(900),
                 low_latency: false,
                 poll: std::time::Duration::from_secs(1),
+                function: "scheduler".into(),
             },
         };
         let executor = Executor {
@@ -68,6 +69,8 @@ impl Herald {
                 default_from: from.clone(),
                 concurrency: 4,
                 lease: std::time::Duration::from_secs(120),
+                function: "executor".into(),
+                metrics_per_automation: true,
             },
         };
         Self {
@@ -131,24 +134,25 @@ impl Herald {
         format!("+1415{}", 2_000_000 + (self.tag * 10 + n) % 8_000_000)
     }
 
-    /// One scheduler invocation through the real handler, as it returned.
+    /// One scheduler invocation through the real handler, as it returned. (The handlers'
+    /// metric lines are not written: `invoke` is the handler without them.)
     pub async fn tick_result(&self) -> Result<DrainSummary, lambda_runtime::Error> {
         let event: EventBridgeEvent = serde_json::from_str(&repo_file("events/scheduled.json")).unwrap();
-        herald_scheduler::handle(&self.scheduler, LambdaEvent::new(event, lambda_context(60))).await
+        herald_scheduler::invoke(&self.scheduler, LambdaEvent::new(event, lambda_context(60)))
+            .await
+            .map(|(summary, _metrics)| summary)
     }
 
     /// One scheduler invocation through the real handler, with the sample EventBridge event.
     pub async fn tick(&self) -> DrainSummary {
-        let event: EventBridgeEvent = serde_json::from_str(&repo_file("events/scheduled.json")).unwrap();
-        herald_scheduler::handle(&self.scheduler, LambdaEvent::new(event, lambda_context(60)))
-            .await
-            .expect("scheduler invocation")
+        self.tick_result().await.expect("scheduler invocation")
     }
 
     /// One executor invocation through the real handler.
     pub async fn execute(&self, event: SqsEvent) -> SqsBatchResponse {
-        herald_executor::handle(&self.executor, LambdaEvent::new(event, lambda_context(60)))
+        herald_executor::invoke(&self.executor, LambdaEvent::new(event, lambda_context(60)))
             .await
+            .map(|(response, _metrics)| response)
             .expect("executor invocation")
     }
 

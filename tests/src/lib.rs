@@ -212,11 +212,12 @@ pub fn failed_ids(response: &aws_lambda_events::sqs::SqsBatchResponse) -> Vec<St
         .collect()
 }
 
+pub mod emf;
 mod emulator;
 pub mod fault;
 mod herald;
 pub mod hooks;
 mod proxy;
-pub use emulator::Watch;
+pub use emulator::{log_file, Watch};
 pub use herald::Herald;
 pub use proxy::Proxy;

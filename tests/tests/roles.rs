@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use herald_shared::pg::Database;
-use herald_tests::{repo_file, Herald};
+use herald_tests::{lambda_context, repo_file, Herald};
+use lambda_runtime::LambdaEvent;
 
 #[tokio::test]
 async fn the_functions_run_as_least_privilege_roles() {
@@ -39,6 +40,13 @@ async fn the_functions_run_as_least_privilege_roles() {
     assert_eq!(h.tick().await.claimed, 1);
     clock.advance(Duration::from_secs(901));
     assert_eq!(h.tick().await.rescued.requeued, 1);
+    // AND the scheduler reads the oldest due log's age for its metrics (the rescued log,
+    // claimed again by that run: none is left due)
+    let event = serde_json::from_str(&repo_file("events/scheduled.json")).unwrap();
+    let (_, lines) = herald_scheduler::invoke(&h.scheduler, LambdaEvent::new(event, lambda_context(60)))
+        .await
+        .unwrap();
+    assert!(lines[0].contains("\"OldestDueAge\":0"), "{lines:?}");
     // AND a log whose automation was deleted before it ran fails at its claim
     h.db.exec(
         "INSERT INTO automations (name, source_table, to_status, sms_to, sms_body)

@@ -138,3 +138,91 @@ fn webhook_roots_are_a_parameter_of_the_stack() {
         Some("!Ref WebhookRoots")
     );
 }
+
+/// The alarms of `resources`: each one's namespace, metric, and the lines of its dimensions.
+fn alarms<'a>(lines: &[&'a str], resources: &BTreeMap<String, String>) -> Vec<(String, String, String, Vec<&'a str>)> {
+    resources
+        .keys()
+        .filter(|name| entries(lines, &["Resources", name.as_str()])["Type"] == "AWS::CloudWatch::Alarm")
+        .map(|name| {
+            let props = entries(lines, &["Resources", name.as_str(), "Properties"]);
+            let dimensions = block(lines, &["Resources", name.as_str(), "Properties", "Dimensions"]);
+            let notify = "!If [AlarmsNotify, [!Ref AlarmTopicArn], !Ref AWS::NoValue]";
+            for actions in ["AlarmActions", "OKActions"] {
+                assert_eq!(props[actions], notify, "{name}: {actions}");
+            }
+            (
+                name.clone(),
+                props["Namespace"].clone(),
+                props["MetricName"].clone(),
+                dimensions,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn alarms_watch_the_dead_letter_queues_the_functions_and_herald_metrics() {
+    let template = repo_file("template.yaml");
+    let lines: Vec<&str> = template.lines().collect();
+    let resources = entries(&lines, &["Resources"]);
+    let alarms = alarms(&lines, &resources);
+    let watched = |namespace: &str, metric: &str, dimension: &str| {
+        alarms.iter().any(|(_, ns, m, dims)| {
+            ns == namespace && m == metric && dims.iter().any(|l| l.trim() == format!("Value: {dimension}"))
+        })
+    };
+
+    // Every queue a redrive policy sends to: messages there are an alarm.
+    let dead_letter_queues: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.trim().strip_prefix("deadLetterTargetArn: !GetAtt "))
+        .filter_map(|target| target.strip_suffix(".Arn"))
+        .collect();
+    assert_eq!(dead_letter_queues, ["DeadLetterQueue", "ReceiptsDeadLetterQueue"]);
+    for queue in dead_letter_queues {
+        let dimension = format!("!GetAtt {queue}.QueueName");
+        assert!(
+            watched("AWS/SQS", "ApproximateNumberOfMessagesVisible", &dimension),
+            "no alarm on {queue}"
+        );
+    }
+    // Both functions' errors.
+    for function in ["SchedulerFunction", "ExecutorFunction"] {
+        assert!(
+            watched("AWS/Lambda", "Errors", &format!("!Ref {function}")),
+            "no alarm on {function}'s errors"
+        );
+    }
+    // Herald's own metrics, by the names the functions write, on their Function dimension.
+    let unknown = herald_shared::metrics::Outcome::Unknown.name();
+    assert!(watched("Herald", unknown, "!Ref ExecutorFunction"));
+    let scheduler = herald_shared::metrics::SchedulerMetrics {
+        oldest_due_age: Some(std::time::Duration::ZERO),
+        ..Default::default()
+    };
+    assert!(scheduler.lines("f", 0)[0].contains("\"OldestDueAge\""));
+    assert!(watched("Herald", "OldestDueAge", "!Ref SchedulerFunction"));
+    let oldest = entries(&lines, &["Resources", "OldestDueAgeAlarm", "Properties"]);
+    assert_eq!(oldest["Threshold"], "!Ref OldestDueAgeAlarmSeconds");
+
+    // The topic is optional: actions only when one is given.
+    let parameters = entries(&lines, &["Parameters"]);
+    assert!(parameters.contains_key("OldestDueAgeAlarmSeconds"));
+    let topic = entries(&lines, &["Parameters", "AlarmTopicArn"]);
+    assert_eq!(topic.get("Default").map(String::as_str), Some("\"\""));
+    let conditions = entries(&lines, &["Conditions"]);
+    assert_eq!(conditions["AlarmsNotify"], "!Not [!Equals [!Ref AlarmTopicArn, \"\"]]");
+}
+
+#[test]
+fn both_functions_log_json() {
+    let template = repo_file("template.yaml");
+    let lines: Vec<&str> = template.lines().collect();
+    let logging = entries(&lines, &["Globals", "Function", "LoggingConfig"]);
+    assert_eq!(logging.get("LogFormat").map(String::as_str), Some("JSON"));
+    for function in ["SchedulerFunction", "ExecutorFunction"] {
+        let props = entries(&lines, &["Resources", function, "Properties"]);
+        assert!(!props.contains_key("LoggingConfig"), "{function} sets its own");
+    }
+}

@@ -9,8 +9,9 @@ use herald_shared::aws::{load_config, SecretsManager, SesEmail, SnsSms, SqsRecei
 use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
 use herald_shared::drain::invocation_time_left;
-use herald_shared::flow::{FlowOutcome, FlowRunner, Performers};
+use herald_shared::flow::{FlowOutcome, FlowRunner, MessageInstance, Performers};
 use herald_shared::ledger::Stop;
+use herald_shared::metrics::{self, ExecutorMetrics};
 use herald_shared::pg::Database;
 use herald_shared::receipt::RECEIPT_MARGIN;
 use herald_shared::recipient::redact;
@@ -42,6 +43,12 @@ pub struct Settings {
     /// How long a claimed log is the executor's before the scheduler may rescue it
     /// (`HERALD_LEASE_SECS`, default 120: well over the function's timeout).
     pub lease: std::time::Duration,
+    /// The `Function` dimension of its metrics: the function's name (`AWS_LAMBDA_FUNCTION_NAME`,
+    /// which Lambda sets; `executor` without it).
+    pub function: String,
+    /// Whether its metrics are also written per automation (`HERALD_METRICS_PER_AUTOMATION`,
+    /// default true).
+    pub metrics_per_automation: bool,
 }
 
 impl Settings {
@@ -50,6 +57,8 @@ impl Settings {
             default_from: config::required("HERALD_FROM_ADDRESS")?,
             concurrency: config::number("HERALD_EXECUTOR_CONCURRENCY", 4, 1, 10)?,
             lease: std::time::Duration::from_secs(config::number("HERALD_LEASE_SECS", 120, 5, 3_600)?),
+            function: config::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "executor".into()),
+            metrics_per_automation: config::flag_or("HERALD_METRICS_PER_AUTOMATION", true)?,
         })
     }
 }
@@ -100,8 +109,16 @@ fn db_timeout() -> Result<std::time::Duration, ConfigError> {
 }
 
 /// One SQS batch. Each message stands alone: the ones to retry are reported as batch
-/// item failures, the rest are done.
+/// item failures, the rest are done. The batch's metrics are written to standard output as
+/// EMF lines.
 pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error> {
+    let (response, lines) = invoke(e, event).await?;
+    metrics::print(&lines);
+    Ok(response)
+}
+
+/// [`handle`] without writing the metrics: the response, and the EMF lines.
+pub async fn invoke(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<(SqsBatchResponse, Vec<String>), Error> {
     let store = e.db.store().await?;
     let webhooks = Webhooks {
         client: &e.webhooks,
@@ -131,37 +148,50 @@ pub async fn handle(e: &Executor, event: LambdaEvent<SqsEvent>) -> Result<SqsBat
         .into_iter()
         .map(|r| (r.message_id.unwrap_or_default(), r.body.unwrap_or_default()))
         .unzip();
+    let batch = runner.run_batch(&bodies, e.settings.concurrency).await;
+    let mut counts = ExecutorMetrics::new(e.settings.metrics_per_automation, batch.outcomes.len());
+    counts.claimed(batch.claimed);
+    counts.steps(batch.effect_ms);
     let mut response = SqsBatchResponse::default();
-    for (id, outcome) in ids.into_iter().zip(runner.run(&bodies, e.settings.concurrency).await) {
-        log_outcome(&id, &outcome);
+    for ((id, outcome), instance) in ids.into_iter().zip(batch.outcomes).zip(&batch.instances) {
+        log_outcome(&id, &outcome, instance);
+        counts.count(outcome.metric(), instance.automation);
         if outcome.is_batch_failure() {
             response.add_failure(id);
         }
     }
-    Ok(response)
+    let lines = counts.lines(&e.settings.function, metrics::epoch_ms(e.clock.now()));
+    Ok((response, lines))
 }
 
-/// Logs what became of one message. Reasons can quote provider messages, which can quote
-/// addresses: they are masked.
-fn log_outcome(id: &str, outcome: &FlowOutcome) {
+/// Logs what became of one message, with its instance's log, automation, version, and the
+/// step it stopped at. Reasons can quote provider messages, which can quote addresses: they
+/// are masked.
+fn log_outcome(id: &str, outcome: &FlowOutcome, of: &MessageInstance) {
+    let step = of.step.as_deref();
+    macro_rules! log {
+        ($level:ident, $($rest:tt)+) => {
+            $level!(
+                message_id = %id,
+                log_id = of.log_id,
+                automation = of.automation,
+                version = of.version,
+                step,
+                attempt = of.attempt,
+                $($rest)+
+            )
+        };
+    }
     match outcome {
-        FlowOutcome::Stopped(Stop::Later) => info!(message_id = %id, "instance continues later"),
-        FlowOutcome::Stopped(Stop::Held(status)) => info!(message_id = %id, status, "instance held"),
-        FlowOutcome::Stopped(Stop::Park(Park::Failed(why))) => {
-            warn!(message_id = %id, why = %redact(why), "instance failed")
-        }
-        FlowOutcome::Stopped(Stop::Park(Park::Dead(why))) => {
-            warn!(message_id = %id, why = %redact(why), "instance dead")
-        }
-        FlowOutcome::Stopped(Stop::Park(park)) => info!(message_id = %id, ?park, "instance parked"),
-        FlowOutcome::Stopped(Stop::Unknown(why)) => {
-            warn!(message_id = %id, why = %redact(why), "outcome unknown: held")
-        }
-        FlowOutcome::Skipped(why) => info!(message_id = %id, why = %redact(why), "skipped"),
-        FlowOutcome::Deferred(why) => {
-            warn!(message_id = %id, why = %redact(why), "deferred to the receipts queue")
-        }
-        FlowOutcome::StoreFailed(why) => error!(message_id = %id, why = %redact(why), "ledger unreachable"),
-        FlowOutcome::Rejected(why) => error!(message_id = %id, why = %redact(why), "rejected"),
+        FlowOutcome::Stopped(Stop::Later) => log!(info, "instance continues later"),
+        FlowOutcome::Stopped(Stop::Held(status)) => log!(info, status, "instance held"),
+        FlowOutcome::Stopped(Stop::Park(Park::Failed(why))) => log!(warn, why = %redact(why), "instance failed"),
+        FlowOutcome::Stopped(Stop::Park(Park::Dead(why))) => log!(warn, why = %redact(why), "instance dead"),
+        FlowOutcome::Stopped(Stop::Park(park)) => log!(info, ?park, "instance parked"),
+        FlowOutcome::Stopped(Stop::Unknown(why)) => log!(warn, why = %redact(why), "outcome unknown: held"),
+        FlowOutcome::Skipped(why) => log!(info, why = %redact(why), "skipped"),
+        FlowOutcome::Deferred(why) => log!(warn, why = %redact(why), "deferred to the receipts queue"),
+        FlowOutcome::StoreFailed(why) => log!(error, why = %redact(why), "ledger unreachable"),
+        FlowOutcome::Rejected(why) => log!(error, why = %redact(why), "rejected"),
     }
 }

@@ -8,9 +8,10 @@ use herald_shared::aws::{load_config, SqsQueue, SqsReceipts};
 use herald_shared::clock::{Clock, SystemClock};
 use herald_shared::config::{self, ConfigError};
 use herald_shared::drain::{drain, invocation_time_left, serve, stop_before, DrainOptions, DrainSummary};
-use herald_shared::pg::Database;
+use herald_shared::metrics::{self, SchedulerMetrics};
+use herald_shared::pg::{Database, PgStore};
 use lambda_runtime::{Error, LambdaEvent};
-use tracing::info;
+use tracing::{info, warn};
 
 /// What the function keeps between invocations.
 pub struct Scheduler {
@@ -39,6 +40,9 @@ pub struct Settings {
     /// In low-latency mode, drain at least this often even without a notice
     /// (`HERALD_POLL_MS`, default 1000).
     pub poll: Duration,
+    /// The `Function` dimension of its metrics: the function's name (`AWS_LAMBDA_FUNCTION_NAME`,
+    /// which Lambda sets; `scheduler` without it).
+    pub function: String,
 }
 
 impl Settings {
@@ -50,6 +54,7 @@ impl Settings {
             queue_lease: Duration::from_secs(config::number("HERALD_QUEUE_LEASE_SECS", 900, 10, 86_400)?),
             low_latency: config::flag("HERALD_LOW_LATENCY")?,
             poll: Duration::from_millis(config::number("HERALD_POLL_MS", 1_000, 50, 60_000)?),
+            function: config::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "scheduler".into()),
         })
     }
 }
@@ -72,8 +77,16 @@ impl Scheduler {
     }
 }
 
-/// One scheduled run: drain until nothing is due or the deadline is near.
+/// One scheduled run: drain until nothing is due or the deadline is near. The run's metrics
+/// are written to standard output as an EMF line.
 pub async fn handle(s: &Scheduler, event: LambdaEvent<EventBridgeEvent>) -> Result<DrainSummary, Error> {
+    let (summary, lines) = invoke(s, event).await?;
+    metrics::print(&lines);
+    Ok(summary)
+}
+
+/// [`handle`] without writing the metrics: what the run did, and the EMF lines.
+pub async fn invoke(s: &Scheduler, event: LambdaEvent<EventBridgeEvent>) -> Result<(DrainSummary, Vec<String>), Error> {
     let (tick, ctx) = event.into_parts();
     // Lambda's deadline is on the wall clock; one already past (an emulator's) is not known,
     // and the drain runs to its own end.
@@ -89,11 +102,11 @@ pub async fn handle(s: &Scheduler, event: LambdaEvent<EventBridgeEvent>) -> Resu
         recover: true,
     };
     let store = s.db.store().await?;
-    match options.stop_at {
+    let summary = match options.stop_at {
         Some(_) if s.settings.low_latency => {
             let mut wakeups = s.db.listen("herald_inbox").await?;
             let poll = s.settings.poll;
-            Ok(serve(
+            serve(
                 &store,
                 &s.queue,
                 &s.receipts,
@@ -102,8 +115,31 @@ pub async fn handle(s: &Scheduler, event: LambdaEvent<EventBridgeEvent>) -> Resu
                 &mut wakeups,
                 poll,
             )
-            .await?)
+            .await?
         }
-        _ => Ok(drain(&store, &s.queue, &s.receipts, s.clock.as_ref(), &options).await?),
+        _ => drain(&store, &s.queue, &s.receipts, s.clock.as_ref(), &options).await?,
+    };
+    let counts = SchedulerMetrics {
+        claimed: summary.claimed,
+        queued: summary.sent,
+        queue_rejected: summary.failed,
+        ingested: summary.ingested,
+        rescued: summary.rescued.requeued + summary.rescued.resumed,
+        missed: summary.dates.missed + summary.schedules.missed,
+        oldest_due_age: oldest_due_age(&store, s.clock.now()).await,
+    };
+    let lines = counts.lines(&s.settings.function, metrics::epoch_ms(s.clock.now()));
+    Ok((summary, lines))
+}
+
+/// How long the oldest log due at `now` has been due: what the run left behind. Zero when
+/// none is; `None` (and a warning) when it cannot be read, which does not fail the run.
+async fn oldest_due_age(store: &PgStore, now: SystemTime) -> Option<Duration> {
+    match store.oldest_due(now).await {
+        Ok(oldest) => Some(oldest.map_or(Duration::ZERO, |at| now.duration_since(at).unwrap_or_default())),
+        Err(e) => {
+            warn!(error = %e, "the oldest due log could not be read");
+            None
+        }
     }
 }

@@ -111,6 +111,8 @@ impl FlowLedger for PgStore {
                             cap: Duration::from_secs_f64(r.get::<_, f64>("retry_cap_secs").max(0.0)),
                             jitter: 0.0,
                         },
+                        automation_id: version.0,
+                        version: version.1,
                     }),
                 }
             })

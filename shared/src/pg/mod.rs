@@ -25,6 +25,7 @@ mod sql {
     pub(crate) const DUE_SCHEDULES: &str = include_str!("../../sql/due_schedules.sql");
     pub(crate) const FIRE_SCHEDULE: &str = include_str!("../../sql/fire_schedule.sql");
     pub(crate) const APPLY_RECEIPTS: &str = include_str!("../../sql/apply_receipts.sql");
+    pub(crate) const OLDEST_DUE: &str = include_str!("../../sql/oldest_due.sql");
     pub(crate) const FLOW_START: &str = include_str!("../../sql/flow_start.sql");
     pub(crate) const FLOW_WRITE: &str = include_str!("../../sql/flow_write.sql");
     pub(crate) const FLOW_CONTEXTS: &str = include_str!("../../sql/flow_contexts.sql");
@@ -100,6 +101,7 @@ enum Sql {
     DueSchedules,
     FireSchedule,
     ApplyReceipts,
+    OldestDue,
     FlowStart,
     FlowWrite,
     FlowContexts,
@@ -119,6 +121,7 @@ impl Sql {
             Sql::DueSchedules => sql::DUE_SCHEDULES,
             Sql::FireSchedule => sql::FIRE_SCHEDULE,
             Sql::ApplyReceipts => sql::APPLY_RECEIPTS,
+            Sql::OldestDue => sql::OLDEST_DUE,
             Sql::FlowStart => sql::FLOW_START,
             Sql::FlowWrite => sql::FLOW_WRITE,
             Sql::FlowContexts => sql::FLOW_CONTEXTS,
@@ -517,6 +520,18 @@ impl DueLogs for PgStore {
             .round_trip(context, conn.client.query_one(stmt, &[&body, &now]))
             .await?;
         Ok(r.get::<_, i64>(0) as u64)
+    }
+}
+
+impl PgStore {
+    /// When the oldest log due at `now` became due; `None` when none is (see
+    /// `sql/oldest_due.sql`).
+    pub async fn oldest_due(&self, now: SystemTime) -> Result<Option<SystemTime>, StoreError> {
+        let context = "reading the oldest due log";
+        let conn = self.db.client().await?;
+        let stmt = conn.statement(Sql::OldestDue, context).await?;
+        let r = conn.round_trip(context, conn.client.query_one(stmt, &[&now])).await?;
+        Ok(r.get(0))
     }
 }
 
