@@ -30,7 +30,7 @@ GRANT SELECT (id, status, run_at, lease_token, lease_expires_at) ON automation_e
 GRANT UPDATE (status, queued_at, updated_at, lease_token, lease_expires_at) ON automation_execution_logs TO herald_scheduler;
 GRANT USAGE ON SEQUENCE herald_lease_tokens TO herald_scheduler;
 GRANT EXECUTE ON FUNCTION herald_rescue(timestamptz) TO herald_scheduler;
-GRANT EXECUTE ON FUNCTION herald_ingest(integer) TO herald_scheduler;
+GRANT EXECUTE ON FUNCTION herald_ingest_counted(integer) TO herald_scheduler;
 GRANT EXECUTE ON FUNCTION herald_fire_dates(timestamptz) TO herald_scheduler;
 GRANT EXECUTE ON FUNCTION herald_due_schedules() TO herald_scheduler;
 GRANT EXECUTE ON FUNCTION herald_fire_schedule(bigint, timestamptz, timestamptz, timestamptz[], timestamptz[],

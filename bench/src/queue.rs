@@ -211,7 +211,8 @@ pub async fn ingest(db: &Db, n: i64) -> Result<f64, String> {
         let m = store
             .ingest(herald_shared::drain::INGEST_BATCH)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .moved;
         moved += m;
         if m < herald_shared::drain::INGEST_BATCH as u64 {
             break;

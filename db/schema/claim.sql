@@ -4,15 +4,18 @@
 
 -- Scheduler: moves captured events from the inbox to the ledger, applying suppression
 -- windows; an event of a paused automation is recorded as paused (held, never dropped).
-CREATE OR REPLACE FUNCTION herald_ingest(p_limit integer DEFAULT NULL) RETURNS integer
+-- Returns how many it moved, and how many of those it recorded as suppressed.
+CREATE OR REPLACE FUNCTION herald_ingest_counted(p_limit integer DEFAULT NULL)
+RETURNS TABLE (moved integer, suppressed integer)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
   batch  herald_inbox[];
   placed integer;
+  held   integer := 0;
   r      record;
   holder bigint;
   deepest integer := (SELECT cascade_limit FROM herald_settings);
-  moved   integer;
+  n_moved integer;
 BEGIN
   -- The migration runner's key ("herald" in ASCII) plus one; pausing takes it too.
   PERFORM pg_advisory_xact_lock(114784919972965);
@@ -23,9 +26,10 @@ BEGIN
   )
   SELECT array_agg(taken) INTO batch FROM taken;
   IF batch IS NULL THEN
-    RETURN 0;
+    RETURN QUERY SELECT 0, 0;
+    RETURN;
   END IF;
-  moved := cardinality(batch);
+  n_moved := cardinality(batch);
 
   -- Past the cascade limit: recorded as suppressed by the instance whose step made the
   -- change, with the reason; nothing fires and no window opens.
@@ -40,7 +44,8 @@ BEGIN
          b.cascade_depth, b.caused_by, b.run_at, b.created_at, b.created_at, b.updated_at
   FROM unnest(batch) b
   WHERE b.cascade_depth > deepest AND b.caused_by IS NOT NULL;
-  IF FOUND THEN
+  GET DIAGNOSTICS held = ROW_COUNT;
+  IF held > 0 THEN
     batch := ARRAY(SELECT b FROM unnest(batch) b WHERE NOT (b.cascade_depth > deepest AND b.caused_by IS NOT NULL));
   END IF;
 
@@ -59,6 +64,7 @@ BEGIN
 
   -- Every event that opened a window is pending (paused, when its automation is); every
   -- event inside a window is suppressed.
+  WITH placed_logs AS (
   INSERT INTO automation_execution_logs
     (id, automation_id, subject_schema, subject_table, subject_key_column, subject_id,
      event, old_status, new_status, snapshot, payload, status, held_from, suppressed_by, cascade_depth, caused_by, run_at,
@@ -76,8 +82,10 @@ BEGIN
     ON w.automation_id = b.automation_id AND w.subject_schema = b.subject_schema
    AND w.subject_table = b.subject_table AND w.subject_id = b.subject_id
   LEFT JOIN automations a ON a.id = b.automation_id
-  WHERE w.log_id = b.id OR b.created_at < w.closes_at;
-  GET DIAGNOSTICS placed = ROW_COUNT;
+  WHERE w.log_id = b.id OR b.created_at < w.closes_at
+  RETURNING status
+  )
+  SELECT count(*), held + count(*) FILTER (WHERE status = 'suppressed') INTO placed, held FROM placed_logs;
 
   -- The rest came after their row's window closed (a short window, or a long backlog):
   -- decided one at a time, in order, each opening the next window or falling inside it.
@@ -114,10 +122,18 @@ BEGIN
          CASE WHEN holder IS NOT NULL THEN 'suppressed' WHEN r.paused THEN 'paused' ELSE 'pending' END,
          CASE WHEN holder IS NULL AND r.paused THEN 'pending' END,
          holder, r.cascade_depth, r.caused_by, r.run_at, r.created_at, CASE WHEN holder IS NULL THEN NULL ELSE r.created_at END, r.updated_at);
+      held := held + (holder IS NOT NULL)::integer;
     END LOOP;
   END IF;
-  RETURN moved;
+  RETURN QUERY SELECT n_moved, held;
 END
+$$;
+REVOKE EXECUTE ON FUNCTION herald_ingest_counted(integer) FROM PUBLIC;
+
+-- herald_ingest_counted's count of events moved, for operators and the other functions.
+CREATE OR REPLACE FUNCTION herald_ingest(p_limit integer DEFAULT NULL) RETURNS integer
+LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+  SELECT moved FROM herald_ingest_counted(p_limit)
 $$;
 REVOKE EXECUTE ON FUNCTION herald_ingest(integer) FROM PUBLIC;
 

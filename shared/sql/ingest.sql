@@ -1,3 +1,3 @@
--- Scheduler: move up to $1 captured events from the inbox to the ledger (see herald_ingest
+-- Scheduler: move up to $1 captured events from the inbox to the ledger (see herald_ingest_counted
 -- in db/).
-SELECT herald_ingest($1::integer)
+SELECT moved, suppressed FROM herald_ingest_counted($1::integer)

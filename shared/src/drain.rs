@@ -62,6 +62,8 @@ pub struct DrainSummary {
     pub schedules: Fired,
     /// Captured events moved from the inbox to the ledger before claiming.
     pub ingested: u64,
+    /// Of those, the ones recorded as suppressed.
+    pub suppressed: u64,
     /// Receipts taken from the receipts queue, and how many of them were applied (the rest
     /// came too late: their lease was no longer the log's). Malformed ones are left for the
     /// dead-letter queue.
@@ -98,9 +100,10 @@ pub async fn drain<D: DueLogs, Q: Queue, R: ReceiptSource>(
     summary.dates = store.fire_dates(clock.now()).await?;
     summary.schedules = fire_schedules(store, clock.now()).await?;
     loop {
-        let moved = store.ingest(INGEST_BATCH).await?;
-        summary.ingested += moved;
-        if moved < INGEST_BATCH as u64 || opts.stop_at.is_some_and(|t| Instant::now() >= t) {
+        let taken = store.ingest(INGEST_BATCH).await?;
+        summary.ingested += taken.moved;
+        summary.suppressed += taken.suppressed;
+        if taken.moved < INGEST_BATCH as u64 || opts.stop_at.is_some_and(|t| Instant::now() >= t) {
             break;
         }
     }
@@ -140,6 +143,7 @@ pub async fn drain<D: DueLogs, Q: Queue, R: ReceiptSource>(
         sent = summary.sent,
         failed = summary.failed,
         ingested = summary.ingested,
+        suppressed = summary.suppressed,
         receipts = summary.receipts,
         receipts_applied = summary.receipts_applied,
         receipts_malformed = summary.receipts_malformed,
@@ -255,6 +259,7 @@ pub async fn serve<D: DueLogs, Q: Queue, R: ReceiptSource, W: Wakeups>(
         total.schedules.fired += s.schedules.fired;
         total.schedules.missed += s.schedules.missed;
         total.ingested += s.ingested;
+        total.suppressed += s.suppressed;
         total.receipts += s.receipts;
         total.receipts_applied += s.receipts_applied;
         total.receipts_malformed += s.receipts_malformed;
@@ -345,8 +350,8 @@ mod tests {
     }
 
     impl DueLogs for FakeStore {
-        async fn ingest(&self, _limit: i32) -> Result<u64, StoreError> {
-            Ok(0)
+        async fn ingest(&self, _limit: i32) -> Result<crate::model::Ingested, StoreError> {
+            Ok(Default::default())
         }
         async fn fire_dates(&self, _now: SystemTime) -> Result<Fired, StoreError> {
             Ok(Fired::default())

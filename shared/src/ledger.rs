@@ -10,7 +10,8 @@ use std::time::SystemTime;
 use serde_json::Value as Json;
 
 use crate::model::{
-    ContextError, Failure, Fired, Lease, LogId, QueueMessage, Rescued, ScheduleDue, ScheduleFiring, StoreError,
+    ContextError, Failure, Fired, Ingested, Lease, LogId, QueueMessage, Rescued, ScheduleDue, ScheduleFiring,
+    StoreError,
 };
 use crate::receipt::Receipt;
 use crate::steps::Effect;
@@ -21,8 +22,8 @@ use crate::workflow::plan::TransientRetry;
 /// The scheduler's view of the ledger.
 pub trait DueLogs: Sync {
     /// Moves up to `limit` captured events from the inbox to the ledger (pending or
-    /// suppressed); returns how many it moved.
-    fn ingest(&self, limit: i32) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// suppressed); returns how many it moved, and how many of them were suppressed.
+    fn ingest(&self, limit: i32) -> impl Future<Output = Result<Ingested, StoreError>> + Send;
     /// Starts the instances of date triggers due by `now` (through the inbox), and records
     /// those past their lateness as missed.
     fn fire_dates(&self, now: SystemTime) -> impl Future<Output = Result<Fired, StoreError>> + Send;

@@ -205,6 +205,8 @@ pub struct SchedulerMetrics {
     pub queue_rejected: u64,
     /// Captured events moved into the ledger.
     pub ingested: u64,
+    /// Of those, the ones recorded as suppressed (a second event inside its row's window).
+    pub suppressed: u64,
     /// Expired leases rescued.
     pub rescued: u64,
     /// Occurrences of time triggers recorded as missed.
@@ -222,6 +224,7 @@ impl SchedulerMetrics {
             ("Queued", self.queued),
             ("QueueRejected", self.queue_rejected),
             ("Ingested", self.ingested),
+            ("Suppressed", self.suppressed),
             ("Rescued", self.rescued),
             ("Missed", self.missed),
         ]
@@ -409,6 +412,8 @@ mod tests {
             claimed: 3,
             queued: 2,
             queue_rejected: 1,
+            ingested: 5,
+            suppressed: 2,
             oldest_due_age: Some(Duration::from_millis(61_900)),
             ..Default::default()
         };
@@ -426,6 +431,7 @@ mod tests {
                         {"Name": "Queued", "Unit": "Count"},
                         {"Name": "QueueRejected", "Unit": "Count"},
                         {"Name": "Ingested", "Unit": "Count"},
+                        {"Name": "Suppressed", "Unit": "Count"},
                         {"Name": "Rescued", "Unit": "Count"},
                         {"Name": "Missed", "Unit": "Count"},
                         {"Name": "OldestDueAge", "Unit": "Seconds"}
@@ -433,7 +439,7 @@ mod tests {
                 }]
             },
             "Function": "herald-scheduler",
-            "Claimed": 3, "Queued": 2, "QueueRejected": 1, "Ingested": 0, "Rescued": 0, "Missed": 0,
+            "Claimed": 3, "Queued": 2, "QueueRejected": 1, "Ingested": 5, "Suppressed": 2, "Rescued": 0, "Missed": 0,
             "OldestDueAge": 61
         });
         assert_eq!(parse(&lines[0]), want);

@@ -166,6 +166,16 @@ pub struct Lease {
     pub attempt: i32,
 }
 
+/// What one move of captured events into the ledger did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ingested {
+    /// Events moved from the inbox to the ledger.
+    pub moved: u64,
+    /// Of those, the ones recorded as suppressed (inside their row's window, or past the
+    /// cascade limit).
+    pub suppressed: u64,
+}
+
 /// What the scheduler did with date triggers whose time had come.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Fired {

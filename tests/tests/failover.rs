@@ -205,7 +205,7 @@ struct CutStore<'a> {
 }
 
 impl DueLogs for CutStore<'_> {
-    async fn ingest(&self, limit: i32) -> Result<u64, StoreError> {
+    async fn ingest(&self, limit: i32) -> Result<herald_shared::model::Ingested, StoreError> {
         self.inner.ingest(limit).await
     }
     async fn fire_dates(&self, now: SystemTime) -> Result<herald_shared::model::Fired, StoreError> {

@@ -122,6 +122,7 @@ async fn workflow_instances_run_as_the_same_roles() {
     h.executor.db = Database::new(executor.clone());
     let doc = serde_json::json!({
         "trigger": {"type": "status_change", "table": "public.jobs", "to": "completed"},
+        "data": {"relation": "public.job_context", "key": "job_id"},
         "steps": [
             {"id": "thanks", "type": "send_email", "to": "{{ client_email }}", "subject": "Done", "text": "Thanks"},
             {"id": "later", "type": "wait", "for": "1 hour"},

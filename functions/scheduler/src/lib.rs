@@ -124,6 +124,7 @@ pub async fn invoke(s: &Scheduler, event: LambdaEvent<EventBridgeEvent>) -> Resu
         queued: summary.sent,
         queue_rejected: summary.failed,
         ingested: summary.ingested,
+        suppressed: summary.suppressed,
         rescued: summary.rescued.requeued + summary.rescued.resumed,
         missed: summary.dates.missed + summary.schedules.missed,
         oldest_due_age: oldest_due_age(&store, s.clock.now()).await,

@@ -13,7 +13,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{info, warn};
 
 use crate::ledger::DueLogs;
-use crate::model::{ContextError, Fired, LogId, QueueMessage, Rescued, ScheduleDue, ScheduleFiring, StoreError};
+use crate::model::{
+    ContextError, Fired, Ingested, LogId, QueueMessage, Rescued, ScheduleDue, ScheduleFiring, StoreError,
+};
 use crate::receipt::Receipt;
 
 mod sql {
@@ -414,12 +416,15 @@ pub struct PgStore {
 }
 
 impl DueLogs for PgStore {
-    async fn ingest(&self, limit: i32) -> Result<u64, StoreError> {
+    async fn ingest(&self, limit: i32) -> Result<Ingested, StoreError> {
         let context = "moving captured events to the ledger";
         let conn = self.db.client().await?;
         let stmt = conn.statement(Sql::Ingest, context).await?;
         let r = conn.round_trip(context, conn.client.query_one(stmt, &[&limit])).await?;
-        Ok(r.get::<_, i32>(0) as u64)
+        Ok(Ingested {
+            moved: r.get::<_, i32>(0) as u64,
+            suppressed: r.get::<_, i32>(1) as u64,
+        })
     }
 
     async fn fire_dates(&self, now: SystemTime) -> Result<Fired, StoreError> {
