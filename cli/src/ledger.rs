@@ -13,10 +13,10 @@ use tokio_postgres::Row;
 use crate::db::{describe, state};
 use crate::{Failure, LogsArgs, Out, Target};
 
-const STATUS: &str = include_str!("../sql/status.sql");
-const LOGS: &str = include_str!("../sql/logs.sql");
-const INSTANCE: &str = include_str!("../sql/instance.sql");
-const STEPS: &str = include_str!("../sql/steps.sql");
+pub(crate) const STATUS: &str = include_str!("../sql/status.sql");
+pub(crate) const LOGS: &str = include_str!("../sql/logs.sql");
+pub(crate) const INSTANCE: &str = include_str!("../sql/instance.sql");
+pub(crate) const STEPS: &str = include_str!("../sql/steps.sql");
 
 /// `herald status`.
 pub async fn status(client: &Conn, out: &mut Out<impl Write>) -> Result<(), Failure> {
@@ -58,7 +58,7 @@ pub async fn status(client: &Conn, out: &mut Out<impl Write>) -> Result<(), Fail
 }
 
 /// A duration in seconds as people read it: 42s, 5m 3s, 2h 10m, 3d 4h.
-fn age(secs: f64) -> String {
+pub(crate) fn age(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
     match s {
         0..60 => format!("{s}s"),
@@ -150,7 +150,7 @@ pub async fn logs(client: &Conn, args: &LogsArgs, out: &mut Out<impl Write>) -> 
     }
 }
 
-fn log_json(r: &Row) -> Value {
+pub(crate) fn log_json(r: &Row) -> Value {
     json!({
         "id": r.get::<_, i64>("id"),
         "automation": r.get::<_, String>("automation"),
@@ -167,7 +167,7 @@ fn log_json(r: &Row) -> Value {
     })
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -209,7 +209,7 @@ fn log_line(l: &Value) -> String {
 }
 
 /// A value from the ledger as it may be shown: secrets left out, recipients masked.
-fn shown(v: Value) -> Value {
+pub(crate) fn shown(v: Value) -> Value {
     match v {
         Value::String(s) => Value::String(redact(&s)),
         Value::Array(items) => Value::Array(items.into_iter().map(shown).collect()),
@@ -223,13 +223,10 @@ fn shown(v: Value) -> Value {
     }
 }
 
-/// `herald show ID`: the instance, and each step it ran or decided, in order.
-pub async fn show(client: &Conn, id: i64, out: &mut Out<impl Write>) -> Result<(), Failure> {
-    let Some(l) = client.query_opt(INSTANCE, &[&id]).await? else {
-        return Err(Failure::NotFound(format!("no instance has log id {id}")));
-    };
+/// An instance's log (a row of `instance.sql`) as it may be shown.
+pub(crate) fn instance_json(l: &Row) -> Value {
     let s = |c: &str| l.get::<_, Option<String>>(c);
-    let instance = shown(json!({
+    shown(json!({
         "id": l.get::<_, i64>("id"),
         "automation": s("automation"),
         "version": l.get::<_, Option<i32>>("version"),
@@ -250,27 +247,33 @@ pub async fn show(client: &Conn, id: i64, out: &mut Out<impl Write>) -> Result<(
         "created_at": s("created_at"),
         "run_at": s("run_at"),
         "completed_at": s("completed_at"),
-    }));
-    let steps: Vec<Value> = client
-        .query(STEPS, &[&id])
-        .await?
-        .iter()
-        .map(|r| {
-            shown(json!({
-                "step": r.get::<_, String>("step_id"),
-                "type": r.get::<_, String>("step_type"),
-                "attempt": r.get::<_, i32>("attempt"),
-                "status": r.get::<_, String>("status"),
-                "started_at": r.get::<_, Option<String>>("started_at"),
-                "finished_at": r.get::<_, Option<String>>("finished_at"),
-                "duration_ms": r.get::<_, Option<f64>>("duration_ms"),
-                "effect": r.get::<_, Option<Value>>("effect"),
-                "output": r.get::<_, Option<Value>>("output"),
-                "error": r.get::<_, Option<String>>("error"),
-                "error_kind": r.get::<_, Option<String>>("error_kind"),
-            }))
-        })
-        .collect();
+    }))
+}
+
+/// One step run (a row of `steps.sql`) as it may be shown.
+pub(crate) fn step_json(r: &Row) -> Value {
+    shown(json!({
+        "step": r.get::<_, String>("step_id"),
+        "type": r.get::<_, String>("step_type"),
+        "attempt": r.get::<_, i32>("attempt"),
+        "status": r.get::<_, String>("status"),
+        "started_at": r.get::<_, Option<String>>("started_at"),
+        "finished_at": r.get::<_, Option<String>>("finished_at"),
+        "duration_ms": r.get::<_, Option<f64>>("duration_ms"),
+        "effect": r.get::<_, Option<Value>>("effect"),
+        "output": r.get::<_, Option<Value>>("output"),
+        "error": r.get::<_, Option<String>>("error"),
+        "error_kind": r.get::<_, Option<String>>("error_kind"),
+    }))
+}
+
+/// `herald show ID`: the instance, and each step it ran or decided, in order.
+pub async fn show(client: &Conn, id: i64, out: &mut Out<impl Write>) -> Result<(), Failure> {
+    let Some(l) = client.query_opt(INSTANCE, &[&id]).await? else {
+        return Err(Failure::NotFound(format!("no instance has log id {id}")));
+    };
+    let instance = instance_json(&l);
+    let steps: Vec<Value> = client.query(STEPS, &[&id]).await?.iter().map(step_json).collect();
     if out.json {
         return out.document(&json!({"instance": instance, "steps": steps}));
     }

@@ -1,8 +1,10 @@
 //! The `herald` command: definitions kept as files (`validate`, `diff`, `apply`, `get`), the
 //! ledger from a terminal (`status`, `logs`, `show`), the operator's controls (`retry`,
-//! `cancel`, `pause`, `resume`, `start`, `migrate-instances`), and `migrate`. Every verb goes through Herald's SQL functions and views; the queries it
+//! `cancel`, `pause`, `resume`, `start`, `migrate-instances`), `migrate`, and `console`, a
+//! read-only web console. Every verb goes through Herald's SQL functions and views; the queries it
 //! runs itself are the named files in `cli/sql/`.
 
+mod console;
 mod db;
 mod definitions;
 mod files;
@@ -125,6 +127,11 @@ pub enum Command {
         #[arg(long, default_value = "{}")]
         payload: String,
     },
+    /// A read-only web console on 127.0.0.1.
+    Console {
+        #[arg(long, default_value_t = 8025)]
+        port: u16,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -182,5 +189,6 @@ pub async fn run(cli: Cli, out: &mut Out<impl Write>) -> Result<(), Failure> {
             key,
             payload,
         } => ledger::start(&client, &name, &table, &key, &payload, out).await,
+        Command::Console { port } => console::serve(client, port, out).await,
     }
 }

@@ -1,0 +1,72 @@
+//! `/`: each automation and how many of its logs stand where (the `herald_status` view).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use herald_shared::pg::Conn;
+use maud::html;
+
+use super::{encode, layout, status, Answer};
+use crate::ledger::{age, STATUS};
+
+/// The view's counts, in its order; those that are one status link to the list of it.
+const COUNTS: [(&str, Option<&str>); 8] = [
+    ("pending", Some("pending")),
+    ("due", None),
+    ("waiting", Some("waiting")),
+    ("running", None),
+    ("failed", Some("failed")),
+    ("dead", Some("dead")),
+    ("unknown", Some("unknown")),
+    ("paused", Some("paused")),
+];
+
+pub(crate) async fn page(State(client): State<Arc<Conn>>) -> Answer {
+    let rows = client.query(STATUS, &[]).await?;
+    Ok(layout(
+        "Automations",
+        html! {
+            h1 { "Automations" }
+            @if rows.is_empty() {
+                p.muted { "No automations yet." }
+            } @else {
+                table.automations {
+                    thead { tr {
+                        th { "automation" } th { "version" } th { "state" }
+                        @for (c, _) in COUNTS { th { (c) } }
+                        th { "oldest due" } th {}
+                    } }
+                    tbody {
+                        @for r in &rows {
+                            @let name: String = r.get("automation");
+                            @let version: Option<i32> = r.get("version");
+                            @let active: bool = r.get("active");
+                            @let oldest: Option<f64> = r.get("oldest_due_secs");
+                            tr data-automation=(name) {
+                                td { a href={ "/automations/" (encode(&name)) } { (name) } }
+                                td.n { (version.map_or("-".into(), |v| v.to_string())) }
+                                td { (status(if active { "active" } else { "paused" })) }
+                                @for (c, s) in COUNTS {
+                                    @let n: i64 = r.get(c);
+                                    td.n.zero[n == 0] {
+                                        @match s {
+                                            Some(s) if n > 0 => a href={ "/instances?automation=" (encode(&name)) "&status=" (s) } { (n) },
+                                            _ => (n),
+                                        }
+                                    }
+                                }
+                                td.n { (oldest.map_or("-".into(), age)) }
+                                td { a href={ "/instances?automation=" (encode(&name)) } { "instances" } }
+                            }
+                        }
+                    }
+                }
+                p.muted {
+                    "Counts are of open and failed logs: pending (captured or to be retried), due (pending or "
+                    "waiting whose time has come), waiting, running (queued or running), failed, dead, unknown "
+                    "and paused. Completed, exited and cancelled instances are in the instance list."
+                }
+            }
+        },
+    ))
+}
