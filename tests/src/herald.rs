@@ -1,7 +1,6 @@
 //! Herald wired for one test: its own database, queue and sender address, and the real
 //! scheduler and executor handlers pointed at them.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
@@ -33,8 +32,7 @@ pub struct Herald {
 
 impl Herald {
     pub async fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(1);
-        let tag = (std::process::id() % 1000) * 1000 + N.fetch_add(1, Ordering::Relaxed);
+        let tag = crate::unique_tag().await;
         let db = TestDb::new().await;
         let moto = Moto::new().await;
         let queue_url = moto.create_queue(&format!("herald-{}-{tag}", db.name)).await;

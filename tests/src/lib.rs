@@ -87,6 +87,26 @@ async fn template() -> &'static str {
         .await
 }
 
+/// A number no other test using these servers has (test processes may share one Postgres
+/// and one moto server): recipients, senders and queue names carry it. Below 1,000 for the
+/// first thousand tests of a run, which keeps numbers made from it valid phone numbers.
+pub async fn unique_tag() -> u32 {
+    let admin = connect(&services().admin_url()).await;
+    admin
+        .batch_execute(
+            "BEGIN; SELECT pg_advisory_xact_lock(4243);
+             CREATE SEQUENCE IF NOT EXISTS herald_test_tags MAXVALUE 999999 CYCLE; COMMIT;",
+        )
+        .await
+        .unwrap();
+    let n: i64 = admin
+        .query_one("SELECT nextval('herald_test_tags')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    n as u32
+}
+
 /// A database of one test's own, copied from the migrated template and dropped after.
 pub struct TestDb {
     pub name: String,

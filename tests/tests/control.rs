@@ -17,6 +17,7 @@ use serde_json::json;
 fn job_flow() -> serde_json::Value {
     json!({
         "trigger": {"type": "status_change", "table": "public.jobs", "to": "completed"},
+        "data": {"relation": "public.job_context", "key": "job_id"},
         "steps": [
             {"id": "thanks", "type": "send_email", "to": "{{ client_email }}", "subject": "Done", "text": "Thanks, {{ client_name }}"},
             {"id": "later", "type": "wait", "for": "1 hour"},

@@ -115,13 +115,13 @@ async fn a_step_that_changes_a_row_triggers_another_automation_and_the_cascade_l
         "CREATE TABLE tickets (id bigint PRIMARY KEY, status text NOT NULL);
          INSERT INTO tickets VALUES (1, 'new');
          SELECT herald_attach('public.tickets', 'status', 'id');
-         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text, suppression_window)
-         VALUES ('ping', 'tickets', 'a', 'x', 'x', 'x', '0'), ('pong', 'tickets', 'b', 'x', 'x', 'x', '0');",
+         INSERT INTO automations (name, source_table, to_status) VALUES ('ping', 'tickets', 'a'), ('pong', 'tickets', 'b');",
     )
     .await;
     for (name, to, set) in [("ping", "a", "b"), ("pong", "b", "a")] {
         let doc = json!({
             "trigger": {"type": "status_change", "table": "public.tickets", "to": to},
+            "settings": {"suppression_window": "0s"},
             "steps": [{"id": "flip", "type": "update_field", "set": {"status": set}}]
         });
         h.db.client
@@ -192,6 +192,7 @@ async fn update_field_steps_naming_columns_that_do_not_exist_are_refused_when_sa
     h.db.exec("CREATE TABLE job_notes (job_ref bigint, note text)").await;
     let doc = json!({
         "trigger": {"type": "status_change", "table": "public.jobs", "to": "completed"},
+        "data": {"relation": "public.job_context", "key": "job_id"},
         "steps": [
             {"id": "a", "type": "update_field", "set": {"stauts": "x", "title": "y"}},
             {"id": "b", "type": "branch", "if": {"field": "job_status", "op": "=", "value": "completed"},

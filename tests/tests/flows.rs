@@ -218,6 +218,7 @@ async fn through_the_functions_a_status_change_starts_an_instance_that_waits_and
     let clock = h.manual_clock();
     let doc = json!({
         "trigger": {"type": "status_change", "table": "public.jobs", "to": "completed"},
+        "data": {"relation": "public.job_context", "key": "job_id"},
         "steps": [
             {"id": "thanks", "type": "send_email", "to": "{{ client_email }}", "subject": "Done: {{ job_title }}", "text": "Thanks, {{ client_name }}"},
             {"id": "later", "type": "wait", "for": "1 hour"},
@@ -510,6 +511,7 @@ async fn notify_admin_reaches_every_admin_by_email_and_sms_and_a_branch_chooses_
     let owner_phone = format!("+14156{:06}", h.tag % 1_000_000);
     let doc = json!({
         "trigger": {"type": "status_change", "table": "public.jobs", "to": "completed"},
+        "data": {"relation": "public.job_context", "key": "job_id"},
         "admins": {"emails": [owner_email], "phones": [owner_phone]},
         "steps": [
             {"id": "big", "type": "branch", "if": {"field": "job_title", "op": "contains", "value": "boiler"},
@@ -773,14 +775,13 @@ async fn a_step_whose_provider_fails_transiently_is_tried_again_after_the_automa
     h.db.exec(&format!(
         "CREATE TABLE bookings (id bigint PRIMARY KEY, status text NOT NULL, email text, phone text, name text);
          INSERT INTO bookings VALUES (1, 'confirmed', 'b1-{tag}@example.com', '+14152{tag:06}', 'Ana');
-         INSERT INTO automations (name, source_table, to_status, email_to, email_subject, email_text,
-                                  max_attempts, retry_base, retry_cap)
-         VALUES ('confirm', 'bookings', 'confirmed', 'x', 'x', 'x', 2, '1 minute', '10 minutes');",
+         INSERT INTO automations (name, source_table, to_status) VALUES ('confirm', 'bookings', 'confirmed');",
         tag = h.tag
     ))
     .await;
     let doc = json!({
         "trigger": {"type": "status_change", "table": "public.bookings", "to": "confirmed"},
+        "settings": {"max_attempts": 2, "retry_base": "1 minute", "retry_cap": "10 minutes"},
         "steps": [
             {"id": "mail", "type": "send_email", "to": "{{ email }}", "subject": "Booked", "text": "Hi {{ name }}"},
             {"id": "text", "type": "send_sms", "to": "{{ phone }}", "body": "Booked, {{ name }}", "on_error": "continue"}

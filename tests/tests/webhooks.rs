@@ -185,6 +185,7 @@ async fn webhook_flow(h: &herald_tests::Herald, hook: serde_json::Value, name: &
     hook["secret"] = json!(name);
     let doc = json!({
         "trigger": {"type": "status_change", "table": "public.jobs", "to": "completed"},
+        "data": {"relation": "public.job_context", "key": "job_id"},
         "steps": [
             hook,
             {"id": "text", "type": "send_sms", "to": "{{ client_phone }}", "body": sms}

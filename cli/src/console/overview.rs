@@ -21,8 +21,26 @@ const COUNTS: [(&str, Option<&str>); 8] = [
     ("paused", Some("paused")),
 ];
 
+/// One automation's row of the view.
+struct Standing {
+    name: String,
+    version: Option<i32>,
+    state: String,
+    counts: Vec<i64>,
+    oldest: Option<f64>,
+}
+
 pub(crate) async fn page(State(client): State<Arc<Conn>>) -> Answer {
-    let rows = client.query(STATUS, &[]).await?;
+    let mut rows = Vec::new();
+    for r in client.query(STATUS, &[]).await? {
+        rows.push(Standing {
+            name: r.try_get("automation")?,
+            version: r.try_get("version")?,
+            state: r.try_get("state")?,
+            counts: COUNTS.iter().map(|(c, _)| r.try_get(*c)).collect::<Result<_, _>>()?,
+            oldest: r.try_get("oldest_due_secs")?,
+        });
+    }
     Ok(layout(
         "Automations",
         html! {
@@ -38,25 +56,22 @@ pub(crate) async fn page(State(client): State<Arc<Conn>>) -> Answer {
                     } }
                     tbody {
                         @for r in &rows {
-                            @let name: String = r.get("automation");
-                            @let version: Option<i32> = r.get("version");
-                            @let active: bool = r.get("active");
-                            @let oldest: Option<f64> = r.get("oldest_due_secs");
+                            @let name = &r.name;
                             tr data-automation=(name) {
-                                td { a href={ "/automations/" (encode(&name)) } { (name) } }
-                                td.n { (version.map_or("-".into(), |v| v.to_string())) }
-                                td { (status(if active { "active" } else { "paused" })) }
-                                @for (c, s) in COUNTS {
-                                    @let n: i64 = r.get(c);
+                                td { a href={ "/automations/" (encode(name)) } { (name) } }
+                                td.n { (r.version.map_or("-".into(), |v| v.to_string())) }
+                                td { (status(&r.state)) }
+                                @for ((_, s), n) in COUNTS.iter().zip(&r.counts) {
+                                    @let n = *n;
                                     td.n.zero[n == 0] {
                                         @match s {
-                                            Some(s) if n > 0 => a href={ "/instances?automation=" (encode(&name)) "&status=" (s) } { (n) },
+                                            Some(s) if n > 0 => a href={ "/instances?automation=" (encode(name)) "&status=" (s) } { (n) },
                                             _ => (n),
                                         }
                                     }
                                 }
-                                td.n { (oldest.map_or("-".into(), age)) }
-                                td { a href={ "/instances?automation=" (encode(&name)) } { "instances" } }
+                                td.n { (r.oldest.map_or("-".into(), age)) }
+                                td { a href={ "/instances?automation=" (encode(name)) } { "instances" } }
                             }
                         }
                     }

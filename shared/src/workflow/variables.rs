@@ -71,10 +71,12 @@ enum Payload {
 
 impl<'a> Data<'a> {
     fn of(document: &Json, columns: Option<&'a [String]>) -> Self {
-        let herald = match serde_json::to_value(EventInfo::default()) {
+        // By name: a JSON object's key order depends on serde_json's features.
+        let mut herald: Vec<String> = match serde_json::to_value(EventInfo::default()) {
             Ok(Json::Object(fields)) => fields.keys().cloned().collect(),
             _ => Vec::new(),
         };
+        herald.sort();
         let mut ids = BTreeSet::new();
         if let Some(steps) = document.get("steps") {
             collect_ids(steps, &mut ids);
