@@ -365,7 +365,8 @@ steps:
     let run = herald(&url, &["pause", "--instance", &id.to_string()]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(h.db.statuses().await, ["paused"]);
-    assert_eq!(herald(&url, &["resume", "--instance", &id.to_string()]).await.code, 0);
+    let run = herald(&url, &["resume", "--json", "--instance", &id.to_string()]).await;
+    assert_eq!(run.json(), json!({"instance": id, "done": "resume"}), "{run:?}");
     assert_eq!(h.db.statuses().await, ["waiting"]);
     let run = herald(&url, &["pause", "--json", "welcome"]).await;
     assert_eq!((run.code, run.json()["logs"].as_i64()), (0, Some(1)), "{run:?}");
@@ -374,7 +375,12 @@ steps:
         (paused[0]["state"].as_str(), paused[0]["paused"].as_i64()),
         (Some("paused"), Some(1))
     );
-    assert_eq!(herald(&url, &["resume", "welcome"]).await.code, 0);
+    let run = herald(&url, &["resume", "--json", "welcome"]).await;
+    assert_eq!(
+        run.json(),
+        json!({"automation": "welcome", "done": "resume", "logs": 1}),
+        "{run:?}"
+    );
     assert_eq!(herald(&url, &["pause", "nobody"]).await.code, 5);
     let run = herald(&url, &["retry", &id.to_string()]).await;
     assert_eq!(run.code, 5, "{run:?}");
@@ -384,7 +390,11 @@ steps:
         "{run:?}"
     );
     let run = herald(&url, &["cancel", "--json", &id.to_string()]).await;
-    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        (run.code, run.json()),
+        (0, json!({"instance": id, "done": "cancel"})),
+        "{run:?}"
+    );
     assert_eq!(h.db.statuses().await, ["cancelled"]);
     assert_eq!(herald(&url, &["cancel", &id.to_string()]).await.code, 5);
     h.db.exec(&format!(
@@ -396,7 +406,12 @@ steps:
         logs.out.contains("gave up on") && !logs.out.contains(&email),
         "{logs:?}"
     );
-    assert_eq!(herald(&url, &["retry", &id.to_string()]).await.code, 0);
+    let run = herald(&url, &["retry", "--json", &id.to_string()]).await;
+    assert_eq!(
+        (run.code, run.json()),
+        (0, json!({"instance": id, "done": "retry"})),
+        "{run:?}"
+    );
     assert_eq!(h.db.statuses().await, ["pending"]);
 }
 
