@@ -86,7 +86,6 @@ pub async fn logs(client: &Conn, args: &LogsArgs, out: &mut Out<impl Write>) -> 
         ),
     };
     let mut cursor: Option<(String, i64)> = None;
-    let mut first = true;
     loop {
         let after_at = cursor.as_ref().map(|c| c.0.as_str());
         let after_id = cursor.as_ref().map(|c| c.1);
@@ -135,7 +134,7 @@ pub async fn logs(client: &Conn, args: &LogsArgs, out: &mut Out<impl Write>) -> 
             out.document(&Value::Array(logs))?;
             return Ok(());
         }
-        if first && cursor.is_none() {
+        if cursor.is_none() {
             // Nothing yet: follow from now on.
             cursor = Some((
                 client
@@ -145,7 +144,6 @@ pub async fn logs(client: &Conn, args: &LogsArgs, out: &mut Out<impl Write>) -> 
                 0,
             ));
         }
-        first = false;
         tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
     }
 }
